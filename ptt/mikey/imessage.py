@@ -167,7 +167,7 @@ class ReplayCache:
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._seen: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # digest -> (timestamp, expires)
         self._floor = float("-inf")  # timestamps at or below this may have been forgotten
 
     def check_and_remember(self, digest: bytes, timestamp: float, expires: float) -> None:
@@ -175,18 +175,20 @@ class ReplayCache:
             raise Replayed("I_MESSAGE older than the replay cache can vouch for")
         if digest in self._seen:
             raise Replayed("I_MESSAGE already received")
-        self._seen[digest] = expires
+        self._seen[digest] = (timestamp, expires)
         self._expire_overflow()
 
     def forget_expired(self, now: float) -> None:
-        stale = [d for d, expires in self._seen.items() if expires < now]
+        stale = [d for d, (_, expires) in self._seen.items() if expires < now]
         for d in stale:
             del self._seen[d]
 
     def _expire_overflow(self) -> None:
         while len(self._seen) > self.capacity:
-            _, expires = self._seen.popitem(last=False)
-            self._floor = max(self._floor, expires)
+            # The floor is the evicted message's own time: a replay of it (or of anything older) is refused,
+            # while newer messages are still accepted.
+            _, (timestamp, _) = self._seen.popitem(last=False)
+            self._floor = max(self._floor, timestamp)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -407,6 +409,8 @@ def _key_id_from_map(hdr: Hdr, csb_id: bytes) -> tuple[bytes, int | None]:
                 raise MalformedMessage("GENERIC-ID SPI does not end in the CSB ID (GUK-ID)")
             return entry.spi[:4], entry.cs_id
         if len(entry.spi) == 4:
+            if entry.spi != csb_id:  # CSK (and the like): the CSB ID is the key ID the SPI carries
+                raise MalformedMessage("GENERIC-ID SPI (key ID) differs from the CSB ID")
             return entry.spi, entry.cs_id
         raise MalformedMessage(f"GENERIC-ID SPI of {len(entry.spi)} octets (expected 4 or 8)")
     return csb_id, None
