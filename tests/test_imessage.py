@@ -814,3 +814,15 @@ def test_replay_cache_forgets_expired_entries() -> None:
     cache.check_and_remember(b"a", 1000.0, 1300.0)  # dropped (a receiver's time window refuses it by now)
     cache.forget_expired(2000.0)
     assert len(cache) == 0
+
+
+def test_replay_cache_sweep_is_rate_limited() -> None:
+    cache = ReplayCache()
+    cache.check_and_remember(b"a", 1000.0, 1300.0)
+    cache.sweep(1400.0)  # first sweep runs
+    assert len(cache) == 0
+    cache.check_and_remember(b"b", 1390.0, 1401.0)
+    cache.sweep(1410.0)  # within 30 s of the last sweep: nothing dropped yet
+    assert len(cache) == 1
+    cache.sweep(1431.0)
+    assert len(cache) == 0

@@ -169,6 +169,7 @@ class ReplayCache:
         self.capacity = capacity
         self._seen: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # digest -> (timestamp, expires)
         self._floor = float("-inf")  # timestamps at or below this may have been forgotten
+        self._last_sweep = float("-inf")
 
     def check_and_remember(self, digest: bytes, timestamp: float, expires: float) -> None:
         if timestamp <= self._floor:
@@ -177,6 +178,12 @@ class ReplayCache:
             raise Replayed("I_MESSAGE already received")
         self._seen[digest] = (timestamp, expires)
         self._expire_overflow()
+
+    def sweep(self, now: float, every: float = 30.0) -> None:
+        """``forget_expired`` at most once per ``every`` seconds of ``now``: cheap to call per message."""
+        if now - self._last_sweep >= every or now < self._last_sweep:
+            self._last_sweep = now
+            self.forget_expired(now)
 
     def forget_expired(self, now: float) -> None:
         stale = [d for d, (_, expires) in self._seen.items() if expires < now]
@@ -353,6 +360,7 @@ def receive_i_message(
     if not keys.rsk:
         raise WrongRecipient("no decryption key held for the addressed key period")
 
+    replay_cache.sweep(now)
     replay_cache.check_and_remember(hashlib.sha256(signed).digest(), timestamp, timestamp + window)
 
     if (
