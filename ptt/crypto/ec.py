@@ -276,6 +276,25 @@ def wnaf(k: mpz, width: int) -> list[int]:
     return digits
 
 
+def signed_window_digits(k: mpz, width: int, windows: int) -> list[int]:
+    """k as sum of d_i * 2^(width*i), d_i in [-2^(width-1), 2^(width-1)], least significant first; the digits
+    index fixed-base tables that hold only the positive multiples (a negative digit uses the negation)."""
+    full = 1 << width
+    half = full >> 1
+    mask = full - 1
+    digits = []
+    while k > 0:
+        d = int(k & mask)
+        k >>= width
+        if d > half:
+            d -= full
+            k += 1
+        digits.append(d)
+    if len(digits) > windows:
+        raise AssertionError("fixed-base table too small for the scalar")
+    return digits
+
+
 class FixedBase:
     """[k]B for a fixed point B with a signed-window table: one mixed addition per window, no doublings.
 
@@ -306,30 +325,16 @@ class FixedBase:
 
     def mul_jacobian(self, k: int | mpz) -> Jacobian:
         curve = self.curve
-        k = mpz(k) % curve.q
         p = curve.p
-        width = self.width
-        full = 1 << width
-        half = full >> 1
-        mask = full - 1
         acc = _INFINITY_J
         add_affine = curve._add_affine
-        for row in self.rows:
-            if k == 0:
-                break
-            d = int(k & mask)
-            k >>= width
-            if d > half:
-                d -= full
-                k += 1
+        for row, d in zip(self.rows, signed_window_digits(mpz(k) % curve.q, self.width, self.windows), strict=False):
             if d > 0:
                 x, y = row[d - 1]
                 acc = add_affine(acc, x, y)
             elif d < 0:
                 x, y = row[-d - 1]
                 acc = add_affine(acc, x, p - y)
-        if k != 0:
-            raise AssertionError("fixed-base table too small for the scalar")
         return acc
 
     def mul(self, k: int | mpz) -> Affine:

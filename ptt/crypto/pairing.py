@@ -21,7 +21,7 @@ from functools import lru_cache
 import gmpy2
 from gmpy2 import mpz
 
-from ptt.crypto.ec import batch_invert, wnaf
+from ptt.crypto.ec import batch_invert, signed_window_digits, wnaf
 from ptt.crypto.params import SAKKE_CURVE, SAKKE_G, SAKKE_P, SAKKE_Q
 
 _P = SAKKE_P
@@ -184,29 +184,15 @@ class PowerTable:
 
     def power(self, k: int | mpz) -> tuple[mpz, mpz]:
         p = _P
-        k = mpz(k) % SAKKE_Q
-        width = self.width
-        full = 1 << width
-        half = full >> 1
-        mask = full - 1
         fa = mpz(1)
         fb = mpz(0)
-        for row in self.rows:
-            if k == 0:
-                break
-            d = int(k & mask)
-            k >>= width
-            if d > half:
-                d -= full
-                k += 1
+        for row, d in zip(self.rows, signed_window_digits(mpz(k) % SAKKE_Q, self.width, self.windows), strict=False):
             if d > 0:
                 t = row[d - 1]
                 fa, fb = (fa - fb * t) % p, (fb + fa * t) % p
-            elif d < 0:
+            elif d < 0:  # (1 + t*i)^-1 = 1 - t*i in PF_p
                 t = row[-d - 1]
                 fa, fb = (fa + fb * t) % p, (fb - fa * t) % p
-        if k != 0:
-            raise AssertionError("power table too small for the exponent")
         return fa, fb
 
 

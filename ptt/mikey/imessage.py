@@ -83,8 +83,6 @@ DEFAULT_SECURITY_POLICY = Sp(
     ),
 )
 
-_KEY_TYPE_OF_PURPOSE = {purpose: int(purpose) for purpose in KeyPurpose}
-
 
 @dataclass(frozen=True)
 class KmsDomain:
@@ -251,7 +249,7 @@ def build_i_message(
 
     if key_parameters is None:
         key_parameters = KeyParameters(
-            key_type=_KEY_TYPE_OF_PURPOSE[purpose],
+            key_type=purpose,
             status=KeyStatus.NOT_REVOKED,
             group_ids=() if purpose == KeyPurpose.GMK else None,
         )
@@ -385,7 +383,7 @@ def receive_i_message(
             raise WrongRecipient("GUK-ID in the HDR does not belong to this member")
 
     key_parameters = _key_parameters(message, key)
-    if key_parameters is not None and key_parameters.key_type != _KEY_TYPE_OF_PURPOSE[purpose]:
+    if key_parameters is not None and key_parameters.key_type != purpose:
         raise KeyParametersError(f"key parameters say key type {key_parameters.key_type}, key ID says {purpose.name}")
     security_policy = message.find(Sp)
     return ReceivedKey(

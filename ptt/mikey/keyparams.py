@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from enum import IntEnum, IntFlag
+from enum import IntFlag
 from typing import Self
 
 from cryptography.exceptions import InvalidTag
@@ -27,6 +27,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ptt.kdf import kdf_3gpp
 from ptt.mikey.errors import KeyParametersError
+from ptt.mikey.wire import Reader, field, known
+
+# The key type field uses the purpose numbering of the key ID's top four bits (TS 33.180 §E.6, F.1.3).
+from ptt.ts33180 import KeyPurpose as KeyType
 
 KEY_PARAMETERS_EXT_TYPE = 7  # GENERAL-EXT type "3GPP key parameters"
 PROTECTED_MESSAGE_TYPE = 0x43  # the MCData message type used for the protected form
@@ -37,58 +41,11 @@ IV_LEN = 16
 TAG_LEN = 16
 
 
-class KeyType(IntEnum):
-    """Purpose of the distributed key (TS 33.180; also the top 4 bits of its key ID)."""
-
-    GMK = 0
-    PCK = 1
-    CSK = 2
-    SPK = 3
-    MKFC = 4
-    MSCCK = 5
-    MUSIK = 6
-
-
 class KeyStatus(IntFlag):
     """Bits of the 4-octet status field."""
 
     NOT_REVOKED = 0x1
     SHARED_WITH_GATEWAY = 0x2
-
-
-def _known(enum: type[IntEnum], value: int) -> int:
-    # Known values become enum members (nicer repr); unknown ones stay plain ints so they round-trip.
-    return enum(value) if value in enum._value2member_map_ else value
-
-
-def _field(value: int, octets: int, what: str) -> bytes:
-    if not 0 <= value < 1 << (8 * octets):
-        raise ValueError(f"{what} does not fit in {octets} octet(s): {value}")
-    return value.to_bytes(octets, "big")
-
-
-class _Cursor:
-    """Bounds-checked reading of a byte string; every failure is a KeyParametersError naming the field."""
-
-    def __init__(self, data: bytes, context: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.context = context
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise KeyParametersError(f"{self.context}: truncated {what}")
-        out = self.data[self.pos : end]
-        self.pos = end
-        return out
-
-    def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "big")
-
-    def done(self) -> None:
-        if self.pos != len(self.data):
-            raise KeyParametersError(f"{self.context}: {len(self.data) - self.pos} trailing octet(s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +56,7 @@ class GroupId:
     data: bytes
 
     def __bytes__(self) -> bytes:
-        return _field(self.iei, 1, "group ID IEI") + _field(len(self.data), 2, "group ID length") + self.data
+        return field(self.iei, 1, "group ID IEI") + field(len(self.data), 2, "group ID length") + self.data
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +77,7 @@ class KeyParameters:
     @classmethod
     def parse(cls, data: bytes) -> Self:
         """Parse the whole of ``data`` (no trailing octets allowed)."""
-        c = _Cursor(data, "key parameters")
+        c = Reader(data, 0, "key parameters", KeyParametersError)
         key_type = c.uint(1, "key type")
         status = c.uint(4, "status")
         activation = c.uint(5, "activation time")
@@ -128,7 +85,9 @@ class KeyParameters:
         text = c.take(c.uint(2, "text length"), "text")
         group_ids: tuple[GroupId, ...] | None = None
         if c.pos < len(data):
-            block = _Cursor(c.take(c.uint(2, "group IDs block length"), "group IDs block"), "MC group IDs")
+            block = Reader(
+                c.take(c.uint(2, "group IDs block length"), "group IDs block"), 0, "MC group IDs", KeyParametersError
+            )
             count = block.uint(1, "number of group IDs")
             entries = []
             for _ in range(count):
@@ -137,20 +96,20 @@ class KeyParameters:
             block.done()
             group_ids = tuple(entries)
         c.done()
-        return cls(_known(KeyType, key_type), status, activation, expiry, text, group_ids)
+        return cls(known(KeyType, key_type), status, activation, expiry, text, group_ids)
 
     def __bytes__(self) -> bytes:
         out = (
-            _field(self.key_type, 1, "key type")
-            + _field(self.status, 4, "status")
-            + _field(self.activation_time, 5, "activation time")
-            + _field(self.expiry_time, 5, "expiry time")
-            + _field(len(self.text), 2, "text length")
+            field(self.key_type, 1, "key type")
+            + field(self.status, 4, "status")
+            + field(self.activation_time, 5, "activation time")
+            + field(self.expiry_time, 5, "expiry time")
+            + field(len(self.text), 2, "text length")
             + self.text
         )
         if self.group_ids is not None:
-            block = _field(len(self.group_ids), 1, "number of group IDs") + b"".join(map(bytes, self.group_ids))
-            out += _field(len(block), 2, "group IDs block length") + block
+            block = field(len(self.group_ids), 1, "number of group IDs") + b"".join(map(bytes, self.group_ids))
+            out += field(len(block), 2, "group IDs block length") + block
         return out
 
 
@@ -174,7 +133,7 @@ class LegacyKeyParameters:
     def to_key_parameters(self) -> KeyParameters:
         if self.raw.key_type == 0:
             raise KeyParametersError("legacy key parameters: key type 0 is not defined in the legacy numbering")
-        return replace(self.raw, key_type=_known(KeyType, self.raw.key_type - 1))
+        return replace(self.raw, key_type=known(KeyType, self.raw.key_type - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +152,7 @@ class ProtectedKeyParameters:
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        c = _Cursor(data, "protected key parameters")
+        c = Reader(data, 0, "protected key parameters", KeyParametersError)
         message_type = c.uint(1, "message type")
         if message_type != PROTECTED_MESSAGE_TYPE:
             raise KeyParametersError(f"protected key parameters: message type {message_type:#04x}, expected 0x43")
@@ -210,25 +169,25 @@ class ProtectedKeyParameters:
 
     def _header(self) -> bytes:
         return (
-            _field(self.message_type, 1, "message type")
-            + _field(self.date_time, 5, "date-time")
-            + _field(self.payload_id, 4, "payload ID")
-            + _field(self.payload_sequence, 1, "payload sequence number")
-            + _field(self.payload_algorithm, 1, "payload algorithm")
+            field(self.message_type, 1, "message type")
+            + field(self.date_time, 5, "date-time")
+            + field(self.payload_id, 4, "payload ID")
+            + field(self.payload_sequence, 1, "payload sequence number")
+            + field(self.payload_algorithm, 1, "payload algorithm")
         )
 
     @property
     def associated_data(self) -> bytes:
         """AEAD associated data: message type .. payload algorithm (12) || IV (16) || DPPK-ID (4)."""
-        return self._header() + self.iv + _field(self.dppk_id, 4, "DPPK-ID")
+        return self._header() + self.iv + field(self.dppk_id, 4, "DPPK-ID")
 
     def __bytes__(self) -> bytes:
         if len(self.iv) != IV_LEN:
             raise ValueError(f"IV must be {IV_LEN} octets, got {len(self.iv)}")
         return (
             self.associated_data
-            + _field(self.payload_type, 1, "payload type")
-            + _field(len(self.ciphertext), 2, "ciphertext length")
+            + field(self.payload_type, 1, "payload type")
+            + field(len(self.ciphertext), 2, "ciphertext length")
             + self.ciphertext
         )
 
@@ -242,7 +201,7 @@ def parse_key_parameters_ext(data: bytes) -> ProtectedKeyParameters | LegacyKeyP
 
 def derive_protection_key(key: bytes, dppk_id: int) -> bytes:
     """AES-128 key protecting the parameters: last 16 octets of KDF(key, 0x53, DPPK-ID)."""
-    return kdf_3gpp(key, DPPK_FC, _field(dppk_id, 4, "DPPK-ID"))[-16:]
+    return kdf_3gpp(key, DPPK_FC, field(dppk_id, 4, "DPPK-ID"))[-16:]
 
 
 def protect(

@@ -21,6 +21,7 @@ from ptt.mikey.keyparams import (
     ProtectedKeyParameters,
     parse_key_parameters_ext,
 )
+from ptt.mikey.wire import Reader, field, known, sized
 
 
 class PayloadType(IntEnum):
@@ -145,47 +146,6 @@ SAKKE_DATA_LEN_SET1 = 273  # R (04 || x || y, 257 octets) || H (16 octets) for p
 ECCSI_SIGNATURE_LEN = 129  # r (32) || s (32) || PVT (65)
 
 
-def _known(enum: type[IntEnum], value: int) -> int:
-    # Known values become enum members (readable reprs); unknown ones stay plain ints so they round-trip.
-    return enum(value) if value in enum._value2member_map_ else value
-
-
-def _field(value: int, octets: int, what: str) -> bytes:
-    if not 0 <= value < 1 << (8 * octets):
-        raise ValueError(f"{what} does not fit in {octets} octet(s): {value}")
-    return value.to_bytes(octets, "big")
-
-
-def _sized(data: bytes, octets: int, what: str) -> bytes:
-    """Length prefix of ``octets`` octets, then ``data``."""
-    return _field(len(data), octets, f"{what} length") + data
-
-
-class _Reader:
-    """Cursor over the message; a short read raises MalformedMessage("<payload>: truncated <field>")."""
-
-    __slots__ = ("context", "data", "pos")
-
-    def __init__(self, data: bytes, pos: int, context: str) -> None:
-        self.data = data
-        self.pos = pos
-        self.context = context
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise MalformedMessage(f"{self.context}: truncated {what}")
-        out = self.data[self.pos : end]
-        self.pos = end
-        return out
-
-    def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "big")
-
-    def fail(self, message: str) -> MalformedMessage:
-        return MalformedMessage(f"{self.context}: {message}")
-
-
 class Payload:
     """Common interface of the payloads that follow the HDR."""
 
@@ -235,7 +195,7 @@ class SrtpIdEntry:
     roc: int
 
     def __bytes__(self) -> bytes:
-        return _field(self.policy_no, 1, "policy no") + _field(self.ssrc, 4, "SSRC") + _field(self.roc, 4, "ROC")
+        return field(self.policy_no, 1, "policy no") + field(self.ssrc, 4, "SSRC") + field(self.roc, 4, "ROC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +216,12 @@ class GenericIdEntry:
         if len(self.policies) > 0x7F:
             raise ValueError(f"GENERIC-ID: {len(self.policies)} policies do not fit in 7 bits")
         return (
-            _field(self.cs_id, 1, "CS ID")
-            + _field(self.prot_type, 1, "prot type")
+            field(self.cs_id, 1, "CS ID")
+            + field(self.prot_type, 1, "prot type")
             + bytes([self.s_flag << 7 | len(self.policies)])
-            + b"".join(_field(p, 1, "policy") for p in self.policies)
-            + _sized(self.session_data, 2, "session data")
-            + _sized(self.spi, 1, "SPI")
+            + b"".join(field(p, 1, "policy") for p in self.policies)
+            + sized(self.session_data, 2, "session data")
+            + sized(self.spi, 1, "SPI")
         )
 
 
@@ -286,7 +246,7 @@ class Hdr:
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "HDR")
+        r = Reader(data, offset, "HDR")
         version = r.uint(1, "version")
         if version != 1:
             raise r.fail(f"unsupported version {version}")
@@ -309,14 +269,14 @@ class Hdr:
         else:
             raise r.fail(f"unsupported CS ID map type {map_type}")
         hdr = cls(
-            _known(DataType, data_type),
+            known(DataType, data_type),
             csb_id,
             CsIdMapType(map_type),
             tuple(entries),
-            _known(PrfFunc, v_prf & 0x7F),
+            known(PrfFunc, v_prf & 0x7F),
             bool(v_prf & 0x80),
             version,
-            _known(PayloadType, next_payload),
+            known(PayloadType, next_payload),
         )
         return hdr, r.pos
 
@@ -329,13 +289,13 @@ class Hdr:
         if not 0 <= self.prf_func <= 0x7F:
             raise ValueError(f"HDR: PRF func does not fit in 7 bits: {self.prf_func}")
         return (
-            _field(self.version, 1, "version")
-            + _field(self.data_type, 1, "data type")
-            + _field(self.next_payload, 1, "next payload")
+            field(self.version, 1, "version")
+            + field(self.data_type, 1, "data type")
+            + field(self.next_payload, 1, "next payload")
             + bytes([self.v << 7 | self.prf_func])
-            + _field(self.csb_id, 4, "CSB ID")
-            + _field(len(self.cs_map), 1, "#CS")
-            + _field(self.cs_map_type, 1, "CS ID map type")
+            + field(self.csb_id, 4, "CSB ID")
+            + field(len(self.cs_map), 1, "#CS")
+            + field(self.cs_map_type, 1, "CS ID map type")
             + b"".join(map(bytes, self.cs_map))
         )
 
@@ -343,14 +303,14 @@ class Hdr:
         return dataclasses.replace(self, next_payload=next_type)
 
 
-def _parse_generic_id(r: _Reader) -> GenericIdEntry:
+def _parse_generic_id(r: Reader) -> GenericIdEntry:
     cs_id = r.uint(1, "GENERIC-ID CS ID")
     prot_type = r.uint(1, "GENERIC-ID prot type")
     s_np = r.uint(1, "GENERIC-ID #P")
     policies = tuple(r.take(s_np & 0x7F, "GENERIC-ID policies"))
     session_data = r.take(r.uint(2, "GENERIC-ID session data length"), "GENERIC-ID session data")
     spi = r.take(r.uint(1, "GENERIC-ID SPI length"), "GENERIC-ID SPI")
-    return GenericIdEntry(cs_id, spi, _known(ProtType, prot_type), policies, session_data, bool(s_np & 0x80))
+    return GenericIdEntry(cs_id, spi, known(ProtType, prot_type), policies, session_data, bool(s_np & 0x80))
 
 
 # --- T, RAND, ID, IDR ---------------------------------------------------------------------------------------
@@ -395,22 +355,22 @@ class T(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "T")
+        r = Reader(data, offset, "T")
         next_payload = r.uint(1, "next payload")
         ts_type = r.uint(1, "TS type")
         if ts_type not in _TS_LENGTH:
             raise r.fail(f"unknown TS type {ts_type}")
         value = r.uint(_TS_LENGTH[TsType(ts_type)], "TS value")
-        return cls(TsType(ts_type), value, _known(PayloadType, next_payload)), r.pos
+        return cls(TsType(ts_type), value, known(PayloadType, next_payload)), r.pos
 
     def __bytes__(self) -> bytes:
         length = _TS_LENGTH.get(TsType(self.ts_type)) if self.ts_type in TsType._value2member_map_ else None
         if length is None:
             raise ValueError(f"T: unknown TS type {self.ts_type}")
         return (
-            _field(self.next_payload, 1, "next payload")
-            + _field(self.ts_type, 1, "TS type")
-            + _field(self.value, length, "TS value")
+            field(self.next_payload, 1, "next payload")
+            + field(self.ts_type, 1, "TS type")
+            + field(self.value, length, "TS value")
         )
 
 
@@ -424,13 +384,13 @@ class Rand(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "RAND")
+        r = Reader(data, offset, "RAND")
         next_payload = r.uint(1, "next payload")
         rand = r.take(r.uint(1, "RAND length"), "RAND")
-        return cls(rand, _known(PayloadType, next_payload)), r.pos
+        return cls(rand, known(PayloadType, next_payload)), r.pos
 
     def __bytes__(self) -> bytes:
-        return _field(self.next_payload, 1, "next payload") + _sized(self.rand, 1, "RAND")
+        return field(self.next_payload, 1, "next payload") + sized(self.rand, 1, "RAND")
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,17 +404,15 @@ class IdPayload(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "ID")
+        r = Reader(data, offset, "ID")
         next_payload = r.uint(1, "next payload")
         id_type = r.uint(1, "ID type")
         value = r.take(r.uint(2, "ID length"), "ID data")
-        return cls(_known(IdType, id_type), value, _known(PayloadType, next_payload)), r.pos
+        return cls(known(IdType, id_type), value, known(PayloadType, next_payload)), r.pos
 
     def __bytes__(self) -> bytes:
         return (
-            _field(self.next_payload, 1, "next payload")
-            + _field(self.id_type, 1, "ID type")
-            + _sized(self.data, 2, "ID")
+            field(self.next_payload, 1, "next payload") + field(self.id_type, 1, "ID type") + sized(self.data, 2, "ID")
         )
 
 
@@ -470,19 +428,19 @@ class Idr(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "IDR")
+        r = Reader(data, offset, "IDR")
         next_payload = r.uint(1, "next payload")
         role = r.uint(1, "ID role")
         id_type = r.uint(1, "ID type")
         value = r.take(r.uint(2, "ID length"), "ID data")
-        return cls(_known(IdRole, role), _known(IdType, id_type), value, _known(PayloadType, next_payload)), r.pos
+        return cls(known(IdRole, role), known(IdType, id_type), value, known(PayloadType, next_payload)), r.pos
 
     def __bytes__(self) -> bytes:
         return (
-            _field(self.next_payload, 1, "next payload")
-            + _field(self.role, 1, "ID role")
-            + _field(self.id_type, 1, "ID type")
-            + _sized(self.data, 2, "ID")
+            field(self.next_payload, 1, "next payload")
+            + field(self.role, 1, "ID role")
+            + field(self.id_type, 1, "ID type")
+            + sized(self.data, 2, "ID")
         )
 
 
@@ -501,7 +459,7 @@ class SpParam:
         return int.from_bytes(self.value, "big")
 
     def __bytes__(self) -> bytes:
-        return _field(self.type, 1, "SP param type") + _sized(self.value, 1, "SP param")
+        return field(self.type, 1, "SP param type") + sized(self.value, 1, "SP param")
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,24 +478,24 @@ class Sp(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "SP")
+        r = Reader(data, offset, "SP")
         next_payload = r.uint(1, "next payload")
         policy_no = r.uint(1, "policy no")
         prot_type = r.uint(1, "prot type")
-        block = _Reader(r.take(r.uint(2, "policy param length"), "policy params"), 0, "SP")
+        block = Reader(r.take(r.uint(2, "policy param length"), "policy params"), 0, "SP")
         params = []
         while block.pos < len(block.data):
             ptype = block.uint(1, "param type")
             value = block.take(block.uint(1, "param length"), "param value")
-            params.append(SpParam(_known(SrtpParam, ptype), value))
-        return cls(policy_no, _known(ProtType, prot_type), tuple(params), _known(PayloadType, next_payload)), r.pos
+            params.append(SpParam(known(SrtpParam, ptype), value))
+        return cls(policy_no, known(ProtType, prot_type), tuple(params), known(PayloadType, next_payload)), r.pos
 
     def __bytes__(self) -> bytes:
         return (
-            _field(self.next_payload, 1, "next payload")
-            + _field(self.policy_no, 1, "policy no")
-            + _field(self.prot_type, 1, "prot type")
-            + _sized(b"".join(map(bytes, self.params)), 2, "policy param")
+            field(self.next_payload, 1, "next payload")
+            + field(self.policy_no, 1, "policy no")
+            + field(self.prot_type, 1, "prot type")
+            + sized(b"".join(map(bytes, self.params)), 2, "policy param")
         )
 
 
@@ -556,21 +514,21 @@ class Sakke(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "SAKKE")
+        r = Reader(data, offset, "SAKKE")
         next_payload = r.uint(1, "next payload")
         params = r.uint(1, "SAKKE params")
         scheme = r.uint(1, "ID scheme")
         value = r.take(r.uint(2, "SAKKE data length"), "SAKKE data")
         return cls(
-            _known(SakkeParams, params), _known(SakkeIdScheme, scheme), value, _known(PayloadType, next_payload)
+            known(SakkeParams, params), known(SakkeIdScheme, scheme), value, known(PayloadType, next_payload)
         ), r.pos
 
     def __bytes__(self) -> bytes:
         return (
-            _field(self.next_payload, 1, "next payload")
-            + _field(self.sakke_params, 1, "SAKKE params")
-            + _field(self.id_scheme, 1, "ID scheme")
-            + _sized(self.data, 2, "SAKKE data")
+            field(self.next_payload, 1, "next payload")
+            + field(self.sakke_params, 1, "SAKKE params")
+            + field(self.id_scheme, 1, "ID scheme")
+            + sized(self.data, 2, "SAKKE data")
         )
 
 
@@ -591,11 +549,11 @@ class GeneralExt(ChainedPayload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "GENERAL-EXT")
+        r = Reader(data, offset, "GENERAL-EXT")
         next_payload = r.uint(1, "next payload")
         ext_type = r.uint(1, "type")
         value = r.take(r.uint(2, "length"), "data")
-        ext = cls(ext_type, value, _known(PayloadType, next_payload))
+        ext = cls(ext_type, value, known(PayloadType, next_payload))
         if ext_type == KEY_PARAMETERS_EXT_TYPE:
             try:
                 ext.key_parameters()
@@ -605,9 +563,7 @@ class GeneralExt(ChainedPayload):
 
     def __bytes__(self) -> bytes:
         return (
-            _field(self.next_payload, 1, "next payload")
-            + _field(self.ext_type, 1, "type")
-            + _sized(self.data, 2, "data")
+            field(self.next_payload, 1, "next payload") + field(self.ext_type, 1, "type") + sized(self.data, 2, "data")
         )
 
 
@@ -630,10 +586,10 @@ class Sign(Payload):
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> tuple[Self, int]:
-        r = _Reader(data, offset, "SIGN")
+        r = Reader(data, offset, "SIGN")
         head = r.uint(2, "S type/length")
         signature = r.take(head & 0x0FFF, "signature")
-        return cls(_known(SignatureType, head >> 12), signature), r.pos
+        return cls(known(SignatureType, head >> 12), signature), r.pos
 
     def __bytes__(self) -> bytes:
         if not 0 <= self.sig_type <= 0xF:
