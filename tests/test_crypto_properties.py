@@ -164,3 +164,13 @@ def test_wnaf_reconstructs(k: int, width: int) -> None:
     digits = wnaf(mpz(k), width)
     assert sum(d << i for i, d in enumerate(digits)) == k
     assert all(d == 0 or (d % 2 == 1 and abs(d) < 1 << (width - 1)) for d in digits)
+
+
+def test_derived_user_keys_are_stable_and_valid(master: kms.MasterSecrets) -> None:
+    first = kms.derive_user_keys(b"uid-1", master)
+    again = kms.derive_user_keys(b"uid-1", master)
+    other = kms.derive_user_keys(b"uid-2", master)
+    assert (first.ssk, first.pvt, first.rsk) == (again.ssk, again.pvt, again.rsk)
+    assert first.pvt != other.pvt and first.ssk != other.ssk
+    assert eccsi.validate_signing_key(b"uid-1", first.ssk, first.pvt, master.kpak)
+    assert first.pvt != kms.derive_user_keys(b"uid-1", kms.generate_master_secrets()).pvt

@@ -7,6 +7,8 @@ All values are octet strings: scalars 32 (P-256) or 128 (SAKKE) octets big-endia
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -97,4 +99,18 @@ def issue_rsk(identifier: bytes, master: MasterSecrets) -> bytes:
 
 def issue_user_keys(identifier: bytes, master: MasterSecrets) -> UserKeyMaterial:
     ssk, pvt = issue_signing_key(identifier, master)
+    return UserKeyMaterial(identifier=identifier, ssk=ssk, pvt=pvt, rsk=issue_rsk(identifier, master))
+
+
+def _derived_v(identifier: bytes, master: MasterSecrets) -> mpz:
+    # v from the KSAK and the identifier (in the manner of RFC 6979): re-issuing keys for the same UID gives the
+    # same SSK/PVT, so a KMS needs no key store and a restart or a repeated request changes nothing.
+    key = hmac.new(master.ksak, b"ptt ECCSI v derivation", hashlib.sha256).digest()
+    wide = b"".join(hmac.new(key, bytes([i]) + identifier, hashlib.sha256).digest() for i in range(2))
+    return mpz(int.from_bytes(wide, "big")) % (P256.q - 1) + 1
+
+
+def derive_user_keys(identifier: bytes, master: MasterSecrets) -> UserKeyMaterial:
+    """Like ``issue_user_keys`` but deterministic for an identifier (the RSK always is; v is derived)."""
+    ssk, pvt = issue_signing_key(identifier, master, v=int(_derived_v(identifier, master)))
     return UserKeyMaterial(identifier=identifier, ssk=ssk, pvt=pvt, rsk=issue_rsk(identifier, master))
