@@ -1,0 +1,105 @@
+"""What a client needs to trust a KMS, in one file (exported by ``ptt-kms export-enrolment``).
+
+The KMS's URI and HTTPS base URL, the TLS certificate to pin for that connection, the certificate whose key signs
+the KMS responses (XML-DSig over a TS 33.180 D.2.3 SignedKmsResponse), and the KMS certificate (D.3.2.2). The file is
+JSON; the KMS certificate is kept in its Annex D XML form (``certificate_to_xml``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ptt.kmsformat.model import KmsCertificate, MalformedEnrolment
+from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
+
+__all__ = ["ENROLMENT_FORMAT", "MAX_ENROLMENT_SIZE", "Enrolment"]
+
+ENROLMENT_FORMAT = "ptt-kms-enrolment/1"
+MAX_ENROLMENT_SIZE = 1024 * 1024
+
+
+def _load_pem(name: str, pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except (ValueError, TypeError) as exc:
+        raise MalformedEnrolment(f"{name}: not a PEM X.509 certificate") from exc
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """Trust anchor of a client for one KMS (pinned TLS and signing certificates, and the KMS certificate)."""
+
+    kms_uri: str
+    base_url: str  # e.g. "https://127.0.0.1:8443"; the Annex D paths (…/keymanagement/identity/v1/init) go below
+    tls_cert_pem: bytes
+    signing_cert_pem: bytes
+    certificate: KmsCertificate
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kms_uri, str) or self.kms_uri != self.certificate.kms_uri:
+            raise MalformedEnrolment("kms_uri differs from the KMS certificate's KmsUri")
+        if (
+            not isinstance(self.base_url, str)
+            or not self.base_url.startswith("https://")
+            or len(self.base_url) <= len("https://")
+            or any(c.isspace() for c in self.base_url)
+        ):
+            raise MalformedEnrolment(f"base_url must be an https:// URL, got {self.base_url!r}")
+        _load_pem("tls_cert_pem", self.tls_cert_pem)
+        if not isinstance(_load_pem("signing_cert_pem", self.signing_cert_pem).public_key(), ec.EllipticCurvePublicKey):
+            raise MalformedEnrolment("signing certificate must hold an elliptic-curve key (ECDSA-SHA256)")
+
+    @property
+    def tls_cert(self) -> x509.Certificate:
+        """The certificate the KMS's HTTPS server presents (pinned, not checked against any CA)."""
+        return _load_pem("tls_cert_pem", self.tls_cert_pem)
+
+    @property
+    def signing_cert(self) -> x509.Certificate:
+        """The certificate whose key signs SignedKmsResponse documents (``verify_signed_response``)."""
+        return _load_pem("signing_cert_pem", self.signing_cert_pem)
+
+    def to_json(self) -> bytes:
+        document = {
+            "format": ENROLMENT_FORMAT,
+            "kms_uri": self.kms_uri,
+            "base_url": self.base_url,
+            "tls_cert_pem": self.tls_cert_pem.decode("ascii"),
+            "signing_cert_pem": self.signing_cert_pem.decode("ascii"),
+            "certificate": certificate_to_xml(self.certificate).decode("utf-8"),
+        }
+        return json.dumps(document, indent=2).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Enrolment:
+        """Parse ``to_json`` output; ``MalformedEnrolment`` (or ``MalformedKmsXml`` for the certificate) if bad."""
+        if not isinstance(data, bytes | bytearray) or len(data) > MAX_ENROLMENT_SIZE:
+            raise MalformedEnrolment(f"enrolment must be at most {MAX_ENROLMENT_SIZE} octets of JSON")
+        try:
+            document: Any = json.loads(bytes(data).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise MalformedEnrolment(f"enrolment is not JSON: {exc}") from exc
+        if not isinstance(document, dict) or document.get("format") != ENROLMENT_FORMAT:
+            raise MalformedEnrolment(f"not a {ENROLMENT_FORMAT} document")
+        fields = ("kms_uri", "base_url", "tls_cert_pem", "signing_cert_pem", "certificate")
+        values = {name: value for name in fields if isinstance(value := document.get(name), str)}
+        missing = [name for name in fields if name not in values]
+        if missing:
+            raise MalformedEnrolment(f"enrolment lacks string fields: {', '.join(missing)}")
+        try:
+            tls_pem = values["tls_cert_pem"].encode("ascii")
+            signing_pem = values["signing_cert_pem"].encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise MalformedEnrolment("certificates must be ASCII PEM") from exc
+        return cls(
+            kms_uri=values["kms_uri"],
+            base_url=values["base_url"],
+            tls_cert_pem=tls_pem,
+            signing_cert_pem=signing_pem,
+            certificate=parse_certificate(values["certificate"].encode("utf-8")),
+        )
