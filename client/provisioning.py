@@ -1,0 +1,282 @@
+"""Provisioning from the KMS: HTTPS to a pinned certificate, signed XML checked, keys validated and stored,
+renewed automatically before the key period ends.
+
+``accept_init`` / ``accept_key_prov`` are the trust decisions (pure: bytes and ``now`` in); ``KmsHttpClient``
+does HTTPS with Twisted's Agent, trusting only the TLS certificate from the enrolment; ``ProvisioningAgent``
+drives both for one or more identities and keeps the keystore topped up with a ``callLater`` timer.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any
+
+from twisted.internet import defer, ssl
+from twisted.internet.error import ConnectError
+from twisted.web.client import Agent, FileBodyProducer, ResponseNeverReceived, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from client.keystore import Keystore
+from ptt.kmsformat.enrolment import Enrolment
+from ptt.kmsformat.model import DomainMismatch, KmsCertificate, KmsErrorResponse, KmsKeySet, KmsRequest
+from ptt.kmsformat.signing import verify_signed_response
+from ptt.kmsformat.validation import check_init, check_key_prov
+from ptt.kmsformat.xml import MAX_XML_SIZE, request_to_xml
+from ptt.ts33180 import period_bounds
+
+log = logging.getLogger("ptt.client.provisioning")
+
+INIT = "/keymanagement/identity/v1/init"
+KEYPROV = "/keymanagement/identity/v1/keyprov"
+CERTCACHE = "/keymanagement/identity/v1/certcache"
+REQUEST_TIMEOUT = 30
+RETRY_MIN = 30.0
+RETRY_MAX = 3600.0
+
+
+class ProvisioningError(Exception):
+    """Provisioning failed; the message says why in words a user can act on."""
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def accept_init(data: bytes, enrolment: Enrolment, identity: str, now: float) -> KmsCertificate:
+    """Verify an init response against the pinned signing certificate and the enrolled domain."""
+    response = verify_signed_response(data, enrolment.signing_cert)
+    certificate = check_init(response, expected_kms_uri=enrolment.kms_uri, expected_user_uri=identity, now=_utc(now))
+    pinned = enrolment.certificate
+    if (
+        certificate.pub_auth_key != pinned.pub_auth_key
+        or certificate.pub_enc_key != pinned.pub_enc_key
+        or certificate.user_key_period != pinned.user_key_period
+        or certificate.user_key_offset != pinned.user_key_offset
+    ):
+        raise DomainMismatch("the KMS certificate differs from the one enrolled (KPAK, Z or key period changed)")
+    return certificate
+
+
+def accept_key_prov(
+    data: bytes, enrolment: Enrolment, identity: str, now: float, not_before: datetime | None
+) -> tuple[list[KmsKeySet], datetime]:
+    """Verify a keyprov response; returns the validated key sets and the response's Time."""
+    response = verify_signed_response(data, enrolment.signing_cert)
+    key_sets = check_key_prov(
+        response, certificate=enrolment.certificate, expected_user_uri=identity, now=_utc(now), not_before=not_before
+    )
+    return key_sets, response.time
+
+
+@implementer(IPolicyForHTTPS)
+class PinnedCertificatePolicy:
+    """Trust exactly the enrolled TLS certificate (self-signed is fine), TLS 1.2 or newer."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._root = ssl.Certificate.loadPEM(pem)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=self._root,
+            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+        )
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: bytes
+
+
+class KmsHttpClient:
+    def __init__(self, reactor: Any, enrolment: Enrolment, username: str, password: str) -> None:
+        self.reactor = reactor
+        self.enrolment = enrolment
+        self.agent = Agent(reactor, contextFactory=PinnedCertificatePolicy(enrolment.tls_cert_pem), connectTimeout=15)
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._auth = f"Basic {token}".encode("ascii")
+
+    @defer.inlineCallbacks
+    def post(self, path: str, body: bytes) -> Any:
+        url = (self.enrolment.base_url.rstrip("/") + path).encode("ascii")
+        headers = Headers({b"Authorization": [self._auth], b"Content-Type": [b"application/xml"]})
+        request = self.agent.request(b"POST", url, headers, FileBodyProducer(BytesIO(body)))  # type: ignore[arg-type]
+        request.addTimeout(REQUEST_TIMEOUT, self.reactor)
+        try:
+            response = yield request
+        except defer.TimeoutError:
+            raise ProvisioningError(
+                f"KMS at {self.enrolment.base_url} did not answer within {REQUEST_TIMEOUT} s"
+            ) from None
+        except ConnectError as exc:
+            raise ProvisioningError(f"cannot reach the KMS at {self.enrolment.base_url}: {exc}") from None
+        except ResponseNeverReceived as exc:
+            reasons = "; ".join(r.getErrorMessage() for r in exc.reasons)
+            raise ProvisioningError(f"KMS at {self.enrolment.base_url} closed the connection ({reasons})") from None
+        if isinstance(response.length, int) and response.length > MAX_XML_SIZE:
+            response.deliverBody(_Discard())
+            raise ProvisioningError(f"KMS response too large ({response.length} octets)")
+        reading = readBody(response)
+        reading.addTimeout(REQUEST_TIMEOUT, self.reactor)
+        content = yield reading
+        return HttpResult(response.code, content)
+
+
+class _Discard:
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+def _explain(result: HttpResult, enrolment: Enrolment, identity: str) -> str:
+    """A clear message for a non-200 answer, using the signed KmsError when it verifies."""
+    detail = ""
+    try:
+        response = verify_signed_response(result.body, enrolment.signing_cert)
+        if response.error is not None:
+            detail = response.error.message
+    except Exception:  # the reason is still worth giving even if the error body is unusable
+        detail = result.body[:200].decode("utf-8", "replace")
+    reasons = {401: "login failed", 403: f"not allowed to get keys for {identity}", 429: "locked out, try later"}
+    return f"KMS answered {result.status} ({reasons.get(result.status, 'error')}): {detail}"
+
+
+class ProvisioningAgent:
+    """Provisions ``identities`` (default: the account's own URI, given as the first) and renews them."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        keystore: Keystore,
+        username: str,
+        password: str,
+        identities: Sequence[str],
+        *,
+        http: KmsHttpClient | None = None,
+    ) -> None:
+        if keystore.enrolment is None:
+            raise ProvisioningError("the keystore has no enrolment: enrol with a KMS first")
+        self.reactor = reactor
+        self.clock: Any = reactor  # IReactorTime (zope interfaces do not type-check)
+        self.keystore = keystore
+        self.identities = list(identities)
+        self.http = http or KmsHttpClient(reactor, keystore.enrolment, username, password)
+        self._timer: Any = None  # IDelayedCall
+        self._retry = RETRY_MIN
+        self._spread = random.random()
+        self.last_error: str | None = None
+
+    @property
+    def enrolment(self) -> Enrolment:
+        assert self.keystore.enrolment is not None
+        return self.keystore.enrolment
+
+    @defer.inlineCallbacks
+    def provision_identity(self, identity: str) -> Any:
+        enrolment = self.enrolment
+        body = request_to_xml(
+            KmsRequest(identity, enrolment.kms_uri, _utc(self.clock.seconds()), enrolment.base_url + INIT)
+        )
+        result = yield self.http.post(INIT, body)
+        if result.status != 200:
+            raise ProvisioningError(_explain(result, enrolment, identity))
+        accept_init(result.body, enrolment, identity, self.clock.seconds())
+        body = request_to_xml(
+            KmsRequest(identity, enrolment.kms_uri, _utc(self.clock.seconds()), enrolment.base_url + KEYPROV)
+        )
+        result = yield self.http.post(KEYPROV, body)
+        if result.status != 200:
+            raise ProvisioningError(_explain(result, enrolment, identity))
+        key_sets, when = accept_key_prov(
+            result.body, enrolment, identity, self.clock.seconds(), self.keystore.last_response_time(identity)
+        )
+        self.keystore.add(key_sets, when, identity)
+        self.keystore.prune(self.clock.seconds())
+        self.keystore.save()
+        log.info("provisioned %s for key periods %s", identity, [k.key_period_no for k in key_sets])
+        return key_sets
+
+    @defer.inlineCallbacks
+    def provision(self) -> Any:
+        provisioned = {}
+        for identity in self.identities:
+            provisioned[identity] = yield self.provision_identity(identity)
+        return provisioned
+
+    # --- automatic renewal -----------------------------------------------------------------------------------
+
+    def needs_renewal(self, now: float) -> bool:
+        domain = self.enrolment.certificate.domain()
+        current = domain.period_number(now)
+        return any(not {current, current + 1} <= set(self.keystore.periods(identity)) for identity in self.identities)
+
+    def next_renewal(self, now: float) -> float:
+        """Seconds until the next renewal. Keys for the current and the next period are held after each
+        provisioning, so the next period's keys always arrive before the current period ends; the KMS issues
+        period N+2 once N+1 has begun, so renew then (at once if anything is missing), spread over a small
+        fraction of the period so that a domain's clients do not all call at the same second."""
+        if self.needs_renewal(now):
+            return 0.0
+        domain = self.enrolment.certificate.domain()
+        _, end = _bounds(domain.period_number(now), domain.key_period, domain.key_period_offset)
+        spread = min(domain.key_period / 50, 6 * 3600) * self._spread
+        return max(0.0, end - now) + spread
+
+    def start(self) -> None:
+        self._schedule(self.next_renewal(self.clock.seconds()))
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self, delay: float) -> None:
+        self.stop()
+        self._timer = self.clock.callLater(delay, self._renew)
+
+    def _renew(self) -> None:
+        self._timer = None
+        d = self.provision()
+
+        def done(_: object) -> None:
+            self.last_error = None
+            self._retry = RETRY_MIN
+            self._schedule(max(self.next_renewal(self.clock.seconds()), 1.0))
+
+        def failed(failure: Any) -> None:
+            self.last_error = failure.getErrorMessage()
+            log.warning("key renewal failed (retrying in %.0f s): %s", self._retry, self.last_error)
+            self._schedule(self._retry)
+            self._retry = min(self._retry * 2, RETRY_MAX)
+
+        d.addCallbacks(done, failed)
+
+
+def _bounds(period: int, key_period: int, offset: int) -> tuple[float, float]:
+    start, end = period_bounds(period, key_period, offset)
+    return float(start), float(end)
+
+
+__all__ = [
+    "KmsErrorResponse",
+    "KmsHttpClient",
+    "PinnedCertificatePolicy",
+    "ProvisioningAgent",
+    "ProvisioningError",
+    "accept_init",
+    "accept_key_prov",
+]

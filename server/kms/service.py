@@ -1,0 +1,402 @@
+"""The KMS web service: TS 33.180 Annex D endpoints over HTTPS (TLS 1.2+), HTTP Basic login, signed XML.
+
+``KmsApplication.handle`` is the whole request logic (plain values in, an ``HttpReply`` out, time passed in);
+``KmsResource`` adapts it to twisted.web and runs it on one worker thread (scrypt and SQLite must not stall the
+reactor); ``main`` loads a data directory made by ``ptt-kms init`` and listens.
+
+Endpoints (POST, optional <KmsRequest> body naming the identity wanted, default the account's own URI):
+  /keymanagement/identity/v1/init       the domain certificate (KmsInit)
+  /keymanagement/identity/v1/keyprov    the identity's key sets for the current and the next key period
+  /keymanagement/identity/v1/certcache  certificates of other domains this KMS vouches for
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+from twisted.web import resource, server
+from twisted.web.server import NOT_DONE_YET
+
+from ptt.crypto.kms import MasterSecrets, derive_user_keys
+from ptt.kmsformat.model import (
+    KmsCertCache,
+    KmsCertificate,
+    KmsError,
+    KmsFormatError,
+    KmsInit,
+    KmsKeyProv,
+    KmsKeySet,
+    KmsResponse,
+)
+from ptt.kmsformat.signing import sign_response
+from ptt.kmsformat.xml import parse_certificate, parse_request
+from ptt.ts33180 import period_bounds, period_number, uid
+from server.kms.store import AccountError, KmsStore, LockedOut, LoginFailed
+
+log = logging.getLogger("ptt.kms")
+
+PREFIX = "/keymanagement/identity/v1/"
+ENDPOINTS = ("init", "keyprov", "certcache")
+MAX_BODY = 64 * 1024
+IP_FAILURE_WINDOW = 60.0
+IP_FAILURE_LIMIT = 20  # failed logins per source address per minute before it is refused outright
+
+# KmsError codes we send (TS 33.180 leaves the values to the KMS)
+ERR_BAD_REQUEST = 400
+ERR_UNAUTHORISED = 401
+ERR_FORBIDDEN = 403
+ERR_NOT_FOUND = 404
+ERR_LOCKED = 429
+ERR_INTERNAL = 500
+ANONYMOUS = "anonymous"  # UserUri of error responses to requests nobody has logged in for
+
+
+@dataclass
+class HttpReply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    kms_uri: str
+    key_period: int
+    key_period_offset: int
+    base_url: str
+
+
+class KmsApplication:
+    """Authenticates, authorises and answers one request; every answer (errors included) is signed XML."""
+
+    def __init__(
+        self,
+        store: KmsStore,
+        master: MasterSecrets,
+        config: DomainConfig,
+        signing_key: ec.EllipticCurvePrivateKey,
+        signing_cert: x509.Certificate,
+    ) -> None:
+        self.store = store
+        self.master = master
+        self.config = config
+        self.signing_key = signing_key
+        self.signing_cert = signing_cert
+        self._ip_failures: dict[str, deque[float]] = {}
+
+    @property
+    def certificate(self) -> KmsCertificate:
+        return KmsCertificate(
+            kms_uri=self.config.kms_uri,
+            user_key_period=self.config.key_period,
+            user_key_offset=self.config.key_period_offset,
+            pub_enc_key=self.master.z_public,
+            pub_auth_key=self.master.kpak,
+            cert_uri=f"{self.config.kms_uri}/certificate",
+            issuer=self.config.kms_uri,
+        )
+
+    def handle(
+        self, *, method: str, path: str, authorization: str | None, body: bytes, peer: str, now: float
+    ) -> HttpReply:
+        try:
+            return self._handle(method, path, authorization, body, peer, now)
+        except Exception:  # a bug must not take the service down or leak details
+            log.exception("KMS request failed: %s %s from %s", method, path, peer)
+            return self._error(ERR_INTERNAL, "internal error", "", path, now, status=500)
+
+    def _handle(
+        self, method: str, path: str, authorization: str | None, body: bytes, peer: str, now: float
+    ) -> HttpReply:
+        endpoint = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
+        if endpoint not in ENDPOINTS:
+            return self._error(ERR_NOT_FOUND, f"no such endpoint: {path}", "", path, now, status=404)
+        if method != "POST":
+            reply = self._error(ERR_BAD_REQUEST, "use POST", "", path, now, status=405)
+            reply.headers["Allow"] = "POST"
+            return reply
+        if len(body) > MAX_BODY:
+            return self._error(ERR_BAD_REQUEST, "request body too large", "", path, now, status=413)
+        if self._ip_blocked(peer, now):
+            log.warning("KMS: refusing %s: too many failed logins from this address", peer)
+            reply = self._error(ERR_LOCKED, "too many failed logins from this address", "", path, now, status=429)
+            reply.headers["Retry-After"] = str(int(IP_FAILURE_WINDOW))
+            return reply
+
+        credentials = _basic_credentials(authorization)
+        if credentials is None:
+            return self._unauthorised("login required", path, now)
+        username, password = credentials
+        try:
+            account = self.store.authenticate(username, password, now=now)
+        except LockedOut as exc:
+            log.warning("KMS: login for %r refused: locked out for %.0f s (from %s)", username, exc.retry_after, peer)
+            reply = self._error(ERR_LOCKED, "account locked after failed logins", "", path, now, status=429)
+            reply.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+            return reply
+        except (LoginFailed, AccountError):
+            self._ip_failure(peer, now)
+            log.warning("KMS: failed login for %r from %s", username, peer)
+            return self._unauthorised("wrong username or password", path, now)
+        if account.disabled:
+            return self._unauthorised("account disabled", path, now)
+
+        identity = account.uri or ""
+        if body.strip():
+            try:
+                request = parse_request(body)
+            except KmsFormatError as exc:
+                return self._error(ERR_BAD_REQUEST, f"bad KmsRequest: {exc}", identity, path, now, status=400)
+            if request.kms_uri != self.config.kms_uri:
+                return self._error(
+                    ERR_BAD_REQUEST, f"this is KMS {self.config.kms_uri}", request.user_uri, path, now, status=400
+                )
+            identity = request.user_uri
+        if not identity:
+            return self._error(ERR_BAD_REQUEST, "no identity requested", "", path, now, status=400)
+        if identity != account.uri and not self.store.may_key(username, identity):
+            self.store.audit("refused", username=username, detail=f"{endpoint} for {identity}", now=now)
+            log.warning("KMS: %r asked for keys of %r without a grant", username, identity)
+            return self._error(ERR_FORBIDDEN, f"not authorised for {identity}", identity, path, now, status=403)
+
+        if endpoint == "init":
+            message: KmsInit | KmsKeyProv | KmsCertCache = KmsInit(self.certificate)
+        elif endpoint == "keyprov":
+            message = KmsKeyProv(tuple(self._key_sets(username, identity, now)))
+        else:
+            message = KmsCertCache(tuple(parse_certificate(c) for c in self.store.trusted_certificates()))
+        self.store.audit(endpoint, username=username, detail=identity, now=now)
+        return self._signed(KmsResponse(identity, self.config.kms_uri, _utc(now), self._url(path), message=message))
+
+    def _key_sets(self, username: str, identity: str, now: float) -> list[KmsKeySet]:
+        cfg = self.config
+        current = period_number(now, cfg.key_period, cfg.key_period_offset)
+        key_sets = []
+        for period in (current, current + 1):
+            user_id = uid(identity, cfg.kms_uri, cfg.key_period, cfg.key_period_offset, period)
+            keys = derive_user_keys(user_id, self.master)
+            start, end = period_bounds(period, cfg.key_period, cfg.key_period_offset)
+            key_sets.append(
+                KmsKeySet(
+                    kms_uri=cfg.kms_uri,
+                    user_uri=identity,
+                    user_id=user_id,
+                    key_period_no=period,
+                    rsk=keys.rsk,
+                    ssk=keys.ssk,
+                    pvt=keys.pvt,
+                    valid_from=_utc(start),
+                    valid_to=_utc(end),
+                    revoked=False,
+                )
+            )
+            self.store.record_issue(username, identity, period, user_id, now=now)
+        log.info("KMS: issued keys of %r for periods %d and %d to %r", identity, current, current + 1, username)
+        return key_sets
+
+    def _url(self, path: str) -> str:
+        return self.config.base_url.rstrip("/") + path
+
+    def _signed(self, response: KmsResponse, status: int = 200) -> HttpReply:
+        body = sign_response(response, self.signing_key, self.signing_cert)
+        return HttpReply(status, body, {"Content-Type": "application/xml; charset=utf-8", "Cache-Control": "no-store"})
+
+    def _error(self, code: int, text: str, user_uri: str, path: str, now: float, *, status: int) -> HttpReply:
+        # UserUri is mandatory in a KmsResponse; before login we do not know who is asking
+        response = KmsResponse(
+            user_uri or ANONYMOUS, self.config.kms_uri, _utc(now), self._url(path), error=KmsError(code, text)
+        )
+        try:
+            return self._signed(response, status)
+        except Exception:
+            log.exception("KMS: cannot sign an error response")
+            return HttpReply(500, b"internal error\n", {"Content-Type": "text/plain"})
+
+    def _unauthorised(self, text: str, path: str, now: float) -> HttpReply:
+        reply = self._error(ERR_UNAUTHORISED, text, "", path, now, status=401)
+        reply.headers["WWW-Authenticate"] = 'Basic realm="ptt-kms", charset="UTF-8"'
+        return reply
+
+    def _ip_failure(self, peer: str, now: float) -> None:
+        self._ip_failures.setdefault(peer, deque()).append(now)
+
+    def _ip_blocked(self, peer: str, now: float) -> bool:
+        failures = self._ip_failures.get(peer)
+        if not failures:
+            return False
+        while failures and failures[0] < now - IP_FAILURE_WINDOW:
+            failures.popleft()
+        if not failures:
+            del self._ip_failures[peer]
+            return False
+        return len(failures) >= IP_FAILURE_LIMIT
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(int(seconds), UTC)
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username:
+        return None
+    return username, password
+
+
+# --- Twisted adapter ------------------------------------------------------------------------------------------
+
+
+class LimitedRequest(server.Request):
+    """Stops buffering a request body beyond MAX_BODY (the handler then answers 413)."""
+
+    body_too_large = False
+
+    def handleContentChunk(self, data: bytes) -> None:
+        assert self.content is not None
+        if self.body_too_large or self.content.tell() + len(data) > MAX_BODY:
+            self.body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+
+class KmsResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, app: KmsApplication, pool: ThreadPool, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.app = app
+        self.pool = pool
+        self.clock = clock
+
+    def render(self, request: server.Request) -> int:
+        from twisted.internet import reactor
+
+        assert request.content is not None
+        body = request.content.read(MAX_BODY + 1)
+        if getattr(request, "body_too_large", False):
+            body = b"x" * (MAX_BODY + 1)
+        peer = request.getClientAddress()
+        kwargs = {
+            "method": request.method.decode("ascii", "replace"),
+            "path": request.path.decode("utf-8", "replace"),
+            "authorization": (request.getHeader("authorization") or None),
+            "body": body,
+            "peer": getattr(peer, "host", str(peer)),
+            "now": self.clock(),
+        }
+        d = threads.deferToThreadPool(reactor, self.pool, lambda: self.app.handle(**kwargs))
+
+        def respond(reply: HttpReply) -> None:
+            if request.finished or request._disconnected:
+                return
+            request.setResponseCode(reply.status)
+            for name, value in reply.headers.items():
+                request.setHeader(name, value)
+            request.write(reply.body)
+            request.finish()
+
+        def broken(failure: Any) -> None:
+            log.error("KMS response failed: %s", failure.getErrorMessage())
+            respond(HttpReply(500, b"internal error\n", {"Content-Type": "text/plain"}))
+
+        d.addCallback(respond)
+        d.addErrback(broken)
+        return NOT_DONE_YET
+
+
+def make_site(app: KmsApplication, pool: ThreadPool, clock: Callable[[], float] = time.time) -> server.Site:
+    site = server.Site(KmsResource(app, pool, clock))
+    site.requestFactory = LimitedRequest
+    site.displayTracebacks = False
+    return site
+
+
+def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsApplication, KmsStore]:
+    from server.kms.material import load_certificate, load_private_key
+    from server.kms.secrets import read_master_secrets
+
+    store = KmsStore(data_dir / "kms.sqlite3", check_same_thread=False)
+    kms_uri = store.get_setting("kms_uri")
+    if not kms_uri:
+        raise SystemExit(f"{data_dir}: not an initialised KMS (run: ptt-kms --data {data_dir} init ...)")
+    master = read_master_secrets(data_dir / "master-secrets.json", passphrase)
+    config = DomainConfig(
+        kms_uri=kms_uri,
+        key_period=int(store.get_setting("key_period") or 2592000),
+        key_period_offset=int(store.get_setting("key_period_offset") or 0),
+        base_url=store.get_setting("base_url") or "",
+    )
+    app = KmsApplication(
+        store,
+        master,
+        config,
+        load_private_key(data_dir / "signing-key.pem"),
+        load_certificate(data_dir / "signing-cert.pem"),
+    )
+    return app, store
+
+
+def tls_context(data_dir: Path) -> object:
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    key = crypto.load_privatekey(crypto.FILETYPE_PEM, (data_dir / "tls-key.pem").read_bytes())
+    cert = crypto.load_certificate(crypto.FILETYPE_PEM, (data_dir / "tls-cert.pem").read_bytes())
+    return ssl.CertificateOptions(privateKey=key, certificate=cert, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+def main(data_dir: Path, passphrase: bytes | None = None, *, host: str | None = None, port: int | None = None) -> int:
+    """Run the KMS in the foreground until SIGINT/SIGTERM."""
+    from twisted.internet import endpoints
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    from twisted.python import log as twisted_log
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    twisted_log.PythonLoggingObserver("twisted").start()
+    app, store = load_application(Path(data_dir), passphrase)
+    listen_host = host or store.get_setting("host") or "127.0.0.1"
+    listen_port = port if port is not None else int(store.get_setting("port") or 8443)
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="kms-worker")
+    pool.start()
+    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+    reactor.addSystemEventTrigger("after", "shutdown", store.close)
+    endpoint = endpoints.SSL4ServerEndpoint(
+        reactor,
+        listen_port,
+        tls_context(Path(data_dir)),
+        interface=listen_host,
+    )
+
+    def listening(port_obj: Any) -> None:
+        address = port_obj.getHost()
+        print(f"KMS {app.config.kms_uri} listening on https://{address.host}:{address.port}", flush=True)
+
+    def failed(failure: object) -> None:
+        print(f"KMS could not listen on {listen_host}:{listen_port}: {failure}", file=sys.stderr, flush=True)
+        reactor.stop()
+
+    endpoint.listen(make_site(app, pool)).addCallbacks(listening, failed)
+    reactor.run()
+    return 0
