@@ -26,14 +26,15 @@ def test_wrong_passphrase_and_tampering() -> None:
         unseal(blob, b"Pass")
     document = json.loads(blob)
     for field in ("ciphertext", "nonce", "salt"):
-        changed = dict(document)
-        value = bytearray.fromhex(changed[field])
+        changed = json.loads(blob)
+        holder = changed["kdf"] if field == "salt" else changed
+        value = bytearray.fromhex(holder[field])
         value[0] ^= 1
-        changed[field] = value.hex()
+        holder[field] = value.hex()
         with pytest.raises(SealError):
             unseal(json.dumps(changed).encode(), b"pass")
     with pytest.raises(SealError):
-        unseal(json.dumps({**document, "n": 2**11}).encode(), b"pass")
+        unseal(json.dumps({**document, "kdf": {**document["kdf"], "n": 2**11}}).encode(), b"pass")
 
 
 @pytest.mark.parametrize("data", [b"", b"{}", b"[]", b"not json", json.dumps({"format": "ptt-sealed-1"}).encode()])

@@ -19,12 +19,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from ptt.crypto import InvalidKey
 from ptt.crypto.kms import MasterSecrets, generate_master_secrets
+from ptt.sealed import SealError, seal_fields, unseal_fields
 
 __all__ = [
     "FORMAT",
@@ -44,15 +41,7 @@ _PLAIN = "none"
 _ENCRYPTED = "scrypt-aes-256-gcm"
 
 SCRYPT_N = 2**15
-"""scrypt cost for new files (r = 8, p = 1). A module constant so tests may lower it."""
-SCRYPT_R = 8
-SCRYPT_P = 1
-_SALT_LENGTH = 16
-_NONCE_LENGTH = 12
-# Bounds on the parameters a file may ask for, so a crafted file cannot make us spend gigabytes or hours.
-_MAX_N = 2**20
-_MAX_R = 32
-_MAX_P = 16
+"""scrypt cost for new files (r = 8, p = 1; ptt.sealed). A module constant so tests may lower it."""
 
 
 class SecretsFileError(Exception):
@@ -127,10 +116,6 @@ def _canonical(value: dict[str, Any]) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def _scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
-
-
 def write_master_secrets(path: Path, master: MasterSecrets, passphrase: bytes | None = None) -> None:
     """Store ``master`` at ``path`` (0600, atomically), encrypted under ``passphrase`` when one is given."""
     header: dict[str, Any] = {
@@ -145,13 +130,9 @@ def write_master_secrets(path: Path, master: MasterSecrets, passphrase: bytes | 
     else:
         if not passphrase:
             raise SecretsFileError("the passphrase must not be empty")
-        salt = secrets.token_bytes(_SALT_LENGTH)
         header["encryption"] = _ENCRYPTED
-        header["kdf"] = {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex()}
-        nonce = secrets.token_bytes(_NONCE_LENGTH)
-        key = _scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-        ciphertext = AESGCM(key).encrypt(nonce, _canonical(secret_fields), _canonical(header))
-        content = {**header, "nonce": nonce.hex(), "ciphertext": ciphertext.hex()}
+        sealed = seal_fields(_canonical(secret_fields), passphrase, associated_data=_canonical(header), cost=SCRYPT_N)
+        content = {**header, **sealed}
     write_private_file(path, json.dumps(content, indent=1).encode("ascii") + b"\n")
 
 
@@ -192,23 +173,13 @@ def read_public_keys(path: Path) -> tuple[bytes, bytes]:
 
 
 def _decrypt(content: dict[str, Any], passphrase: bytes, path: Path) -> dict[str, Any]:
-    kdf = content.get("kdf")
-    if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
-        raise SecretsFileError(f"{path}: unknown key derivation")
-    params = [kdf.get(name) for name in ("n", "r", "p")]
-    n, r, p = (v if type(v) is int else 0 for v in params)  # anything but an int (or a bool) fails the range check
-    if not (2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
-        raise SecretsFileError(f"{path}: scrypt parameters out of range (n={n}, r={r}, p={p})")
-    salt = _hex_field(kdf, "salt", path)
-    nonce = _hex_field(content, "nonce", path)
-    ciphertext = _hex_field(content, "ciphertext", path)
-    if len(nonce) != _NONCE_LENGTH:
-        raise SecretsFileError(f"{path}: malformed nonce")
-    header = {k: v for k, v in content.items() if k not in ("nonce", "ciphertext")}
+    header = {k: v for k, v in content.items() if k not in ("kdf", "nonce", "ciphertext")}
     try:
-        plaintext = AESGCM(_scrypt(passphrase, salt, n, r, p)).decrypt(nonce, ciphertext, _canonical(header))
-    except InvalidTag:
-        raise SecretsFileError(f"cannot decrypt {path}: wrong passphrase, or the file was modified") from None
+        plaintext = unseal_fields(content, passphrase, associated_data=_canonical(header))
+    except SealError as exc:
+        if "wrong passphrase" in str(exc):
+            raise SecretsFileError(f"cannot decrypt {path}: wrong passphrase, or the file was modified") from None
+        raise SecretsFileError(f"{path}: {exc}") from None
     try:
         inner = json.loads(plaintext)
     except ValueError:
