@@ -96,7 +96,11 @@ class Keystore:
         if not store.path.exists():
             return store
         try:
-            document = json.loads(unseal(store.path.read_bytes(), passphrase, label=LABEL))
+            data = store.path.read_bytes()
+        except OSError as exc:
+            raise KeystoreError(f"cannot read the keystore {path}: {exc.strerror or exc}") from None
+        try:
+            document = json.loads(unseal(data, passphrase, label=LABEL))
             if document.get("enrolment"):
                 store.enrolment = Enrolment.from_json(document["enrolment"].encode())
             for item in document.get("key_sets", []):
@@ -115,18 +119,26 @@ class Keystore:
             "key_sets": [k.to_json() for k in sorted(self.key_sets.values(), key=lambda k: (k.uri, k.period_no))],
             "last_response": self.last_response,
         }
-        sealed = seal(json.dumps(document).encode(), self.passphrase, label=LABEL)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keystore-")
         try:
-            os.fchmod(fd, 0o600)
+            sealed = seal(json.dumps(document).encode(), self.passphrase, label=LABEL)
+        except SealError as exc:  # an empty passphrase
+            raise KeystoreError(f"cannot seal the keystore {self.path}: {exc}") from None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keystore-")
+        except OSError as exc:
+            raise KeystoreError(f"cannot write the keystore {self.path}: {exc.strerror or exc}") from None
+        try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
                 f.write(sealed)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise KeystoreError(f"cannot write the keystore {self.path}: {exc.strerror or exc}") from None
             raise
 
     # --- contents --------------------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ class ProvisioningAgent:
         self.identities = list(identities)
         self.http = http or KmsHttpClient(reactor, keystore.enrolment, username, password)
         self._timer: Any = None  # IDelayedCall
+        self._running = False  # between start() and stop(): a renewal finishing after stop() must not re-arm
         self._retry = RETRY_MIN
         self._spread = random.random()
         self.last_error: str | None = None
@@ -237,16 +238,22 @@ class ProvisioningAgent:
         return max(0.0, end - now) + spread
 
     def start(self) -> None:
+        self._running = True
         self._schedule(self.next_renewal(self.clock.seconds()))
 
     def stop(self) -> None:
+        self._running = False
+        self._cancel()
+
+    def _cancel(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
     def _schedule(self, delay: float) -> None:
-        self.stop()
-        self._timer = self.clock.callLater(delay, self._renew)
+        self._cancel()
+        if self._running:
+            self._timer = self.clock.callLater(delay, self._renew)
 
     def _renew(self) -> None:
         self._timer = None

@@ -97,6 +97,7 @@ class KmsApplication:
         self.signing_key = signing_key
         self.signing_cert = signing_cert
         self._ip_failures: dict[str, deque[float]] = {}
+        self._ip_swept = float("-inf")
 
     @property
     def certificate(self) -> KmsCertificate:
@@ -168,7 +169,8 @@ class KmsApplication:
             identity = request.user_uri
         if not identity:
             return self._error(ERR_BAD_REQUEST, "no identity requested", "", path, now, status=400)
-        if identity != account.uri and not self.store.may_key(username, identity):
+        # The account's own identity too needs its grant ('self'): an operator may revoke it.
+        if not self.store.may_key(username, identity):
             self.store.audit("refused", username=username, detail=f"{endpoint} for {identity}", now=now)
             log.warning("KMS: %r asked for keys of %r without a grant", username, identity)
             return self._error(ERR_FORBIDDEN, f"not authorised for {identity}", identity, path, now, status=403)
@@ -232,6 +234,13 @@ class KmsApplication:
         return reply
 
     def _ip_failure(self, peer: str, now: float) -> None:
+        # Forget addresses whose failures have all aged out (at most once a window), or the record of every address
+        # that ever failed would grow for as long as the service runs.
+        if now >= self._ip_swept + IP_FAILURE_WINDOW:
+            self._ip_swept = now
+            stale = [a for a, f in self._ip_failures.items() if not f or f[-1] < now - IP_FAILURE_WINDOW]
+            for address in stale:
+                del self._ip_failures[address]
         self._ip_failures.setdefault(peer, deque()).append(now)
 
     def _ip_blocked(self, peer: str, now: float) -> bool:
