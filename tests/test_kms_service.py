@@ -177,7 +177,7 @@ def test_init_returns_the_domain_certificate(app: KmsApplication, master: kms.Ma
     assert reply.headers["Cache-Control"] == "no-store"
     r = response(reply, app)
     assert (r.user_uri, r.kms_uri, r.client_req_url) == (ALICE, KMS_URI, BASE_URL + INIT)
-    assert r.time == datetime.fromtimestamp(int(NOW), UTC)
+    assert r.time == datetime.fromtimestamp(NOW, UTC)  # sub-second precision (see test_provisioning)
     assert isinstance(r.message, KmsInit)
     assert r.message.certificate == app.certificate
     # the same certificate the CLI exports for enrolment, with this master's public keys

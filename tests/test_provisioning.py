@@ -724,3 +724,12 @@ def test_held_keys_receive_a_group_key(
             now=NOW + 1,
             replay_cache=ReplayCache(),
         )
+
+
+def test_two_genuine_responses_within_one_second_are_both_accepted(app: KmsApplication, enrolment: Enrolment) -> None:
+    """Response Time carries sub-second precision, so provisioning twice quickly is not mistaken for a replay."""
+    first = kms_reply(app, KEYPROV, "alice", now=NOW + 0.1)
+    second = kms_reply(app, KEYPROV, "alice", now=NOW + 0.6)
+    _, when = accept_key_prov(first, enrolment, ALICE, NOW + 0.6, None)
+    _, later = accept_key_prov(second, enrolment, ALICE, NOW + 0.7, when)
+    assert later > when

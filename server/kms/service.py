@@ -256,7 +256,8 @@ class KmsApplication:
 
 
 def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(int(seconds), UTC)
+    # sub-second precision: two responses within one second must still order (the client refuses replays)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
