@@ -561,9 +561,11 @@ def test_signing_failure_gives_a_plain_500(app: KmsApplication, monkeypatch: pyt
         assert reply.headers["Content-Type"] == "text/plain"
 
 
-def test_unencodable_path_does_not_escape(app: KmsApplication) -> None:
-    reply = app.handle(method="POST", path="/\x01\x02", authorization=None, body=b"", peer=PEER, now=NOW)
-    assert reply.status in (404, 500)
+def test_unencodable_path_gets_a_signed_404(app: KmsApplication) -> None:
+    reply = app.handle(method="POST", path="/\x01\x02<&", authorization=None, body=b"", peer=PEER, now=NOW)
+    assert reply.status == 404
+    response = verify_signed_response(reply.body, app.signing_cert)
+    assert response.error is not None and response.client_req_url.endswith("/%01%02%3C%26")
 
 
 # --- the twisted.web adapter ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import binascii
 import logging
 import sys
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class KmsApplication:
     ) -> HttpReply:
         endpoint = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
         if endpoint not in ENDPOINTS:
-            return self._error(ERR_NOT_FOUND, f"no such endpoint: {path}", "", path, now, status=404)
+            return self._error(ERR_NOT_FOUND, f"no such endpoint: {self._url(path)}", "", path, now, status=404)
         if method != "POST":
             reply = self._error(ERR_BAD_REQUEST, "use POST", "", path, now, status=405)
             reply.headers["Allow"] = "POST"
@@ -211,7 +212,8 @@ class KmsApplication:
         return key_sets
 
     def _url(self, path: str) -> str:
-        return self.config.base_url.rstrip("/") + path
+        # percent-encoded: a hostile path must not stop us signing the (error) reply that echoes it
+        return self.config.base_url.rstrip("/") + urllib.parse.quote(path, safe="/-._~")
 
     def _signed(self, response: KmsResponse, status: int = 200) -> HttpReply:
         body = sign_response(response, self.signing_key, self.signing_cert)
