@@ -14,6 +14,7 @@ from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 from ptt.ts33180 import period_bounds, period_number, uid
 from server.kms import cli, material
+from server.kms.domain import certificate_validity
 from server.kms.secrets import is_encrypted, read_master_secrets, read_public_keys
 from server.kms.store import KmsStore
 
@@ -90,6 +91,8 @@ def test_init_creates_files_with_private_modes(tmp_path: Path, capsys: pytest.Ca
             "key_period_offset": "5",
             "kms_uri": KMS_URI,
             "port": "9443",
+            "cert_valid_from": store.settings()["cert_valid_from"],
+            "cert_valid_to": str(int(store.settings()["cert_valid_from"]) + 10 * 365 * 86400),
         }
         assert [e.event for e in store.audit_log()] == ["domain-initialised"]
 
@@ -268,7 +271,11 @@ def test_export_enrolment(data: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     cert = enrolment.certificate
     assert (cert.kms_uri, cert.pub_auth_key, cert.pub_enc_key) == (KMS_URI, kpak, z)
     assert (cert.user_key_period, cert.user_key_offset) == (PERIOD, 0)
-    assert cert == cli.domain_certificate(KMS_URI, PERIOD, 0, kpak, z)
+    with _store(data) as store:
+        valid_from, valid_to = certificate_validity(store.settings())
+    assert valid_from is not None and valid_to is not None and valid_to > valid_from
+    assert cert == cli.domain_certificate(KMS_URI, PERIOD, 0, kpak, z, valid_from, valid_to)
+    assert cert.valid_from is not None and cert.revoked is False
 
     code, out, _ = _run(capsys, "--data", str(data), "export-enrolment", "--base-url", "https://kms.example.org:443")
     assert code == 0

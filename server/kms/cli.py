@@ -35,6 +35,7 @@ from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import KmsCertificate, KmsFormatError
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 from ptt.ts33180 import DEFAULT_KEY_PERIOD, period_bounds, period_number, uid
+from server.kms.domain import CERTIFICATE_YEARS, certificate_validity, domain_certificate
 from server.kms.material import (
     MaterialError,
     certificate_fingerprint,
@@ -54,7 +55,7 @@ from server.kms.secrets import (
 )
 from server.kms.store import GRANT_KINDS, ROLES, KmsStore, StoreError
 
-__all__ = ["CliError", "DataDir", "domain_certificate", "main"]
+__all__ = ["CliError", "DataDir", "domain_certificate", "main"]  # domain_certificate: see server.kms.domain
 
 PROG = "ptt-kms"
 DEFAULT_DATA = "kms-data"
@@ -180,19 +181,6 @@ def _domain(store: KmsStore) -> _Domain:
     return _Domain(store.get_setting("domain") or "", kms_uri, key_period, offset, store.get_setting("base_url") or "")
 
 
-def domain_certificate(kms_uri: str, key_period: int, key_period_offset: int, kpak: bytes, z: bytes) -> KmsCertificate:
-    """The domain's KMS certificate, field for field the one the service sends in KmsInit."""
-    return KmsCertificate(
-        kms_uri=kms_uri,
-        user_key_period=key_period,
-        user_key_offset=key_period_offset,
-        pub_enc_key=z,
-        pub_auth_key=kpak,
-        cert_uri=f"{kms_uri}/certificate",
-        issuer=kms_uri,
-    )
-
-
 def _utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -256,6 +244,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
             "(every key issued so far stops working; accounts and grants are kept)"
         )
 
+    now = clock()
     dd.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(dd.root, 0o700)
     master = generate_master_secrets()
@@ -276,7 +265,6 @@ def _cmd_init(args: argparse.Namespace) -> int:
     )
     write_key_and_certificate(signing_key, signing_cert, dd.signing_key, dd.signing_cert)
 
-    now = clock()
     with KmsStore(dd.db) as store:
         for key, value in (
             ("domain", args.domain),
@@ -286,6 +274,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
             ("base_url", base_url),
             ("host", args.host),
             ("port", str(args.port)),
+            ("cert_valid_from", str(int(now))),
+            ("cert_valid_to", str(int(now) + CERTIFICATE_YEARS * 365 * 86400)),
         ):
             store.set_setting(key, value)
         store.audit(
@@ -384,6 +374,7 @@ def _cmd_export_enrolment(args: argparse.Namespace) -> int:
     dd = DataDir(Path(args.data))
     with _open_store(dd) as store:
         domain = _domain(store)
+        valid_from, valid_to = certificate_validity(store.settings())
     kpak, z = read_public_keys(dd.secrets)
     base_url = args.base_url or domain.base_url
     if not base_url:
@@ -393,7 +384,9 @@ def _cmd_export_enrolment(args: argparse.Namespace) -> int:
         base_url=base_url,
         tls_cert_pem=certificate_pem(load_certificate(dd.tls_cert)),
         signing_cert_pem=certificate_pem(load_certificate(dd.signing_cert)),
-        certificate=domain_certificate(domain.kms_uri, domain.key_period, domain.key_period_offset, kpak, z),
+        certificate=domain_certificate(
+            domain.kms_uri, domain.key_period, domain.key_period_offset, kpak, z, valid_from, valid_to
+        ),
     )
     data = enrolment.to_json()
     if args.out:

@@ -46,6 +46,7 @@ from ptt.kmsformat.model import (
 from ptt.kmsformat.signing import sign_response
 from ptt.kmsformat.xml import parse_certificate, parse_request
 from ptt.ts33180 import period_bounds, period_number, uid
+from server.kms.domain import certificate_validity, domain_certificate
 from server.kms.store import AccountError, KmsStore, LockedOut, LoginFailed
 
 log = logging.getLogger("ptt.kms")
@@ -79,6 +80,8 @@ class DomainConfig:
     key_period: int
     key_period_offset: int
     base_url: str
+    valid_from: float | None = None  # the domain certificate's validity (recorded by ptt-kms init)
+    valid_to: float | None = None
 
 
 class KmsApplication:
@@ -102,14 +105,15 @@ class KmsApplication:
 
     @property
     def certificate(self) -> KmsCertificate:
-        return KmsCertificate(
-            kms_uri=self.config.kms_uri,
-            user_key_period=self.config.key_period,
-            user_key_offset=self.config.key_period_offset,
-            pub_enc_key=self.master.z_public,
-            pub_auth_key=self.master.kpak,
-            cert_uri=f"{self.config.kms_uri}/certificate",
-            issuer=self.config.kms_uri,
+        cfg = self.config
+        return domain_certificate(
+            cfg.kms_uri,
+            cfg.key_period,
+            cfg.key_period_offset,
+            self.master.kpak,
+            self.master.z_public,
+            cfg.valid_from,
+            cfg.valid_to,
         )
 
     def handle(
@@ -357,6 +361,8 @@ def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsAppli
         key_period=int(store.get_setting("key_period") or 2592000),
         key_period_offset=int(store.get_setting("key_period_offset") or 0),
         base_url=store.get_setting("base_url") or "",
+        valid_from=certificate_validity(store.settings())[0],
+        valid_to=certificate_validity(store.settings())[1],
     )
     app = KmsApplication(
         store,
