@@ -10,6 +10,8 @@ from ptt.crypto import kms
 from ptt.groupkeys import GroupKey, build_gmk_messages, make_group_key
 from ptt.mikey.errors import DecryptionFailed, WrongRecipient
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, receive_i_message
+from ptt.mikey.message import MikeyMessage
+from ptt.mikey.payloads import Rand
 from ptt.ts33180 import KeyPurpose, group_srtp_keys, new_key_id
 from server import demo
 from server.keydistribution import GroupKeyDistributor
@@ -51,6 +53,8 @@ def test_every_member_gets_the_same_gmk(world: tuple[KmsDomain, dict[str, Identi
     assert sorted(messages) == sorted(MEMBERS)
     for uri in MEMBERS:
         assert _receive(domain, keys[uri], messages[uri]) == group_key.gmk
+    rands = {MikeyMessage.parse(m).find(Rand).rand for m in messages.values()}  # type: ignore[union-attr]
+    assert rands == {group_key.rand}  # one RAND per GMK: every member derives the same SRTP keys
     # each member's message is its own: Bob cannot use Alice's
     with pytest.raises((WrongRecipient, DecryptionFailed)):
         _receive(domain, keys["sip:bob@example.org"], messages["sip:alice@example.org"])
