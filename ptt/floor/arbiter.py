@@ -1,0 +1,445 @@
+"""The on-network floor control server of one group (3GPP TS 24.380 §6.3), as a pure state machine.
+
+No I/O and no clock: every input carries ``now`` (seconds, any monotonic origin), every output is a list of
+:class:`Send` (a floor control message and whom it is for), and the one timer is exposed through
+:meth:`FloorArbiter.next_deadline` / :meth:`FloorArbiter.on_timer`, as aioquic's connection does. Floor changes
+are also reported as :class:`FloorEvent` values (drained by :meth:`FloorArbiter.events`) for the media relay,
+which forwards the holder's media only, and for call events.
+
+The arbiter merges the two TS 24.380 server machines, 'general floor control operation' (G states, §6.3.4) and
+'basic floor control operation towards the floor participant' (U states, §6.3.5), into one object per group:
+
+* G: Floor Idle       -- ``holder is None``;
+* G: Floor Taken      -- a holder, the stop-talking timer T2 (``max_burst``) running;
+* G: pending Floor Revoke -- a holder that has been sent Floor Revoke (cause #2), the stop-talking grace timer
+  T3 (``revoke_grace``) running; on its expiry the floor is taken away as if the holder had released it.
+
+Message contents follow TS 24.380 §8.2: Floor Granted carries Duration, Floor Priority, Queue Size (when
+queueing is on) and the Floor Indicator; Floor Taken carries Granted Party's Identity, Permission to Request the
+Floor, Message Sequence Number, the granted participant's SSRC and the Floor Indicator; Floor Idle carries
+Message Sequence Number and Floor Indicator; Floor Deny and Floor Revoke a Reject Cause; Floor Queue Position
+Info the Queue Info (position from 1, priority), the queued participant's User ID and SSRC; Floor Ack the
+Message Type acknowledged and Source = 2 (controlling function). Every message the server sends has the
+server's SSRC (:attr:`ArbiterConfig.server_ssrc`) in its header.
+
+Simplifications against TS 24.380 §6.3 (deliberate; the rest of the procedures are as specified):
+
+1. **No acknowledged delivery from the server.** Floor Granted, Floor Idle and Floor Revoke are sent once and
+   never with "acknowledgement required", so there are no retransmission timers T20 (Floor Granted, counter
+   C20), T7 (Floor Idle) or T8 (Floor Revoke). A participant that lost a Floor Granted asks again: a Request
+   from the holder is answered with Floor Granted again (with the remaining duration), or with Floor Revoke
+   again if the floor is being revoked. Floor Ack messages from participants are accepted and ignored. In the
+   other direction, any handled message with "acknowledgement required" gets a Floor Ack (before the answer);
+   on the wire only Floor Release among the participants' messages can carry the flag (table 8.2.2.1-1).
+2. **No media supervision.** The arbiter does not see RTP, so there is no T1 (end of RTP media) and no
+   'U: not permitted but sends media' state: the relay drops media from anyone but the holder (``granted``
+   events tell it who that is), and a silent holder keeps the floor until it releases or T2 runs out.
+3. **Pre-emption hands over at once.** TS 24.380 enters 'G: pending Floor Revoke' and grants the pre-empting
+   participant only after the holder's Floor Release (or T3). Here Floor Revoke (cause #4) goes to the holder
+   and Floor Granted to the pre-empting participant in the same step; the pre-empted holder is not queued.
+   Pre-emption needs a participant authorised for pre-emptive priority (:attr:`Participant.pre_emptive`) whose
+   request has a higher priority than the holder's grant, or a more urgent Floor Indicator (emergency >
+   imminent peril > neither) than the holder's grant.
+4. **Priorities.** A participant's authorised priority comes from :class:`Participant` (call setup, not this
+   protocol). A Floor Request carrying a Floor Priority field gets ``min(requested, authorised)``: a
+   participant can ask for less than it is entitled to, never more. The queue is ordered by that priority
+   (highest first), then by arrival; a queued participant that asks again keeps its place and is told it.
+5. **No Floor Deny cause #3 ("only one participant"), #4 (retry-after) or #6 (no resources)**: a lone
+   participant is granted the floor; receive-only participants get cause #5, a full queue cause #7, and with
+   queueing off a busy floor gives cause #1.
+6. **Message Sequence Number** (Floor Idle and Floor Taken) increases by one, modulo 2^16, on every floor
+   transition (a grant or the floor becoming idle): 0 before the first, then 1, 2, …; the copies of one
+   transition (the broadcast and later late-entry copies) share the number. Floor Granted carries none (the
+   message has no such field).
+7. **Floor Indicator**: grants echo the call-type bits of the request (normal, broadcast, system, emergency,
+   imminent peril; "normal" when the request had none). Floor Idle says "normal".
+8. **Queue position of a participant that is not queued**: a Floor Queue Position Request from it is answered
+   with position 254 (``QUEUE_POSITION_NOT_QUEUED``, §8.2.3.5 "not queued") and its authorised priority.
+9. **Floor Taken to everyone else** is one broadcast :class:`Send` (``to=None``, ``exclude=`` the holder) with
+   Permission to Request the Floor = 1 for all; receive-only participants are refused when they ask.
+10. **Joining twice** with the same SSRC is a leave followed by a join (a holder that joins again loses the
+    floor); joining is what TS 24.379 call setup / late entry does, and is answered with Floor Taken or Floor
+    Idle (late entry).
+11. No dual floor control, no audio cut-in, no multi-talker, no track info (non-controlling functions), no
+    Floor Queued Cancel of others' requests by an authorised user.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ptt.floor.messages import (
+    QUEUE_POSITION_NOT_QUEUED,
+    DenyCause,
+    FloorIndicator,
+    FloorMessage,
+    QueueInfo,
+    RejectCause,
+    RevokeCause,
+    Source,
+    Subtype,
+)
+
+DEFAULT_SERVER_SSRC = 0x50545453
+"""SSRC of the floor control server in the messages it sends ("PTTS"); participants' SSRCs should differ."""
+
+SEQUENCE_MODULUS = 0x10000
+"""The Message Sequence Number is a 16-bit field (TS 24.380 §8.2.3.10)."""
+
+MAX_DURATION = 0xFFFF
+"""The Duration field is 16 bits of seconds (TS 24.380 §8.2.3.3)."""
+
+MAX_USER_ID_OCTETS = 255
+"""A User ID / Granted Party's Identity field holds at most 255 octets (one length octet, §8.2.3.1)."""
+
+_CALL_TYPE_BITS = (
+    FloorIndicator.NORMAL
+    | FloorIndicator.BROADCAST
+    | FloorIndicator.SYSTEM
+    | FloorIndicator.EMERGENCY
+    | FloorIndicator.IMMINENT_PERIL
+)
+
+_HANDLED = frozenset(
+    {Subtype.REQUEST, Subtype.RELEASE, Subtype.QUEUE_POSITION_REQUEST, Subtype.QUEUED_CANCEL, Subtype.ACK}
+)
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A member of the group call as the floor control server knows it from call setup."""
+
+    ssrc: int
+    uri: str
+    priority: int = 0
+    """Authorised floor priority, 0..255, higher wins."""
+    pre_emptive: bool = False
+    """Authorised for pre-emptive priority (dispatchers): may take the floor from a lower-priority talker."""
+    receive_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ssrc <= 0xFFFFFFFF:
+            raise ValueError(f"SSRC out of range: {self.ssrc}")
+        if not 0 <= self.priority <= 255:
+            raise ValueError(f"floor priority out of range 0..255: {self.priority}")
+        if len(self.uri.encode("utf-8")) > MAX_USER_ID_OCTETS:
+            raise ValueError(f"URI longer than {MAX_USER_ID_OCTETS} octets cannot be sent as a User ID")
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message to send: to one participant's SSRC, or (``to=None``) to every participant but ``exclude``."""
+
+    to: int | None
+    message: FloorMessage
+    exclude: int | None = None
+
+
+@dataclass(frozen=True)
+class FloorEvent:
+    """A floor change: ``granted`` / ``revoked`` / ``queued`` / ``denied`` name the participant, ``idle`` none."""
+
+    kind: str
+    ssrc: int | None
+    uri: str | None
+
+
+@dataclass(frozen=True)
+class ArbiterConfig:
+    max_burst: float = 30.0
+    """Seconds a holder may talk (timer T2; the Duration in Floor Granted, rounded up to whole seconds)."""
+    queue_limit: int = 8
+    revoke_grace: float = 2.0
+    """Seconds after Floor Revoke before the floor is taken away regardless (timer T3)."""
+    server_ssrc: int = DEFAULT_SERVER_SSRC
+    queueing: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.max_burst > 0:
+            raise ValueError("max_burst must be positive")
+        if self.revoke_grace < 0:
+            raise ValueError("revoke_grace must not be negative")
+        if self.queue_limit < 0:
+            raise ValueError("queue_limit must not be negative")
+        if not 0 <= self.server_ssrc <= 0xFFFFFFFF:
+            raise ValueError(f"SSRC out of range: {self.server_ssrc}")
+
+
+@dataclass
+class _Claim:
+    """A floor request as the arbiter keeps it: who, at which (effective) priority, with which call type."""
+
+    participant: Participant
+    priority: int
+    indicator: int
+
+    @property
+    def ssrc(self) -> int:
+        return self.participant.ssrc
+
+
+@dataclass
+class _Floor:
+    """The holder's grant and its timers (None while idle)."""
+
+    claim: _Claim
+    burst_deadline: float | None
+    revoke_deadline: float | None = None
+
+
+_DEFAULT_CONFIG = ArbiterConfig()
+
+
+def _urgency(indicator: int) -> int:
+    if indicator & FloorIndicator.EMERGENCY:
+        return 2
+    if indicator & FloorIndicator.IMMINENT_PERIL:
+        return 1
+    return 0
+
+
+class FloorArbiter:
+    """Floor control server for one group call: one holder at most, a priority queue, the burst limit."""
+
+    def __init__(self, group_uri: str, config: ArbiterConfig = _DEFAULT_CONFIG) -> None:
+        self.group_uri = group_uri
+        self.config = config
+        self._members: dict[int, Participant] = {}
+        self._floor: _Floor | None = None
+        self._queue: list[_Claim] = []
+        self._sequence = 0
+        self._events: list[FloorEvent] = []
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    @property
+    def holder(self) -> Participant | None:
+        return self._floor.claim.participant if self._floor is not None else None
+
+    @property
+    def queue(self) -> list[Participant]:
+        return [claim.participant for claim in self._queue]
+
+    @property
+    def participants(self) -> list[Participant]:
+        return list(self._members.values())
+
+    @property
+    def revoking(self) -> bool:
+        """True between a burst-limit Floor Revoke and the holder's release (G: pending Floor Revoke)."""
+        return self._floor is not None and self._floor.revoke_deadline is not None
+
+    def events(self) -> list[FloorEvent]:
+        """The floor events since the last call, oldest first."""
+        drained, self._events = self._events, []
+        return drained
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+
+    def join(self, p: Participant, now: float) -> list[Send]:
+        """A participant joins the call (late entry): it is told who holds the floor, or that it is idle."""
+        sends = self.leave(p.ssrc, now) if p.ssrc in self._members else []
+        self._members[p.ssrc] = p
+        if self._floor is not None:
+            sends.append(Send(p.ssrc, self._taken(self._floor)))
+        else:
+            sends.append(Send(p.ssrc, self._idle()))
+        return sends
+
+    def leave(self, ssrc: int, now: float) -> list[Send]:
+        """A participant leaves: a holder leaving releases the floor, a queued one leaves the queue."""
+        if self._members.pop(ssrc, None) is None:
+            return []
+        self._dequeue(ssrc)
+        if self._floor is not None and self._floor.claim.ssrc == ssrc:
+            return self._release(now)
+        return []
+
+    def receive(self, ssrc: int, message: FloorMessage, now: float) -> list[Send]:
+        """A floor control message from participant ``ssrc`` (the RTCP sender; unknown SSRCs are ignored)."""
+        participant = self._members.get(ssrc)
+        if participant is None or message.subtype not in _HANDLED:
+            return []
+        sends: list[Send] = []
+        if message.ack_required and message.subtype != Subtype.ACK:
+            sends.append(Send(ssrc, self._ack(message.subtype)))
+        if message.subtype == Subtype.REQUEST:
+            sends += self._on_request(participant, message, now)
+        elif message.subtype == Subtype.RELEASE:
+            if self._floor is not None and self._floor.claim.ssrc == ssrc:
+                sends += self._release(now)
+            else:
+                self._dequeue(ssrc)
+        elif message.subtype == Subtype.QUEUE_POSITION_REQUEST:
+            sends.append(Send(ssrc, self._queue_position_info(participant)))
+        elif message.subtype == Subtype.QUEUED_CANCEL:
+            self._dequeue(ssrc)
+        # Subtype.ACK: nothing is waiting for one (simplification 1).
+        return sends
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` must next be called, or None if no timer runs."""
+        if self._floor is None:
+            return None
+        if self._floor.revoke_deadline is not None:
+            return self._floor.revoke_deadline
+        return self._floor.burst_deadline
+
+    def on_timer(self, now: float) -> list[Send]:
+        """Run the timers due at ``now`` (T2: Floor Revoke cause #2; T3: take the floor away)."""
+        floor = self._floor
+        if floor is None:
+            return []
+        if floor.revoke_deadline is not None:
+            if now >= floor.revoke_deadline:
+                return self._release(now)
+            return []
+        if floor.burst_deadline is not None and now >= floor.burst_deadline:
+            floor.burst_deadline = None
+            floor.revoke_deadline = now + self.config.revoke_grace
+            return [self._revoke(floor, RevokeCause.MEDIA_BURST_TOO_LONG)]
+        return []
+
+    # -- procedures ------------------------------------------------------------------------------------------
+
+    def _on_request(self, participant: Participant, message: FloorMessage, now: float) -> list[Send]:
+        indicator = int(message.floor_indicator or 0) & int(_CALL_TYPE_BITS) or int(FloorIndicator.NORMAL)
+        if participant.receive_only:
+            return [self._deny(participant, DenyCause.RECEIVE_ONLY, "receive only", indicator)]
+        priority = participant.priority if message.priority is None else min(message.priority, participant.priority)
+        floor = self._floor
+        if floor is None:
+            return self._grant(_Claim(participant, priority, indicator), now)
+        if floor.claim.ssrc == participant.ssrc:
+            # A lost Floor Granted (or Floor Revoke): say it again, nothing changes.
+            if floor.revoke_deadline is not None:
+                return [self._revoke(floor, RevokeCause.MEDIA_BURST_TOO_LONG, event=False)]
+            return [Send(participant.ssrc, self._granted(floor, now))]
+        if participant.pre_emptive and (
+            priority > floor.claim.priority or _urgency(indicator) > _urgency(floor.claim.indicator)
+        ):
+            sends = [self._revoke(floor, RevokeCause.PRE_EMPTED)]
+            return sends + self._grant(_Claim(participant, priority, indicator), now)
+        if not self.config.queueing:
+            return [self._deny(participant, DenyCause.ANOTHER_CLIENT_HAS_PERMISSION, "another talker", indicator)]
+        if any(claim.ssrc == participant.ssrc for claim in self._queue):
+            return [Send(participant.ssrc, self._queue_position_info(participant))]
+        if len(self._queue) >= self.config.queue_limit:
+            return [self._deny(participant, DenyCause.QUEUE_FULL, "queue full", indicator)]
+        claim = _Claim(participant, priority, indicator)
+        # after everyone of the same or a higher priority: by priority, then by arrival
+        position = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
+        self._queue.insert(position, claim)
+        self._events.append(FloorEvent("queued", participant.ssrc, participant.uri))
+        return [Send(participant.ssrc, self._queue_position_info(participant))]
+
+    def _grant(self, claim: _Claim, now: float) -> list[Send]:
+        """Floor Granted to ``claim``'s participant and Floor Taken to everyone else (a floor transition)."""
+        self._dequeue(claim.ssrc)
+        self._sequence = (self._sequence + 1) % SEQUENCE_MODULUS
+        floor = _Floor(claim, burst_deadline=now + self.config.max_burst)
+        self._floor = floor
+        self._events.append(FloorEvent("granted", claim.ssrc, claim.participant.uri))
+        return [
+            Send(claim.ssrc, self._granted(floor, now)),
+            Send(None, self._taken(floor), exclude=claim.ssrc),
+        ]
+
+    def _release(self, now: float) -> list[Send]:
+        """The floor is free again: hand it to the head of the queue, or announce Floor Idle to all."""
+        self._floor = None
+        if self._queue:
+            return self._grant(self._queue[0], now)
+        self._sequence = (self._sequence + 1) % SEQUENCE_MODULUS
+        self._events.append(FloorEvent("idle", None, None))
+        return [Send(None, self._idle())]
+
+    def _revoke(self, floor: _Floor, cause: RevokeCause, *, event: bool = True) -> Send:
+        holder = floor.claim.participant
+        if event:
+            self._events.append(FloorEvent("revoked", holder.ssrc, holder.uri))
+        message = FloorMessage(
+            subtype=Subtype.REVOKE,
+            ssrc=self.config.server_ssrc,
+            reject_cause=RejectCause(int(cause), _REVOKE_PHRASES.get(cause, "")),
+            floor_indicator=floor.claim.indicator,
+        )
+        return Send(holder.ssrc, message)
+
+    def _deny(self, participant: Participant, cause: DenyCause, phrase: str, indicator: int) -> Send:
+        self._events.append(FloorEvent("denied", participant.ssrc, participant.uri))
+        message = FloorMessage(
+            subtype=Subtype.DENY,
+            ssrc=self.config.server_ssrc,
+            reject_cause=RejectCause(int(cause), phrase),
+            floor_indicator=indicator,
+        )
+        return Send(participant.ssrc, message)
+
+    def _dequeue(self, ssrc: int) -> None:
+        self._queue = [claim for claim in self._queue if claim.ssrc != ssrc]
+
+    # -- messages --------------------------------------------------------------------------------------------
+
+    def _granted(self, floor: _Floor, now: float) -> FloorMessage:
+        deadline = floor.burst_deadline if floor.burst_deadline is not None else now
+        return FloorMessage(
+            subtype=Subtype.GRANTED,
+            ssrc=self.config.server_ssrc,
+            duration=min(MAX_DURATION, max(0, math.ceil(deadline - now))),
+            priority=floor.claim.priority,
+            queue_size=len(self._queue) if self.config.queueing else None,
+            floor_indicator=floor.claim.indicator,
+        )
+
+    def _taken(self, floor: _Floor) -> FloorMessage:
+        holder = floor.claim.participant
+        return FloorMessage(
+            subtype=Subtype.TAKEN,
+            ssrc=self.config.server_ssrc,
+            granted_party=holder.uri,
+            permission_to_request=True,
+            sequence=self._sequence,
+            ssrc_field=holder.ssrc,
+            floor_indicator=floor.claim.indicator,
+        )
+
+    def _idle(self) -> FloorMessage:
+        return FloorMessage(
+            subtype=Subtype.IDLE,
+            ssrc=self.config.server_ssrc,
+            sequence=self._sequence,
+            floor_indicator=int(FloorIndicator.NORMAL),
+        )
+
+    def _queue_position_info(self, participant: Participant) -> FloorMessage:
+        index = next((i for i, claim in enumerate(self._queue) if claim.ssrc == participant.ssrc), None)
+        if index is None:
+            info = QueueInfo(QUEUE_POSITION_NOT_QUEUED, participant.priority)
+            indicator = int(FloorIndicator.NORMAL)
+        else:
+            info = QueueInfo(index + 1, self._queue[index].priority)
+            indicator = self._queue[index].indicator
+        return FloorMessage(
+            subtype=Subtype.QUEUE_POSITION_INFO,
+            ssrc=self.config.server_ssrc,
+            queue_info=info,
+            queued_user_id=participant.uri,
+            ssrc_field=participant.ssrc,
+            floor_indicator=indicator,
+        )
+
+    def _ack(self, subtype: int) -> FloorMessage:
+        return FloorMessage(
+            subtype=Subtype.ACK,
+            ssrc=self.config.server_ssrc,
+            message_type=int(subtype),
+            source=int(Source.CONTROLLING_FUNCTION),
+        )
+
+
+_REVOKE_PHRASES: dict[int, str] = {
+    RevokeCause.MEDIA_BURST_TOO_LONG: "media burst too long",
+    RevokeCause.PRE_EMPTED: "pre-empted",
+}
