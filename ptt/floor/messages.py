@@ -56,9 +56,9 @@ class FloorMessageError(ValueError):
 class Subtype(IntEnum):
     """Floor control message subtypes, TS 24.380 table 8.2.2.1-1, without the acknowledgement-required bit.
 
-    Subtype 15 is decoded by name by tshark 4.0 ("Floor Release Multi Talker", Rel-15). Subtypes 7, 11, 12 and 13
-    are not included: 7 and 11 appear only in later releases (per secondary sources), 12 and 13 are unassigned as
-    far as we could check. Subtype 14 is "Floor Queued Cancel" as in Rel-17; later releases reportedly rename it.
+    tshark 4.0 names subtypes 14 ("Floor Queued Cancel") and 15 ("Floor Release Multi Talker", Rel-15) as here.
+    Subtypes 7, 11, 12 and 13 are not included: 7 and 11 appear only in later releases (per secondary sources), 12
+    and 13 are unassigned as far as we could check; later releases reportedly give 14 another name.
     """
 
     REQUEST = 0
