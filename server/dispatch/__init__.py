@@ -1,0 +1,1 @@
+"""The dispatcher interface: an HTTPS JSON API over the group manager and its ``ptt-dispatch`` client."""

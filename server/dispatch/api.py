@@ -1,0 +1,534 @@
+"""The dispatcher API: HTTPS (TLS 1.2+), HTTP Basic login of dispatcher accounts, JSON in and out.
+
+``DispatchApplication.handle`` is the whole request logic (plain values in, an ``HttpReply`` out, time passed in);
+``DispatchResource`` adapts it to twisted.web and runs it on a worker thread (scrypt, SQLite and the SAKKE work
+of a rekey must not stall the reactor).
+
+    GET    /api/health                              {"status": "ok", "domain": ...}  (no login)
+    GET    /api/groups                              the groups with their member counts
+    POST   /api/groups                              {uri, name, members: [{uri, priority?, role?}], max_burst?} → 201
+    GET    /api/groups/{uri}                        the group, its members, its key's GMK-ID, live status
+    DELETE /api/groups/{uri}                        delete the group
+    GET    /api/groups/{uri}/members                the members
+    POST   /api/groups/{uri}/members                {uri, priority?, role?} → 201 (sent the current GMK)
+    GET    /api/groups/{uri}/members/{member}       one member
+    PATCH  /api/groups/{uri}/members/{member}       {priority?, role?}
+    DELETE /api/groups/{uri}/members/{member}       remove the member and rekey the group
+
+URIs in paths are percent-encoded. Roles: 'dispatcher' accounts may read and change memberships; creating and
+deleting groups needs 'admin'. Errors are {"error": "..."} with 400, 401, 403, 404, 405, 409, 413, 429 or 503
+(the group server lacks a group identity's keys); never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+from twisted.web import resource, server
+from twisted.web.server import NOT_DONE_YET
+
+from server.groups.manager import GroupManager, MemberSpec
+from server.groups.store import (
+    DEFAULT_MAX_BURST,
+    DEFAULT_PRIORITY,
+    AccountError,
+    DispatcherAccount,
+    DuplicateGroup,
+    DuplicateMember,
+    GroupError,
+    GroupRecord,
+    InvalidValue,
+    KeyInfo,
+    KeysUnavailable,
+    LockedOut,
+    LoginFailed,
+    MemberRecord,
+    NoSuchGroup,
+    NoSuchMember,
+    check_uri,
+)
+
+__all__ = [
+    "MAX_BODY",
+    "DispatchApplication",
+    "DispatchResource",
+    "HttpReply",
+    "StatusSource",
+    "dispatch_tls_context",
+    "make_dispatch_site",
+    "no_status",
+]
+
+log = logging.getLogger("ptt.dispatch")
+
+MAX_BODY = 64 * 1024
+IP_FAILURE_WINDOW = 60.0
+IP_FAILURE_LIMIT = 20  # failed logins per source address per minute before it is refused outright
+REALM = "ptt-dispatch"
+
+StatusSource = Callable[[str], Mapping[str, Any]]
+"""``status(group_uri) -> {"present": [uris], "joined": [uris], "talker": uri | None, "queue": [uris]}``, called
+on the API's worker thread: a wiring whose floor state lives on the reactor reads it there (e.g. with
+``twisted.internet.threads.blockingCallFromThread``)."""
+
+
+def no_status(group_uri: str) -> dict[str, Any]:
+    return {"present": [], "joined": [], "talker": None, "queue": []}
+
+
+@dataclass
+class HttpReply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ApiError(Exception):
+    """Answered as {"error": message} with ``status`` (and extra headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _status_of(exc: GroupError) -> int:
+    if isinstance(exc, LockedOut):
+        return 429
+    if isinstance(exc, LoginFailed):
+        return 401
+    if isinstance(exc, NoSuchGroup | NoSuchMember):
+        return 404
+    if isinstance(exc, DuplicateGroup | DuplicateMember):
+        return 409
+    if isinstance(exc, InvalidValue | AccountError):
+        return 400
+    if isinstance(exc, KeysUnavailable):
+        return 503
+    return 500
+
+
+class _FailureThrottle:
+    """Counts failed logins per source address over a sliding window."""
+
+    def __init__(self, window: float = IP_FAILURE_WINDOW, limit: int = IP_FAILURE_LIMIT) -> None:
+        self.window = window
+        self.limit = limit
+        self._failures: dict[str, deque[float]] = {}
+        self._swept = float("-inf")
+
+    def failed(self, peer: str, now: float) -> None:
+        if now >= self._swept + self.window:  # forget addresses whose failures have aged out
+            self._swept = now
+            for address in [a for a, f in self._failures.items() if not f or f[-1] < now - self.window]:
+                del self._failures[address]
+        self._failures.setdefault(peer, deque()).append(now)
+
+    def blocked(self, peer: str, now: float) -> bool:
+        failures = self._failures.get(peer)
+        while failures and failures[0] < now - self.window:
+            failures.popleft()
+        return failures is not None and len(failures) >= self.limit
+
+
+@dataclass(frozen=True)
+class _Route:
+    name: str
+    group: str | None = None
+    member: str | None = None
+
+
+_METHODS = {
+    "health": ("GET",),
+    "groups": ("GET", "POST"),
+    "group": ("GET", "DELETE"),
+    "members": ("GET", "POST"),
+    "member": ("GET", "PATCH", "DELETE"),
+}
+_ADMIN_ONLY = {("groups", "POST"), ("group", "DELETE")}
+
+
+def _route(path: str) -> _Route | None:
+    raw = path.split("?", 1)[0]
+    if len(raw) > 1:
+        raw = raw.rstrip("/")
+    segments = raw.split("/")
+    if len(segments) < 3 or segments[0] != "" or segments[1] != "api" or any(not s for s in segments[2:]):
+        return None
+    try:
+        parts = [urllib.parse.unquote(s, errors="strict") for s in segments[2:]]
+    except UnicodeDecodeError:
+        return None
+    if parts == ["health"]:
+        return _Route("health")
+    if parts[0] != "groups":
+        return None
+    if len(parts) == 1:
+        return _Route("groups")
+    if len(parts) == 2:
+        return _Route("group", parts[1])
+    if parts[2] != "members":
+        return None
+    if len(parts) == 3:
+        return _Route("members", parts[1])
+    if len(parts) == 4:
+        return _Route("member", parts[1], parts[3])
+    return None
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username:
+        return None
+    return username, password
+
+
+def _json_object(body: bytes, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8") from None
+    except ValueError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return _check_fields(document, required, optional, "request body")
+
+
+def _check_fields(
+    document: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...], what: str
+) -> dict[str, Any]:
+    missing = [k for k in required if k not in document]
+    if missing:
+        raise ApiError(400, f"{what}: missing {', '.join(missing)}")
+    unknown = sorted(set(document) - set(required) - set(optional))
+    if unknown:
+        raise ApiError(400, f"{what}: unknown field {', '.join(unknown)}")
+    return document
+
+
+def _member_spec(item: Any, what: str) -> MemberSpec:
+    if not isinstance(item, dict):
+        raise ApiError(400, f"{what} must be an object with uri, priority?, role?")
+    _check_fields(item, ("uri",), ("priority", "role"), what)
+    return MemberSpec(item["uri"], item.get("priority", DEFAULT_PRIORITY), item.get("role", "member")).check()
+
+
+def _key_json(info: KeyInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {"gmk_id": info.gmk_id.hex(), "period_no": info.period_no, "created_at": info.created_at}
+
+
+def _member_json(m: MemberRecord) -> dict[str, Any]:
+    return {"uri": m.uri, "priority": m.priority, "role": m.role, "added_at": m.added_at}
+
+
+def _group_json(g: GroupRecord) -> dict[str, Any]:
+    return {
+        "uri": g.uri,
+        "name": g.name,
+        "created_at": g.created_at,
+        "created_by": g.created_by,
+        "max_burst": g.max_burst,
+    }
+
+
+def _uri_list(value: Any) -> list[str]:
+    if not isinstance(value, list | tuple | set | frozenset):
+        return []
+    return [str(v) for v in value]
+
+
+class DispatchApplication:
+    """Authenticates dispatchers and runs their requests against the group manager."""
+
+    def __init__(
+        self,
+        manager: GroupManager,
+        *,
+        status: StatusSource | None = None,
+        domain: str | None = None,
+    ) -> None:
+        """``domain``: the SIP domain bare group names belong to (reported by /api/health for ``ptt-dispatch``)."""
+        self.manager = manager
+        self.store = manager.store
+        self.status = status or no_status
+        self.domain = domain
+        self._throttle = _FailureThrottle()
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        authorization: str | None,
+        body: bytes,
+        now: float,
+        *,
+        peer: str | None = None,
+    ) -> HttpReply:
+        try:
+            status, document, headers = self._handle(method, path, authorization, body, now, peer)
+        except ApiError as exc:
+            status, document, headers = exc.status, {"error": str(exc)}, exc.headers
+        except GroupError as exc:
+            status, document, headers = _status_of(exc), {"error": str(exc)}, {}
+            if status == 500:
+                log.error("dispatch: %s %s: %s", method, path[:200], exc)
+        except Exception:  # a bug must not take the service down or leak details
+            log.exception("dispatch request failed: %s %s", method, path[:200])
+            status, document, headers = 500, {"error": "internal error"}, {}
+        reply_headers = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
+        reply_headers.update(headers)
+        return HttpReply(status, json.dumps(document, indent=1).encode() + b"\n", reply_headers)
+
+    def _handle(
+        self, method: str, path: str, authorization: str | None, body: bytes, now: float, peer: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"request body larger than {MAX_BODY} octets")
+        route = _route(path)
+        if route is None:
+            raise ApiError(404, f"no such endpoint: {urllib.parse.quote(path[:200], safe='/%-._~')}")
+        allowed = _METHODS[route.name]
+        if method not in allowed:
+            raise ApiError(405, f"use {' or '.join(allowed)}", {"Allow": ", ".join(allowed)})
+        if route.name == "health":
+            return 200, {"status": "ok", "domain": self.domain, "time": now}, {}
+        account = self._login(authorization, now, peer)
+        if (route.name, method) in _ADMIN_ONLY and account.role != "admin":
+            raise ApiError(403, f"{method} {path[:200]} needs an admin account; {account.username} is a dispatcher")
+        if route.group is not None:
+            check_uri(route.group, "group URI")
+        if route.member is not None:
+            check_uri(route.member, "member URI")
+        handler = getattr(self, f"_{method.lower()}_{route.name}")
+        result: tuple[int, dict[str, Any], dict[str, str]] = handler(route, account, body, now)
+        return result
+
+    def _login(self, authorization: str | None, now: float, peer: str | None) -> DispatcherAccount:
+        if peer is not None and self._throttle.blocked(peer, now):
+            log.warning("dispatch: refusing %s: too many failed logins from this address", peer)
+            raise ApiError(
+                429, "too many failed logins from this address", {"Retry-After": str(int(IP_FAILURE_WINDOW))}
+            )
+        unauthorised = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
+        credentials = _basic_credentials(authorization)
+        if credentials is None:
+            raise ApiError(401, "login required", unauthorised)
+        username, password = credentials
+        try:
+            return self.store.authenticate(username, password, now=now)
+        except LockedOut as exc:
+            log.warning("dispatch: login for %r refused: locked out for %.0f s", username[:64], exc.retry_after)
+            raise ApiError(
+                429, "account locked after failed logins", {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
+            ) from None
+        except LoginFailed as exc:
+            if peer is not None:
+                self._throttle.failed(peer, now)
+            log.warning("dispatch: failed login for %r from %s", username[:64], peer)
+            raise ApiError(401, str(exc), unauthorised) from None
+
+    # --- endpoints ---
+
+    def _group_detail(self, uri: str) -> dict[str, Any]:
+        record = self.store.group(uri)
+        if record is None:
+            raise NoSuchGroup(uri)
+        detail = _group_json(record)
+        detail["members"] = [_member_json(m) for m in self.store.members(uri)]
+        detail["key"] = _key_json(self.store.key_info(uri))
+        detail["status"] = self._live_status(uri)
+        return detail
+
+    def _live_status(self, uri: str) -> dict[str, Any]:
+        try:
+            raw = self.status(uri)
+        except Exception:
+            log.exception("dispatch: the status of %s is unavailable", uri)
+            raw = {}
+        talker = raw.get("talker")
+        return {
+            "present": _uri_list(raw.get("present")),
+            "joined": _uri_list(raw.get("joined")),
+            "talker": str(talker) if talker else None,
+            "queue": _uri_list(raw.get("queue")),
+        }
+
+    def _get_groups(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        counts = self.store.member_counts()
+        groups = [{**_group_json(g), "members": counts.get(g.uri, 0)} for g in self.store.groups()]
+        return 200, {"groups": groups}, {}
+
+    def _post_groups(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        request = _json_object(body, required=("uri", "name"), optional=("members", "max_burst"))
+        members = request.get("members", [])
+        if not isinstance(members, list):
+            raise ApiError(400, "members must be a list of {uri, priority?, role?}")
+        specs = [_member_spec(item, f"members[{i}]") for i, item in enumerate(members)]
+        uri = check_uri(request["uri"], "group URI")
+        self.manager.create_group(
+            uri,
+            request["name"],
+            specs,
+            created_by=account.username,
+            now=now,
+            max_burst=request.get("max_burst", DEFAULT_MAX_BURST),
+        )
+        return 201, {"group": self._group_detail(uri)}, {"Location": _group_path(uri)}
+
+    def _get_group(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None
+        return 200, {"group": self._group_detail(route.group)}, {}
+
+    def _delete_group(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None
+        self.manager.delete_group(route.group, by=account.username, now=now)
+        return 200, {"deleted": route.group}, {}
+
+    def _get_members(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None
+        return 200, {"members": [_member_json(m) for m in self.store.members(route.group)]}, {}
+
+    def _post_members(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None
+        spec = _member_spec(_json_object(body, required=("uri",), optional=("priority", "role")), "request body")
+        record = self.manager.add_member(route.group, spec, by=account.username, now=now)
+        location = _group_path(route.group) + "/members/" + urllib.parse.quote(record.uri, safe="")
+        key = _key_json(self.store.key_info(route.group))
+        return 201, {"member": _member_json(record), "key": key}, {"Location": location}
+
+    def _get_member(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None and route.member is not None
+        if self.store.group(route.group) is None:
+            raise NoSuchGroup(route.group)
+        record = self.store.member(route.group, route.member)
+        if record is None:
+            raise NoSuchMember(route.group, route.member)
+        return 200, {"member": _member_json(record)}, {}
+
+    def _patch_member(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None and route.member is not None
+        request = _json_object(body, optional=("priority", "role"))
+        if not request:
+            raise ApiError(400, "give priority and/or role to change")
+        record = self.manager.update_member(
+            route.group,
+            route.member,
+            priority=request.get("priority"),
+            role=request.get("role"),
+            by=account.username,
+            now=now,
+        )
+        return 200, {"member": _member_json(record)}, {}
+
+    def _delete_member(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        assert route.group is not None and route.member is not None
+        info = self.manager.remove_member(route.group, route.member, by=account.username, now=now)
+        return 200, {"removed": route.member, "group": route.group, "rekeyed": True, "key": _key_json(info)}, {}
+
+
+def _group_path(uri: str) -> str:
+    return "/api/groups/" + urllib.parse.quote(uri, safe="")
+
+
+# --- Twisted adapter ------------------------------------------------------------------------------------------
+
+
+class LimitedRequest(server.Request):
+    """Stops buffering a request body beyond MAX_BODY (the handler then answers 413)."""
+
+    body_too_large = False
+
+    def handleContentChunk(self, data: bytes) -> None:
+        assert self.content is not None
+        if self.body_too_large or self.content.tell() + len(data) > MAX_BODY:
+            self.body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+
+class DispatchResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, app: DispatchApplication, pool: ThreadPool, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.app = app
+        self.pool = pool
+        self.clock = clock
+
+    def render(self, request: server.Request) -> int:
+        from twisted.internet import reactor
+
+        assert request.content is not None
+        body = request.content.read(MAX_BODY + 1)
+        if getattr(request, "body_too_large", False):
+            body = b"x" * (MAX_BODY + 1)
+        address = request.getClientAddress()
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("utf-8", "replace")
+        authorization = request.getHeader("authorization") or None
+        peer = str(getattr(address, "host", address))
+        now = self.clock()
+        d = threads.deferToThreadPool(
+            reactor, self.pool, lambda: self.app.handle(method, path, authorization, body, now, peer=peer)
+        )
+
+        def respond(reply: HttpReply) -> None:
+            if request.finished or request._disconnected:
+                return
+            request.setResponseCode(reply.status)
+            for name, value in reply.headers.items():
+                request.setHeader(name, value)
+            request.write(reply.body)
+            request.finish()
+
+        def broken(failure: Any) -> None:
+            log.error("dispatch response failed: %s", failure.getErrorMessage())
+            respond(HttpReply(500, b'{"error": "internal error"}\n', {"Content-Type": "application/json"}))
+
+        d.addCallback(respond)
+        d.addErrback(broken)
+        return NOT_DONE_YET
+
+
+def make_dispatch_site(
+    app: DispatchApplication, pool: ThreadPool, clock: Callable[[], float] = time.time
+) -> server.Site:
+    """The site to listen with (on TLS: ``dispatch_tls_context``). ``pool`` should have one thread: requests are
+    then handled one at a time, in order."""
+    site = server.Site(DispatchResource(app, pool, clock))
+    site.requestFactory = LimitedRequest
+    site.displayTracebacks = False
+    return site
+
+
+def dispatch_tls_context(key_pem_path: Path, cert_pem_path: Path) -> Any:
+    """TLS server options (TLS 1.2 or later) from a PEM private key (mode 0600) and certificate."""
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    from server.kms.material import load_certificate, load_private_key
+
+    key = crypto.PKey.from_cryptography_key(load_private_key(Path(key_pem_path)))
+    cert = crypto.X509.from_cryptography(load_certificate(Path(cert_pem_path)))
+    return ssl.CertificateOptions(privateKey=key, certificate=cert, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)

@@ -1,0 +1,399 @@
+"""``ptt-dispatch``: manage groups over the dispatcher API (HTTPS, standard library only).
+
+    ptt-dispatch --server https://127.0.0.1:8444 --cacert CERT.pem --user NAME [--password-file F] COMMAND
+
+    group create NAME-OR-URI --member URI [--member URI ...] [--priority URI=N] [--dispatcher URI]
+    group list
+    group show URI                              members, who is present, who is talking, the queue
+    group add-member URI MEMBER [--priority N] [--role dispatcher]
+    group remove-member URI MEMBER              (the group is rekeyed)
+    group set-priority URI MEMBER N
+    group delete URI
+
+A bare NAME (no ':') stands for sip:NAME@DOMAIN, the domain from --domain or the server's /api/health. The
+password comes from --password-file, else $PTT_DISPATCH_PASSWORD, else a prompt on the terminal. The server's
+certificate is checked against --cacert (else the system's trusted CAs); TLS 1.2 or later. User errors print one
+line on stderr and exit with status 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import urllib.parse
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PROG = "ptt-dispatch"
+PASSWORD_ENV = "PTT_DISPATCH_PASSWORD"
+DEFAULT_SERVER = "https://127.0.0.1:8444"
+_BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# --- talking to the server ---
+
+
+class ApiClient:
+    """One HTTPS connection per request to the dispatcher API, Basic login, JSON in and out."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        cacert: str | None,
+        user: str,
+        password: Callable[[], str],
+        timeout: float = 30.0,
+    ) -> None:
+        parts = urllib.parse.urlsplit(server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise CliError(f"--server must be an https:// URL, not {server!r}")
+        try:
+            self.port = parts.port or 443
+        except ValueError:
+            raise CliError(f"bad port in --server {server!r}") from None
+        self.host = parts.hostname
+        self.prefix = parts.path.rstrip("/")
+        self.user = user
+        self._password = password
+        self._credentials: str | None = None
+        self.timeout = timeout
+        try:
+            self.context = ssl.create_default_context(cafile=cacert)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise CliError(f"cannot use the CA certificate file {cacert}: {reason}") from None
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def _authorization(self) -> str:
+        if self._credentials is None:
+            token = base64.b64encode(f"{self.user}:{self._password()}".encode()).decode("ascii")
+            self._credentials = f"Basic {token}"
+        return self._credentials
+
+    def request(self, method: str, path: str, body: Any = None, *, login: bool = True) -> Any:
+        headers = {"Accept": "application/json"}
+        if login:
+            headers["Authorization"] = self._authorization()
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        where = f"{self.host}:{self.port}"
+        connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.context)
+        try:
+            connection.request(method, self.prefix + path, body=data, headers=headers)
+            response = connection.getresponse()
+            status = response.status
+            raw = response.read(4 * 1024 * 1024)
+        except ssl.SSLCertVerificationError as exc:
+            raise CliError(
+                f"the certificate of {where} is not trusted ({exc.verify_message}); is --cacert the server's?"
+            ) from None
+        except ssl.SSLError as exc:
+            raise CliError(f"TLS with {where} failed: {exc.reason or exc}") from None
+        except ConnectionRefusedError:
+            raise CliError(f"cannot connect to {where}: connection refused (is the server running?)") from None
+        except TimeoutError:
+            raise CliError(f"{where} did not answer within {self.timeout:.0f} s") from None
+        except socket.gaierror as exc:
+            raise CliError(f"cannot resolve {self.host}: {exc.strerror}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise CliError(f"talking to {where} failed: {getattr(exc, 'strerror', None) or exc!r}") from None
+        finally:
+            connection.close()
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            raise CliError(f"{where} answered HTTP {status} without JSON; is --server the dispatcher API?") from None
+        if status >= 400:
+            message = document.get("error") if isinstance(document, dict) else None
+            raise CliError(f"{message or 'request refused'} (HTTP {status})")
+        return document
+
+
+def _group_path(uri: str, *rest: str) -> str:
+    return "/api/groups/" + "/".join(urllib.parse.quote(p, safe="") for p in (uri, *rest))
+
+
+def _password(password_file: str | None) -> Callable[[], str]:
+    def read() -> str:
+        if password_file:
+            try:
+                data = Path(password_file).read_bytes()
+            except OSError as exc:
+                raise CliError(f"cannot read the password file {password_file}: {exc.strerror}") from None
+            line = data.split(b"\n", 1)[0].rstrip(b"\r")
+            if not line:
+                raise CliError(f"the password file {password_file} is empty")
+            try:
+                return line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CliError(f"the password in {password_file} is not UTF-8") from None
+        env = os.environ.get(PASSWORD_ENV)
+        if env:
+            return env
+        if not sys.stdin.isatty():
+            raise CliError(f"no password: give --password-file, set {PASSWORD_ENV}, or run on a terminal")
+        return getpass.getpass("password: ")
+
+    return read
+
+
+class Session:
+    """The client plus the domain bare names belong to (asked of the server once, when first needed)."""
+
+    def __init__(self, client: ApiClient, domain: str | None) -> None:
+        self.client = client
+        self._domain = domain
+
+    def domain(self) -> str:
+        if self._domain is None:
+            health = self.client.request("GET", "/api/health", login=False)
+            domain = health.get("domain") if isinstance(health, dict) else None
+            if not isinstance(domain, str) or not domain:
+                raise CliError("the server reports no domain for bare names: give --domain or a full URI")
+            self._domain = domain
+        return self._domain
+
+    def uri(self, name_or_uri: str) -> str:
+        if ":" in name_or_uri:
+            return name_or_uri
+        if not _BARE_NAME.fullmatch(name_or_uri):
+            raise CliError(f"{name_or_uri!r} is neither a URI (sip:...) nor a bare name (letters, digits, . _ + -)")
+        return f"sip:{name_or_uri}@{self.domain()}"
+
+
+# --- output ---
+
+
+def _when(seconds: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(seconds), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _gmk(key: Any) -> str:
+    if not isinstance(key, dict):
+        return "no key"
+    return f"GMK-ID {key.get('gmk_id')} (key period {key.get('period_no')})"
+
+
+# --- commands ---
+
+
+def _priority_pair(text: str) -> tuple[str, int]:
+    uri, sep, value = text.rpartition("=")
+    if not sep or not uri:
+        raise argparse.ArgumentTypeError(f"expected URI=N, not {text!r}")
+    return uri, _priority(value)
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"priority must be an integer from 0 to 255, not {text!r}") from None
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"priority must be from 0 to 255, not {value}")
+    return value
+
+
+def _cmd_create(session: Session, args: argparse.Namespace) -> int:
+    uri = session.uri(args.group)
+    if args.name:
+        name = args.name
+    elif ":" not in args.group:
+        name = args.group
+    else:
+        name = uri.split(":", 1)[1].split("@", 1)[0] or uri
+    members: dict[str, dict[str, Any]] = {}
+    for member in args.member:
+        members.setdefault(session.uri(member), {})
+    for dispatcher in args.dispatcher:
+        members.setdefault(session.uri(dispatcher), {})["role"] = "dispatcher"
+    for who, priority in args.priority:
+        member_uri = session.uri(who)
+        if member_uri not in members:
+            raise CliError(f"--priority names {member_uri}, which is not a --member or --dispatcher")
+        members[member_uri]["priority"] = priority
+    body: dict[str, Any] = {"uri": uri, "name": name, "members": [{"uri": u, **m} for u, m in members.items()]}
+    if args.max_burst is not None:
+        body["max_burst"] = args.max_burst
+    group = session.client.request("POST", "/api/groups", body)["group"]
+    count = len(group.get("members", []))
+    plural = "" if count == 1 else "s"
+    print(f"created group {group['uri']} ({group['name']}) with {count} member{plural}; {_gmk(group.get('key'))}")
+    return 0
+
+
+def _cmd_list(session: Session, args: argparse.Namespace) -> int:
+    groups = session.client.request("GET", "/api/groups")["groups"]
+    if not groups:
+        print("no groups")
+        return 0
+    rows = [["GROUP", "NAME", "MEMBERS", "MAX BURST"]]
+    rows += [[g["uri"], g["name"], str(g["members"]), f"{g['max_burst']:g} s"] for g in groups]
+    print(_table(rows))
+    return 0
+
+
+def _cmd_show(session: Session, args: argparse.Namespace) -> int:
+    group = session.client.request("GET", _group_path(session.uri(args.group)))["group"]
+    status = group.get("status") or {}
+    present, joined = set(status.get("present", [])), set(status.get("joined", []))
+    talker, queue = status.get("talker"), list(status.get("queue", []))
+    print(f"group    {group['uri']} ({group['name']})")
+    print(f"created  {_when(group['created_at'])} by {group['created_by']}; max burst {group['max_burst']:g} s")
+    key = group.get("key")
+    since = f", since {_when(key['created_at'])}" if isinstance(key, dict) else ""
+    print(f"key      {_gmk(key)}{since}")
+    print(f"talking  {talker or '-'}")
+    print(f"queue    {', '.join(queue) if queue else '-'}")
+    members = group.get("members", [])
+    if not members:
+        print("no members")
+        return 0
+    rows = [["MEMBER", "PRIORITY", "ROLE", "PRESENT", "JOINED", "FLOOR"]]
+    for m in members:
+        floor = (
+            "talking" if m["uri"] == talker else (f"queued {queue.index(m['uri']) + 1}" if m["uri"] in queue else "")
+        )
+        yes = {True: "yes", False: "no"}
+        rows.append([m["uri"], str(m["priority"]), m["role"], yes[m["uri"] in present], yes[m["uri"] in joined], floor])
+    print()
+    print(_table(rows))
+    return 0
+
+
+def _cmd_add_member(session: Session, args: argparse.Namespace) -> int:
+    group, member = session.uri(args.group), session.uri(args.member)
+    body: dict[str, Any] = {"uri": member, "role": args.role}
+    if args.priority is not None:
+        body["priority"] = args.priority
+    reply = session.client.request("POST", _group_path(group, "members"), body)
+    added = reply["member"]
+    print(f"added {added['uri']} to {group} (priority {added['priority']}, {added['role']})")
+    print(f"sent the current {_gmk(reply.get('key'))}")
+    return 0
+
+
+def _cmd_remove_member(session: Session, args: argparse.Namespace) -> int:
+    group, member = session.uri(args.group), session.uri(args.member)
+    reply = session.client.request("DELETE", _group_path(group, "members", member))
+    print(f"removed {member} from {group}; the group was rekeyed: new {_gmk(reply.get('key'))}")
+    return 0
+
+
+def _cmd_set_priority(session: Session, args: argparse.Namespace) -> int:
+    group, member = session.uri(args.group), session.uri(args.member)
+    reply = session.client.request("PATCH", _group_path(group, "members", member), {"priority": args.priority})
+    print(f"priority of {member} in {group} is now {reply['member']['priority']}")
+    return 0
+
+
+def _cmd_delete(session: Session, args: argparse.Namespace) -> int:
+    group = session.uri(args.group)
+    session.client.request("DELETE", _group_path(group))
+    print(f"deleted group {group}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Manage push-to-talk groups over the dispatcher API.")
+    p.add_argument("--server", default=DEFAULT_SERVER, help=f"the dispatcher API's base URL (default {DEFAULT_SERVER})")
+    p.add_argument("--cacert", metavar="CERT.pem", help="trust this certificate (else the system's CAs)")
+    p.add_argument("--user", required=True, metavar="NAME", help="dispatcher account")
+    p.add_argument("--password-file", metavar="F", help=f"file holding the password (else ${PASSWORD_ENV} or a prompt)")
+    p.add_argument("--domain", help="domain of bare names (default: the server's)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for the server")
+    sub = p.add_subparsers(dest="area", required=True)
+    group = sub.add_parser("group", help="groups and their members").add_subparsers(dest="command", required=True)
+
+    create = group.add_parser("create", help="create a group and key its members")
+    create.add_argument("group", metavar="NAME-OR-URI")
+    create.add_argument("--member", action="append", default=[], metavar="URI")
+    create.add_argument("--dispatcher", action="append", default=[], metavar="URI", help="a member who may pre-empt")
+    create.add_argument("--priority", action="append", default=[], type=_priority_pair, metavar="URI=N")
+    create.add_argument("--name", help="display name (default: the bare name)")
+    create.add_argument("--max-burst", type=float, metavar="S", help="longest talk burst in seconds (default 30)")
+    create.set_defaults(func=_cmd_create)
+
+    group.add_parser("list", help="list the groups").set_defaults(func=_cmd_list)
+
+    show = group.add_parser("show", help="members, presence and floor of a group")
+    show.add_argument("group", metavar="URI")
+    show.set_defaults(func=_cmd_show)
+
+    add = group.add_parser("add-member", help="add a member (it is sent the current group key)")
+    add.add_argument("group", metavar="URI")
+    add.add_argument("member", metavar="MEMBER")
+    add.add_argument("--priority", type=_priority, metavar="N")
+    add.add_argument("--role", choices=("member", "dispatcher"), default="member")
+    add.set_defaults(func=_cmd_add_member)
+
+    remove = group.add_parser("remove-member", help="remove a member (the group is rekeyed)")
+    remove.add_argument("group", metavar="URI")
+    remove.add_argument("member", metavar="MEMBER")
+    remove.set_defaults(func=_cmd_remove_member)
+
+    priority = group.add_parser("set-priority", help="change a member's floor priority (0-255)")
+    priority.add_argument("group", metavar="URI")
+    priority.add_argument("member", metavar="MEMBER")
+    priority.add_argument("priority", type=_priority, metavar="N")
+    priority.set_defaults(func=_cmd_set_priority)
+
+    delete = group.add_parser("delete", help="delete a group")
+    delete.add_argument("group", metavar="URI")
+    delete.set_defaults(func=_cmd_delete)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+        return e.code if isinstance(e.code, int) else 2
+    handler: Callable[[Session, argparse.Namespace], int] = args.func
+    try:
+        client = ApiClient(
+            args.server,
+            cacert=args.cacert,
+            user=args.user,
+            password=_password(args.password_file),
+            timeout=args.timeout,
+        )
+        return handler(Session(client, args.domain), args)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except (KeyError, TypeError, AttributeError) as e:
+        print(f"{PROG}: error: unexpected answer from the server ({e!r})", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Groups, their members and their keys: the SQLite store and the GMK lifecycle (``GroupManager``)."""
