@@ -1,0 +1,184 @@
+"""A headless, scriptable PTT client (tests and automation): synthetic audio instead of a microphone.
+
+  python -m client.headless --keystore K --passphrase-file P --uri sip:alice@example.org \
+      --server-info server.json --script "join sip:fire@example.org; wait 1; talk 2; wait 2" --report out.json
+
+Script steps (separated by ';'): ``join GROUP``, ``leave GROUP``, ``wait SECONDS``, ``wait-key GROUP N`` (until N
+GMKs are held), ``talk SECONDS`` (request the floor of the joined group, wait for Granted, send 50 packets/s of
+synthetic audio, release), ``send SECONDS`` (send media without asking for the floor), ``request``, ``release``,
+``forge-floor`` (send an unprotected Floor Request), ``quit``. The report (JSON) lists what was received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+
+from client.keystore import Keystore
+from client.session import PttSession, ServerInfo
+from ptt.floor.messages import FloorMessage, Subtype
+
+PACKET_INTERVAL = 0.02
+PAYLOAD_LENGTH = 160
+
+
+def synthetic_payload(tag: bytes, seq: int) -> bytes:
+    """Recognisable 'audio': the sender's tag and a sequence number, padded to a voice frame's size."""
+    return (b"SYN" + tag[:8].ljust(8, b"\0") + struct.pack(">I", seq)).ljust(PAYLOAD_LENGTH, b"\x55")
+
+
+class Runner:
+    def __init__(self, reactor: Any, session: PttSession, tag: bytes) -> None:
+        self.reactor = reactor
+        self.session = session
+        self.tag = tag
+        self.group: str | None = None
+        self.sent = 0
+        self.received: dict[str, list[int]] = {}
+        self.floor: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        session.media_listener = self._media
+        session.floor_listener = self._floor
+        session.event_listener = self.events.append
+
+    def _media(self, group: str, mki: bytes, rtp: bytes) -> None:
+        payload = rtp[12:]
+        if payload.startswith(b"SYN"):
+            sender = payload[3:11].rstrip(b"\0").decode("ascii", "replace")
+            self.received.setdefault(sender, []).append(struct.unpack(">I", payload[11:15])[0])
+
+    def _floor(self, group: str, message: FloorMessage) -> None:
+        self.floor.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
+
+    @defer.inlineCallbacks
+    def run(self, script: str) -> Any:
+        for step in [s.strip() for s in script.split(";") if s.strip()]:
+            word, _, arg = step.partition(" ")
+            arg = arg.strip()
+            if word == "join":
+                self.group = arg
+                yield self.session.join(arg)
+            elif word == "leave":
+                self.session.leave(arg)
+            elif word == "wait":
+                yield task.deferLater(self.reactor, float(arg), lambda: None)
+            elif word == "wait-key":
+                group, _, count = arg.partition(" ")
+                for _ in range(200):
+                    state = self.session.groups.get(group)
+                    if state is not None and len(state.keys) >= int(count):
+                        break
+                    yield task.deferLater(self.reactor, 0.05, lambda: None)
+            elif word == "request":
+                assert self.group is not None
+                self.session.request_floor(self.group)
+            elif word == "release":
+                assert self.group is not None
+                self.session.release_floor(self.group)
+            elif word == "talk":
+                yield self._talk(float(arg), ask=True)
+            elif word == "send":
+                yield self._talk(float(arg), ask=False)
+            elif word == "forge-floor":
+                assert self.group is not None
+                state = self.session.groups[self.group]
+                self.session._send(
+                    self.group, bytes(FloorMessage(Subtype.REQUEST, state.ssrc, user_id=self.session.uri))
+                )
+            elif word == "quit":
+                break
+            else:
+                raise ValueError(f"unknown script step {step!r}")
+
+    @defer.inlineCallbacks
+    def _talk(self, seconds: float, *, ask: bool) -> Any:
+        assert self.group is not None
+        state = self.session.groups[self.group]
+        if ask:
+            self.session.request_floor(self.group)
+            for _ in range(50):
+                if state.floor == "granted":
+                    break
+                yield task.deferLater(self.reactor, 0.02, lambda: None)
+        first = True
+        for _ in range(int(seconds / PACKET_INTERVAL)):
+            self.sent += 1
+            self.session.send_media(self.group, synthetic_payload(self.tag, self.sent), marker=first)
+            first = False
+            yield task.deferLater(self.reactor, PACKET_INTERVAL, lambda: None)
+        if ask:
+            self.session.release_floor(self.group)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "uri": self.session.uri,
+            "sent": self.sent,
+            "received": {sender: len(seqs) for sender, seqs in self.received.items()},
+            "floor": self.floor,
+            "events": self.events,
+            "stats": self.session.stats,
+            "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ptt-headless", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--keystore", required=True)
+    parser.add_argument("--passphrase-file", required=True)
+    parser.add_argument("--uri", required=True)
+    parser.add_argument("--server-info", required=True)
+    parser.add_argument("--tag", help="sender tag in the synthetic audio (default: the URI's user part)")
+    parser.add_argument("--script", default="")
+    parser.add_argument("--report")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    keystore = Keystore.open(Path(args.keystore), Path(args.passphrase_file).read_bytes().rstrip(b"\r\n"))
+    info = json.loads(Path(args.server_info).read_text())
+    server = ServerInfo(info["host"], int(info["control_port"]), info["cert_pem"].encode(), info["server_uri"])
+    tag = (args.tag or args.uri.partition(":")[2].partition("@")[0]).encode()
+    outcome: dict[str, Any] = {"code": 0}
+
+    def run(reactor: Any) -> Any:
+        session = PttSession(reactor, keystore, args.uri, server)
+        runner = Runner(reactor, session, tag)
+
+        @defer.inlineCallbacks
+        def go() -> Any:
+            try:
+                yield session.start()
+                print("ready", flush=True)
+                yield runner.run(args.script)
+            except Exception as exc:
+                print(f"ptt-headless: {exc}", file=sys.stderr, flush=True)
+                outcome["code"] = 2
+            finally:
+                report = runner.report()
+                if args.report:
+                    Path(args.report).write_text(json.dumps(report, indent=1))
+                session.stop()
+
+        return go()
+
+    import contextlib
+
+    with contextlib.suppress(SystemExit):
+        task.react(run, [])
+    return int(outcome["code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""A logged-in PTT client session: control channel, group keys, CSK, relay binding, floor control and SRTP media.
+
+Everything here is the Twisted shell around the pure parts (``ptt.srtp``, ``ptt.srtcp``, ``ptt.floor``,
+``ptt.mikey``): the audio client (issue 5) and the headless test client both drive a ``PttSession``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, protocol, task
+
+from client.control import ControlClient, connect_control
+from client.keystore import Keystore
+from ptt.control import unb64
+from ptt.floor.messages import FloorMessage, FloorMessageError, Subtype, parse_rtcp
+from ptt.groupkeys import GroupKey
+from ptt.mikey.errors import MikeyError
+from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, build_i_message, receive_i_message
+from ptt.relaycore import join_packet
+from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
+from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender
+from ptt.ts33180 import KeyPurpose, new_key_id
+
+log = logging.getLogger("ptt.client.session")
+
+KEEPALIVE = 5.0
+PAYLOAD_TYPE = 96  # dynamic, Opus (RFC 7587)
+STORED_MESSAGE_WINDOW = 40 * 86400.0  # GMKs may be stored for offline members: accept up to a key period old
+KEPT_KEYS = 3
+RECONNECT_MIN = 1.0
+RECONNECT_MAX = 30.0  # GMKs kept per group after a rekey, so packets in flight still decrypt
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    host: str
+    control_port: int
+    cert_pem: bytes
+    server_uri: str
+
+
+@dataclass
+class GroupState:
+    uri: str
+    name: str = ""
+    keys: list[GroupKey] = field(default_factory=list)  # newest last
+    sender: SrtpSender | None = None
+    receiver: SrtpReceiver = field(default_factory=SrtpReceiver)
+    ssrc: int = 0
+    joined: bool = False
+    seq: int = 0
+    timestamp: int = 0
+    talker: str | None = None
+    floor: str = "idle"  # idle | requested | granted | queued | taken | denied | revoked
+    port: Any = None  # the group's UDP socket (IListeningPort)
+    token: bytes = b""
+
+    @property
+    def key(self) -> GroupKey | None:
+        return self.keys[-1] if self.keys else None
+
+
+class _Media(protocol.DatagramProtocol):
+    """One UDP socket per joined group: like one media session per group call, the socket names the group."""
+
+    def __init__(self, session: PttSession, group: str) -> None:
+        self.session = session
+        self.group = group
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.session._datagram(self.group, data, addr)
+
+
+class PttSession:
+    """One identity logged in to one server."""
+
+    def __init__(self, reactor: Any, keystore: Keystore, uri: str, server: ServerInfo) -> None:
+        if keystore.enrolment is None:
+            raise ValueError("the keystore is not enrolled with a KMS")
+        self.reactor = reactor
+        self.keystore = keystore
+        self.uri = uri
+        self.server = server
+        self.domain: KmsDomain = keystore.enrolment.certificate.domain()
+        self.groups: dict[str, GroupState] = {}
+        self.control: ControlClient | None = None
+        self.replay_cache = ReplayCache()
+        self.csk: CskKeys | None = None
+        self.floor_channel: SrtcpChannel | None = None
+        self.relay: tuple[str, int] | None = None
+        self.connected = False
+        self._stopping = False
+        self._backoff = RECONNECT_MIN
+        self._keepalive: task.LoopingCall | None = None
+        # listeners the application sets
+        self.floor_listener: Callable[[str, FloorMessage], None] = lambda group, message: None
+        self.media_listener: Callable[[str, bytes, bytes], None] = lambda group, mki, rtp: None
+        self.event_listener: Callable[[dict[str, Any]], None] = lambda message: None
+        self.key_listener: Callable[[str, GroupKey], None] = lambda group, key: None
+        self.stats: dict[str, int] = {"media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0}
+
+    # --- keys ----------------------------------------------------------------------------------------------------
+
+    def identity_keys(self, now: float) -> IdentityKeys:
+        keys = self.keystore.current_keys(self.uri, now)
+        if keys is None:
+            raise RuntimeError(f"no keys for {self.uri} in the current key period: provision first")
+        return keys
+
+    # --- control channel handler -----------------------------------------------------------------------------
+
+    def on_imessage(self, group: str, gmk_id: bytes, data: bytes) -> None:
+        state = self.groups.get(group)
+        if state is not None and any(k.gmk_id == gmk_id for k in state.keys):
+            return  # stored messages come again at every login
+        try:
+            received = receive_i_message(
+                data,
+                responder=self.keystore.held_keys(self.uri),
+                expected_initiators=group,
+                trusted_kms={self.domain.kms_uri: self.domain},
+                now=self.reactor.seconds(),
+                replay_cache=self.replay_cache,
+                window=STORED_MESSAGE_WINDOW,
+            )
+        except MikeyError as exc:
+            self.stats["imessage_bad"] += 1
+            log.warning("%s: group key for %s refused: %s", self.uri, group, exc)
+            return
+        if received.purpose != KeyPurpose.GMK or received.revoked:
+            log.warning("%s: ignoring a %s key for %s", self.uri, received.purpose.name, group)
+            return
+        key = GroupKey(gmk=received.key, gmk_id=received.key_id, rand=received.rand)
+        state = self.groups.setdefault(group, GroupState(group))
+        if any(k.gmk_id == key.gmk_id for k in state.keys):
+            return
+        state.keys.append(key)
+        state.receiver.add_key(key)
+        while len(state.keys) > KEPT_KEYS:
+            state.receiver.drop_key(state.keys.pop(0).gmk_id)
+        state.sender = SrtpSender(key, self.uri)
+        log.info("%s: GMK %s for %s", self.uri, key.gmk_id.hex(), group)
+        self.key_listener(group, key)
+
+    def on_groups(self, groups: list[dict[str, Any]]) -> None:
+        listed = {str(g.get("uri")) for g in groups}
+        for uri in listed:
+            self.groups.setdefault(uri, GroupState(uri))
+        for uri in [u for u in self.groups if u not in listed]:
+            state = self.groups.pop(uri)  # removed from the group: forget its keys and its socket
+            if state.port is not None:
+                state.port.stopListening()
+            log.warning("%s: no longer a member of %s", self.uri, uri)
+
+    def on_event(self, message: dict[str, Any]) -> None:
+        state = self.groups.get(message["group"])
+        if state is not None and message["kind"] == "talking":
+            state.talker = message.get("uri")
+        elif state is not None and message["kind"] == "idle":
+            state.talker = None
+        self.event_listener(message)
+
+    def on_disconnected(self, reason: str) -> None:
+        self.control = None
+        if self._stopping:
+            return
+        log.warning("%s: control channel lost (%s): reconnecting", self.uri, reason)
+        self.connected = False
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+        self.reactor.callLater(delay, self._reconnect)
+
+    @defer.inlineCallbacks
+    def _reconnect(self) -> Any:
+        if self._stopping or self.control is not None:
+            return
+        rejoin = [group for group, state in self.groups.items() if state.joined]
+        try:
+            yield self.start()
+            for group in rejoin:
+                yield self.join(group)
+        except Exception as exc:
+            log.warning("%s: reconnect failed (%s); retrying in %.0f s", self.uri, exc, self._backoff)
+            if self.control is not None:
+                self.control.link.loseConnection()  # its loss schedules the next attempt
+            else:
+                self._schedule_reconnect()
+            return
+        self._backoff = RECONNECT_MIN
+        log.info("%s: reconnected, rejoined %s", self.uri, rejoin)
+
+    # --- start-up ----------------------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Log in, take the stored group keys, and send a fresh CSK for floor control."""
+        self.control = yield connect_control(
+            self.reactor, self.server.host, self.server.control_port, self.server.cert_pem, self.identity_keys, self
+        )
+        assert self.control is not None
+        self.on_groups(self.control.groups)
+        self.relay = self.control.relay
+        yield self.send_csk()
+        self.connected = True
+        return self
+
+    @defer.inlineCallbacks
+    def send_csk(self) -> Any:
+        now = self.reactor.seconds()
+        csk = CskKeys(csk=os.urandom(16), csk_id=new_key_id(KeyPurpose.CSK), rand=os.urandom(16))
+        message = build_i_message(
+            initiator=self.identity_keys(now),
+            responder_uri=self.server.server_uri,
+            key=csk.csk,
+            key_id=csk.csk_id,
+            now=now,
+            rand=csk.rand,
+        )
+        assert self.control is not None
+        yield self.control.send_csk(message)
+        self.csk = csk
+        self.floor_channel = SrtcpChannel(csk)
+
+    @defer.inlineCallbacks
+    def join(self, group: str) -> Any:
+        assert self.control is not None
+        state = self.groups.setdefault(group, GroupState(group))
+        state.ssrc = struct.unpack(">I", os.urandom(4))[0]
+        reply = yield self.control.join(group, state.ssrc)
+        state.token = unb64(reply["token"], "token")
+        relay = reply["relay"]
+        self.relay = (str(relay["host"]), int(relay["port"]))
+        if state.port is None:
+            local = "127.0.0.1" if self.relay[0] in ("127.0.0.1", "localhost") else ""
+            state.port = self.reactor.listenUDP(0, _Media(self, group), interface=local)
+        state.joined = True
+        self._send_keepalives()
+        if self._keepalive is None:
+            self._keepalive = task.LoopingCall(self._send_keepalives)
+            self._keepalive.clock = self.reactor
+            self._keepalive.start(KEEPALIVE, now=False)
+        return state
+
+    def leave(self, group: str) -> None:
+        state = self.groups.get(group)
+        if state is not None:
+            state.joined = False
+            state.token = b""
+            if state.port is not None:
+                state.port.stopListening()
+                state.port = None
+        if self.control is not None:
+            self.control.leave(group)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+        if self.control is not None:
+            self.control.link.loseConnection()
+        for state in self.groups.values():
+            if state.port is not None:
+                state.port.stopListening()
+                state.port = None
+
+    def _send_keepalives(self) -> None:
+        for group, state in self.groups.items():
+            if state.joined and state.token:
+                self._send(group, join_packet(state.ssrc, state.token))
+
+    def _send(self, group: str, data: bytes) -> None:
+        state = self.groups.get(group)
+        if state is not None and state.port is not None and self.relay is not None:
+            state.port.write(data, self.relay)
+
+    # --- floor control -----------------------------------------------------------------------------------------
+
+    def _floor(self, group: str, message: FloorMessage) -> None:
+        if self.floor_channel is None:
+            raise RuntimeError("no CSK sent yet")
+        self._send(group, self.floor_channel.protect(bytes(message)))
+
+    def request_floor(self, group: str, *, priority: int | None = None, indicator: int | None = None) -> None:
+        state = self.groups[group]
+        state.floor = "requested"
+        self._floor(
+            group,
+            FloorMessage(Subtype.REQUEST, state.ssrc, priority=priority, user_id=self.uri, floor_indicator=indicator),
+        )
+
+    def release_floor(self, group: str) -> None:
+        state = self.groups[group]
+        state.floor = "idle"
+        self._floor(group, FloorMessage(Subtype.RELEASE, state.ssrc, user_id=self.uri))
+
+    # --- media ---------------------------------------------------------------------------------------------------
+
+    def send_media(self, group: str, payload: bytes, *, marker: bool = False, samples: int = 960) -> None:
+        state = self.groups[group]
+        if state.sender is None:
+            raise RuntimeError(f"no group key for {group}")
+        state.seq = (state.seq + 1) & 0xFFFF
+        state.timestamp = (state.timestamp + samples) & 0xFFFFFFFF
+        header = struct.pack(
+            ">BBHII", 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, state.seq, state.timestamp, state.ssrc
+        )
+        self._send(group, state.sender.protect(header + payload))
+
+    # --- incoming ------------------------------------------------------------------------------------------------
+
+    def _datagram(self, group: str, data: bytes, addr: Any) -> None:
+        if self.relay is not None and (addr[0], addr[1]) != self.relay:
+            return  # only the relay talks to us
+        state = self.groups.get(group)
+        if state is None or not state.joined:
+            return
+        if len(data) >= 2 and 192 <= data[1] <= 223:
+            self._floor_in(group, state, data)
+            return
+        try:
+            rtp, mki = state.receiver.unprotect(data)
+        except SrtpError as exc:
+            self.stats["media_bad"] += 1
+            log.debug("%s: media for %s refused: %s", self.uri, group, exc)
+            return
+        self.stats["media_in"] += 1
+        self.media_listener(group, mki, rtp)
+
+    def _floor_in(self, group: str, state: GroupState, data: bytes) -> None:
+        if self.floor_channel is None:
+            return
+        try:
+            messages = parse_rtcp(self.floor_channel.unprotect(data))
+        except (SrtcpError, FloorMessageError) as exc:
+            self.stats["floor_bad"] += 1
+            log.warning("%s: floor message refused: %s", self.uri, exc)
+            return
+        for message in messages:
+            self.stats["floor_in"] += 1
+            state.floor = {
+                Subtype.GRANTED: "granted",
+                Subtype.TAKEN: "taken",
+                Subtype.DENY: "denied",
+                Subtype.REVOKE: "revoked",
+                Subtype.IDLE: "idle",
+                Subtype.QUEUE_POSITION_INFO: "queued",
+            }.get(message.subtype, state.floor)
+            if message.subtype == Subtype.TAKEN:
+                state.talker = message.granted_party
+            elif message.subtype == Subtype.GRANTED:
+                state.talker = self.uri
+            elif message.subtype == Subtype.IDLE:
+                state.talker = None
+            self.floor_listener(group, message)
+
+
+def now() -> float:
+    return time.time()
