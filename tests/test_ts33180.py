@@ -136,8 +136,7 @@ def test_uid_is_sha256_of_input(uri: str, kms: str, period: int, offset: int, no
     assert fields[:3] == [b"MIKEY-SAKKE-UID", uri.encode(), kms.encode()]
     assert [int.from_bytes(f, "big") for f in fields[3:]] == [period, offset, no]
     assert all(
-        len(f) == max(1, (v.bit_length() + 7) // 8)
-        for f, v in zip(fields[3:], [period, offset, no], strict=True)
+        len(f) == max(1, (v.bit_length() + 7) // 8) for f, v in zip(fields[3:], [period, offset, no], strict=True)
     )
 
 
