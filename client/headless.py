@@ -16,6 +16,7 @@ import json
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ class Runner:
         self.received: dict[str, list[int]] = {}
         self.floor: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.floor_latency_ms: list[float] = []
+        self._awaiting: tuple[str, defer.Deferred[None]] | None = None
         session.media_listener = self._media
         session.floor_listener = self._floor
         session.event_listener = self.events.append
@@ -56,6 +59,16 @@ class Runner:
 
     def _floor(self, group: str, message: FloorMessage) -> None:
         self.floor.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
+        if self._awaiting is not None and self._awaiting[0] == message.subtype.name:
+            waiting = self._awaiting[1]
+            self._awaiting = None
+            waiting.callback(None)
+
+    def _expect(self, subtype: str, timeout: float) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._awaiting = (subtype, d)
+        d.addTimeout(timeout, self.reactor)
+        return d
 
     @defer.inlineCallbacks
     def run(self, script: str) -> Any:
@@ -92,6 +105,8 @@ class Runner:
                 self.session._send(
                     self.group, bytes(FloorMessage(Subtype.REQUEST, state.ssrc, user_id=self.session.uri))
                 )
+            elif word == "floor-latency":
+                yield self._floor_latency(int(arg))
             elif word == "quit":
                 break
             else:
@@ -116,6 +131,20 @@ class Runner:
         if ask:
             self.session.release_floor(self.group)
 
+    @defer.inlineCallbacks
+    def _floor_latency(self, rounds: int) -> Any:
+        """Request → Granted time, ``rounds`` times (each followed by Release → Idle)."""
+        assert self.group is not None
+        for _ in range(rounds):
+            granted = self._expect("GRANTED", 5.0)
+            start = time.perf_counter()
+            self.session.request_floor(self.group)
+            yield granted
+            self.floor_latency_ms.append((time.perf_counter() - start) * 1e3)
+            idle = self._expect("IDLE", 5.0)
+            self.session.release_floor(self.group)
+            yield idle
+
     def report(self) -> dict[str, Any]:
         return {
             "uri": self.session.uri,
@@ -125,6 +154,7 @@ class Runner:
             "events": self.events,
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
+            "floor_latency_ms": self.floor_latency_ms,
         }
 
 

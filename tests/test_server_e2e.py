@@ -1,262 +1,28 @@
 """The whole system as real processes on 127.0.0.1: KMS, group server, dispatcher CLI and three headless clients
-sending synthetic audio through the relay."""
+sending synthetic audio through the relay (harness in bench/harness.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-USERS = ("alice", "bob", "carol")
-GROUP = "sip:fire@example.org"
-
-
-def _ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [int(s.getsockname()[1]) for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PTT_")}
-    env.update(extra)
-    return env
-
-
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or _env()
-    )
-
-
-@dataclass
-class Daemon:
-    args: list[str]
-    ready: str
-    log: list[str] = field(default_factory=list)
-    process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, *self.args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(),
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.log.append(line)
-            if self.ready in line:
-                os.set_blocking(self.process.stdout.fileno(), False)
-                return
-        self.stop()
-        raise AssertionError(f"{self.args} did not start:\n" + "".join(self.log))
-
-    def output(self) -> str:
-        if self.process is not None and self.process.stdout is not None:
-            try:
-                chunk = self.process.stdout.read()
-            except (BlockingIOError, TypeError):
-                chunk = None
-            if chunk:
-                self.log.append(chunk)
-        return "".join(self.log)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.output()
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-
-@dataclass
-class System:
-    root: Path
-    kms: Daemon
-    server: Daemon
-    dispatch_port: int
-
-    def dispatch(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _run(
-            "-m",
-            "server.dispatch.cli",
-            "--server",
-            f"https://127.0.0.1:{self.dispatch_port}",
-            "--cacert",
-            str(self.root / "server" / "tls-cert.pem"),
-            "--user",
-            "admin",
-            *args,
-            env=_env(PTT_DISPATCH_PASSWORD="admin-password-x"),
-        )
-
-    def client(self, user: str, script: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "client.headless",
-                "--keystore",
-                str(self.root / f"{user}.ks"),
-                "--passphrase-file",
-                str(self.root / "ks.pw"),
-                "--server-info",
-                str(self.root / "server.json"),
-                "--uri",
-                f"sip:{user}@example.org",
-                "--script",
-                script,
-                "--report",
-                str(self.root / f"{user}.json"),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(),
-        )
-
-    def report(self, user: str) -> dict[str, Any]:
-        return dict(json.loads((self.root / f"{user}.json").read_text()))
-
-
-def _wait_all(processes: list[subprocess.Popen[str]], timeout: float = 90) -> None:
-    for p in processes:
-        out, _ = p.communicate(timeout=timeout)
-        assert p.returncode == 0, out
+from bench.harness import GROUP, USERS, System, start_system, stop_system, wait_all
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    root = tmp_path_factory.mktemp("system")
-    kms_port, dispatch_port, control_port, relay_port = _ports(4)
-    for name in (*USERS, "server", "admin"):
-        (root / f"{name}.pw").write_text(f"{name}-password-x\n")
-    (root / "ks.pw").write_text("keystore-passphrase\n")
-    kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
-    assert (
-        _run(
-            *kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port)
-        ).returncode
-        == 0
-    )
-    for user in USERS:
-        assert (
-            _run(
-                *kms,
-                "user",
-                "add",
-                user,
-                "--uri",
-                f"sip:{user}@example.org",
-                "--password-file",
-                str(root / f"{user}.pw"),
-            ).returncode
-            == 0
-        )
-    assert (
-        _run(
-            *kms,
-            "user",
-            "add",
-            "ptt-server",
-            "--uri",
-            "sip:ptt-server@example.org",
-            "--password-file",
-            str(root / "server.pw"),
-        ).returncode
-        == 0
-    )
-    assert _run(*kms, "grant", "ptt-server", GROUP).returncode == 0
-    assert _run(*kms, "export-enrolment", "--out", str(root / "enrol.json")).returncode == 0
-    kms_daemon = Daemon([*kms, "serve"], "listening on")
-    kms_daemon.start()
-    server = ["-m", "server.main", "--data", str(root / "server")]
-    out = _run(
-        *server,
-        "init",
-        "--kms-enrolment",
-        str(root / "enrol.json"),
-        "--kms-user",
-        "ptt-server",
-        "--kms-password-file",
-        str(root / "server.pw"),
-        "--server-uri",
-        "sip:ptt-server@example.org",
-        "--dispatch-port",
-        str(dispatch_port),
-        "--control-port",
-        str(control_port),
-        "--relay-port",
-        str(relay_port),
-    )
-    assert out.returncode == 0, out.stderr
-    assert _run(*server, "dispatcher", "add", "admin", "--password-file", str(root / "admin.pw")).returncode == 0
-    assert _run(*server, "client-info", "--out", str(root / "server.json")).returncode == 0
-    server_daemon = Daemon([*server, "serve"], "listening:")
-    server_daemon.start()
-    for user in USERS:
-        out = _run(
-            "-m",
-            "client.cli",
-            "--keystore",
-            str(root / f"{user}.ks"),
-            "--passphrase-file",
-            str(root / "ks.pw"),
-            "provision",
-            "--enrolment",
-            str(root / "enrol.json"),
-            "--user",
-            user,
-            "--password-file",
-            str(root / f"{user}.pw"),
-            "--uri",
-            f"sip:{user}@example.org",
-        )
-        assert out.returncode == 0, out.stderr
-    system = System(root, kms_daemon, server_daemon, dispatch_port)
-    created = system.dispatch(
-        "group", "create", "fire", *[a for u in USERS for a in ("--member", f"sip:{u}@example.org")]
-    )
-    assert created.returncode == 0, created.stderr
-    yield system
-    server_daemon.stop()
-    kms_daemon.stop()
+    running = start_system(tmp_path_factory.mktemp("system"))
+    yield running
+    stop_system(running)
 
 
 def test_only_the_floor_holders_media_is_forwarded(system: System) -> None:
     alice = system.client("alice", f"join {GROUP}; wait 1; talk 2; wait 1.5")
     bob = system.client("bob", f"join {GROUP}; wait 1.5; send 1; wait 2")  # media without the floor
     carol = system.client("carol", f"join {GROUP}; wait 4.5")
-    _wait_all([alice, bob, carol])
+    wait_all([alice, bob, carol])
     a, b, c = (system.report(u) for u in USERS)
     assert a["sent"] >= 90 and b["sent"] >= 45
     for listener in (b, c):
@@ -271,7 +37,7 @@ def test_only_the_floor_holders_media_is_forwarded(system: System) -> None:
 def test_forged_floor_request_is_dropped(system: System) -> None:
     bob = system.client("bob", f"join {GROUP}; wait 0.5; forge-floor; wait 1; send 1; wait 0.5")
     carol = system.client("carol", f"join {GROUP}; wait 3")
-    _wait_all([bob, carol])
+    wait_all([bob, carol])
     assert "bob" not in system.report("carol")["received"]
     assert "GRANTED" not in [f["subtype"] for f in system.report("bob")["floor"]]
     assert "floor message from sip:bob@example.org" in system.server.output()
@@ -284,7 +50,7 @@ def test_removed_member_gets_no_new_key_and_no_media(system: System) -> None:
     time.sleep(2.0)
     removed = system.dispatch("group", "remove-member", GROUP, "sip:carol@example.org")
     assert removed.returncode == 0, removed.stderr
-    _wait_all([alice, bob, carol])
+    wait_all([alice, bob, carol])
     a, b, c = (system.report(u) for u in USERS)
     assert len(a["keys"][GROUP]) == 2 and a["keys"][GROUP] == b["keys"][GROUP]  # rekeyed
     assert GROUP not in c["keys"] or c["keys"][GROUP] == a["keys"][GROUP][:1]  # carol never got the new GMK
@@ -300,7 +66,7 @@ def test_server_restart_mid_call_recovers(system: System) -> None:
     system.server.stop()
     system.server.log.clear()
     system.server.start()
-    _wait_all([alice, carol])
+    wait_all([alice, carol])
     a, c = system.report("alice"), system.report("carol")
     per_burst = a["sent"] // 2
     assert c["received"].get("alice", 0) >= 1.8 * per_burst, (a, c)  # both bursts, before and after the restart

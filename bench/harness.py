@@ -1,0 +1,251 @@
+"""A whole system on 127.0.0.1 as real processes (KMS, group server, headless clients), for end-to-end tests and
+benchmarks: ``start_system(root)`` initialises and starts everything and creates one group of three members."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = ("alice", "bob", "carol")
+GROUP = "sip:fire@example.org"
+
+
+def _ports(n: int) -> list[int]:
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [int(s.getsockname()[1]) for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PTT_")}
+    env.update(extra)
+    return env
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or _env()
+    )
+
+
+@dataclass
+class Daemon:
+    args: list[str]
+    ready: str
+    log: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, *self.args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.log.append(line)
+            if self.ready in line:
+                os.set_blocking(self.process.stdout.fileno(), False)
+                return
+        self.stop()
+        raise AssertionError(f"{self.args} did not start:\n" + "".join(self.log))
+
+    def output(self) -> str:
+        if self.process is not None and self.process.stdout is not None:
+            try:
+                chunk = self.process.stdout.read()
+            except (BlockingIOError, TypeError):
+                chunk = None
+            if chunk:
+                self.log.append(chunk)
+        return "".join(self.log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.output()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@dataclass
+class System:
+    root: Path
+    kms: Daemon
+    server: Daemon
+    dispatch_port: int
+
+    def dispatch(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return _run(
+            "-m",
+            "server.dispatch.cli",
+            "--server",
+            f"https://127.0.0.1:{self.dispatch_port}",
+            "--cacert",
+            str(self.root / "server" / "tls-cert.pem"),
+            "--user",
+            "admin",
+            *args,
+            env=_env(PTT_DISPATCH_PASSWORD="admin-password-x"),
+        )
+
+    def client(self, user: str, script: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "client.headless",
+                "--keystore",
+                str(self.root / f"{user}.ks"),
+                "--passphrase-file",
+                str(self.root / "ks.pw"),
+                "--server-info",
+                str(self.root / "server.json"),
+                "--uri",
+                f"sip:{user}@example.org",
+                "--script",
+                script,
+                "--report",
+                str(self.root / f"{user}.json"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+
+    def report(self, user: str) -> dict[str, Any]:
+        return dict(json.loads((self.root / f"{user}.json").read_text()))
+
+
+def wait_all(processes: list[subprocess.Popen[str]], timeout: float = 90) -> None:
+    for p in processes:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, out
+
+
+def start_system(root: Path) -> System:
+    """Initialise and start a KMS and a group server under ``root``, provision USERS and create GROUP."""
+    kms_port, dispatch_port, control_port, relay_port = _ports(4)
+    for name in (*USERS, "server", "admin"):
+        (root / f"{name}.pw").write_text(f"{name}-password-x\n")
+    (root / "ks.pw").write_text("keystore-passphrase\n")
+    kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
+    assert (
+        _run(
+            *kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port)
+        ).returncode
+        == 0
+    )
+    for user in USERS:
+        assert (
+            _run(
+                *kms,
+                "user",
+                "add",
+                user,
+                "--uri",
+                f"sip:{user}@example.org",
+                "--password-file",
+                str(root / f"{user}.pw"),
+            ).returncode
+            == 0
+        )
+    assert (
+        _run(
+            *kms,
+            "user",
+            "add",
+            "ptt-server",
+            "--uri",
+            "sip:ptt-server@example.org",
+            "--password-file",
+            str(root / "server.pw"),
+        ).returncode
+        == 0
+    )
+    assert _run(*kms, "grant", "ptt-server", GROUP).returncode == 0
+    assert _run(*kms, "export-enrolment", "--out", str(root / "enrol.json")).returncode == 0
+    kms_daemon = Daemon([*kms, "serve"], "listening on")
+    kms_daemon.start()
+    server = ["-m", "server.main", "--data", str(root / "server")]
+    out = _run(
+        *server,
+        "init",
+        "--kms-enrolment",
+        str(root / "enrol.json"),
+        "--kms-user",
+        "ptt-server",
+        "--kms-password-file",
+        str(root / "server.pw"),
+        "--server-uri",
+        "sip:ptt-server@example.org",
+        "--dispatch-port",
+        str(dispatch_port),
+        "--control-port",
+        str(control_port),
+        "--relay-port",
+        str(relay_port),
+    )
+    assert out.returncode == 0, out.stderr
+    assert _run(*server, "dispatcher", "add", "admin", "--password-file", str(root / "admin.pw")).returncode == 0
+    assert _run(*server, "client-info", "--out", str(root / "server.json")).returncode == 0
+    server_daemon = Daemon([*server, "serve"], "listening:")
+    server_daemon.start()
+    for user in USERS:
+        out = _run(
+            "-m",
+            "client.cli",
+            "--keystore",
+            str(root / f"{user}.ks"),
+            "--passphrase-file",
+            str(root / "ks.pw"),
+            "provision",
+            "--enrolment",
+            str(root / "enrol.json"),
+            "--user",
+            user,
+            "--password-file",
+            str(root / f"{user}.pw"),
+            "--uri",
+            f"sip:{user}@example.org",
+        )
+        assert out.returncode == 0, out.stderr
+    system = System(root, kms_daemon, server_daemon, dispatch_port)
+    created = system.dispatch(
+        "group", "create", "fire", *[a for u in USERS for a in ("--member", f"sip:{u}@example.org")]
+    )
+    assert created.returncode == 0, created.stderr
+    return system
+
+
+def stop_system(system: System) -> None:
+    system.server.stop()
+    system.kms.stop()
