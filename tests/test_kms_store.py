@@ -582,3 +582,26 @@ def test_tls_certificate_verifies_in_a_real_handshake(tmp_path: Path, server_nam
             break
     assert all(done)
     assert client.getpeercert() is not None
+
+
+def test_group_namespace_grant(tmp_path: Path) -> None:
+    db = store.KmsStore(tmp_path / "kms.sqlite3")
+    db.add_account("server", "server-password", uri="sip:ptt-server@example.org", now=0)
+    db.grant("server", "sip:*@groups.example.org", now=1)
+    assert db.may_key("server", "sip:fire@groups.example.org")
+    assert db.may_key("server", "sip:ptt-server@example.org")  # its own
+    for other in (
+        "sip:alice@example.org",
+        "sip:a@b@groups.example.org",
+        "sips:fire@groups.example.org",
+        "sip:@groups.example.org",
+        "sip:fire@groups.example.org.evil",
+    ):
+        assert not db.may_key("server", other), other
+    for bad in ("sip:*", "sip:fi*@groups.example.org", "*", "sip:*@*"):
+        with pytest.raises(store.AccountError):
+            db.grant("server", bad, now=2)
+    with pytest.raises(store.AccountError):
+        db.grant("server", "sip:*@groups.example.org", "self", now=2)
+    db.revoke("server", "sip:*@groups.example.org", now=3)
+    assert not db.may_key("server", "sip:fire@groups.example.org")

@@ -217,6 +217,22 @@ _UPGRADES: dict[int, list[str]] = {
 SCHEMA_VERSION = len(_UPGRADES)
 
 
+def _is_namespace(pattern: str) -> bool:
+    scheme, sep, rest = pattern.partition(":")
+    host = rest[2:]
+    return bool(scheme and sep and rest.startswith("*@") and host and "*" not in host and "@" not in host)
+
+
+def namespace_matches(pattern: str, uri: str) -> bool:
+    """``scheme:*@host`` matches ``scheme:USER@host`` for any single USER (no '@', no '*')."""
+    if not _is_namespace(pattern):
+        return False
+    scheme, _, rest = pattern.partition(":")
+    uri_scheme, sep, uri_rest = uri.partition(":")
+    user, at, host = uri_rest.rpartition("@")
+    return bool(sep and at and user) and uri_scheme == scheme and host == rest[2:] and not {"@", "*"} & set(user)
+
+
 class KmsStore:
     """One SQLite connection. Several processes may share the file (the service and the CLI): WAL mode, a busy
     timeout, and each change in its own ``BEGIN IMMEDIATE`` transaction."""
@@ -446,6 +462,11 @@ class KmsStore:
             raise AccountError(f"unknown grant kind {kind!r}; one of {', '.join(sorted(GRANT_KINDS))}")
         if not identity_uri:
             raise AccountError("the identity URI must not be empty")
+        if "*" in identity_uri and (kind != "group-manager" or not _is_namespace(identity_uri)):
+            raise AccountError(
+                "a wildcard grant must be a group-manager grant of the form scheme:*@host "
+                "(e.g. sip:*@groups.example.org)"
+            )
         with self._tx() as db:
             self._require(db, username)
             db.execute(
@@ -474,13 +495,17 @@ class KmsStore:
         return int(self._db.execute("SELECT count(*) FROM grants").fetchone()[0])
 
     def may_key(self, username: str, identity_uri: str) -> bool:
-        """Whether an enabled account ``username`` holds a grant for ``identity_uri``."""
-        row = self._db.execute(
-            "SELECT 1 FROM grants JOIN accounts USING (username) "
-            "WHERE username = ? AND identity_uri = ? AND accounts.disabled = 0",
+        """Whether an enabled account ``username`` holds a grant for ``identity_uri``: exactly, or through a
+        group-manager grant for a whole group namespace (``sip:*@groups.example.org``)."""
+        rows = self._db.execute(
+            "SELECT identity_uri, kind FROM grants JOIN accounts USING (username) "
+            "WHERE username = ? AND accounts.disabled = 0 AND (identity_uri = ? OR identity_uri LIKE '%*%')",
             (username, identity_uri),
-        ).fetchone()
-        return row is not None
+        ).fetchall()
+        return any(
+            uri == identity_uri or (kind == "group-manager" and namespace_matches(uri, identity_uri))
+            for uri, kind in rows
+        )
 
     # --- issuance records ---
 
