@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import struct
 import sys
 import time
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="ptt-headless", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--keystore", required=True)
-    parser.add_argument("--passphrase-file", required=True)
+    parser.add_argument("--passphrase-file", help="keystore passphrase file (else PTT_KEYSTORE_PASSPHRASE)")
     parser.add_argument("--uri", required=True)
     parser.add_argument("--server-info", required=True)
     parser.add_argument("--tag", help="sender tag in the synthetic audio (default: the URI's user part)")
@@ -176,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    keystore = Keystore.open(Path(args.keystore), Path(args.passphrase_file).read_bytes().rstrip(b"\r\n"))
+    if args.passphrase_file:
+        passphrase = Path(args.passphrase_file).read_bytes().rstrip(b"\r\n")
+    elif os.environ.get("PTT_KEYSTORE_PASSPHRASE"):
+        passphrase = os.environ["PTT_KEYSTORE_PASSPHRASE"].encode()
+    else:
+        print("ptt-headless: give --passphrase-file or PTT_KEYSTORE_PASSPHRASE", file=sys.stderr)
+        return 2
+    keystore = Keystore.open(Path(args.keystore), passphrase)
     info = json.loads(Path(args.server_info).read_text())
     server = ServerInfo(info["host"], int(info["control_port"]), info["cert_pem"].encode(), info["server_uri"])
     tag = (args.tag or args.uri.partition(":")[2].partition("@")[0]).encode()
