@@ -1,0 +1,449 @@
+"""The media relay's decisions, without I/O: which datagram goes where, who is bound, who is dead.
+
+The relay forwards SRTP without decrypting it. Per group, only the floor holder's packets are forwarded, to
+every other bound member; everything else is dropped and counted in :attr:`RelayCore.stats`. RTP and RTCP share
+one port and are told apart as RFC 5761 §4 does: a second octet of 192..223 is RTCP.
+
+Binding. The control plane hands a joined member a random 16-octet token (:meth:`RelayCore.expect`). The
+client sends, from its media socket, an RTCP APP packet named ``PTTJ`` carrying its media SSRC and the token
+(:func:`join_packet`); that binds the packet's source address to the member. The same packet every
+``keepalive_interval`` seconds keeps the binding alive; from a new address (NAT rebinding, network switch) it
+moves the binding there. A member silent for ``dead_after`` seconds is unbound by :meth:`RelayCore.sweep`. The
+token is the only credential: whoever holds it can bind, so it travels only over the TLS control channel.
+
+Floor control (TS 24.380 RTCP APP ``MCPT``) from a bound member is handed to the caller. It is SRTCP-protected
+with the member's CSK, and SRTCP encrypts everything after the first 8 octets, the APP name included, so the
+relay cannot check the name: every APP packet other than ``PTTJ`` from a bound member is floor control, and
+the floor control server authenticates it.
+
+Rate limiting: a token bucket per source address covers every datagram, media and RTCP alike. Unbound sources
+get buckets too (join attempts cost work), kept in a bounded table; when it is full, new unbound sources share
+one bucket, so a spoofed-address flood cannot grow memory.
+
+:meth:`RelayCore.route` is the per-packet fast path: two dict lookups, a few comparisons and arithmetic on
+the member's bucket, and it returns the group's cached list of destinations (rebuilt only when membership or
+the talker changes). Callers must not modify that list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Address = tuple[str, int]
+
+TOKEN_LENGTH = 16
+TOKEN_LIFETIME = 60.0
+"""Seconds an :meth:`RelayCore.expect` token stays usable before its first ``PTTJ``."""
+
+JOIN_NAME = b"PTTJ"
+JOIN_PACKET_LENGTH = 28
+"""V/P/subtype, PT, length, SSRC (8) + name (4) + token (16)."""
+
+RTCP_APP = 204
+RTP_HEADER_LENGTH = 12
+MAX_UNBOUND_BUCKETS = 4096
+"""Rate-limit buckets kept for sources that are not bound; beyond this they share one bucket."""
+
+STAT_NAMES = (
+    "forwarded",  # media packets forwarded (each to every other bound member)
+    "copies",  # datagrams those forwards became
+    "dropped_unbound",  # media from an address no member is bound to
+    "dropped_not_talker",  # media from a bound member who does not hold the floor
+    "dropped_ssrc",  # media from the talker's address with another SSRC
+    "dropped_rate",  # over the per-source rate limit
+    "dropped_malformed",  # not RTP/RTCP version 2, or too short
+    "dropped_token",  # PTTJ with an unknown or expired token, or an SSRC other than the expected one
+    "dropped_rtcp",  # RTCP that is neither PTTJ nor floor control from a bound member
+    "joined",  # bindings made (first PTTJ of a token)
+    "rebound",  # bindings moved to a new address
+    "keepalive",  # PTTJ refreshing an existing binding
+    "floor",  # floor control packets handed over
+    "dead",  # members unbound by sweep
+    "bound",  # members bound now (a gauge)
+)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Who a bound address belongs to: a member of a group, with the SSRC of its media."""
+
+    group: str
+    member: str
+    ssrc: int
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    rate_packets_per_s: float = 200.0
+    rate_burst: int = 400
+    dead_after: float = 15.0
+    keepalive_interval: float = 5.0  # what clients send at; dead_after must leave room for lost keepalives
+
+    def __post_init__(self) -> None:
+        if self.rate_packets_per_s <= 0 or self.rate_burst < 1:
+            raise ValueError("the rate limit needs a positive rate and a burst of at least one packet")
+        if self.dead_after <= self.keepalive_interval:
+            raise ValueError("dead_after must be longer than keepalive_interval")
+
+
+@dataclass(frozen=True)
+class RtcpResult:
+    """What an RTCP datagram did: ``joined`` (a token's first use bound its address), ``keepalive`` (a binding
+    refreshed, possibly moved to a new address), ``floor`` (hand ``data`` to floor control for ``binding``) or
+    ``dropped``."""
+
+    kind: str
+    binding: Binding | None = None
+    data: bytes = b""
+
+
+DROPPED = RtcpResult("dropped")
+
+
+def join_packet(ssrc: int, token: bytes) -> bytes:
+    """The RTCP APP ``PTTJ`` packet a client sends from its media socket to bind it (and as keepalive)."""
+    if len(token) != TOKEN_LENGTH:
+        raise ValueError(f"join token must be {TOKEN_LENGTH} octets")
+    if not 0 <= ssrc < 1 << 32:
+        raise ValueError("SSRC must fit in 32 bits")
+    length_words = JOIN_PACKET_LENGTH // 4 - 1
+    return bytes((0x80, RTCP_APP)) + length_words.to_bytes(2, "big") + ssrc.to_bytes(4, "big") + JOIN_NAME + token
+
+
+class _Bucket:
+    """Token bucket state: ``tokens`` as of ``stamp``."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class _Member(_Bucket):
+    """A bound member: its address, liveness and (inherited) rate-limit bucket."""
+
+    __slots__ = ("addr", "binding", "group", "last_seen", "ssrc_bytes", "token")
+
+    def __init__(self, binding: Binding, token: bytes, addr: Address, group: _Group, now: float, burst: float) -> None:
+        super().__init__(burst, now)
+        self.binding = binding
+        self.token = token
+        self.addr = addr
+        self.group = group
+        self.last_seen = now
+        self.ssrc_bytes = binding.ssrc.to_bytes(4, "big")
+
+
+class _Group:
+    __slots__ = ("fanout", "members", "talker", "talker_ssrc")
+
+    def __init__(self) -> None:
+        self.members: dict[str, _Member] = {}
+        self.talker_ssrc: int | None = None
+        self.talker: _Member | None = None
+        self.fanout: list[Address] = []
+
+    def rebuild(self) -> None:
+        """Find the talker among the bound members and cache the addresses its media goes to."""
+        talker = None
+        if self.talker_ssrc is not None:
+            for member in self.members.values():
+                if member.binding.ssrc == self.talker_ssrc:
+                    talker = member
+                    break
+        self.talker = talker
+        # A new list each time: a caller may still be iterating over the old one.
+        self.fanout = [m.addr for m in self.members.values() if m is not talker] if talker is not None else []
+
+
+class RelayCore:
+    """Binding, floor-holder forwarding, rate limiting and liveness for every group of one relay."""
+
+    def __init__(self, config: RelayConfig = RelayConfig()) -> None:  # frozen: sharing the default is safe
+        self.config = config
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self._rate = float(config.rate_packets_per_s)
+        self._burst = float(config.rate_burst)
+        self._groups: dict[str, _Group] = {}
+        self._by_addr: dict[Address, _Member] = {}
+        self._by_token: dict[bytes, _Member] = {}
+        self._pending: dict[bytes, tuple[Binding, float]] = {}  # token -> (binding, expiry)
+        self._unbound_buckets: dict[Address, _Bucket] = {}
+        self._overflow_bucket = _Bucket(self._burst, 0.0)
+        self._last_sweep: float | None = None
+
+    # -- control plane -------------------------------------------------------------------------------------
+
+    def expect(self, token: bytes, binding: Binding, now: float) -> None:
+        """A member joined its group on the control channel and will bind with ``token`` within 60 s."""
+        if len(token) != TOKEN_LENGTH:
+            raise ValueError(f"join token must be {TOKEN_LENGTH} octets")
+        if token in self._by_token:
+            raise ValueError("join token already in use")
+        self._pending[token] = (binding, now + TOKEN_LIFETIME)
+
+    def unbind(self, group: str, member: str) -> None:
+        """The member left or was removed: forget its binding and any token it has not used yet."""
+        state = self._groups.get(group)
+        if state is not None:
+            bound = state.members.get(member)
+            if bound is not None:
+                self._remove(bound)
+        for token, (binding, _) in list(self._pending.items()):
+            if binding.group == group and binding.member == member:
+                del self._pending[token]
+
+    def set_talker(self, group: str, ssrc: int | None) -> None:
+        """The floor holder's media SSRC in ``group`` (None: the floor is idle, nothing is forwarded)."""
+        state = self._groups.get(group)
+        if state is None:
+            if ssrc is None:
+                return
+            state = self._groups[group] = _Group()
+        state.talker_ssrc = ssrc
+        state.rebuild()
+        self._forget_if_empty(group, state)
+
+    # -- datagrams ------------------------------------------------------------------------------------------
+
+    def route(self, data: bytes, addr: Address, now: float) -> list[Address] | None:
+        """Where to send a datagram that arrived from ``addr``: the other members' addresses, or None to drop.
+
+        RTCP is processed by :meth:`handle_rtcp` (and None returned); a shell that needs the result of an RTCP
+        datagram (join, floor control) demultiplexes itself and calls :meth:`handle_rtcp` directly.
+        """
+        member = self._by_addr.get(addr)
+        if member is None:
+            self._route_unbound(data, addr, now)
+            return None
+        # The member's token bucket, inlined: this runs for every datagram. A clock that went back refills
+        # nothing (and does not drain the bucket either).
+        tokens = member.tokens
+        elapsed = now - member.stamp
+        member.stamp = now
+        if elapsed > 0.0:
+            tokens += elapsed * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+        if tokens < 1.0:
+            member.tokens = tokens
+            self.stats["dropped_rate"] += 1
+            return None
+        member.tokens = tokens - 1.0
+        if len(data) < RTP_HEADER_LENGTH or data[0] & 0xC0 != 0x80:
+            self.stats["dropped_malformed"] += 1
+            return None
+        if 192 <= data[1] <= 223:
+            self._rtcp_from_member(member, data, addr, now)
+            return None
+        group = member.group
+        if member is not group.talker:
+            self.stats["dropped_not_talker"] += 1
+            return None
+        if not data.startswith(member.ssrc_bytes, 8):
+            self.stats["dropped_ssrc"] += 1
+            return None
+        member.last_seen = now
+        fanout = group.fanout
+        self.stats["forwarded"] += 1
+        self.stats["copies"] += len(fanout)
+        return fanout
+
+    def _route_unbound(self, data: bytes, addr: Address, now: float) -> None:
+        if not self._admit_unbound(addr, now):
+            self.stats["dropped_rate"] += 1
+            return
+        if len(data) < 2 or data[0] & 0xC0 != 0x80:
+            self.stats["dropped_malformed"] += 1
+        elif 192 <= data[1] <= 223:
+            self._rtcp_from_unbound(data, addr, now)
+        elif len(data) < RTP_HEADER_LENGTH:
+            self.stats["dropped_malformed"] += 1
+        else:
+            self.stats["dropped_unbound"] += 1
+
+    def handle_rtcp(self, data: bytes, addr: Address, now: float) -> RtcpResult:
+        """An RTCP datagram from ``addr``: a join or keepalive (``PTTJ``), floor control, or dropped."""
+        member = self._by_addr.get(addr)
+        if member is None:
+            if not self._admit_unbound(addr, now):
+                self.stats["dropped_rate"] += 1
+                return DROPPED
+            return self._rtcp_from_unbound(data, addr, now)
+        if not self._admit(member, now):
+            self.stats["dropped_rate"] += 1
+            return DROPPED
+        return self._rtcp_from_member(member, data, addr, now)
+
+    def _rtcp_from_member(self, member: _Member, data: bytes, addr: Address, now: float) -> RtcpResult:
+        if not _is_rtcp(data):
+            self.stats["dropped_malformed"] += 1
+            return DROPPED
+        if data[1] != RTCP_APP:
+            self.stats["dropped_rtcp"] += 1
+            return DROPPED
+        if _is_join(data):
+            return self._join(data, addr, now)
+        member.last_seen = now
+        self.stats["floor"] += 1
+        return RtcpResult("floor", member.binding, data)
+
+    def _rtcp_from_unbound(self, data: bytes, addr: Address, now: float) -> RtcpResult:
+        if not _is_rtcp(data):
+            self.stats["dropped_malformed"] += 1
+            return DROPPED
+        if data[1] == RTCP_APP and _is_join(data):
+            return self._join(data, addr, now)
+        self.stats["dropped_rtcp"] += 1
+        return DROPPED
+
+    def _join(self, data: bytes, addr: Address, now: float) -> RtcpResult:
+        ssrc = int.from_bytes(data[4:8], "big")
+        token = data[12:28]
+        member = self._by_token.get(token)
+        if member is not None:
+            if ssrc != member.binding.ssrc:
+                self.stats["dropped_token"] += 1
+                return DROPPED
+            member.last_seen = now
+            if member.addr == addr:
+                self.stats["keepalive"] += 1
+                return RtcpResult("keepalive", member.binding)
+            # NAT rebinding: the same member from a new address. Reported as a keepalive, not a join: for the
+            # floor and the group nothing changed (a join would make floor control treat it as a new arrival).
+            self._move(member, addr)
+            self.stats["rebound"] += 1
+            return RtcpResult("keepalive", member.binding)
+        pending = self._pending.get(token)
+        if pending is None or pending[1] < now or pending[0].ssrc != ssrc:
+            self.stats["dropped_token"] += 1
+            return DROPPED
+        binding = pending[0]
+        del self._pending[token]
+        self._bind(token, binding, addr, now)
+        self.stats["joined"] += 1
+        return RtcpResult("joined", binding)
+
+    # -- liveness -----------------------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> list[Binding]:
+        """Unbind members silent for ``dead_after`` seconds and return them; expire unused tokens.
+
+        Meant to run about every second. A gap between sweeps longer than ``keepalive_interval`` (or a clock
+        that went back) moves everyone's last-seen time along with it rather than killing them all.
+        """
+        previous, self._last_sweep = self._last_sweep, now
+        if previous is not None and not 0.0 <= now - previous <= self.config.keepalive_interval:
+            # The clock jumped, or the relay was not running (suspended, overloaded): it cannot have heard the
+            # keepalives of the gap, so it does not hold their absence against anyone.
+            for member in self._by_token.values():
+                member.last_seen += now - previous
+        dead_before = now - self.config.dead_after
+        dead = [m for m in self._by_token.values() if m.last_seen < dead_before]
+        for member in dead:
+            self._remove(member)
+        self.stats["dead"] += len(dead)
+        for token in [t for t, (_, expiry) in self._pending.items() if expiry < now]:
+            del self._pending[token]
+        # A bucket that has refilled is no different from a new one: forget it.
+        full_after = self._burst / self._rate
+        for addr in [a for a, b in self._unbound_buckets.items() if now - b.stamp >= full_after]:
+            del self._unbound_buckets[addr]
+        return [m.binding for m in dead]
+
+    def members(self, group: str) -> list[tuple[Binding, Address, float]]:
+        """The bound members of ``group``: (binding, address, last seen)."""
+        state = self._groups.get(group)
+        if state is None:
+            return []
+        return [(m.binding, m.addr, m.last_seen) for m in state.members.values()]
+
+    def address_of(self, group: str, member: str) -> Address | None:
+        """Where ``member`` of ``group`` is bound now (for floor control replies), or None."""
+        state = self._groups.get(group)
+        bound = state.members.get(member) if state is not None else None
+        return bound.addr if bound is not None else None
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _admit(self, bucket: _Bucket, now: float) -> bool:
+        tokens = bucket.tokens
+        elapsed = now - bucket.stamp
+        bucket.stamp = now
+        if elapsed > 0.0:
+            tokens += elapsed * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+        if tokens < 1.0:
+            bucket.tokens = tokens
+            return False
+        bucket.tokens = tokens - 1.0
+        return True
+
+    def _admit_unbound(self, addr: Address, now: float) -> bool:
+        bucket = self._unbound_buckets.get(addr)
+        if bucket is None:
+            if len(self._unbound_buckets) >= MAX_UNBOUND_BUCKETS:
+                bucket = self._overflow_bucket
+            else:
+                bucket = self._unbound_buckets[addr] = _Bucket(self._burst, now)
+        return self._admit(bucket, now)
+
+    def _bind(self, token: bytes, binding: Binding, addr: Address, now: float) -> None:
+        state = self._groups.get(binding.group)
+        previous = state.members.get(binding.member) if state is not None else None
+        if previous is not None:  # the control plane issued a new token to a bound member: it replaces the old
+            self._remove(previous)
+        squatter = self._by_addr.get(addr)
+        if squatter is not None:  # another member was bound here: the address is someone else's now
+            self._remove(squatter)
+        state = self._groups.get(binding.group)
+        if state is None:
+            state = self._groups[binding.group] = _Group()
+        member = _Member(binding, token, addr, state, now, self._burst)
+        bucket = self._unbound_buckets.pop(addr, None)
+        if bucket is not None:  # keep what the source already spent while unbound
+            member.tokens, member.stamp = bucket.tokens, bucket.stamp
+        state.members[binding.member] = member
+        self._by_addr[addr] = member
+        self._by_token[token] = member
+        state.rebuild()
+        self.stats["bound"] = len(self._by_token)
+
+    def _move(self, member: _Member, addr: Address) -> None:
+        squatter = self._by_addr.get(addr)
+        if squatter is not None:
+            self._remove(squatter)
+        if self._by_addr.get(member.addr) is member:
+            del self._by_addr[member.addr]
+        member.addr = addr
+        self._by_addr[addr] = member
+        member.group.rebuild()
+
+    def _remove(self, member: _Member) -> None:
+        state = member.group
+        if state.members.get(member.binding.member) is member:
+            del state.members[member.binding.member]
+        if self._by_addr.get(member.addr) is member:
+            del self._by_addr[member.addr]
+        if self._by_token.get(member.token) is member:
+            del self._by_token[member.token]
+        state.rebuild()
+        self._forget_if_empty(member.binding.group, state)
+        self.stats["bound"] = len(self._by_token)
+
+    def _forget_if_empty(self, name: str, state: _Group) -> None:
+        if not state.members and state.talker_ssrc is None and self._groups.get(name) is state:
+            del self._groups[name]
+
+
+def _is_rtcp(data: bytes) -> bool:
+    """Version 2, at least header + SSRC, and a length field that fits the datagram (compound: the first)."""
+    if len(data) < 8 or data[0] & 0xC0 != 0x80:
+        return False
+    return (int.from_bytes(data[2:4], "big") + 1) * 4 <= len(data)
+
+
+def _is_join(data: bytes) -> bool:
+    return len(data) == JOIN_PACKET_LENGTH and data[0] == 0x80 and data[2:4] == b"\x00\x06" and data[8:12] == JOIN_NAME

@@ -1,0 +1,468 @@
+"""The relay's forwarding core: binding by token, talker-only forwarding, drops, rate limit, liveness, floor."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptt.relaycore import (
+    MAX_UNBOUND_BUCKETS,
+    TOKEN_LIFETIME,
+    Address,
+    Binding,
+    RelayConfig,
+    RelayCore,
+    RtcpResult,
+    join_packet,
+)
+
+T0 = 1000.0
+PLENTY = RelayConfig(rate_packets_per_s=1e6, rate_burst=1_000_000)
+
+
+def rtp(ssrc: int, payload: bytes = b"\x00" * 40, seq: int = 1) -> bytes:
+    """An RTP-shaped datagram (V=2, PT 96): all the relay looks at is the header."""
+    return bytes((0x80, 0x60)) + seq.to_bytes(2, "big") + (0).to_bytes(4, "big") + ssrc.to_bytes(4, "big") + payload
+
+
+def floor_packet(ssrc: int) -> bytes:
+    """An RTCP APP packet as SRTCP leaves it: header and SSRC in clear, the rest (name included) encrypted."""
+    body = bytes(range(16))  # stands for the encrypted name and fields
+    length_words = (8 + len(body)) // 4 - 1
+    trailer = b"\x80\x00\x00\x01" + b"\xaa" * 16  # E flag + index, tag: outside the RTCP length
+    return bytes((0x80, 204)) + length_words.to_bytes(2, "big") + ssrc.to_bytes(4, "big") + body + trailer
+
+
+def addr(n: int) -> Address:
+    return ("127.0.0.1", 40000 + n)
+
+
+class Group:
+    """Members m0..m{n-1} of one group, each with a token, an SSRC and an address."""
+
+    def __init__(self, core: RelayCore, name: str, size: int, base: int = 0) -> None:
+        self.core = core
+        self.name = name
+        self.bindings = [Binding(name, f"{name}-m{i}", 0x1000 + base + i) for i in range(size)]
+        self.tokens = [bytes([base + i + 1]) * 16 for i in range(size)]
+        self.addrs = [addr(base + i) for i in range(size)]
+        for token, binding in zip(self.tokens, self.bindings, strict=True):
+            core.expect(token, binding, T0)
+
+    def join(self, i: int, now: float = T0, at: Address | None = None) -> RtcpResult:
+        return self.core.handle_rtcp(join_packet(self.bindings[i].ssrc, self.tokens[i]), at or self.addrs[i], now)
+
+    def join_all(self, now: float = T0) -> None:
+        for i in range(len(self.bindings)):
+            assert self.join(i, now).kind == "joined"
+
+    def send(self, i: int, now: float = T0 + 1, ssrc: int | None = None) -> list[Address] | None:
+        return self.core.route(rtp(self.bindings[i].ssrc if ssrc is None else ssrc), self.addrs[i], now)
+
+
+@pytest.fixture
+def core() -> RelayCore:
+    return RelayCore(PLENTY)
+
+
+# --- binding ----------------------------------------------------------------------------------------------------
+
+
+def test_join_binds_the_source_address(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    result = group.join(1)
+    assert result == RtcpResult("joined", group.bindings[1])
+    assert core.members("g") == [(group.bindings[1], group.addrs[1], T0)]
+    assert core.address_of("g", "g-m1") == group.addrs[1]
+    assert core.stats["joined"] == 1 and core.stats["bound"] == 1
+
+
+def test_join_packet_layout() -> None:
+    packet = join_packet(0x11223344, bytes(range(16)))
+    assert packet[:12] == bytes.fromhex("80cc0006 11223344") + b"PTTJ"
+    assert packet[12:] == bytes(range(16)) and len(packet) == 28
+    with pytest.raises(ValueError):
+        join_packet(1, b"short")
+    with pytest.raises(ValueError):
+        join_packet(1 << 32, bytes(16))
+
+
+def test_wrong_token_is_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    result = core.handle_rtcp(join_packet(group.bindings[0].ssrc, b"\xee" * 16), group.addrs[0], T0)
+    assert result.kind == "dropped"
+    assert core.members("g") == [] and core.stats["dropped_token"] == 1
+
+
+def test_join_with_another_ssrc_than_expected_is_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    result = core.handle_rtcp(join_packet(0xBAD, group.tokens[0]), group.addrs[0], T0)
+    assert result.kind == "dropped" and core.stats["dropped_token"] == 1
+    assert group.join(0).kind == "joined"  # the token was not used up
+
+
+def test_expired_token_is_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    assert group.join(0, now=T0 + TOKEN_LIFETIME + 0.1).kind == "dropped"
+    assert group.join(1, now=T0 + TOKEN_LIFETIME - 0.1).kind == "joined"
+
+
+def test_sweep_forgets_expired_tokens(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    core.sweep(T0 + TOKEN_LIFETIME + 1)
+    assert group.join(0, now=T0 + 1).kind == "dropped"  # gone, even if the clock were to go back
+
+
+def test_malformed_join_packets_are_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    good = join_packet(group.bindings[0].ssrc, group.tokens[0])
+    for bad in (good[:-1], good + b"\x00", b"\x81" + good[1:], good[:2] + b"\x00\x07" + good[4:]):
+        assert core.handle_rtcp(bad, group.addrs[0], T0).kind == "dropped"
+    assert core.members("g") == []
+
+
+def test_token_reuse_is_refused_by_expect(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    group.join(0)
+    with pytest.raises(ValueError):
+        core.expect(group.tokens[0], Binding("g", "other", 5), T0)
+    with pytest.raises(ValueError):
+        core.expect(b"short", Binding("g", "other", 5), T0)
+
+
+def test_nat_rebinding_moves_the_member(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    new = addr(99)
+    result = group.join(2, now=T0 + 2, at=new)
+    assert result == RtcpResult("keepalive", group.bindings[2])  # for the floor and the group, nothing changed
+    assert core.stats["rebound"] == 1
+    assert sorted(group.send(0) or []) == sorted([group.addrs[1], new])
+    # the old address is no one's any more
+    assert core.route(rtp(group.bindings[2].ssrc), group.addrs[2], T0 + 2) is None
+    assert core.stats["dropped_unbound"] == 1
+
+
+def test_new_token_for_a_bound_member_replaces_the_old_binding(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    group.join_all()
+    core.expect(b"\x77" * 16, group.bindings[1], T0 + 1)
+    assert core.handle_rtcp(join_packet(group.bindings[1].ssrc, b"\x77" * 16), addr(50), T0 + 2).kind == "joined"
+    assert [(b.member, a) for b, a, _ in core.members("g")] == [("g-m0", group.addrs[0]), ("g-m1", addr(50))]
+    assert group.join(1, now=T0 + 3).kind == "dropped"  # the old token is void
+
+
+def test_an_address_claimed_by_another_member_changes_hands(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    group.join(0)
+    assert group.join(1, at=group.addrs[0]).kind == "joined"
+    assert [b.member for b, _, _ in core.members("g")] == ["g-m1"]
+
+
+# --- forwarding -----------------------------------------------------------------------------------------------
+
+
+def test_only_the_talker_is_forwarded_to_the_other_members_of_its_group(core: RelayCore) -> None:
+    a = Group(core, "a", 4)
+    b = Group(core, "b", 3, base=10)
+    a.join_all()
+    b.join_all()
+    core.set_talker("a", a.bindings[1].ssrc)
+    targets = a.send(1)
+    assert targets is not None and sorted(targets) == sorted(a.addrs[i] for i in (0, 2, 3))
+    assert core.stats["forwarded"] == 1 and core.stats["copies"] == 3
+    for i in (0, 2, 3):
+        assert a.send(i) is None
+    assert core.stats["dropped_not_talker"] == 3
+    assert all(b.send(i) is None for i in range(3))  # b's floor is idle
+    core.set_talker("b", b.bindings[2].ssrc)
+    assert sorted(b.send(2) or []) == sorted(b.addrs[:2])
+
+
+def test_talker_change_and_idle(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert group.send(0)
+    core.set_talker("g", group.bindings[2].ssrc)
+    assert group.send(0) is None
+    assert sorted(group.send(2) or []) == sorted(group.addrs[:2])
+    core.set_talker("g", None)
+    assert group.send(2) is None
+
+
+def test_talker_set_before_it_binds(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    core.set_talker("g", group.bindings[0].ssrc)
+    group.join(1)
+    assert group.send(0) is None and core.stats["dropped_unbound"] == 1
+    group.join(0, now=T0 + 1)
+    assert group.send(0) == [group.addrs[1]]
+    group.join(2, now=T0 + 1)
+    assert sorted(group.send(0) or []) == sorted(group.addrs[1:])
+
+
+def test_lone_talker_forwards_to_no_one(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert group.send(0) == []
+
+
+def test_unbound_source_is_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert core.route(rtp(group.bindings[0].ssrc), addr(77), T0) is None
+    assert core.stats["dropped_unbound"] == 1 and core.stats["forwarded"] == 0
+
+
+def test_talker_address_with_another_ssrc_is_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert group.send(0, ssrc=group.bindings[1].ssrc) is None
+    assert group.send(0, ssrc=0xDEAD) is None
+    assert core.stats["dropped_ssrc"] == 2
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"",
+        b"\x80",
+        b"\x80\x60\x00\x01\x00\x00\x00\x00\x00\x00\x10",  # 11 octets: short of an RTP header
+        b"\x40" + rtp(0x1000)[1:],  # version 1
+        b"\xc0" + rtp(0x1000)[1:],  # version 3
+        b"\x00" * 40,
+    ],
+)
+def test_malformed_media_is_dropped(core: RelayCore, datagram: bytes) -> None:
+    group = Group(core, "g", 2)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert core.route(datagram, group.addrs[0], T0 + 1) is None
+    assert core.stats["dropped_malformed"] == 1 and core.stats["forwarded"] == 0
+
+
+def test_rtcp_through_route_is_handled_and_not_forwarded(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    assert core.route(join_packet(group.bindings[0].ssrc, group.tokens[0]), group.addrs[0], T0) is None
+    assert core.address_of("g", "g-m0") == group.addrs[0]
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert core.route(floor_packet(group.bindings[0].ssrc), group.addrs[0], T0) is None
+    assert core.stats["floor"] == 1 and core.stats["forwarded"] == 0
+
+
+def test_fanout_list_is_cached_until_membership_changes(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    group.join(0)
+    group.join(1)
+    core.set_talker("g", group.bindings[0].ssrc)
+    first = group.send(0)
+    assert group.send(0) is first
+    group.join(2)
+    second = group.send(0)
+    assert second is not first and first == [group.addrs[1]]  # the old list was not changed under its user
+    assert second is not None and sorted(second) == sorted(group.addrs[1:])
+
+
+# --- rate limiting -------------------------------------------------------------------------------------------
+
+
+def test_rate_limit_per_source() -> None:
+    core = RelayCore(RelayConfig(rate_packets_per_s=100.0, rate_burst=10))
+    group = Group(core, "g", 3)
+    group.join_all(now=T0)  # each join spent one token
+    core.set_talker("g", group.bindings[0].ssrc)
+    now = T0
+    results = [group.send(0, now=now) for _ in range(12)]
+    assert sum(r is not None for r in results) == 9 and core.stats["dropped_rate"] == 3
+    assert group.send(1, now=now) is None and core.stats["dropped_not_talker"] == 1  # another source: own bucket
+    assert group.send(0, now=now + 0.0501) is not None  # 5 tokens back after 50 ms
+    sent = sum(group.send(0, now=now + 0.0501) is not None for _ in range(10))
+    assert sent == 4
+
+
+def test_rate_limit_covers_rtcp_and_unbound_sources() -> None:
+    core = RelayCore(RelayConfig(rate_packets_per_s=1.0, rate_burst=2))
+    group = Group(core, "g", 1)
+    stranger = addr(66)
+    for _ in range(5):
+        core.handle_rtcp(join_packet(1, b"\x99" * 16), stranger, T0)
+    assert core.stats["dropped_token"] == 2 and core.stats["dropped_rate"] == 3
+    # a flood from one address does not affect the member
+    assert group.join(0).kind == "joined"
+    assert core.handle_rtcp(floor_packet(group.bindings[0].ssrc), group.addrs[0], T0).kind == "floor"
+    assert core.handle_rtcp(floor_packet(group.bindings[0].ssrc), group.addrs[0], T0).kind == "dropped"
+    assert core.stats["dropped_rate"] == 4
+
+
+def test_unbound_buckets_are_bounded() -> None:
+    core = RelayCore(RelayConfig(rate_packets_per_s=1.0, rate_burst=1))
+    for n in range(MAX_UNBOUND_BUCKETS + 50):
+        core.route(rtp(1), ("10.0.0.1", n), T0)
+    assert len(core._unbound_buckets) == MAX_UNBOUND_BUCKETS
+    # the overflow shares one bucket: one packet passed the limit (and was dropped as unbound), the rest not
+    assert core.stats["dropped_rate"] == 49
+    core.sweep(T0 + 10)
+    assert core._unbound_buckets == {}
+
+
+# --- liveness ----------------------------------------------------------------------------------------------
+
+
+def sweep_every_second(core: RelayCore, start: float, end: float) -> list[Binding]:
+    """Run sweep as the shell does, once a second from ``start`` to ``end``; return all the dead."""
+    dead: list[Binding] = []
+    t = start
+    while t <= end:
+        dead += core.sweep(t)
+        t += 1.0
+    return dead
+
+
+def test_sweep_declares_silent_members_dead() -> None:
+    core = RelayCore(RelayConfig(dead_after=15.0))
+    group = Group(core, "g", 3)
+    group.join_all(now=T0)
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert sweep_every_second(core, T0, T0 + 14.5) == []
+    for t in (5.0, 10.0, 15.0):  # m1 keeps alive; m2 is silent; the talker is alive through its media
+        assert group.join(1, now=T0 + t).kind == "keepalive"
+        assert group.send(0, now=T0 + t) is not None
+    assert core.sweep(T0 + 15.1) == [group.bindings[2]]
+    assert core.stats["dead"] == 1 and core.stats["bound"] == 2
+    assert group.send(0, now=T0 + 16) == [group.addrs[1]]
+    assert core.route(rtp(group.bindings[2].ssrc), group.addrs[2], T0 + 16) is None
+    assert group.join(2, now=T0 + 16).kind == "dropped"  # the dead member needs a new token
+    assert sweep_every_second(core, T0 + 16.1, T0 + 29.6) == []  # m1 last kept alive at 15, m0 sent at 16
+    assert sweep_every_second(core, T0 + 30.1, T0 + 30.6) == [group.bindings[1]]
+    assert sweep_every_second(core, T0 + 31.1, T0 + 31.6) == [group.bindings[0]]
+    assert core.members("g") == []
+
+
+def test_a_gap_between_sweeps_kills_no_one() -> None:
+    core = RelayCore(RelayConfig(dead_after=15.0))
+    group = Group(core, "g", 2)
+    group.join_all(now=T0)
+    core.sweep(T0 + 1)
+    assert core.sweep(T0 + 100) == []  # the relay was suspended (or the clock jumped): no one could be heard
+    assert core.sweep(T0 + 50) == []  # the clock went back
+    assert core.sweep(T0 + 51) == []
+    assert group.join(0, now=T0 + 60).kind == "keepalive"
+    assert sweep_every_second(core, T0 + 52, T0 + 66) == [group.bindings[1]]
+
+
+def test_clock_going_back_does_not_block_the_rate_limit() -> None:
+    core = RelayCore(RelayConfig(rate_packets_per_s=10.0, rate_burst=5))
+    group = Group(core, "g", 2)
+    group.join_all(now=T0)
+    core.set_talker("g", group.bindings[0].ssrc)
+    assert group.send(0, now=T0 + 1) is not None
+    assert group.send(0, now=T0 - 3600) is not None  # an hour back: the bucket keeps what it had
+    assert group.send(0, now=T0 - 3599) is not None
+
+
+def test_keepalive_updates_last_seen(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    group.join(0, now=T0)
+    assert group.join(0, now=T0 + 5).kind == "keepalive"
+    assert core.members("g")[0][2] == T0 + 5
+    assert core.stats["keepalive"] == 1
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError):
+        RelayConfig(dead_after=5.0, keepalive_interval=5.0)
+    with pytest.raises(ValueError):
+        RelayConfig(rate_packets_per_s=0)
+
+
+# --- floor control ----------------------------------------------------------------------------------------
+
+
+def test_floor_packets_only_from_bound_members(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    group.join(0)
+    packet = floor_packet(group.bindings[0].ssrc)
+    assert core.handle_rtcp(packet, group.addrs[0], T0) == RtcpResult("floor", group.bindings[0], packet)
+    assert core.handle_rtcp(packet, group.addrs[1], T0).kind == "dropped"  # m1 has not bound
+    assert core.handle_rtcp(packet, addr(55), T0).kind == "dropped"
+    assert core.stats["floor"] == 1 and core.stats["dropped_rtcp"] == 2
+
+
+def test_other_rtcp_from_members_is_dropped(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    group.join(0)
+    receiver_report = bytes.fromhex("81c90007") + bytes(28)
+    assert core.handle_rtcp(receiver_report, group.addrs[0], T0).kind == "dropped"
+    too_long = bytes.fromhex("80cc00ff") + bytes(12)  # length field beyond the datagram
+    assert core.handle_rtcp(too_long, group.addrs[0], T0).kind == "dropped"
+    assert core.stats["dropped_rtcp"] == 1 and core.stats["dropped_malformed"] == 1
+
+
+# --- unbind ---------------------------------------------------------------------------------------------
+
+
+def test_unbind(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    core.unbind("g", "g-m1")
+    assert group.send(0) == [group.addrs[2]]
+    assert core.route(rtp(group.bindings[1].ssrc), group.addrs[1], T0 + 1) is None
+    assert group.join(1).kind == "dropped"  # its token is gone with it
+    core.unbind("g", "g-m0")  # the talker left: nothing to forward
+    assert group.send(0) is None
+    core.unbind("g", "nobody")
+    core.unbind("nogroup", "nobody")
+    assert core.stats["bound"] == 1
+
+
+def test_unbind_voids_a_pending_token(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    core.unbind("g", "g-m0")
+    assert group.join(0).kind == "dropped"
+
+
+def test_groups_are_forgotten_when_empty(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    group.join_all()
+    core.unbind("g", "g-m0")
+    core.unbind("g", "g-m1")
+    assert core._groups == {}
+    core.set_talker("g", None)
+    assert core._groups == {}
+
+
+# --- robustness ----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    datagrams=st.lists(
+        st.one_of(
+            st.binary(max_size=64),
+            st.binary(min_size=12, max_size=64).map(lambda b: bytes((0x80 | b[0] & 0x3F,)) + b[1:]),
+            st.sampled_from([rtp(0x1000), rtp(0x1001), join_packet(0x1000, b"\x01" * 16), floor_packet(0x1001)]),
+        ),
+        max_size=20,
+    ),
+    sources=st.lists(st.integers(0, 3), min_size=20, max_size=20),
+)
+def test_route_never_raises(datagrams: list[bytes], sources: list[int]) -> None:
+    core = RelayCore(RelayConfig(rate_packets_per_s=50.0, rate_burst=5))
+    group = Group(core, "g", 2)
+    group.join(1)
+    core.set_talker("g", 0x1000)
+    now = T0
+    for datagram, source in zip(datagrams, sources, strict=False):
+        now += 0.01
+        result = core.route(datagram, addr(source), now)
+        assert result is None or isinstance(result, list)
+        assert isinstance(core.handle_rtcp(datagram, addr(source), now), RtcpResult)
+    core.sweep(now + 100)
+    assert all(v >= 0 for v in core.stats.values())
