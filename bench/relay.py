@@ -622,6 +622,10 @@ def report(results: list[Result], latency_rate: float | None, baseline: list[int
             f"  {'no relay (talker -> member directly)':<44} {percentile(baseline, 0.5):8.1f}"
             f" {percentile(baseline, 0.99):8.1f} {max(baseline, default=0) / 1e3:8.1f} {len(baseline):8d}"
         )
+        print(
+            "  (relay waited: share of the time its core ran something else. Stalls of a few ms that hit the C\n"
+            "  forwarder as well come from the machine, not the relay; compare p99 with C's in the same run.)"
+        )
     for result in results[:-1]:
         if result.relay.stats:
             shown = {k: v for k, v in result.relay.stats.items() if v}
