@@ -1,0 +1,112 @@
+"""PttSession's handling of pushed group keys: only the group identity may key a group; GMK changes are tracked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from twisted.internet import task
+
+from client.keystore import Keystore
+from client.session import PttSession, ServerInfo
+from ptt.crypto import kms
+from ptt.groupkeys import build_gmk_messages, make_group_key
+from ptt.kmsformat.enrolment import Enrolment
+from ptt.kmsformat.model import KmsCertificate, KmsKeySet
+from ptt.mikey.imessage import IdentityKeys, KmsDomain
+from ptt.ts33180 import period_bounds
+from server.kms.material import certificate_pem, make_self_signed
+
+GROUP = "sip:fire@groups.example.org"
+ALICE = "sip:alice@example.org"
+BOB = "sip:bob@example.org"
+NOW = 1_790_000_000.0
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[KmsDomain, kms.MasterSecrets, Enrolment]:
+    master = kms.generate_master_secrets()
+    certificate = KmsCertificate("kms.example.org", 2592000, 0, master.z_public, master.kpak)
+    _, cert = make_self_signed("kms", san_dns=["localhost"], san_ips=["127.0.0.1"])
+    pem = certificate_pem(cert)
+    enrolment = Enrolment("kms.example.org", "https://127.0.0.1:8443", pem, pem, certificate)
+    return certificate.domain(), master, enrolment
+
+
+def identity(world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], uri: str) -> IdentityKeys:
+    domain, master, _ = world
+    period = domain.period_number(NOW)
+    keys = kms.derive_user_keys(domain.uid(uri, period), master)
+    return IdentityKeys(uri, domain, period, keys.ssk, keys.pvt, keys.rsk)
+
+
+def session_for(world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], uri: str, tmp_path: Path) -> PttSession:
+    domain, _, enrolment = world
+    keystore = Keystore(tmp_path / f"{uri}.ks", b"pass")
+    keystore.enrolment = enrolment
+    me = identity(world, uri)
+    start, end = period_bounds(me.period_no, domain.key_period, domain.key_period_offset)
+
+    keystore.add(
+        [
+            KmsKeySet(
+                domain.kms_uri,
+                uri,
+                me.uid,
+                me.period_no,
+                me.rsk,
+                me.ssk,
+                me.pvt,
+                datetime.fromtimestamp(start, UTC),
+                datetime.fromtimestamp(end, UTC),
+            )
+        ],
+        datetime.fromtimestamp(NOW, UTC),
+        uri,
+    )
+    clock = task.Clock()
+    clock.advance(NOW)
+    return PttSession(clock, keystore, uri, ServerInfo("127.0.0.1", 1, b"", "sip:ptt-server@example.org"))
+
+
+def test_group_key_from_the_group_identity_is_taken(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    session = session_for(world, ALICE, tmp_path)
+    key = make_group_key()
+    message = build_gmk_messages(identity(world, GROUP), key, [ALICE], now=NOW)[ALICE]
+    session.on_imessage(GROUP, key.gmk_id, message)
+    state = session.groups[GROUP]
+    assert [k.gmk_id for k in state.keys] == [key.gmk_id] and state.key == key and state.sender is not None
+    session.on_imessage(GROUP, key.gmk_id, message)  # pushed again at the next login: ignored, not an error
+    assert session.stats["imessage_bad"] == 0
+    newer = make_group_key()
+    session.on_imessage(
+        GROUP, newer.gmk_id, build_gmk_messages(identity(world, GROUP), newer, [ALICE], now=NOW + 1)[ALICE]
+    )
+    assert [k.gmk_id for k in session.groups[GROUP].keys] == [key.gmk_id, newer.gmk_id]  # old kept for late packets
+
+
+def test_group_key_signed_by_a_non_manager_is_refused(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    session = session_for(world, ALICE, tmp_path)
+    key = make_group_key()
+    forged = build_gmk_messages(identity(world, BOB), key, [ALICE], now=NOW)[ALICE]  # Bob signs a "GMK" for the group
+    session.on_imessage(GROUP, key.gmk_id, forged)
+    assert session.stats["imessage_bad"] == 1
+    assert GROUP not in session.groups or not session.groups[GROUP].keys
+
+
+def test_group_key_for_someone_else_is_refused(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    session = session_for(world, ALICE, tmp_path)
+    key = make_group_key()
+    for_bob = build_gmk_messages(identity(world, GROUP), key, [BOB], now=NOW)[BOB]
+    session.on_imessage(GROUP, key.gmk_id, for_bob)
+    assert session.stats["imessage_bad"] == 1
+    garbage = b"\x01\x1a" + bytes(40)
+    session.on_imessage(GROUP, bytes(4), garbage)
+    assert session.stats["imessage_bad"] == 2
