@@ -26,11 +26,12 @@ from ptt.mikey.errors import DecryptionFailed, WrongRecipient
 from ptt.mikey.imessage import KmsDomain
 from server.dispatch import api as api_module
 from server.dispatch import cli
-from server.dispatch.api import MAX_BODY, DispatchApplication
+from server.dispatch.api import DispatchApplication
 from server.groups.manager import GroupManager
 from server.groups.store import GroupStore
 from server.kms import store as kms_store
 from server.kms.material import make_self_signed, write_key_and_certificate
+from server.web import MAX_BODY
 from tests.test_group_manager import PERIOD, KeySource, KmsWorld
 
 ROOT = Path(__file__).resolve().parent.parent

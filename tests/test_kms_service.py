@@ -46,15 +46,13 @@ from server.kms.material import make_self_signed
 from server.kms.service import (
     IP_FAILURE_LIMIT,
     IP_FAILURE_WINDOW,
-    MAX_BODY,
     PREFIX,
     DomainConfig,
-    HttpReply,
     KmsApplication,
-    LimitedRequest,
     make_site,
 )
 from server.kms.store import KmsStore
+from server.web import MAX_BODY, HttpReply, LimitedRequest
 
 KMS_URI = "kms.example.org"
 OTHER_KMS_URI = "kms.other.example.net"

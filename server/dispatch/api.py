@@ -22,22 +22,18 @@ deleting groups needs 'admin'. Errors are {"error": "..."} with 400, 401, 403, 4
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
-from twisted.web import resource, server
-from twisted.web.server import NOT_DONE_YET
+from twisted.web import server
 
 from server.groups.manager import GroupManager, MemberSpec
 from server.groups.store import (
@@ -59,6 +55,7 @@ from server.groups.store import (
     NoSuchMember,
     check_uri,
 )
+from server.web import MAX_BODY, HttpReply, ThreadedResource, basic_credentials, make_threaded_site
 
 __all__ = [
     "MAX_BODY",
@@ -73,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger("ptt.dispatch")
 
-MAX_BODY = 64 * 1024
 IP_FAILURE_WINDOW = 60.0
 IP_FAILURE_LIMIT = 20  # failed logins per source address per minute before it is refused outright
 REALM = "ptt-dispatch"
@@ -86,13 +82,6 @@ on the API's worker thread: a wiring whose floor state lives on the reactor read
 
 def no_status(group_uri: str) -> dict[str, Any]:
     return {"present": [], "joined": [], "talker": None, "queue": []}
-
-
-@dataclass
-class HttpReply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ApiError(Exception):
@@ -186,19 +175,6 @@ def _route(path: str) -> _Route | None:
     if len(parts) == 4:
         return _Route("member", parts[1], parts[3])
     return None
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header or not header.lower().startswith("basic "):
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    username, sep, password = decoded.partition(":")
-    if not sep or not username:
-        return None
-    return username, password
 
 
 def _json_object(body: bytes, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -331,7 +307,7 @@ class DispatchApplication:
                 429, "too many failed logins from this address", {"Retry-After": str(int(IP_FAILURE_WINDOW))}
             )
         unauthorised = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
-        credentials = _basic_credentials(authorization)
+        credentials = basic_credentials(authorization)
         if credentials is None:
             raise ApiError(401, "login required", unauthorised)
         username, password = credentials
@@ -454,61 +430,16 @@ def _group_path(uri: str) -> str:
 # --- Twisted adapter ------------------------------------------------------------------------------------------
 
 
-class LimitedRequest(server.Request):
-    """Stops buffering a request body beyond MAX_BODY (the handler then answers 413)."""
-
-    body_too_large = False
-
-    def handleContentChunk(self, data: bytes) -> None:
-        assert self.content is not None
-        if self.body_too_large or self.content.tell() + len(data) > MAX_BODY:
-            self.body_too_large = True
-            return
-        super().handleContentChunk(data)
-
-
-class DispatchResource(resource.Resource):
-    isLeaf = True
-
+class DispatchResource(ThreadedResource):
     def __init__(self, app: DispatchApplication, pool: ThreadPool, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self.app = app
-        self.pool = pool
-        self.clock = clock
-
-    def render(self, request: server.Request) -> int:
-        from twisted.internet import reactor
-
-        assert request.content is not None
-        body = request.content.read(MAX_BODY + 1)
-        if getattr(request, "body_too_large", False):
-            body = b"x" * (MAX_BODY + 1)
-        address = request.getClientAddress()
-        method = request.method.decode("ascii", "replace")
-        path = request.path.decode("utf-8", "replace")
-        authorization = request.getHeader("authorization") or None
-        peer = str(getattr(address, "host", address))
-        now = self.clock()
-        d = threads.deferToThreadPool(
-            reactor, self.pool, lambda: self.app.handle(method, path, authorization, body, now, peer=peer)
+        super().__init__(
+            lambda r: app.handle(r.method, r.path, r.authorization, r.body, r.now, peer=r.peer),
+            pool,
+            clock,
+            HttpReply(500, b'{"error": "internal error"}\n', {"Content-Type": "application/json"}),
+            "dispatch",
         )
-
-        def respond(reply: HttpReply) -> None:
-            if request.finished or request._disconnected:
-                return
-            request.setResponseCode(reply.status)
-            for name, value in reply.headers.items():
-                request.setHeader(name, value)
-            request.write(reply.body)
-            request.finish()
-
-        def broken(failure: Any) -> None:
-            log.error("dispatch response failed: %s", failure.getErrorMessage())
-            respond(HttpReply(500, b'{"error": "internal error"}\n', {"Content-Type": "application/json"}))
-
-        d.addCallback(respond)
-        d.addErrback(broken)
-        return NOT_DONE_YET
+        self.app = app
 
 
 def make_dispatch_site(
@@ -516,10 +447,7 @@ def make_dispatch_site(
 ) -> server.Site:
     """The site to listen with (on TLS: ``dispatch_tls_context``). ``pool`` should have one thread: requests are
     then handled one at a time, in order."""
-    site = server.Site(DispatchResource(app, pool, clock))
-    site.requestFactory = LimitedRequest
-    site.displayTracebacks = False
-    return site
+    return make_threaded_site(DispatchResource(app, pool, clock))
 
 
 def dispatch_tls_context(key_pem_path: Path, cert_pem_path: Path) -> Any:

@@ -12,25 +12,21 @@ Endpoints (POST, optional <KmsRequest> body naming the identity wanted, default 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import sys
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
-from twisted.web import resource, server
-from twisted.web.server import NOT_DONE_YET
+from twisted.web import server
 
 from ptt.crypto.kms import MasterSecrets, derive_user_keys
 from ptt.kmsformat.model import (
@@ -48,12 +44,18 @@ from ptt.kmsformat.xml import parse_certificate, parse_request
 from ptt.ts33180 import period_bounds, period_number, uid
 from server.kms.domain import certificate_validity, domain_certificate
 from server.kms.store import AccountError, KmsStore, LockedOut, LoginFailed
+from server.web import (
+    MAX_BODY,
+    HttpReply,
+    ThreadedResource,
+    basic_credentials,
+    make_threaded_site,
+)
 
 log = logging.getLogger("ptt.kms")
 
 PREFIX = "/keymanagement/identity/v1/"
 ENDPOINTS = ("init", "keyprov", "certcache")
-MAX_BODY = 64 * 1024
 IP_FAILURE_WINDOW = 60.0
 IP_FAILURE_LIMIT = 20  # failed logins per source address per minute before it is refused outright
 
@@ -65,13 +67,6 @@ ERR_NOT_FOUND = 404
 ERR_LOCKED = 429
 ERR_INTERNAL = 500
 ANONYMOUS = "anonymous"  # UserUri of error responses to requests nobody has logged in for
-
-
-@dataclass
-class HttpReply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,7 +138,7 @@ class KmsApplication:
             reply.headers["Retry-After"] = str(int(IP_FAILURE_WINDOW))
             return reply
 
-        credentials = _basic_credentials(authorization)
+        credentials = basic_credentials(authorization)
         if credentials is None:
             return self._unauthorised("login required", path, now)
         username, password = credentials
@@ -266,85 +261,25 @@ def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header or not header.lower().startswith("basic "):
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    username, sep, password = decoded.partition(":")
-    if not sep or not username:
-        return None
-    return username, password
-
-
 # --- Twisted adapter ------------------------------------------------------------------------------------------
 
 
-class LimitedRequest(server.Request):
-    """Stops buffering a request body beyond MAX_BODY (the handler then answers 413)."""
-
-    body_too_large = False
-
-    def handleContentChunk(self, data: bytes) -> None:
-        assert self.content is not None
-        if self.body_too_large or self.content.tell() + len(data) > MAX_BODY:
-            self.body_too_large = True
-            return
-        super().handleContentChunk(data)
-
-
-class KmsResource(resource.Resource):
-    isLeaf = True
-
+class KmsResource(ThreadedResource):
     def __init__(self, app: KmsApplication, pool: ThreadPool, clock: Callable[[], float]) -> None:
-        super().__init__()
+        super().__init__(
+            lambda r: app.handle(
+                method=r.method, path=r.path, authorization=r.authorization, body=r.body, peer=r.peer, now=r.now
+            ),
+            pool,
+            clock,
+            HttpReply(500, b"internal error\n", {"Content-Type": "text/plain"}),
+            "KMS",
+        )
         self.app = app
-        self.pool = pool
-        self.clock = clock
-
-    def render(self, request: server.Request) -> int:
-        from twisted.internet import reactor
-
-        assert request.content is not None
-        body = request.content.read(MAX_BODY + 1)
-        if getattr(request, "body_too_large", False):
-            body = b"x" * (MAX_BODY + 1)
-        peer = request.getClientAddress()
-        kwargs = {
-            "method": request.method.decode("ascii", "replace"),
-            "path": request.path.decode("utf-8", "replace"),
-            "authorization": (request.getHeader("authorization") or None),
-            "body": body,
-            "peer": getattr(peer, "host", str(peer)),
-            "now": self.clock(),
-        }
-        d = threads.deferToThreadPool(reactor, self.pool, lambda: self.app.handle(**kwargs))
-
-        def respond(reply: HttpReply) -> None:
-            if request.finished or request._disconnected:
-                return
-            request.setResponseCode(reply.status)
-            for name, value in reply.headers.items():
-                request.setHeader(name, value)
-            request.write(reply.body)
-            request.finish()
-
-        def broken(failure: Any) -> None:
-            log.error("KMS response failed: %s", failure.getErrorMessage())
-            respond(HttpReply(500, b"internal error\n", {"Content-Type": "text/plain"}))
-
-        d.addCallback(respond)
-        d.addErrback(broken)
-        return NOT_DONE_YET
 
 
 def make_site(app: KmsApplication, pool: ThreadPool, clock: Callable[[], float] = time.time) -> server.Site:
-    site = server.Site(KmsResource(app, pool, clock))
-    site.requestFactory = LimitedRequest
-    site.displayTracebacks = False
-    return site
+    return make_threaded_site(KmsResource(app, pool, clock))
 
 
 def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsApplication, KmsStore]:
