@@ -49,6 +49,7 @@ class Daemon:
     ready: str
     log: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -57,7 +58,7 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(),
+            env=_env(**self.extra_env),
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
@@ -151,10 +152,12 @@ def wait_all(processes: list[subprocess.Popen[str]], timeout: float = 90) -> Non
         assert p.returncode == 0, out
 
 
-def start_system(root: Path) -> System:
-    """Initialise and start a KMS and a group server under ``root``, provision USERS and create GROUP."""
+def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dict[str, str] | None = None) -> System:
+    """Initialise and start a KMS and a group server under ``root``, provision USERS (and ``outsiders``: domain
+    users who are not in the group) and create GROUP. ``server_env`` adds environment for the server process."""
     kms_port, dispatch_port, control_port, relay_port = _ports(4)
-    for name in (*USERS, "server", "admin"):
+    everyone = (*USERS, *outsiders)
+    for name in (*everyone, "server", "admin"):
         (root / f"{name}.pw").write_text(f"{name}-password-x\n")
     (root / "ks.pw").write_text("keystore-passphrase\n")
     kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
@@ -164,7 +167,7 @@ def start_system(root: Path) -> System:
         ).returncode
         == 0
     )
-    for user in USERS:
+    for user in everyone:
         assert (
             _run(
                 *kms,
@@ -217,9 +220,9 @@ def start_system(root: Path) -> System:
     assert out.returncode == 0, out.stderr
     assert _run(*server, "dispatcher", "add", "admin", "--password-file", str(root / "admin.pw")).returncode == 0
     assert _run(*server, "client-info", "--out", str(root / "server.json")).returncode == 0
-    server_daemon = Daemon([*server, "serve"], "listening:")
+    server_daemon = Daemon([*server, "serve"], "listening:", extra_env=dict(server_env or {}))
     server_daemon.start()
-    for user in USERS:
+    for user in everyone:
         out = _run(
             "-m",
             "client.cli",

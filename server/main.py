@@ -75,6 +75,24 @@ class DataDir:
         self.kms_password = root / "kms-password"
 
 
+class LossyRelayCore(RelayCore):
+    """For loss tests only (PTT_RELAY_TEST_LOSS=0.05): drops that fraction of forwarded media, seeded."""
+
+    def __init__(self, loss: float, seed: int = 1) -> None:
+        import random
+
+        super().__init__()
+        self.loss = loss
+        self._random = random.Random(seed).random
+
+    def route(self, data: bytes, addr: Address, now: float) -> list[Address] | None:
+        targets = super().route(data, addr, now)
+        if targets and self._random() < self.loss:
+            self.stats["dropped_test_loss"] = self.stats.get("dropped_test_loss", 0) + 1
+            return None
+        return targets
+
+
 class PttServer:
     """The running server: implements the control backend and the group key source, wires relay and floor."""
 
@@ -101,7 +119,10 @@ class PttServer:
         self.manager = GroupManager(
             self.store, self, distributor=GroupKeyDistributor(workers=1), on_imessage=self._imessage_from_thread
         )
-        self.relay_core = RelayCore()
+        loss = float(os.environ.get("PTT_RELAY_TEST_LOSS", "0") or 0)
+        self.relay_core = LossyRelayCore(loss) if loss > 0 else RelayCore()
+        if loss > 0:
+            log.warning("relay drops %.1f %% of media on purpose (PTT_RELAY_TEST_LOSS)", loss * 100)
         self.relay: Any = None
         self.control: Any = None
         self.arbiters: dict[str, FloorArbiter] = {}
