@@ -25,7 +25,7 @@ from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, build_i_message, receive_i_message
 from ptt.relaycore import join_packet
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
-from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender
+from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender, split_mki
 from ptt.ts33180 import KeyPurpose, new_key_id
 
 log = logging.getLogger("ptt.client.session")
@@ -34,6 +34,9 @@ KEEPALIVE = 5.0
 PAYLOAD_TYPE = 96  # dynamic, Opus (RFC 7587)
 STORED_MESSAGE_WINDOW = 40 * 86400.0  # GMKs may be stored for offline members: accept up to a key period old
 KEPT_KEYS = 3
+KEY_SWITCH_DELAY = 0.3  # seconds a sender keeps the old GMK after a new one arrives
+PENDING_FOR = 2.0  # how long media under a not-yet-known GMK is kept for when that GMK arrives
+PENDING_MAX = 100
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 30.0  # GMKs kept per group after a rekey, so packets in flight still decrypt
 
@@ -61,6 +64,7 @@ class GroupState:
     floor: str = "idle"  # idle | requested | granted | queued | taken | denied | revoked
     port: Any = None  # the group's UDP socket (IListeningPort)
     token: bytes = b""
+    pending: list[tuple[float, bytes]] = field(default_factory=list)  # media under a GMK not received yet
 
     @property
     def key(self) -> GroupKey | None:
@@ -145,9 +149,27 @@ class PttSession:
         state.receiver.add_key(key)
         while len(state.keys) > KEPT_KEYS:
             state.receiver.drop_key(state.keys.pop(0).gmk_id)
-        state.sender = SrtpSender(key, self.uri)
+        if state.sender is None:
+            state.sender = SrtpSender(key, self.uri)
+        else:
+            # Keep sending under the old GMK a moment: the other members get the new one at about the same time,
+            # and until they have it they could not decrypt (a rekey mid-burst must lose nothing).
+            self.reactor.callLater(KEY_SWITCH_DELAY, self._switch_sender, group, key)
         log.info("%s: GMK %s for %s", self.uri, key.gmk_id.hex(), group)
+        self._retry_pending(group, state)
         self.key_listener(group, key)
+
+    def _switch_sender(self, group: str, key: GroupKey) -> None:
+        state = self.groups.get(group)
+        if state is not None and state.key is key:
+            state.sender = SrtpSender(key, self.uri)
+
+    def _retry_pending(self, group: str, state: GroupState) -> None:
+        pending, state.pending = state.pending, []
+        now = self.reactor.seconds()
+        for arrived, data in pending:
+            if now - arrived <= PENDING_FOR:
+                self._media_in(group, state, data, retry=True)
 
     def on_groups(self, groups: list[dict[str, Any]]) -> None:
         listed = {str(g.get("uri")) for g in groups}
@@ -327,6 +349,22 @@ class PttSession:
             return
         if len(data) >= 2 and 192 <= data[1] <= 223:
             self._floor_in(group, state, data)
+            return
+        self._media_in(group, state, data)
+
+    @staticmethod
+    def _unknown_gmk(state: GroupState, data: bytes) -> bool:
+        try:
+            gmk_id = split_mki(data, state.receiver.profile)[1][:4]
+        except SrtpError:
+            return False
+        return gmk_id not in state.receiver.gmk_ids and gmk_id[0] >> 4 == 0
+
+    def _media_in(self, group: str, state: GroupState, data: bytes, *, retry: bool = False) -> None:
+        if not retry and self._unknown_gmk(state, data):
+            # a GMK-ID we do not hold yet (a rekey under way): keep it briefly, the key is probably on its way
+            if len(state.pending) < PENDING_MAX:
+                state.pending.append((self.reactor.seconds(), data))
             return
         try:
             rtp, mki = state.receiver.unprotect(data)

@@ -110,3 +110,30 @@ def test_group_key_for_someone_else_is_refused(
     garbage = b"\x01\x1a" + bytes(40)
     session.on_imessage(GROUP, bytes(4), garbage)
     assert session.stats["imessage_bad"] == 2
+
+
+def test_media_under_a_gmk_not_yet_received_waits_for_it(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    """A rekey mid-burst: packets under the new GMK that overtake its I_MESSAGE are kept and played once it lands."""
+    import struct
+
+    from ptt.srtp import SrtpSender
+
+    session = session_for(world, ALICE, tmp_path)
+    old, new = make_group_key(), make_group_key()
+    group_keys = identity(world, GROUP)
+    session.on_imessage(GROUP, old.gmk_id, build_gmk_messages(group_keys, old, [ALICE], now=NOW)[ALICE])
+    state = session.groups[GROUP]
+    state.joined = True
+    heard: list[bytes] = []
+    session.media_listener = lambda group, mki, rtp: heard.append(rtp)
+    sender = SrtpSender(new, BOB)
+    packet = sender.protect(struct.pack(">BBHII", 0x80, 96, 7, 960, 1) + b"voice")
+    session._datagram(GROUP, packet, ("127.0.0.1", 1))  # no relay set: accepted from anywhere in this test
+    assert heard == [] and len(state.pending) == 1
+    session.on_imessage(GROUP, new.gmk_id, build_gmk_messages(group_keys, new, [ALICE], now=NOW + 1)[ALICE])
+    assert len(heard) == 1 and heard[0].endswith(b"voice") and state.pending == []
+    assert state.sender is not None and state.sender.mki[:4] == old.gmk_id  # still sending under the old GMK
+    session.reactor.advance(0.5)
+    assert state.sender.mki[:4] == new.gmk_id  # switched after the grace delay
