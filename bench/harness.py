@@ -156,6 +156,7 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
     """Initialise and start a KMS and a group server under ``root``, provision USERS (and ``outsiders``: domain
     users who are not in the group) and create GROUP. ``server_env`` adds environment for the server process."""
     kms_port, dispatch_port, control_port, relay_port = _ports(4)
+    root.mkdir(parents=True, exist_ok=True)
     everyone = (*USERS, *outsiders)
     for name in (*everyone, "server", "admin"):
         (root / f"{name}.pw").write_text(f"{name}-password-x\n")

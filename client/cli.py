@@ -146,6 +146,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return int(outcome["code"])
 
 
+def cmd_talk(args: argparse.Namespace) -> int:
+    from client import app
+
+    args.passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
+    return app.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptt-client", description="Secure push-to-talk client")
     parser.add_argument("--keystore", default=str(DEFAULT_KEYSTORE), help=f"keystore file (default {DEFAULT_KEYSTORE})")
@@ -162,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--enrolment", help="enrol with this KMS first")
     provision.add_argument("--watch", action="store_true", help="stay running and renew keys automatically")
     provision.set_defaults(func=cmd_provision)
+    talk = sub.add_parser("talk", help="join groups and talk with the microphone and speaker")
+    talk.add_argument("--uri", required=True, help="your identity, e.g. sip:alice@example.org")
+    talk.add_argument("--server-info", required=True, help="the server's client-info file")
+    talk.add_argument("--group", required=True, help="the group to talk in")
+    talk.add_argument("--monitor", action="append", help="also listen to this group (lower priority)")
+    talk.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
+    talk.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
+    talk.add_argument("--script", help="run these steps instead of reading keys (wait S; talk S; select G; quit)")
+    talk.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
+    talk.add_argument("--quiet", action="store_true", help="no status line")
+    talk.set_defaults(func=cmd_talk)
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
     return parser

@@ -1,0 +1,226 @@
+"""``ptt-client talk``: the field user's terminal client with real audio devices.
+
+Keys: SPACE press to talk / press again to stop (terminals report no key-up, so "hold" is a toggle), 1-9 select
+the group to talk in, q quit. The status line shows the connection, the selected group, the floor state, who is
+talking, the key period and when keys expire, and the microphone level. ``--script`` drives the same client
+without a keyboard (tests, automation): steps ``wait S``, ``talk S``, ``select GROUP``, ``quit``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import termios
+import tty
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, stdio, task
+from twisted.protocols.basic import LineReceiver
+
+from client.audio import AudioEngine
+from client.keystore import Keystore
+from client.session import PttSession, ServerInfo
+from client.voice import Voice
+from ptt.floor.messages import FloorMessage, Subtype
+from ptt.ts33180 import period_bounds
+
+log = logging.getLogger("ptt.client.app")
+
+
+class Client:
+    def __init__(self, reactor: Any, session: PttSession, voice: Voice, groups: list[str], *, quiet: bool) -> None:
+        self.reactor = reactor
+        self.session = session
+        self.voice = voice
+        self.groups = groups
+        self.selected = groups[0]
+        self.quiet = quiet
+        self.want_talk = False
+        self.floor_log: list[dict[str, Any]] = []
+        self.message = ""
+        session.floor_listener = self._floor
+        session.event_listener = self._event
+        self._status = task.LoopingCall(self.render)
+        self._status.clock = reactor
+
+    # --- floor ---------------------------------------------------------------------------------------------------
+
+    def press(self) -> None:
+        """PTT: request the floor of the selected group (toggle: a second press releases)."""
+        if self.want_talk:
+            self.release()
+            return
+        self.want_talk = True
+        self.session.request_floor(self.selected)
+        self.message = "requesting the floor…"
+
+    def release(self) -> None:
+        self.want_talk = False
+        self.voice.stop_talking()
+        if self.selected in self.session.groups:
+            self.session.release_floor(self.selected)
+        self.message = ""
+
+    def _floor(self, group: str, message: FloorMessage) -> None:
+        self.floor_log.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
+        if group != self.selected:
+            return
+        if message.subtype == Subtype.GRANTED and self.want_talk:
+            self.voice.start_talking(group)
+            self.message = f"TALKING (max {message.duration or '?'} s)"
+        elif message.subtype == Subtype.DENY:
+            self.want_talk = False
+            cause = message.reject_cause.phrase if message.reject_cause else ""
+            self.message = f"floor denied {cause}".strip()
+        elif message.subtype == Subtype.REVOKE:
+            self.want_talk = False
+            self.voice.stop_talking()
+            self.session.release_floor(group)
+            self.message = "floor revoked"
+        elif message.subtype == Subtype.QUEUE_POSITION_INFO and message.queue_info is not None:
+            self.message = f"queued (position {message.queue_info.position})"
+
+    def _event(self, message: dict[str, Any]) -> None:
+        if message.get("kind") == "dead":
+            self.message = f"{message.get('uri')} lost"
+
+    # --- display -------------------------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        session = self.session
+        state = session.groups.get(self.selected)
+        connection = "connected" if session.connected else "reconnecting"
+        talker = (state.talker if state else None) or "-"
+        floor = state.floor if state else "-"
+        keys = session.keystore.current_keys(session.uri, self.reactor.seconds())
+        if keys is not None:
+            domain = keys.domain
+            _, end = period_bounds(keys.period_no, domain.key_period, domain.key_period_offset)
+            expiry = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d")
+            key_text = f"keys p{keys.period_no} until {expiry}"
+        else:
+            key_text = "NO KEYS"
+        level = max(0, min(20, int((self.voice.engine.level + 60) / 3)))
+        meter = "#" * level + "." * (20 - level)
+        return (
+            f"[{connection}] {self.selected} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
+            f"| audio {self.voice.engine.status} | {self.message}"
+        )
+
+    def render(self) -> None:
+        if not self.quiet:
+            sys.stdout.write("\r\x1b[2K" + self.status_line()[:200])
+            sys.stdout.flush()
+
+    def start_display(self) -> None:
+        if not self.quiet:
+            self._status.start(0.2)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "uri": self.session.uri,
+            "heard": self.voice.heard,
+            "frames": self.voice.frames,
+            "floor": self.floor_log,
+            "stats": self.session.stats,
+            "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
+        }
+
+
+class Keys(LineReceiver):
+    """Single key presses from a terminal in cbreak mode."""
+
+    delimiter = b"\x00never"
+
+    def __init__(self, client: Client, quit: Any) -> None:
+        self.client = client
+        self.quit = quit
+
+    def dataReceived(self, data: bytes) -> None:
+        for key in data.decode("utf-8", "ignore"):
+            if key == " ":
+                self.client.press()
+            elif key in "123456789" and int(key) <= len(self.client.groups):
+                self.client.selected = self.client.groups[int(key) - 1]
+            elif key in "qQ":
+                self.quit()
+
+
+@defer.inlineCallbacks
+def run_script(reactor: Any, client: Client, script: str) -> Any:
+    for step in [s.strip() for s in script.split(";") if s.strip()]:
+        word, _, arg = step.partition(" ")
+        if word == "wait":
+            yield task.deferLater(reactor, float(arg), lambda: None)
+        elif word == "select":
+            client.selected = arg.strip()
+        elif word == "talk":
+            client.press()
+            yield task.deferLater(reactor, float(arg), lambda: None)
+            client.release()
+        elif word == "quit":
+            break
+        else:
+            raise ValueError(f"unknown script step {step!r}")
+
+
+def main(args: Any) -> int:
+    """Entry from ``ptt-client talk`` (args: keystore, passphrase, uri, server_info, group, monitor, devices…)."""
+    keystore = Keystore.open(Path(args.keystore), args.passphrase)
+    info = json.loads(Path(args.server_info).read_text())
+    server = ServerInfo(info["host"], int(info["control_port"]), info["cert_pem"].encode(), info["server_uri"])
+    groups = [args.group, *(args.monitor or [])]
+    outcome: dict[str, Any] = {"code": 0}
+    interactive = not args.script and sys.stdin.isatty()
+
+    def run(reactor: Any) -> Any:
+        session = PttSession(reactor, keystore, args.uri, server)
+        engine = AudioEngine(input_device=args.input_device, output_device=args.output_device)
+        voice = Voice(reactor, session, engine)
+        for priority, group in enumerate(reversed(groups)):
+            voice.monitor(group, priority)  # the first group listed has the highest priority
+        client = Client(reactor, session, voice, groups, quiet=args.quiet or not interactive)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        @defer.inlineCallbacks
+        def go() -> Any:
+            old_tty = None
+            try:
+                yield session.start()
+                for group in groups:
+                    yield session.join(group)
+                engine.start()
+                print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
+                client.start_display()
+                if args.script:
+                    yield run_script(reactor, client, args.script)
+                elif interactive:
+                    print("SPACE talk/stop · 1-9 select group · q quit", flush=True)
+                    old_tty = termios.tcgetattr(sys.stdin.fileno())
+                    tty.setcbreak(sys.stdin.fileno())
+                    stdio.StandardIO(Keys(client, lambda: done.callback(None) if not done.called else None))
+                    yield done
+                else:
+                    yield done  # run until killed
+            except Exception as exc:
+                print(f"ptt-client: {exc}", file=sys.stderr, flush=True)
+                outcome["code"] = 2
+            finally:
+                if old_tty is not None:
+                    termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old_tty)
+                if args.report:
+                    Path(args.report).write_text(json.dumps(client.report(), indent=1))
+                engine.stop()
+                session.stop()
+                print(flush=True)
+
+        return go()
+
+    import contextlib
+
+    with contextlib.suppress(SystemExit):
+        task.react(run, [])
+    return int(outcome["code"])

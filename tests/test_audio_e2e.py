@@ -1,0 +1,129 @@
+"""Real (virtual) audio end to end: speech into Alice's microphone reaches Bob's and Carol's speakers through the
+KMS-keyed group, the relay and floor control. Each client is a real `ptt-client talk` process whose sounddevice
+streams run on a private PulseAudio with its own virtual microphone and speaker (tests/audio_harness.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.harness import GROUP, ROOT, System, start_system, stop_system
+from tests.audio_harness import VirtualAudio, normalised_xcorr, read_wav, speech_wav
+
+TEXT = "Fire crew two, proceed to the north entrance. Hose team, hold position until further notice."
+
+
+def talk_client(system: System, audio: VirtualAudio, user: str, script: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in audio.env(user).items() if not k.startswith("PTT_")}
+    env["PTT_KEYSTORE_PASSPHRASE"] = "keystore-passphrase"
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "--keystore",
+            str(system.root / f"{user}.ks"),
+            "talk",
+            "--uri",
+            f"sip:{user}@example.org",
+            "--server-info",
+            str(system.root / "server.json"),
+            "--group",
+            GROUP,
+            "--script",
+            script,
+            "--report",
+            str(system.root / f"{user}-talk.json"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout: float = 30) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"no {text!r} from the client:\n" + "".join(seen))
+
+
+def report(system: System, user: str) -> dict[str, Any]:
+    return dict(json.loads((system.root / f"{user}-talk.json").read_text()))
+
+
+def run_call(system: System, audio: VirtualAudio, speech: Path, tmp: Path) -> dict[str, float]:
+    """Bob and Carol listen and record their speakers; Alice talks while the speech plays into her mic."""
+    seconds = read_wav(speech).size / 48000
+    listeners = {u: talk_client(system, audio, u, f"wait {seconds + 9:.1f}") for u in ("bob", "carol")}
+    for process in listeners.values():
+        wait_for_line(process, "connected as")
+    recordings = {u: audio.record_speaker(u, tmp / f"{u}.wav", seconds + 7) for u in listeners}
+    alice = talk_client(system, audio, "alice", f"wait 1; talk {seconds + 1.5:.1f}; wait 1")
+    wait_for_line(alice, "connected as")
+    time.sleep(1.4)  # Alice presses PTT 1 s after connecting; speak once the floor is hers
+    mic = audio.play_into_mic("alice", speech)
+    mic.wait(timeout=seconds + 10)
+    for client in (alice, *listeners.values()):
+        out, _ = client.communicate(timeout=60)
+        assert client.returncode == 0, out
+    for recorder in recordings.values():
+        recorder.wait(timeout=30)
+    # waveform normalised cross-correlation (gain-insensitive) over the whole call: the speech starts some
+    # seconds into each recording (connect, floor request), so the lag window covers the recording
+    reference = read_wav(speech)
+    return {u: normalised_xcorr(reference, read_wav(tmp / f"{u}.wav"), max_lag_s=seconds + 7)[0] for u in listeners}
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualAudio]:
+    with VirtualAudio(["alice", "bob", "carol", "dave"], tmp_path_factory.mktemp("pulse")) as virtual:
+        yield virtual
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speech_wav(TEXT, tmp_path_factory.mktemp("speech") / "speech.wav")
+
+
+def test_speech_reaches_the_other_members(audio: VirtualAudio, speech: Path, tmp_path: Path) -> None:
+    system = start_system(tmp_path / "system", outsiders=("dave",))
+    try:
+        scores = run_call(system, audio, speech, tmp_path)
+        assert scores["bob"] >= 0.9 and scores["carol"] >= 0.9, scores
+        heard = report(system, "bob")["heard"]
+        assert len(heard) == 1  # one talker (Alice's MKI)
+        # Dave is in the domain but not in the group: the server refuses to let him join
+        dave = talk_client(system, audio, "dave", "wait 1")
+        out, _ = dave.communicate(timeout=60)
+        assert dave.returncode == 2 and "not a member" in out
+    finally:
+        stop_system(system)
+
+
+def test_speech_survives_five_percent_loss(audio: VirtualAudio, speech: Path, tmp_path: Path) -> None:
+    system = start_system(tmp_path / "system", server_env={"PTT_RELAY_TEST_LOSS": "0.05"})
+    try:
+        scores = run_call(system, audio, speech, tmp_path)
+        assert scores["bob"] >= 0.7 and scores["carol"] >= 0.7, scores
+        frames = report(system, "bob")["frames"]
+        assert frames["concealed"] + frames["fec"] > 0  # losses happened and were concealed
+    finally:
+        stop_system(system)
