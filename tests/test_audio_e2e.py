@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,9 @@ def report(system: System, user: str) -> dict[str, Any]:
     return dict(json.loads((system.root / f"{user}-talk.json").read_text()))
 
 
-def run_call(system: System, audio: VirtualAudio, speech: Path, tmp: Path) -> dict[str, float]:
+def run_call(
+    system: System, audio: VirtualAudio, speech: Path, tmp: Path, during: Callable[[], None] | None = None
+) -> dict[str, float]:
     """Bob and Carol listen and record their speakers; Alice talks while the speech plays into her mic."""
     seconds = read_wav(speech).size / 48000
     listeners = {u: talk_client(system, audio, u, f"wait {seconds + 9:.1f}") for u in ("bob", "carol")}
@@ -80,6 +82,9 @@ def run_call(system: System, audio: VirtualAudio, speech: Path, tmp: Path) -> di
     wait_for_line(alice, "connected as")
     time.sleep(1.4)  # Alice presses PTT 1 s after connecting; speak once the floor is hers
     mic = audio.play_into_mic("alice", speech)
+    if during is not None:
+        time.sleep(seconds / 3)
+        during()
     mic.wait(timeout=seconds + 10)
     for client in (alice, *listeners.values()):
         out, _ = client.communicate(timeout=60)
@@ -125,5 +130,24 @@ def test_speech_survives_five_percent_loss(audio: VirtualAudio, speech: Path, tm
         assert scores["bob"] >= 0.7 and scores["carol"] >= 0.7, scores
         frames = report(system, "bob")["frames"]
         assert frames["concealed"] + frames["fec"] > 0  # losses happened and were concealed
+    finally:
+        stop_system(system)
+
+
+def test_rekey_mid_burst_loses_no_audio(audio: VirtualAudio, speech: Path, tmp_path: Path) -> None:
+    system = start_system(tmp_path / "system", outsiders=("dave",))
+    try:
+        assert system.dispatch("group", "add-member", GROUP, "sip:dave@example.org").returncode == 0
+
+        def rekey() -> None:  # removing a member makes a fresh GMK while Alice is talking
+            removed = system.dispatch("group", "remove-member", GROUP, "sip:dave@example.org")
+            assert removed.returncode == 0, removed.stderr
+
+        scores = run_call(system, audio, speech, tmp_path, during=rekey)
+        assert scores["bob"] >= 0.9 and scores["carol"] >= 0.9, scores
+        bob = report(system, "bob")
+        assert len(bob["keys"][GROUP]) == 2  # old and new GMK
+        assert len(bob["heard"]) == 2  # Alice's packets arrived under both (two MKIs)
+        assert bob["stats"]["media_bad"] == 0
     finally:
         stop_system(system)
