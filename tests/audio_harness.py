@@ -363,3 +363,41 @@ def normalised_xcorr(
         corr = np.where(window_energy > 0, xc / np.sqrt(ref_energy * np.maximum(window_energy, 1e-300)), 0.0)
     best = int(np.argmax(corr))
     return float(corr[best]), float(lags[best] / rate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.audio_harness DIR NAME...``: virtual mic and speaker per NAME on a machine without a sound
+    card; writes DIR/NAME.env (source it before starting that person's client) and runs until Ctrl-C."""
+    import signal
+    import sys
+    import time
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2:
+        print("usage: python -m tests.audio_harness DIR NAME [NAME...]", file=sys.stderr)
+        return 2
+    directory = Path(args[0]).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    names = args[1:]
+    with VirtualAudio(names, directory) as audio:
+        for name in names:
+            env = audio.env(name)
+            keys = [*audio.pulse_env(), "PULSE_SINK", "PULSE_SOURCE"]
+            lines = [f"export {key}={env[key]}" for key in keys]
+            (directory / f"{name}.env").write_text("\n".join(lines) + "\n")
+            print(
+                f"{name}: source {directory / f'{name}.env'}  (mic: play into mic{name}_feed; speaker: "
+                f"record spk{name}.monitor)",
+                flush=True,
+            )
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        except (KeyboardInterrupt, SystemExit):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
