@@ -43,26 +43,41 @@ def test_forged_floor_request_is_dropped(system: System) -> None:
     assert "floor message from sip:bob@example.org" in system.server.output()
 
 
+def wait_joined(system: System, users: tuple[str, ...], timeout: float = 30) -> None:
+    """Until the server shows every one of ``users`` joined (bound at the relay) in GROUP."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = system.dispatch("group", "show", GROUP).stdout.splitlines()
+        joined = {line.split()[0] for line in shown if len(line.split()) >= 5 and line.split()[4] == "yes"}
+        if {f"sip:{u}@example.org" for u in users} <= joined:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{users} did not all join within {timeout} s")
+
+
 def test_removed_member_gets_no_new_key_and_no_media(system: System) -> None:
     carol = system.client("carol", f"join {GROUP}; wait 7")
     bob = system.client("bob", f"join {GROUP}; wait-key {GROUP} 2; wait 4")
     alice = system.client("alice", f"join {GROUP}; wait-key {GROUP} 2; wait 1; talk 1; wait 1")
-    time.sleep(2.0)
-    removed = system.dispatch("group", "remove-member", GROUP, "sip:carol@example.org")
-    assert removed.returncode == 0, removed.stderr
-    wait_all([alice, bob, carol])
+    try:
+        wait_joined(system, USERS)
+        removed = system.dispatch("group", "remove-member", GROUP, "sip:carol@example.org")
+        assert removed.returncode == 0, removed.stderr
+        wait_all([alice, bob, carol])
+    finally:
+        system.dispatch("group", "add-member", GROUP, "sip:carol@example.org")  # for the other tests
     a, b, c = (system.report(u) for u in USERS)
     assert len(a["keys"][GROUP]) == 2 and a["keys"][GROUP] == b["keys"][GROUP]  # rekeyed
     assert GROUP not in c["keys"] or c["keys"][GROUP] == a["keys"][GROUP][:1]  # carol never got the new GMK
     assert b["received"].get("alice", 0) >= 0.9 * a["sent"]
     assert "alice" not in c["received"]
-    assert system.dispatch("group", "add-member", GROUP, "sip:carol@example.org").returncode == 0
 
 
 def test_server_restart_mid_call_recovers(system: System) -> None:
     alice = system.client("alice", f"join {GROUP}; wait 1; talk 1; wait 9; talk 1; wait 1")
     carol = system.client("carol", f"join {GROUP}; wait 15")
-    time.sleep(3.0)
+    wait_joined(system, ("alice", "carol"))
+    time.sleep(2.6)  # Alice's first burst (1 s after joining, 1 s long) is over: restart between the bursts
     system.server.stop()
     system.server.log.clear()
     system.server.start()
