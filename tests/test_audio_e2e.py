@@ -146,8 +146,8 @@ def test_rekey_mid_burst_loses_no_audio(audio: VirtualAudio, speech: Path, tmp_p
         scores = run_call(system, audio, speech, tmp_path, during=rekey)
         assert scores["bob"] >= 0.9 and scores["carol"] >= 0.9, scores
         bob = report(system, "bob")
-        assert len(bob["keys"][GROUP]) == 2  # old and new GMK
-        assert len(bob["heard"]) == 2  # Alice's packets arrived under both (two MKIs)
-        assert bob["stats"]["media_bad"] == 0
+        assert len(bob["keys"][GROUP]) == 2, bob  # old and new GMK
+        assert len(bob["heard"]) == 2, bob  # Alice's packets arrived under both (two MKIs)
+        assert bob["stats"]["media_bad"] == 0, bob
     finally:
         stop_system(system)
