@@ -24,6 +24,7 @@ from ptt.groupkeys import GroupKey
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, build_i_message, receive_i_message
 from ptt.relaycore import join_packet
+from ptt.rtp import RtpSender
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
 from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender, split_mki
 from ptt.ts33180 import KeyPurpose, new_key_id
@@ -58,8 +59,7 @@ class GroupState:
     receiver: SrtpReceiver = field(default_factory=SrtpReceiver)
     ssrc: int = 0
     joined: bool = False
-    seq: int = 0
-    timestamp: int = 0
+    rtp: RtpSender | None = None
     talker: str | None = None
     floor: str = "idle"  # idle | requested | granted | queued | taken | denied | revoked
     port: Any = None  # the group's UDP socket (IListeningPort)
@@ -332,12 +332,10 @@ class PttSession:
         state = self.groups[group]
         if state.sender is None:
             raise RuntimeError(f"no group key for {group}")
-        state.seq = (state.seq + 1) & 0xFFFF
-        state.timestamp = (state.timestamp + samples) & 0xFFFFFFFF
-        header = struct.pack(
-            ">BBHII", 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, state.seq, state.timestamp, state.ssrc
-        )
-        self._send(group, state.sender.protect(header + payload))
+        if state.rtp is None or state.rtp.ssrc != state.ssrc:
+            state.rtp = RtpSender(state.ssrc, PAYLOAD_TYPE)  # random initial sequence and timestamp (RFC 3550)
+        packet = state.rtp.packet(payload, samples, start_of_burst=marker)
+        self._send(group, state.sender.protect(bytes(packet)))
 
     # --- incoming ------------------------------------------------------------------------------------------------
 
