@@ -12,7 +12,9 @@ import json
 import logging
 import sys
 import termios
+import time
 import tty
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ class Client:
         self.quiet = quiet
         self.want_talk = False
         self.floor_log: list[dict[str, Any]] = []
+        self.presses: deque[float] = deque(maxlen=1000)  # time.time() of the last PTT presses asking for the floor
         self.message = ""
         session.floor_listener = self._floor
         session.event_listener = self._event
@@ -54,6 +57,7 @@ class Client:
             self.release()
             return
         self.want_talk = True
+        self.presses.append(time.time())
         self.session.request_floor(self.selected)
         self.message = "requesting the floor…"
 
@@ -125,6 +129,8 @@ class Client:
             "heard": self.voice.heard,
             "frames": self.voice.frames,
             "floor": self.floor_log,
+            "presses": list(self.presses),
+            "burst_starts": list(self.voice.burst_starts),
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
         }

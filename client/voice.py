@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptt.jitter import JitterBuffer, JitterConfig
-from ptt.rtp import RtpError, RtpPacket
-
 from client.audio import AudioEngine
 from client.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder
 from client.session import PttSession
+from ptt.jitter import JitterBuffer, JitterConfig
+from ptt.rtp import RtpError, RtpPacket
 
 log = logging.getLogger("ptt.client.voice")
 
@@ -43,6 +43,7 @@ class Voice:
     """Connects a PttSession to an AudioEngine."""
 
     ACTIVE_FOR = 0.5  # a group counts as active this long after its last audio frame (priority between groups)
+    BURST_GAP = 0.1  # nothing played for this long before a frame: that frame starts a new burst (``burst_starts``)
 
     def __init__(
         self,
@@ -65,6 +66,9 @@ class Voice:
         self._first = False
         self.heard: dict[str, int] = {}  # packets heard per sender MKI (hex), for the UI and tests
         self.frames = {"sent": 0, "played": 0, "concealed": 0, "fec": 0}
+        # time.time() when the first frame of each burst heard was handed to the speaker (benchmarks; the last 1000)
+        self.burst_starts: deque[float] = deque(maxlen=1000)
+        self._last_played: float | None = None
         session.media_listener = self._media
         engine.on_capture = self._captured
         engine.pull_playback = self._playback
@@ -139,6 +143,9 @@ class Voice:
                     chosen = (pcm, listener)
             if chosen is None:
                 return None
+            if self._last_played is None or now - self._last_played > self.BURST_GAP:
+                self.burst_starts.append(time.time())
+            self._last_played = now
             self.frames["played"] += 1
             return chosen[0]
 
