@@ -1,32 +1,37 @@
 """Client audio benchmark: mouth-to-ear latency, burst start and CPU per client, on real (virtual) audio devices.
 
-Run with ``.venv/bin/python -m bench.voice [--quick]`` (about 55 s; ``--quick`` about 40 s). It starts a private
+Run with ``.venv/bin/python -m bench.voice [--quick]`` (about 55 s; ``--quick`` about 35 s). It starts a private
 PulseAudio with a virtual mic and speaker per client (``tests/audio_harness.py``), a KMS and a group server on
 127.0.0.1 (``bench/harness.py``) and three real ``ptt-client talk`` processes: Alice talks, Bob and Carol listen.
 Alice's script is a few short bursts (``talk 1.5; wait 1``), then a long one. Her mic hears a 600 Hz tone during
 the short bursts, speech at the start of the long one, then a train of 1 kHz beeps (20 ms each, 250-400 ms apart at
 random, so that the train cannot be lined up one beep off).
 
-Mouth to ear. Two recorders (``--record``, internal), the same code, capture Alice's mic source (what her capture
-stream sees) and Bob's speaker monitor (what his playback stream plays). Each maps its samples to CLOCK_MONOTONIC:
-a block's last sample had come in by the block's callback, so over the blocks around a sample the smallest
-"callback time - duration recorded so far" dates the samples (plus the recorder's own latency, the same for both
-recorders, so it cancels: two recorders on one signal, one on the remapped mic and one on its feed's monitor, agree
-within 0.2 ms). Two ``parecord`` processes would not do: each recording starts at a PulseAudio chunk boundary, so
-they are off from each other by whole chunks of ~13 ms. A beep's delay is its onset (Gaussian band-pass around
-1 kHz, first rise above 30 % of the peak) at Bob's speaker minus at Alice's mic: capture block, Opus, SRTP, relay,
-jitter buffer, decoding and both streams' buffers on the virtual devices.
+Mouth to ear. Recorders (``--record``, internal), all the same code, capture Alice's mic source (what her capture
+stream sees) and Bob's and Carol's speaker monitors (what their playback streams play). Each maps its samples to
+CLOCK_MONOTONIC: a block's last sample had come in by the block's callback, so over the blocks around a sample the
+smallest "callback time - duration recorded so far" dates the samples (plus the recorder's own latency, the same for
+every recorder, so it cancels: two recorders on one signal, one on the remapped mic and one on its feed's monitor,
+agree within 0.2 ms). Two ``parecord`` processes would not do: each recording starts at a PulseAudio chunk
+boundary, so they are off from each other by whole chunks of ~13 ms. A beep's delay is its onset (Gaussian
+band-pass around 1 kHz, first rise above 30 % of the peak) at a listener's speaker minus at Alice's mic: capture
+block, Opus, SRTP, relay, jitter buffer, decoding and both streams' buffers on the virtual devices. Beeps are paired
+by the lag that lines most of them up, then the next lag for the rest, so a latency that changes during the train
+still counts.
 
 Device round trip. While Alice's short bursts go on, a calibration process (``--loopback``, internal) runs the
 client's own AudioEngine (960-sample blocks, mic latency 'low', speaker 0.1 s) on a fourth virtual client "cal"
 and copies each captured frame to its speaker, with the fewest frames waiting (silent frames are dropped while more
 than one waits, so queueing between the two callbacks does not count as device latency); the same beeps and
-recorders measure it. Its median is subtracted from the mouth-to-ear figures: what remains is what the system adds
-to the devices' own latency. Raw, device and corrected values are all printed.
+recorders measure it. A stream pair's latency depends on how its buffers filled when it started, so two engines are
+started one after the other and their beeps pooled. The median is subtracted from the mouth-to-ear figures: what
+remains is what the system adds to the devices' own latency. Raw, device and corrected values are all printed;
+the device figure's spread (a copied frame waits 0 or 20 ms for the speaker, which pulls two frames every 40 ms,
+and it differs from one stream pair to the next) is the uncertainty of the correction.
 
 Burst start. The clients' reports give the time of each of Alice's PTT presses (``presses``) and of the first frame
 of each burst Bob's and Carol's clients handed to their speakers (``burst_starts``), both ``time.time()``: press to
-first played frame, for every burst and listener. For information, the tone's onset in Bob's speaker recording
+first played frame, for every burst and listener. For information, the tone's onset in their speaker recordings
 after each short burst's press is printed too (that includes the virtual speaker's output buffer).
 
 CPU. utime + stime of each client process (all threads) from /proc/PID/stat at the start and the end of a window
@@ -80,6 +85,7 @@ HOLD_S = 0.15  # quiet for this long before an onset
 MATCH_TOLERANCE_S = 0.015
 MIN_SEGMENT = 3
 MAX_DELAY_S = 1.5
+LISTENERS = ("bob", "carol")
 SHORT_TALK_S = 1.5
 SHORT_WAIT_S = 1.0
 SPEECH = (
@@ -415,6 +421,38 @@ def on_cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy since boot (/proc/stat: user, nice, system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and all its descendants: the live ones from /proc, the ended ones as far as they
+    were waited for (cutime, cstime)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+            times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    me = os.getpid()
+    total = 0.0
+    for pid, cpu in times.items():
+        ancestor = pid
+        while ancestor not in (me, 0, 1) and ancestor in parents:
+            ancestor = parents[ancestor]
+        if ancestor == me:
+            total += cpu
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return total + (int(fields[13]) + int(fields[14])) / tick  # + cutime + cstime
+
+
 def sleep_until(at: float) -> None:
     delay = at - time.monotonic()
     if delay > 0:
@@ -426,12 +464,14 @@ class Plan:
     bursts: int
     beeps: int
     cpu_window: float
-    cal_beeps: int
+    cal_beeps: int  # per calibration session
+    cal_sessions: int
 
 
 @dataclass
 class Results:
     raw_ms: list[float] = field(default_factory=list)
+    raw_by_listener: dict[str, list[float]] = field(default_factory=dict)
     cal_ms: list[float] = field(default_factory=list)
     beeps_sent: int = 0
     cal_beeps_sent: int = 0
@@ -441,18 +481,23 @@ class Results:
     cpu: dict[str, float] = field(default_factory=dict)
     on_cpu: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    others_percent: float | None = None  # % of one core other processes on this machine used during the call
+    call_seconds: float = 0.0
 
 
 class Calibration(threading.Thread):
     """The devices' own round trip, measured in the background while Alice's short bursts go on: the client's
-    AudioEngine copying mic to speaker on virtual client "cal", the same beeps and recorders as for Alice and Bob."""
+    AudioEngine copying mic to speaker on virtual client "cal", the same beeps and recorders as for the call. Each
+    stream pair starts with its own buffer fill, so ``sessions`` engines are started one after the other and the
+    beeps of all of them pooled."""
 
-    def __init__(self, processes: Processes, audio: VirtualAudio, tmp: Path, beeps: int) -> None:
+    def __init__(self, processes: Processes, audio: VirtualAudio, tmp: Path, beeps: int, sessions: int) -> None:
         super().__init__(name="calibration", daemon=True)
         self.processes = processes
         self.audio = audio
         self.tmp = tmp
         self.beeps = beeps
+        self.sessions = sessions
         self.delays_ms: list[float] = []
         self.notes: list[str] = []
         self.error: BaseException | None = None
@@ -464,37 +509,40 @@ class Calibration(threading.Thread):
             self.error = exc
 
     def _measure(self) -> None:
-        train, _ = beep_train(self.beeps, np.random.default_rng(2))
-        wav = write_wav(self.tmp / "cal-beeps.wav", pcm16(train))
-        helpers = [
-            start_helper(self.processes, self.audio.env("cal"), "--loopback"),
-            recorder(self.processes, self.audio, "miccal", self.tmp / "cal-mouth.npz"),
-            recorder(self.processes, self.audio, "spkcal.monitor", self.tmp / "cal-ear.npz"),
-        ]
-        for process in helpers:
+        mouth = recorder(self.processes, self.audio, "miccal", self.tmp / "cal-mouth.npz")
+        ear = recorder(self.processes, self.audio, "spkcal.monitor", self.tmp / "cal-ear.npz")
+        for process in (mouth, ear):
             wait_for_line(process, "ready", timeout=15.0)
-        loop, mouth, ear = helpers
+        stats: dict[str, int] = {}
+        depths: dict[int, int] = {}
         start = time.monotonic()
-        player = self.processes.start(
-            ["paplay", "--device=miccal_feed", "--latency-msec=20", str(wav)], self.audio.env(None)
-        )
-        player.communicate(timeout=60)
-        time.sleep(0.5)
+        for session in range(self.sessions):
+            train, _ = beep_train(self.beeps, np.random.default_rng(10 + session))
+            wav = write_wav(self.tmp / f"cal-beeps-{session}.wav", pcm16(train))
+            loop = start_helper(self.processes, self.audio.env("cal"), "--loopback")
+            wait_for_line(loop, "ready", timeout=15.0)
+            player = self.processes.start(
+                ["paplay", "--device=miccal_feed", "--latency-msec=20", str(wav)], self.audio.env(None)
+            )
+            player.communicate(timeout=60)
+            time.sleep(0.5)
+            summary = json.loads(finish(loop).strip().splitlines()[-1])
+            for key, value in summary["stats"].items():
+                stats[key] = stats.get(key, 0) + int(value)
+            for key, value in summary["depths"].items():
+                depths[int(key)] = depths.get(int(key), 0) + int(value)
         end = time.monotonic()
         finish(mouth)
         finish(ear)
-        summary = json.loads(finish(loop).strip().splitlines()[-1])
         mouth_rec = Recording.load(self.tmp / "cal-mouth.npz")
         ear_rec = Recording.load(self.tmp / "cal-ear.npz")
         delays = match_delays(mouth_rec.onset_times(start, end, BEEP_BAND), ear_rec.onset_times(start, end, BEEP_BAND))
         self.delays_ms = [d * 1e3 for d in delays]
-        stats = summary["stats"]
         if stats["input_overflows"] or stats["output_underflows"] or mouth_rec.xruns or ear_rec.xruns:
             self.notes.append(
                 f"calibration: {stats['input_overflows']} overflows, {stats['output_underflows']} underflows, "
                 f"recorder xruns {mouth_rec.xruns}/{ear_rec.xruns}"
             )
-        depths = {int(k): v for k, v in summary["depths"].items()}
         self.notes.append(
             "calibration copy: frames waiting at the speaker's pulls "
             + ", ".join(f"{k}: {depths[k]}x" for k in sorted(depths))
@@ -507,7 +555,7 @@ def call(processes: Processes, system: System, audio: VirtualAudio, tmp: Path, p
     during the short bursts."""
     train, _ = beep_train(plan.beeps, np.random.default_rng(1))
     results.beeps_sent = plan.beeps
-    results.cal_beeps_sent = plan.cal_beeps
+    results.cal_beeps_sent = plan.cal_beeps * plan.cal_sessions
     short_s = plan.bursts * (SHORT_TALK_S + SHORT_WAIT_S)
     speech = read_wav(speech_wav(SPEECH, tmp / "speech.wav")).astype(np.float64) / 32768.0
     # What Alice's mic hears from 1.5 s after she connected (her first press is at 2.0 s): the tone over the short
@@ -532,12 +580,13 @@ def call(processes: Processes, system: System, audio: VirtualAudio, tmp: Path, p
     )
 
     mouth = recorder(processes, audio, "micalice", tmp / "mouth.npz")
-    ear = recorder(processes, audio, "spkbob.monitor", tmp / "ear.npz")
-    for process in (mouth, ear):
+    ears = {u: recorder(processes, audio, f"spk{u}.monitor", tmp / f"ear-{u}.npz") for u in LISTENERS}
+    for process in (mouth, *ears.values()):
         wait_for_line(process, "ready", timeout=15.0)
+    busy_start, own_start, wall_start_call = machine_busy_seconds(), own_cpu_seconds(), time.monotonic()
     # Alice first, then the listeners, whose script ends 2.5 s after Alice's would if they connected with her.
     alice = talk_client(processes, system, audio, "alice", script)
-    listeners = {u: talk_client(processes, system, audio, u, f"wait {alice_s + 2.5:.1f}") for u in ("bob", "carol")}
+    listeners = {u: talk_client(processes, system, audio, u, f"wait {alice_s + 2.5:.1f}") for u in LISTENERS}
     wait_for_line(alice, "connected as")
     connected = time.monotonic()
     for user, process in listeners.items():
@@ -547,7 +596,7 @@ def call(processes: Processes, system: System, audio: VirtualAudio, tmp: Path, p
     sleep_until(connected + 1.5)
     played_from = time.monotonic()
     mic = audio.play_into_mic("alice", mouth_wav)
-    calibration = Calibration(processes, audio, tmp, plan.cal_beeps)
+    calibration = Calibration(processes, audio, tmp, plan.cal_beeps, plan.cal_sessions)
     calibration.start()
     try:
         pids = {"alice (talker)": alice.pid, **{f"{u} (listener)": p.pid for u, p in listeners.items()}}
@@ -565,12 +614,15 @@ def call(processes: Processes, system: System, audio: VirtualAudio, tmp: Path, p
             raise RuntimeError(f"Alice's client failed: {out}")
         time.sleep(0.5)
         end = time.monotonic()
-        finish(mouth)
-        finish(ear)
+        for process in (mouth, *ears.values()):
+            finish(process)
         for user, process in listeners.items():
             out, _ = process.communicate(timeout=30)
             if process.returncode != 0:
                 raise RuntimeError(f"{user}'s client failed: {out}")
+        others = (machine_busy_seconds() - busy_start) - (own_cpu_seconds() - own_start)
+        results.call_seconds = time.monotonic() - wall_start_call
+        results.others_percent = max(0.0, 100.0 * others / results.call_seconds)
     finally:
         calibration.join(timeout=60)
     if calibration.error is not None:
@@ -579,14 +631,19 @@ def call(processes: Processes, system: System, audio: VirtualAudio, tmp: Path, p
     results.notes.extend(calibration.notes)
 
     reports = {u: json.loads((system.root / f"{u}-talk.json").read_text()) for u in ("alice", "bob", "carol")}
-    mouth_rec, ear_rec = Recording.load(tmp / "mouth.npz"), Recording.load(tmp / "ear.npz")
-    if mouth_rec.xruns or ear_rec.xruns:
-        results.notes.append(f"recorder xruns during the call: mouth {mouth_rec.xruns}, ear {ear_rec.xruns}")
+    mouth_rec = Recording.load(tmp / "mouth.npz")
+    ear_recs = {u: Recording.load(tmp / f"ear-{u}.npz") for u in LISTENERS}
+    xruns = {"mouth": mouth_rec.xruns, **{u: r.xruns for u, r in ear_recs.items()}}
+    if any(xruns.values()):
+        results.notes.append(f"recorder xruns during the call: {xruns}")
 
     # mouth to ear: the beeps, from where the train starts in Alice's mic feed (paplay starts within tens of ms)
     window = (played_from + beeps_at - 0.2, end)
-    delays = match_delays(mouth_rec.onset_times(*window, BEEP_BAND), ear_rec.onset_times(*window, BEEP_BAND))
-    results.raw_ms = [d * 1e3 for d in delays]
+    spoken = mouth_rec.onset_times(*window, BEEP_BAND)
+    for user, ear_rec in ear_recs.items():
+        delays = match_delays(spoken, ear_rec.onset_times(*window, BEEP_BAND))
+        results.raw_by_listener[user] = [d * 1e3 for d in delays]
+        results.raw_ms += results.raw_by_listener[user]
 
     presses = [float(p) for p in reports["alice"]["presses"]]
     sent = int(reports["alice"]["frames"]["sent"])
@@ -608,13 +665,14 @@ def call(processes: Processes, system: System, audio: VirtualAudio, tmp: Path, p
             heard = [s for s in starts if press < s < following]
             if heard:
                 results.burst_ms.append((heard[0] - press) * 1e3)
-    # and, for information, the tone's onset in Bob's speaker recording after each short burst's press
+    # and, for information, the tone's onset in the listeners' speaker recordings after each short burst's press
     wall_to_monotonic = time.monotonic() - time.time()
-    for press in presses[: plan.bursts]:
-        at = press + wall_to_monotonic
-        heard = ear_rec.onset_times(at, at + SHORT_TALK_S - 0.2, TONE_BAND)
-        if heard:
-            results.burst_acoustic_ms.append((heard[0] - at) * 1e3)
+    for ear_rec in ear_recs.values():
+        for press in presses[: plan.bursts]:
+            at = press + wall_to_monotonic
+            heard = ear_rec.onset_times(at, at + SHORT_TALK_S - 0.2, TONE_BAND)
+            if heard:
+                results.burst_acoustic_ms.append((heard[0] - at) * 1e3)
 
 
 def run(plan: Plan) -> Results:
@@ -651,18 +709,19 @@ def report(plan: Plan, results: Results) -> list[str]:
     lines: list[str] = []
     summary: list[str] = []
     raw, cal = results.raw_ms, results.cal_ms
-    enough_raw = len(raw) >= max(5, results.beeps_sent // 2)
+    enough_raw = len(raw) >= max(5, results.beeps_sent * len(LISTENERS) // 2)
     enough_cal = len(cal) >= max(5, results.cal_beeps_sent // 2)
-    lines.append("mouth to ear (Alice's mic source -> Bob's speaker monitor, through the relay):")
+    lines.append("mouth to ear (Alice's mic source -> Bob's and Carol's speaker monitors, through the relay):")
     if raw:
+        matched = ", ".join(f"{u} {len(d)}/{results.beeps_sent}" for u, d in results.raw_by_listener.items())
         lines.append(
             f"  raw         p50 {percentile(raw, 50):6.1f} ms   p95 {percentile(raw, 95):6.1f} ms   "
-            f"min {min(raw):6.1f}   max {max(raw):6.1f}   ({len(raw)}/{results.beeps_sent} beeps matched)"
+            f"min {min(raw):6.1f}   max {max(raw):6.1f}   (beeps matched: {matched})"
         )
         if max(raw) - min(raw) > 40:
             lines.append(f"  the latency changed by {max(raw) - min(raw):.0f} ms during the train (all beeps count)")
     else:
-        lines.append(f"  raw         no beeps matched (0/{results.beeps_sent})")
+        lines.append(f"  raw         no beeps matched (of {results.beeps_sent} per listener)")
     if cal:
         lines.append(
             f"  device round trip (AudioEngine mic -> speaker copy on the virtual devices): median "
@@ -710,7 +769,7 @@ def report(plan: Plan, results: Results) -> list[str]:
     acoustic = results.burst_acoustic_ms
     if acoustic:
         lines.append(
-            f"  for information, the tone's onset in Bob's speaker monitor (adds the virtual speaker's buffer): "
+            f"  for information, the tone's onset in their speaker monitors (adds the virtual speaker's buffer): "
             f"p50 {percentile(acoustic, 50):6.1f} ms   max {max(acoustic):6.1f} ms ({len(acoustic)} bursts)"
         )
     summary.append(row("burst start p50", burst_p50, TARGET_BURST_START_MS, "ms", "fewer than 3 bursts heard"))
@@ -729,6 +788,17 @@ def report(plan: Plan, results: Results) -> list[str]:
             summary.append(row(f"CPU {name}", value, TARGET_CPU_PERCENT, "%"))
     for note in results.notes:
         lines.append(f"note: {note}")
+    if results.others_percent is not None:
+        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+        lines.append(
+            f"machine: other processes (not this benchmark's) used {results.others_percent:.0f} % of a core during "
+            f"the {results.call_seconds:.0f} s call, on {os.cpu_count()} cores (load average now {load})"
+        )
+        if results.others_percent > 10:
+            lines.append(
+                "  WARNING: the machine was busy with other work: late packets grow the jitter buffer, so the "
+                "latencies above may be worse than on an idle machine; run again when it is quiet"
+            )
     lines.append("")
     lines.append("summary:")
     lines.extend(summary)
@@ -745,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         return record_main(Path(args.record))
     if args.loopback:
         return loopback_main()
-    plan = Plan(bursts=3, beeps=15, cpu_window=3.0, cal_beeps=12) if args.quick else Plan(6, 30, 5.0, 30)
+    plan = Plan(3, 15, 3.0, 5, 2) if args.quick else Plan(6, 30, 5.0, 15, 2)
     print(
         f"ptt client audio benchmark: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
         f"virtual devices on a private PulseAudio, 3 clients + relay on 127.0.0.1"
