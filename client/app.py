@@ -200,11 +200,12 @@ def main(args: Any) -> int:
                     yield session.join(group)
                 engine.start()
                 print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
-                client.start_display()
+                if interactive:
+                    print("SPACE talk/stop · 1-9 select group · q quit", flush=True)
+                client.start_display()  # after the last full line: the status line rewrites itself in place
                 if args.script:
                     yield run_script(reactor, client, args.script)
                 elif interactive:
-                    print("SPACE talk/stop · 1-9 select group · q quit", flush=True)
                     old_tty = termios.tcgetattr(sys.stdin.fileno())
                     tty.setcbreak(sys.stdin.fileno())
                     stdio.StandardIO(Keys(client, lambda: done.callback(None) if not done.called else None))
