@@ -19,7 +19,7 @@ USERS = ("alice", "bob", "carol")
 GROUP = "sip:fire@example.org"
 
 
-def _ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     sockets = []
     for _ in range(n):
         s = socket.socket()
@@ -31,15 +31,15 @@ def _ports(n: int) -> list[int]:
     return ports
 
 
-def _env(**extra: str) -> dict[str, str]:
+def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTT_")}
     env.update(extra)
     return env
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or _env()
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or clean_env()
     )
 
 
@@ -50,6 +50,7 @@ class Daemon:
     log: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = 60.0
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -58,10 +59,10 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(**self.extra_env),
+            env=clean_env(**self.extra_env),
         )
         assert self.process.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
             if not line:
@@ -103,7 +104,7 @@ class System:
     dispatch_port: int
 
     def dispatch(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _run(
+        return run(
             "-m",
             "server.dispatch.cli",
             "--server",
@@ -113,7 +114,7 @@ class System:
             "--user",
             "admin",
             *args,
-            env=_env(PTT_DISPATCH_PASSWORD="admin-password-x"),
+            env=clean_env(PTT_DISPATCH_PASSWORD="admin-password-x"),
         )
 
     def client(self, user: str, script: str) -> subprocess.Popen[str]:
@@ -139,7 +140,7 @@ class System:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(),
+            env=clean_env(),
         )
 
     def report(self, user: str) -> dict[str, Any]:
@@ -155,7 +156,7 @@ def wait_all(processes: list[subprocess.Popen[str]], timeout: float = 90) -> Non
 def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dict[str, str] | None = None) -> System:
     """Initialise and start a KMS and a group server under ``root``, provision USERS (and ``outsiders``: domain
     users who are not in the group) and create GROUP. ``server_env`` adds environment for the server process."""
-    kms_port, dispatch_port, control_port, relay_port = _ports(4)
+    kms_port, dispatch_port, control_port, relay_port = free_ports(4)
     root.mkdir(parents=True, exist_ok=True)
     everyone = (*USERS, *outsiders)
     for name in (*everyone, "server", "admin"):
@@ -163,14 +164,12 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
     (root / "ks.pw").write_text("keystore-passphrase\n")
     kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
     assert (
-        _run(
-            *kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port)
-        ).returncode
+        run(*kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port)).returncode
         == 0
     )
     for user in everyone:
         assert (
-            _run(
+            run(
                 *kms,
                 "user",
                 "add",
@@ -183,7 +182,7 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
             == 0
         )
     assert (
-        _run(
+        run(
             *kms,
             "user",
             "add",
@@ -195,12 +194,12 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
         ).returncode
         == 0
     )
-    assert _run(*kms, "grant", "ptt-server", GROUP).returncode == 0
-    assert _run(*kms, "export-enrolment", "--out", str(root / "enrol.json")).returncode == 0
+    assert run(*kms, "grant", "ptt-server", GROUP).returncode == 0
+    assert run(*kms, "export-enrolment", "--out", str(root / "enrol.json")).returncode == 0
     kms_daemon = Daemon([*kms, "serve"], "listening on")
     kms_daemon.start()
     server = ["-m", "server.main", "--data", str(root / "server")]
-    out = _run(
+    out = run(
         *server,
         "init",
         "--kms-enrolment",
@@ -219,12 +218,12 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
         str(relay_port),
     )
     assert out.returncode == 0, out.stderr
-    assert _run(*server, "dispatcher", "add", "admin", "--password-file", str(root / "admin.pw")).returncode == 0
-    assert _run(*server, "client-info", "--out", str(root / "server.json")).returncode == 0
+    assert run(*server, "dispatcher", "add", "admin", "--password-file", str(root / "admin.pw")).returncode == 0
+    assert run(*server, "client-info", "--out", str(root / "server.json")).returncode == 0
     server_daemon = Daemon([*server, "serve"], "listening:", extra_env=dict(server_env or {}))
     server_daemon.start()
     for user in everyone:
-        out = _run(
+        out = run(
             "-m",
             "client.cli",
             "--keystore",

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import Daemon, free_ports, run
 from client.keystore import Keystore
 from client.provisioning import accept_key_prov
 from ptt.kmsformat.enrolment import Enrolment
@@ -32,31 +31,16 @@ USERS = {
 GROUP = "sip:fire-ops@example.org"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=_env()
-    )
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("PTT_PASSWORD", "PTT_KEYSTORE_PASSPHRASE", "PTT_KMS_PASSWORD"):
-        env.pop(name, None)
-    return env
-
-
 @dataclass
 class Kms:
     root: Path
     port: int
-    process: subprocess.Popen[str] | None = None
-    log: list[str] = field(default_factory=list)
+    daemon: Daemon = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.daemon = Daemon(
+            ["-m", "server.kms.cli", "--data", str(self.data), "serve"], "listening on", start_timeout=30
+        )
 
     @property
     def data(self) -> Path:
@@ -67,38 +51,13 @@ class Kms:
         return self.root / "enrolment.json"
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _run("-m", "server.kms.cli", "--data", str(self.data), *args)
+        return run("-m", "server.kms.cli", "--data", str(self.data), *args)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.kms.cli", "--data", str(self.data), "serve"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(),
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.log.append(line)
-            if "listening on" in line:
-                return
-        self.stop()
-        raise AssertionError("KMS did not start:\n" + "".join(self.log))
+        self.daemon.start()
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        self.daemon.stop()
 
 
 def _password_file(root: Path, name: str, password: str) -> Path:
@@ -110,7 +69,7 @@ def _password_file(root: Path, name: str, password: str) -> Path:
 @pytest.fixture(scope="module")
 def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kms]:
     root = tmp_path_factory.mktemp("kms-e2e")
-    server = Kms(root, _free_port())
+    server = Kms(root, free_ports(1)[0])
     out = server.admin("init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(server.port))
     assert out.returncode == 0, out.stderr
     for name, uri in USERS.items():
@@ -145,7 +104,7 @@ def provision(kms: Kms, user: str, *uris: str, password: str | None = None) -> s
     ]
     for uri in uris or (USERS[user],):
         args += ["--uri", uri]
-    return _run(*args)
+    return run(*args)
 
 
 def keystore(kms: Kms, user: str) -> Keystore:
@@ -258,7 +217,7 @@ def test_restart_loses_nothing_and_clients_work_offline(kms: Kms) -> None:
     before = keystore(kms, "alice")
     kms.stop()
     try:
-        out = _run(
+        out = run(
             "-m",
             "client.cli",
             "--keystore",
