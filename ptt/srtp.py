@@ -88,6 +88,13 @@ class SrtpSender:
         except pylibsrtp.Error as exc:
             raise SrtpError(f"cannot protect: {exc}") from None
 
+    def protect_rtcp(self, rtcp: bytes) -> bytes:
+        """SRTCP with the same key and MKI (after the SRTCP index: RFC 3711 §3.4, RFC 7714 §17)."""
+        try:
+            return insert_mki(bytes(self._session.protect_rtcp(rtcp)), self.mki, self.profile)
+        except pylibsrtp.Error as exc:
+            raise SrtpError(f"cannot protect RTCP: {exc}") from None
+
 
 class SrtpReceiver:
     """Unprotects group media from any sender under any GMK it holds (selected by the MKI)."""
@@ -111,9 +118,7 @@ class SrtpReceiver:
     def gmk_ids(self) -> list[bytes]:
         return list(self._keys)
 
-    def unprotect(self, packet: bytes) -> tuple[bytes, bytes]:
-        """(RTP packet, MKI of the sender)."""
-        body, mki = split_mki(packet, self.profile)
+    def _session(self, mki: bytes) -> pylibsrtp.Session:
         session = self._sessions.get(mki)
         if session is None:
             group_key = self._keys.get(mki[:4])
@@ -128,9 +133,26 @@ class SrtpReceiver:
             self._sessions[mki] = session
             while len(self._sessions) > self.MAX_SESSIONS:
                 self._sessions.popitem(last=False)
+        return session
+
+    def unprotect(self, packet: bytes) -> tuple[bytes, bytes]:
+        """(RTP packet, MKI of the sender)."""
+        body, mki = split_mki(packet, self.profile)
+        session = self._session(mki)
         try:
             rtp = bytes(session.unprotect(body))
         except pylibsrtp.Error as exc:
             raise SrtpError(f"SRTP rejected: {exc}") from None
         self._sessions.move_to_end(mki)
         return rtp, mki
+
+    def unprotect_rtcp(self, packet: bytes) -> tuple[bytes, bytes]:
+        """(RTCP packet, MKI of the sender): off-network floor control, SRTCP under the sender's GMK key."""
+        body, mki = split_mki(packet, self.profile)
+        session = self._session(mki)
+        try:
+            rtcp = bytes(session.unprotect_rtcp(body))
+        except pylibsrtp.Error as exc:
+            raise SrtpError(f"SRTCP rejected: {exc}") from None
+        self._sessions.move_to_end(mki)
+        return rtcp, mki

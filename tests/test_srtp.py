@@ -65,3 +65,26 @@ def test_rejections() -> None:
     receiver.drop_key(key.gmk_id)
     with pytest.raises(SrtpError):
         receiver.unprotect(sender.protect(rtp(3)))
+
+
+@pytest.mark.parametrize("profile", [AEAD_AES_128_GCM, AES_CM_128_HMAC_SHA1_80], ids=lambda p: p.name)
+def test_srtcp_under_the_gmk_for_off_network_floor_control(profile: Profile) -> None:
+    key, other = make_group_key(), make_group_key()
+    alice = SrtpSender(key, "sip:alice@example.org", profile)
+    receiver = SrtpReceiver(profile)
+    receiver.add_key(key)
+    # a Floor Request as RTCP APP "MCPT" (header only is enough for SRTCP)
+    rtcp = struct.pack(">BBHI4s", 0x80, 204, 2, 0x1234, b"MCPT")
+    packet = alice.protect_rtcp(rtcp)
+    assert packet[:8] == rtcp[:8] and split_mki(packet, profile)[1] == alice.mki  # header in clear, MKI last-but-tag
+    assert receiver.unprotect_rtcp(packet) == (rtcp, alice.mki)
+    with pytest.raises(SrtpError, match="replay"):
+        receiver.unprotect_rtcp(packet)
+    tampered = bytearray(alice.protect_rtcp(rtcp))
+    tampered[10] ^= 1
+    with pytest.raises(SrtpError):
+        receiver.unprotect_rtcp(bytes(tampered))
+    outsider = SrtpReceiver(profile)
+    outsider.add_key(other)  # a non-member holds another GMK only
+    with pytest.raises(SrtpError, match="no GMK"):
+        outsider.unprotect_rtcp(alice.protect_rtcp(rtcp))
