@@ -252,3 +252,47 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
 def stop_system(system: System) -> None:
     system.server.stop()
     system.kms.stop()
+
+
+def provision_offline(root: Path, users: list[str]) -> Path:
+    """Set up a KMS under ``root``, provision ``users`` (keystores ``root/USER.ks``, passphrase ``root/ks.pw``),
+    then stop the KMS: what a team does before going off-network. Provisioning runs a few clients at a time."""
+    (kms_port,) = free_ports(1)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ks.pw").write_text("keystore-passphrase\n")
+    kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
+    out = run(*kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port))
+    assert out.returncode == 0, out.stderr
+    for user in users:
+        (root / f"{user}.pw").write_text(f"{user}-password-x\n")
+        out = run(*kms, "user", "add", user, "--uri", f"sip:{user}@example.org", "--password-file",
+                  str(root / f"{user}.pw"))  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    assert run(*kms, "export-enrolment", "--out", str(root / "enrol.json")).returncode == 0
+    kms_daemon = Daemon([*kms, "serve"], "listening on", start_timeout=30)
+    kms_daemon.start()
+    try:
+        pending = list(users)
+        while pending:
+            batch, pending = pending[:4], pending[4:]
+            clients = {user: _provision_client(root, user) for user in batch}
+            for user, client in clients.items():
+                output, _ = client.communicate(timeout=120)
+                assert client.returncode == 0, f"provisioning {user} failed: {output}"
+    finally:
+        kms_daemon.stop()
+    return root
+
+
+def _provision_client(root: Path, user: str) -> subprocess.Popen[str]:
+    args = ["--keystore", str(root / f"{user}.ks"), "--passphrase-file", str(root / "ks.pw"), "provision",
+            "--enrolment", str(root / "enrol.json"), "--user", user, "--password-file", str(root / f"{user}.pw"),
+            "--uri", f"sip:{user}@example.org"]  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "client.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(),
+    )

@@ -15,9 +15,10 @@ import termios
 import time
 import tty
 from collections import deque
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, stdio, task
 from twisted.protocols.basic import LineReceiver
@@ -32,13 +33,35 @@ from ptt.ts33180 import period_bounds
 log = logging.getLogger("ptt.client.app")
 
 
+class TalkSession(Protocol):
+    """What the terminal client needs of a session: on-network (``PttSession``) or ad-hoc (``AdhocSession``)."""
+
+    uri: str
+    keystore: Keystore
+    floor_listener: Callable[[str, FloorMessage], None]
+    event_listener: Callable[[dict[str, Any]], None]
+
+    @property
+    def groups(self) -> Mapping[str, Any]: ...  # each with .talker, .floor and .keys
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+
+    def request_floor(self, group: str, *, priority: int | None = None, indicator: int | None = None) -> None: ...
+
+    def release_floor(self, group: str) -> None: ...
+
+
 class Client:
-    def __init__(self, reactor: Any, session: PttSession, voice: Voice, groups: list[str], *, quiet: bool) -> None:
+    def __init__(self, reactor: Any, session: TalkSession, voice: Voice, groups: list[str], *, quiet: bool) -> None:
         self.reactor = reactor
         self.session = session
         self.voice = voice
         self.groups = groups
-        self.selected = groups[0]
+        self.selected = groups[0] if groups else ""  # ad-hoc: groups appear when keyed
         self.quiet = quiet
         self.want_talk = False
         self.floor_log: list[dict[str, Any]] = []
@@ -55,6 +78,9 @@ class Client:
         """PTT: request the floor of the selected group (toggle: a second press releases)."""
         if self.want_talk:
             self.release()
+            return
+        if self.selected not in self.session.groups:
+            self.message = "no group to talk in yet"
             return
         self.want_talk = True
         self.presses.append(time.time())

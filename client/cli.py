@@ -4,6 +4,8 @@
   ptt-client ... provision --user NAME --uri sip:alice@example.org [--uri GROUP-URI ...] [--password-file F]
                  [--enrolment ENROLMENT.json] [--watch]
   ptt-client ... keys
+  ptt-client ... adhoc create NAME --uri ME --member URI ... | join [NAME] --uri ME | add|remove GROUP URI |
+                 leave GROUP | list | press|release [GROUP]
 
 Secrets come from files or the environment (PTT_PASSWORD, PTT_KEYSTORE_PASSPHRASE), else a prompt.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import logging
 import os
 import sys
@@ -153,6 +156,106 @@ def cmd_talk(args: argparse.Namespace) -> int:
     return app.main(args)
 
 
+def cmd_adhoc_run(args: argparse.Namespace) -> int:
+    from client import adhoc_app
+
+    args.passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
+    args.control_socket = args.control_socket or adhoc_app.default_socket(args.keystore)
+    try:
+        adhoc_app.parse_hostport(args.discovery, "--discovery")
+        if getattr(args, "media", None):
+            adhoc_app.parse_hostport(args.media, "--media")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return adhoc_app.main(args)
+
+
+def cmd_adhoc_control(args: argparse.Namespace) -> int:
+    from client import adhoc_app
+
+    path = args.control_socket or adhoc_app.default_socket(args.keystore)
+    request: dict[str, Any] = {"cmd": args.adhoc_command}
+    for name in ("group", "member"):
+        if getattr(args, name, None):
+            request[name] = getattr(args, name)
+    try:
+        reply = adhoc_app.control_request(path, request)
+    except (ConnectionError, OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if not reply.get("ok"):
+        raise CliError(str(reply.get("error", "refused")))
+    if args.adhoc_command != "list":
+        print(json.dumps(reply.get("group", {"ok": True})))
+    elif getattr(args, "json", False):
+        print(json.dumps(reply, indent=1))
+    else:
+        _print_listing(reply)
+    return 0
+
+
+def _print_listing(reply: dict[str, Any]) -> None:
+    groups = reply.get("groups", [])
+    if not groups:
+        print(f"{reply.get('uri')}: no ad-hoc groups")
+    for group in groups:
+        print(f"{group['name'] or '-'}  {group['uri']}  ({group['role']}; manager {group['manager']}; "
+              f"revision {group['revision']}; media {group['media']}; floor {group['floor']}; "
+              f"talking {group['talker'] or '-'})")  # fmt: skip
+        for member in group["members"]:
+            state = ("online" if member["online"] else "away") + (", keyed" if member["keyed"] else ", NOT keyed")
+            print(f"    {member['uri']}  {state}")
+
+
+def _add_adhoc(sub: Any) -> None:
+    adhoc = sub.add_parser("adhoc", help="off-network groups: no server, no KMS; keyed and run by the clients")
+    adhoc.add_argument("--control-socket", help="the running client's control socket (default: KEYSTORE.adhoc.sock)")
+    commands = adhoc.add_subparsers(dest="adhoc_command", required=True)
+
+    def agent_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--uri", required=True, help="your identity, e.g. sip:alice@example.org")
+        parser.add_argument("--interface", help="local IPv4 address of the LAN to use (default: the routing table's)")
+        parser.add_argument("--discovery", default="239.255.80.84:8450", help="discovery multicast group ADDR:PORT")
+        parser.add_argument("--port", type=int, default=0, help="unicast UDP port for key delivery (default: any)")
+        parser.add_argument("--priority", type=int, default=0, help="floor priority (0-255; higher pre-empts)")
+        parser.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
+        parser.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
+        parser.add_argument("--no-audio", action="store_true", help="no microphone or speaker (keying only)")
+        parser.add_argument(
+            "--script", help="steps instead of keys: wait S; wait-keyed S; talk S; press; release; quit"
+        )
+        parser.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
+        parser.add_argument("--quiet", action="store_true", help="no status line")
+        parser.set_defaults(func=cmd_adhoc_run)
+
+    create = commands.add_parser("create", help="create a group, key its members and talk in it")
+    create.add_argument("name")
+    create.add_argument("--member", action="append", required=True, help="member identity URI (repeat)")
+    create.add_argument("--media", help="media multicast ADDR:PORT (default: random in 239.255.0.0/16)")
+    agent_options(create)
+    join = commands.add_parser("join", help="wait for ad-hoc groups to be keyed by a nearby manager, and talk")
+    join.add_argument("name", nargs="?", help="accept only a group of this name")
+    join.add_argument("--accept-from", action="append", help="accept groups only from this manager URI (repeat)")
+    agent_options(join)
+    for name, text in (("add", "add a member (it gets the current key)"),
+                       ("remove", "remove a member (the others are rekeyed)")):  # fmt: skip
+        parser = commands.add_parser(name, help=text)
+        parser.add_argument("group", help="group name or URI")
+        parser.add_argument("member", help="member identity URI")
+        parser.set_defaults(func=cmd_adhoc_control)
+    leave = commands.add_parser(
+        "leave", help="leave a group (its manager rekeys; if you manage it, a member takes over)"
+    )
+    leave.add_argument("group", help="group name or URI")
+    leave.set_defaults(func=cmd_adhoc_control)
+    listing = commands.add_parser("list", help="the running client's ad-hoc groups, members and key status")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_adhoc_control)
+    for name in ("press", "release"):
+        parser = commands.add_parser(name, help=f"PTT {name} in a group (for a hardware button or a script)")
+        parser.add_argument("group", nargs="?", help="group name or URI (default: the selected one)")
+        parser.set_defaults(func=cmd_adhoc_control)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptt-client", description="Secure push-to-talk client")
     parser.add_argument("--keystore", default=str(DEFAULT_KEYSTORE), help=f"keystore file (default {DEFAULT_KEYSTORE})")
@@ -182,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     talk.set_defaults(func=cmd_talk)
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
+    _add_adhoc(sub)
     return parser
 
 

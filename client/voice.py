@@ -14,17 +14,24 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from client.audio import AudioEngine
 from client.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder
-from client.session import PttSession
 from ptt.jitter import JitterBuffer, JitterConfig
 from ptt.rtp import RtpError, RtpPacket
 
 log = logging.getLogger("ptt.client.voice")
 
 SILENCE = bytes(2 * FRAME_SAMPLES)
+
+
+class MediaSession(Protocol):
+    """What the voice path needs of a session: on-network (``PttSession``) or ad-hoc (``AdhocSession``)."""
+
+    media_listener: Callable[[str, bytes, bytes], None]
+
+    def send_media(self, group: str, payload: bytes, *, marker: bool = False, samples: int = 960) -> None: ...
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Voice:
     def __init__(
         self,
         reactor: Any,
-        session: PttSession,
+        session: MediaSession,
         engine: AudioEngine,
         *,
         bitrate: int = 24000,
