@@ -37,9 +37,11 @@ from ptt.adhoc.engine import (
     Role,
 )
 from ptt.adhoc.messages import GroupInfo
+from ptt.crypto import eccsi, sakke
 from ptt.floor.messages import FloorMessage, FloorMessageError, RejectCause, Subtype, parse_rtcp
 from ptt.floor.offnetwork import FloorEvent, FloorEventKind, OffNetworkFloor
 from ptt.groupkeys import GroupKey
+from ptt.mikey.imessage import IdentityKeys
 from ptt.rtp import RtpSender
 from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender, split_mki
 
@@ -80,10 +82,19 @@ class AdhocCall:
     owners: dict[bytes, str] = field(default_factory=dict)  # GUK-ID -> member, per held GMK
     pending: list[tuple[float, bytes]] = field(default_factory=list)
     keyed_at: float = 0.0
+    requested_at: float | None = None  # when our pending floor request was made (access time)
 
     @property
     def key(self) -> GroupKey | None:
         return self.keys[-1] if self.keys else None
+
+
+def _warm_up(keys: IdentityKeys) -> None:
+    """Build the fixed-base tables and this RSK's pairing lines now (≈ 0.6 s once per process) rather than when the
+    first group key is made or arrives: keying a group then takes milliseconds, not a second per member."""
+    signature = eccsi.sign(b"warm-up", keys.uid, keys.ssk, keys.pvt, keys.domain.kpak)
+    eccsi.verify(b"warm-up", signature, keys.uid, keys.domain.kpak)
+    sakke.decapsulate(sakke.encapsulate(os.urandom(16), keys.uid, keys.domain.z), keys.uid, keys.rsk, keys.domain.z)
 
 
 class _Datagrams(protocol.DatagramProtocol):
@@ -125,6 +136,7 @@ class AdhocSession:
             "media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0, "foreign": 0,
         }  # fmt: skip
         self.keyed: dict[str, dict[str, float]] = {}  # manager: group -> member -> seconds from GMK to its ack
+        self.access_ms: list[float] = []  # floor access times: request -> permission (the last 1000)
         self._discovery: Any = None
         self._unicast: Any = None
         self._timer: Any = None
@@ -139,8 +151,10 @@ class AdhocSession:
 
     def start(self) -> AdhocSession:
         now = self.reactor.seconds()
-        if self.keystore.current_keys(self.uri, now) is None:
+        keys = self.keystore.current_keys(self.uri, now)
+        if keys is None:
             raise RuntimeError(f"no keys for {self.uri} in the current key period: provision before going off-network")
+        _warm_up(keys)
         group, port = self.network.discovery
         self._discovery = self.reactor.listenMulticast(port, _Datagrams(self._signalling), listenMultiple=True)
         self._setup_multicast(self._discovery, group)
@@ -356,6 +370,7 @@ class AdhocSession:
     def request_floor(self, group: str, *, priority: int | None = None, indicator: int | None = None) -> None:
         call = self.groups[group]
         call.floor = "requested"
+        call.requested_at = self.reactor.seconds()
         call.machine.request(self.reactor.seconds(), priority=priority, indicator=indicator)
         self._flush_floor(group, call)
         self._pump()
@@ -385,9 +400,12 @@ class AdhocSession:
         message: FloorMessage | None = None
         if kind == FloorEventKind.GRANTED:
             call.floor, call.talker = "granted", self.uri
+            if call.requested_at is not None:
+                self.access_ms = [*self.access_ms[-999:], (self.reactor.seconds() - call.requested_at) * 1000]
+                call.requested_at = None
             message = FloorMessage(Subtype.GRANTED, call.ssrc, user_id=self.uri)
         elif kind == FloorEventKind.DENIED:
-            call.floor = "denied"
+            call.floor, call.requested_at = "denied", None
             phrase = event.text or "another participant has permission"
             message = FloorMessage(Subtype.DENY, call.ssrc, reject_cause=RejectCause(event.cause or 1, phrase))
         elif kind == FloorEventKind.TAKEN:

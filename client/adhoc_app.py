@@ -89,9 +89,12 @@ class Agent:
         cmd = request.get("cmd")
         if cmd == "list":
             return {"ok": True, "uri": self.session.uri, "groups": self.session.listing()}
+        if cmd == "stats":
+            return {"ok": True, "stats": self.session.stats, "access_ms": self.session.access_ms}
         if cmd == "create":
             members = [str(m) for m in request.get("members", [])]
-            return {"ok": True, "group": _info(self.session.create(str(request.get("name", "")), members))}
+            media = parse_hostport(str(request["media"]), "media") if request.get("media") else None
+            return {"ok": True, "group": _info(self.session.create(str(request.get("name", "")), members, media))}
         if cmd == "add":
             return {"ok": True, "group": _info(self.session.add_member(self._group(request), str(request["member"])))}
         if cmd == "remove":
