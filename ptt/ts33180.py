@@ -138,8 +138,9 @@ def period_number(now_unix: float, key_period: int, offset: int) -> int:
     _check_period(key_period, offset)
     if not math.isfinite(now_unix):
         raise ValueError("time must be finite")
-    # Flooring the time first keeps the arithmetic exact; with integer offset and period the result is equal.
-    elapsed = math.floor(unix_to_ntp(now_unix)) - offset
+    # Floor the Unix time *before* adding the (integer) NTP epoch offset: the float sum can round up across a
+    # second boundary (6380945792.999999 + 2208988800 == 8589934593.0), the integer sum cannot.
+    elapsed = math.floor(now_unix) + NTP_UNIX_OFFSET - offset
     if elapsed < 0:
         raise ValueError("time is before the first key period")
     return elapsed // key_period

@@ -30,7 +30,10 @@ TEXT = "Rescue team one, the bridge is out. Take the east road and wait at the w
 USERS = ["alice", "bob", "carol", "mallory"]
 PASSPHRASE = "keystore-passphrase"
 
-pytestmark = pytest.mark.skipif(netns_available() is not None, reason=f"network namespaces: {netns_available()}")
+pytestmark = [
+    pytest.mark.skipif(netns_available() is not None, reason=f"network namespaces: {netns_available()}"),
+    pytest.mark.xdist_group("audio"),  # real-time audio on 2 cores: never beside the other audio tests
+]
 
 
 def uri(user: str) -> str:

@@ -88,6 +88,9 @@ DRIVER = textwrap.dedent(
     """
 )
 
+# real-time audio on 2 cores: these run one after another on one worker, never beside each other
+pytestmark = pytest.mark.xdist_group("audio")
+
 
 class Driver:
     """A client process running the engine; events are collected by a reader thread."""

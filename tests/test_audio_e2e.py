@@ -19,6 +19,9 @@ from tests.audio_harness import VirtualAudio, normalised_xcorr, read_wav, speech
 
 TEXT = "Fire crew two, proceed to the north entrance. Hose team, hold position until further notice."
 
+# real-time audio on 2 cores: these run one after another on one worker, never beside each other
+pytestmark = pytest.mark.xdist_group("audio")
+
 
 def talk_client(system: System, audio: VirtualAudio, user: str, script: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in audio.env(user).items() if not k.startswith("PTT_")}

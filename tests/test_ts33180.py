@@ -177,6 +177,14 @@ def test_period_bounds_known() -> None:
     assert start <= ntp_to_unix(3599719634) < end
 
 
+def test_period_number_does_not_round_up_across_a_second() -> None:
+    # found by hypothesis: the float sum with the NTP offset rounded 6380945792.999999 up to the next second
+    policy = KeyPeriodPolicy(1, 0)
+    n = policy.period_number(6380945792.999999)
+    start, end = policy.period_bounds(n)
+    assert start <= 6380945792.999999 < end
+
+
 @given(
     now=st.floats(0, 2**33, allow_nan=False, allow_infinity=False),
     period=st.integers(1, 10**8),
