@@ -403,7 +403,9 @@ class AdhocSession:
             if call.requested_at is not None:
                 self.access_ms = [*self.access_ms[-999:], (self.reactor.seconds() - call.requested_at) * 1000]
                 call.requested_at = None
-            message = FloorMessage(Subtype.GRANTED, call.ssrc, user_id=self.uri)
+            message = FloorMessage(
+                Subtype.GRANTED, call.ssrc, user_id=self.uri, duration=int(call.machine.config.max_talk)
+            )
         elif kind == FloorEventKind.DENIED:
             call.floor, call.requested_at = "denied", None
             phrase = event.text or "another participant has permission"

@@ -325,9 +325,7 @@ def main(args: Any) -> int:
                     engine.stop()
                 session.stop()
                 if control is not None:
-                    control.stopListening()
-                    with contextlib.suppress(OSError):
-                        os.unlink(args.control_socket)
+                    control.stopListening()  # removes the socket file
                 print(flush=True)
 
         return go()
