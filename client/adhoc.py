@@ -43,7 +43,7 @@ from ptt.floor.offnetwork import FloorEvent, FloorEventKind, OffNetworkFloor
 from ptt.groupkeys import GroupKey
 from ptt.mikey.imessage import IdentityKeys
 from ptt.rtp import RtpSender
-from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender, split_mki
+from ptt.srtp import AwaitingKey, SrtpError, SrtpReceiver, SrtpSender
 
 log = logging.getLogger("ptt.client.adhoc")
 
@@ -52,8 +52,6 @@ DISCOVERY_PORT = 8450
 PAYLOAD_TYPE = 96
 KEPT_KEYS = 3
 KEY_SWITCH_DELAY = 0.3  # keep sending under the old GMK a moment after a rekey (the others get the new one)
-PENDING_FOR = 2.0  # media under a GMK not received yet is kept this long for when it lands
-PENDING_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class AdhocCall:
     talker: str | None = None
     floor: str = "idle"
     owners: dict[bytes, str] = field(default_factory=dict)  # GUK-ID -> member, per held GMK
-    pending: list[tuple[float, bytes]] = field(default_factory=list)
+    pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
     keyed_at: float = 0.0
     requested_at: float | None = None  # when our pending floor request was made (access time)
 
@@ -474,20 +472,10 @@ class AdhocSession:
             self.stats["floor_in"] += 1
             call.machine.receive(message, now)
 
-    def _unknown_gmk(self, call: AdhocCall, data: bytes) -> bool:
-        try:
-            gmk_id = split_mki(data, call.receiver.profile)[1][:4]
-        except SrtpError:
-            return False
-        return gmk_id not in call.receiver.gmk_ids and gmk_id[0] >> 4 == 0
-
     def _media_in(self, group: str, call: AdhocCall, data: bytes, *, retry: bool = False) -> None:
         now = self.reactor.seconds()
-        if not retry and self._unknown_gmk(call, data):
-            call.pending = [(t, d) for t, d in call.pending if now - t <= PENDING_FOR]
-            if len(call.pending) < PENDING_MAX:
-                call.pending.append((now, data))  # a rekey under way: the key is probably on its way
-            else:
+        if not retry and AwaitingKey.awaits_key(call.receiver, data):
+            if not call.pending.hold(data, now):  # a rekey under way: the key is probably on its way
                 self.stats["foreign"] += 1
             return
         try:
@@ -501,8 +489,5 @@ class AdhocSession:
         self.media_listener(group, mki, rtp)
 
     def _retry_pending(self, group: str, call: AdhocCall) -> None:
-        pending, call.pending = call.pending, []
-        now = self.reactor.seconds()
-        for arrived, data in pending:
-            if now - arrived <= PENDING_FOR:
-                self._media_in(group, call, data, retry=True)
+        for data in call.pending.release(self.reactor.seconds()):
+            self._media_in(group, call, data, retry=True)

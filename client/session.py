@@ -26,7 +26,7 @@ from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, build_i_mes
 from ptt.relaycore import join_packet
 from ptt.rtp import RtpSender
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
-from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender, split_mki
+from ptt.srtp import AwaitingKey, SrtpError, SrtpReceiver, SrtpSender
 from ptt.ts33180 import KeyPurpose, new_key_id
 
 log = logging.getLogger("ptt.client.session")
@@ -36,8 +36,6 @@ PAYLOAD_TYPE = 96  # dynamic, Opus (RFC 7587)
 STORED_MESSAGE_WINDOW = 40 * 86400.0  # GMKs may be stored for offline members: accept up to a key period old
 KEPT_KEYS = 3
 KEY_SWITCH_DELAY = 0.3  # seconds a sender keeps the old GMK after a new one arrives
-PENDING_FOR = 2.0  # how long media under a not-yet-known GMK is kept for when that GMK arrives
-PENDING_MAX = 100
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 30.0  # GMKs kept per group after a rekey, so packets in flight still decrypt
 
@@ -64,7 +62,7 @@ class GroupState:
     floor: str = "idle"  # idle | requested | granted | queued | taken | denied | revoked
     port: Any = None  # the group's UDP socket (IListeningPort)
     token: bytes = b""
-    pending: list[tuple[float, bytes]] = field(default_factory=list)  # media under a GMK not received yet
+    pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
 
     @property
     def key(self) -> GroupKey | None:
@@ -165,11 +163,8 @@ class PttSession:
             state.sender = SrtpSender(key, self.uri)
 
     def _retry_pending(self, group: str, state: GroupState) -> None:
-        pending, state.pending = state.pending, []
-        now = self.reactor.seconds()
-        for arrived, data in pending:
-            if now - arrived <= PENDING_FOR:
-                self._media_in(group, state, data, retry=True)
+        for data in state.pending.release(self.reactor.seconds()):
+            self._media_in(group, state, data, retry=True)
 
     def on_groups(self, groups: list[dict[str, Any]]) -> None:
         listed = {str(g.get("uri")) for g in groups}
@@ -350,19 +345,10 @@ class PttSession:
             return
         self._media_in(group, state, data)
 
-    @staticmethod
-    def _unknown_gmk(state: GroupState, data: bytes) -> bool:
-        try:
-            gmk_id = split_mki(data, state.receiver.profile)[1][:4]
-        except SrtpError:
-            return False
-        return gmk_id not in state.receiver.gmk_ids and gmk_id[0] >> 4 == 0
-
     def _media_in(self, group: str, state: GroupState, data: bytes, *, retry: bool = False) -> None:
-        if not retry and self._unknown_gmk(state, data):
+        if not retry and AwaitingKey.awaits_key(state.receiver, data):
             # a GMK-ID we do not hold yet (a rekey under way): keep it briefly, the key is probably on its way
-            if len(state.pending) < PENDING_MAX:
-                state.pending.append((self.reactor.seconds(), data))
+            state.pending.hold(data, self.reactor.seconds())
             return
         try:
             rtp, mki = state.receiver.unprotect(data)

@@ -137,22 +137,56 @@ class SrtpReceiver:
 
     def unprotect(self, packet: bytes) -> tuple[bytes, bytes]:
         """(RTP packet, MKI of the sender)."""
-        body, mki = split_mki(packet, self.profile)
-        session = self._session(mki)
-        try:
-            rtp = bytes(session.unprotect(body))
-        except pylibsrtp.Error as exc:
-            raise SrtpError(f"SRTP rejected: {exc}") from None
-        self._sessions.move_to_end(mki)
-        return rtp, mki
+        return self._unprotect(packet, rtcp=False)
 
     def unprotect_rtcp(self, packet: bytes) -> tuple[bytes, bytes]:
         """(RTCP packet, MKI of the sender): off-network floor control, SRTCP under the sender's GMK key."""
+        return self._unprotect(packet, rtcp=True)
+
+    def _unprotect(self, packet: bytes, *, rtcp: bool) -> tuple[bytes, bytes]:
         body, mki = split_mki(packet, self.profile)
         session = self._session(mki)
         try:
-            rtcp = bytes(session.unprotect_rtcp(body))
+            plain = bytes(session.unprotect_rtcp(body) if rtcp else session.unprotect(body))
         except pylibsrtp.Error as exc:
-            raise SrtpError(f"SRTCP rejected: {exc}") from None
+            raise SrtpError(f"{'SRTCP' if rtcp else 'SRTP'} rejected: {exc}") from None
         self._sessions.move_to_end(mki)
-        return rtcp, mki
+        return plain, mki
+
+
+class AwaitingKey:
+    """Media under a GMK this member does not hold yet (a rekey under way: the I_MESSAGE is probably on its way).
+
+    Packets are kept ``keep_for`` seconds (at most ``limit``) and handed back when a key arrives, so a rekey
+    mid-burst loses nothing; a non-member's packets under made-up GMK-IDs just age out.
+    """
+
+    def __init__(self, keep_for: float = 2.0, limit: int = 100) -> None:
+        self.keep_for = keep_for
+        self.limit = limit
+        self._packets: list[tuple[float, bytes]] = []
+
+    @staticmethod
+    def awaits_key(receiver: SrtpReceiver, packet: bytes) -> bool:
+        """True if the packet's MKI names a GMK (purpose tag 0) that ``receiver`` does not hold."""
+        try:
+            gmk_id = split_mki(packet, receiver.profile)[1][:4]
+        except SrtpError:
+            return False
+        return gmk_id not in receiver.gmk_ids and gmk_id[0] >> 4 == 0
+
+    def hold(self, packet: bytes, now: float) -> bool:
+        """Keep the packet; False if it was dropped (the store is full of packets still fresh)."""
+        self._packets = [(t, p) for t, p in self._packets if now - t <= self.keep_for]
+        if len(self._packets) >= self.limit:
+            return False
+        self._packets.append((now, packet))
+        return True
+
+    def release(self, now: float) -> list[bytes]:
+        """The packets still fresh, in arrival order; the store is emptied."""
+        packets, self._packets = self._packets, []
+        return [p for t, p in packets if now - t <= self.keep_for]
+
+    def __len__(self) -> int:
+        return len(self._packets)

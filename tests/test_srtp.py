@@ -7,7 +7,16 @@ import struct
 import pytest
 
 from ptt.groupkeys import make_group_key
-from ptt.srtp import AEAD_AES_128_GCM, AES_CM_128_HMAC_SHA1_80, Profile, SrtpError, SrtpReceiver, SrtpSender, split_mki
+from ptt.srtp import (
+    AEAD_AES_128_GCM,
+    AES_CM_128_HMAC_SHA1_80,
+    AwaitingKey,
+    Profile,
+    SrtpError,
+    SrtpReceiver,
+    SrtpSender,
+    split_mki,
+)
 
 
 def rtp(seq: int, ssrc: int = 0x1234, payload: bytes = b"voice" * 20) -> bytes:
@@ -88,3 +97,18 @@ def test_srtcp_under_the_gmk_for_off_network_floor_control(profile: Profile) -> 
     outsider.add_key(other)  # a non-member holds another GMK only
     with pytest.raises(SrtpError, match="no GMK"):
         outsider.unprotect_rtcp(alice.protect_rtcp(rtcp))
+
+
+def test_media_awaiting_its_gmk_is_kept_briefly_and_bounded() -> None:
+    held, unknown = make_group_key(), make_group_key()
+    receiver = SrtpReceiver()
+    receiver.add_key(held)
+    early = SrtpSender(unknown, "sip:alice@example.org").protect(rtp(1))
+    assert AwaitingKey.awaits_key(receiver, early)
+    assert not AwaitingKey.awaits_key(receiver, SrtpSender(held, "sip:alice@example.org").protect(rtp(1)))
+    assert not AwaitingKey.awaits_key(receiver, b"short")
+    store = AwaitingKey(keep_for=2.0, limit=3)
+    assert all(store.hold(early + bytes([n]), 100.0 + n * 0.1) for n in range(3))
+    assert not store.hold(early, 100.5)  # full of fresh packets: dropped
+    assert store.hold(early, 102.05)  # the first one aged out and made room
+    assert store.release(102.08) == [early + b"\x01", early + b"\x02", early] and len(store) == 0
