@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet import protocol
 
 from client.keystore import Keystore
+from client.session import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE  # the same media rules as on-network
 from ptt.adhoc.engine import (
     MULTICAST,
     AdhocConfig,
@@ -49,9 +50,6 @@ log = logging.getLogger("ptt.client.adhoc")
 
 DISCOVERY_GROUP = "239.255.80.84"
 DISCOVERY_PORT = 8450
-PAYLOAD_TYPE = 96
-KEPT_KEYS = 3
-KEY_SWITCH_DELAY = 0.3  # keep sending under the old GMK a moment after a rekey (the others get the new one)
 
 
 @dataclass(frozen=True)
@@ -277,11 +275,16 @@ class AdhocSession:
         self._flush(engine)
         deadlines = [engine.next_deadline()]
         deadlines.extend(d for d in (c.machine.next_deadline() for c in self.groups.values()) if d is not None)
-        delay = max(0.0, min(deadlines) - now)
+        self._arm(min(deadlines))
+
+    def _arm(self, at: float, *, earlier_only: bool = False) -> None:
+        """Run ``_pump`` at ``at``; with ``earlier_only`` leave a timer that is due sooner as it is."""
         if self._timer is not None and self._timer.active():
-            self._timer.reset(delay)
+            if earlier_only and self._timer.getTime() <= at:
+                return
+            self._timer.reset(max(0.0, at - self.reactor.seconds()))
         else:
-            self._timer = self.reactor.callLater(delay, self._pump)
+            self._timer = self.reactor.callLater(max(0.0, at - self.reactor.seconds()), self._pump)
 
     def _flush(self, engine: AdhocEngine) -> None:
         for event in engine.events():
@@ -370,7 +373,6 @@ class AdhocSession:
         call.floor = "requested"
         call.requested_at = self.reactor.seconds()
         call.machine.request(self.reactor.seconds(), priority=priority, indicator=indicator)
-        self._flush_floor(group, call)
         self._pump()
 
     def release_floor(self, group: str) -> None:
@@ -378,7 +380,6 @@ class AdhocSession:
         if call is None:
             return
         call.machine.release(self.reactor.seconds())
-        self._flush_floor(group, call)
         self._pump()
 
     def _flush_floor(self, group: str, call: AdhocCall) -> None:
@@ -447,8 +448,12 @@ class AdhocSession:
             self._floor_in(group, call, data)
         else:
             self._media_in(group, call, data)
+        # Per packet only this call's floor machine can have changed: send what it says, and move the timer only
+        # if it now needs to run sooner (a full _pump per media packet would tick everything 50 times a second).
         self._flush_floor(group, call)
-        self._pump()
+        deadline = call.machine.next_deadline()
+        if deadline is not None:
+            self._arm(deadline, earlier_only=True)
 
     def _owner(self, call: AdhocCall, mki: bytes) -> str | None:
         return call.owners.get(mki[4:])

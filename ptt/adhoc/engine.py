@@ -240,9 +240,7 @@ class AdhocEngine:
                 deadlines.append(group.next_announce)
                 deadlines.extend(d.next_at for d in group.deliveries.values() if not d.acked)
             elif group.manager_gone_since is None:
-                manager = self.peers.get(group.info.manager)
-                seen = manager.last_seen if manager is not None else group.created_at
-                deadlines.append(seen + self.config.manager_timeout)
+                deadlines.append(self._manager_heard(group) + self.config.manager_timeout)
             else:
                 deadlines.append(group.manager_gone_since + self._takeover_delay(group))
         return min(deadlines)
@@ -358,13 +356,17 @@ class AdhocEngine:
     def _member_tick(self, group: AdhocGroup, now: float) -> None:
         manager = group.info.manager
         if group.manager_gone_since is None:
-            peer = self.peers.get(manager)
-            seen = peer.last_seen if peer is not None else group.created_at
+            seen = self._manager_heard(group)
             if now - seen > self.config.manager_timeout:
                 log.warning("%s: manager %s of %s not heard for %.0f s", self.uri, manager, group.info.uri, now - seen)
                 group.manager_gone_since = now  # starts the succession clock
         if group.manager_gone_since is not None and now >= group.manager_gone_since + self._takeover_delay(group):
             self._take_over(group, now)
+
+    def _manager_heard(self, group: AdhocGroup) -> float:
+        """When we last heard the group's manager (or were keyed, if we never heard it directly)."""
+        peer = self.peers.get(group.info.manager)
+        return peer.last_seen if peer is not None else group.created_at
 
     def _takeover_delay(self, group: AdhocGroup) -> float:
         """Our wait before taking over: members ahead of us in the list that are alive get their turn first."""
