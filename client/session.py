@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol, task, threads
+from twisted.python.failure import Failure
 
 from client.control import ControlClient, connect_control
 from client.keystore import Keystore
@@ -22,7 +23,14 @@ from ptt.control import unb64
 from ptt.floor.messages import FloorMessage, FloorMessageError, Subtype, parse_rtcp
 from ptt.groupkeys import GroupKey
 from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, build_i_message, receive_i_message
+from ptt.mikey.imessage import (
+    IdentityKeys,
+    KmsDomain,
+    ReceivedKey,
+    ReplayCache,
+    build_i_message,
+    receive_i_message,
+)
 from ptt.relaycore import join_packet
 from ptt.rtp import RtpSender
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
@@ -34,10 +42,17 @@ log = logging.getLogger("ptt.client.session")
 KEEPALIVE = 5.0
 PAYLOAD_TYPE = 96  # dynamic, Opus (RFC 7587)
 STORED_MESSAGE_WINDOW = 40 * 86400.0  # GMKs may be stored for offline members: accept up to a key period old
-KEPT_KEYS = 3
+KEPT_KEYS = 3  # GMKs kept per group after a rekey, so packets in flight still decrypt
 KEY_SWITCH_DELAY = 0.3  # seconds a sender keeps the old GMK after a new one arrives
 RECONNECT_MIN = 1.0
-RECONNECT_MAX = 30.0  # GMKs kept per group after a rekey, so packets in flight still decrypt
+RECONNECT_MAX = 30.0
+
+CryptoRunner = Callable[..., "defer.Deferred[Any]"]
+"""Runs ``f(*args, **kwargs)`` and returns a Deferred of its result (a thread in the app, inline in tests)."""
+
+
+def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+    return threads.deferToThread(f, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,9 @@ class _Media(protocol.DatagramProtocol):
 class PttSession:
     """One identity logged in to one server."""
 
-    def __init__(self, reactor: Any, keystore: Keystore, uri: str, server: ServerInfo) -> None:
+    def __init__(
+        self, reactor: Any, keystore: Keystore, uri: str, server: ServerInfo, *, crypto: CryptoRunner = in_thread
+    ) -> None:
         if keystore.enrolment is None:
             raise ValueError("the keystore is not enrolled with a KMS")
         self.reactor = reactor
@@ -94,6 +111,10 @@ class PttSession:
         self.groups: dict[str, GroupState] = {}
         self.control: ControlClient | None = None
         self.replay_cache = ReplayCache()
+        # Opening an I_MESSAGE (ECCSI verify + SAKKE decapsulation, ~10 ms) runs off the reactor thread, or a rekey
+        # in mid-burst would hold up the talker's next frames; one at a time, in arrival order.
+        self._crypto = crypto
+        self._key_lock = defer.DeferredLock()
         self.csk: CskKeys | None = None
         self.floor_channel: SrtcpChannel | None = None
         self.relay: tuple[str, int] | None = None
@@ -118,31 +139,49 @@ class PttSession:
 
     # --- control channel handler -----------------------------------------------------------------------------
 
-    def on_imessage(self, group: str, gmk_id: bytes, data: bytes) -> None:
+    def on_imessage(self, group: str, gmk_id: bytes, data: bytes) -> defer.Deferred[None]:
+        """Verify, decrypt and install a GMK; the Deferred fires once it is installed or refused (never fails)."""
+        return self._key_lock.run(self._receive_imessage, group, gmk_id, data)
+
+    def keys_settled(self) -> defer.Deferred[None]:
+        """Fires once every I_MESSAGE received so far is installed or refused."""
+        return self._key_lock.run(lambda: None)
+
+    def _known(self, group: str, gmk_id: bytes) -> bool:
         state = self.groups.get(group)
-        if state is not None and any(k.gmk_id == gmk_id for k in state.keys):
-            return  # stored messages come again at every login
-        try:
-            received = receive_i_message(
-                data,
-                responder=self.keystore.held_keys(self.uri),
-                expected_initiators=group,
-                trusted_kms={self.domain.kms_uri: self.domain},
-                now=self.reactor.seconds(),
-                replay_cache=self.replay_cache,
-                window=STORED_MESSAGE_WINDOW,
-            )
-        except MikeyError as exc:
-            self.stats["imessage_bad"] += 1
-            log.warning("%s: group key for %s refused: %s", self.uri, group, exc)
-            return
+        return state is not None and any(k.gmk_id == gmk_id for k in state.keys)
+
+    def _receive_imessage(self, group: str, gmk_id: bytes, data: bytes) -> defer.Deferred[None]:
+        if self._known(group, gmk_id):
+            return defer.succeed(None)  # stored messages come again at every login
+        d = self._crypto(
+            receive_i_message,
+            data,
+            responder=self.keystore.held_keys(self.uri),
+            expected_initiators=group,
+            trusted_kms={self.domain.kms_uri: self.domain},
+            now=self.reactor.seconds(),
+            replay_cache=self.replay_cache,
+            window=STORED_MESSAGE_WINDOW,
+        )
+        d.addCallbacks(lambda received: self._install_key(group, received), self._key_refused, errbackArgs=(group,))
+        return d
+
+    def _key_refused(self, failure: Failure, group: str) -> None:
+        self.stats["imessage_bad"] += 1
+        if failure.check(MikeyError):
+            log.warning("%s: group key for %s refused: %s", self.uri, group, failure.getErrorMessage())
+        else:  # a bug, not bad input: say so, but keep the session alive
+            log.error("%s: group key for %s failed: %s", self.uri, group, failure.getTraceback())
+
+    def _install_key(self, group: str, received: ReceivedKey) -> None:
         if received.purpose != KeyPurpose.GMK or received.revoked:
             log.warning("%s: ignoring a %s key for %s", self.uri, received.purpose.name, group)
             return
         key = GroupKey(gmk=received.key, gmk_id=received.key_id, rand=received.rand)
-        state = self.groups.setdefault(group, GroupState(group))
-        if any(k.gmk_id == key.gmk_id for k in state.keys):
+        if self._known(group, key.gmk_id):
             return
+        state = self.groups.setdefault(group, GroupState(group))
         state.keys.append(key)
         state.receiver.add_key(key)
         while len(state.keys) > KEPT_KEYS:
@@ -228,6 +267,7 @@ class PttSession:
         self.on_groups(self.control.groups)
         self.relay = self.control.relay
         yield self.send_csk()
+        yield self.keys_settled()  # the stored GMKs the server pushed before answering the CSK are installed
         self.connected = True
         return self
 

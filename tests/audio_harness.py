@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -363,6 +364,65 @@ def normalised_xcorr(
         corr = np.where(window_energy > 0, xc / np.sqrt(ref_energy * np.maximum(window_energy, 1e-300)), 0.0)
     best = int(np.argmax(corr))
     return float(corr[best]), float(lags[best] / rate)
+
+
+@dataclass(frozen=True)
+class SpeechMatch:
+    """How the speech of a reference is heard in a recording through an adaptive jitter buffer (``speech_match``)."""
+
+    score: float  # energy-weighted mean of the segments' correlations
+    worst: float  # the lowest segment correlation
+    lag: float  # seconds, the whole reference's best lag
+    lags: tuple[float, ...]  # seconds, each voiced segment's own best lag
+
+
+def speech_match(
+    reference: npt.ArrayLike,
+    recording: npt.ArrayLike,
+    max_lag_s: float,
+    *,
+    segment_s: float = 0.25,
+    drift_s: float = 0.1,
+    rate: int = SAMPLE_RATE,
+) -> SpeechMatch:
+    """``normalised_xcorr`` for speech heard through a receiver whose playout delay may step during the burst.
+
+    An adaptive jitter buffer grows its delay by whole frames when packets come late (a frame of concealment, then
+    the speech carries on 20 ms later): nothing is lost, yet the one waveform correlation of the whole signal,
+    which needs a single lag, falls from 0.94 to about 0.6 at one 20 ms step. Here the whole reference is placed
+    first, then each voiced ``segment_s`` piece of it at its own best lag within ``drift_s`` of that; ``score`` is
+    the pieces' correlations weighted by their energy, so missing or garbled speech still lowers it as much as
+    before, and ``lags`` shows how the delay moved. Pieces with under 1 % of the mean piece energy are left out.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    rec = np.asarray(recording, dtype=np.float64)
+    _, lag = normalised_xcorr(ref, rec, max_lag_s, rate=rate)
+    step, drift = round(segment_s * rate), round(drift_s * rate)
+    pieces = [ref[i : i + step] for i in range(0, len(ref) - step + 1, step)]
+    energies = np.array([float(np.dot(p - p.mean(), p - p.mean())) for p in pieces])
+    if not len(pieces) or energies.sum() == 0.0:
+        raise ValueError("the reference is silent")
+    scores: list[float] = []
+    weights: list[float] = []
+    lags: list[float] = []
+    for index, (piece, energy) in enumerate(zip(pieces, energies, strict=True)):
+        if energy < 0.01 * energies.mean():
+            continue
+        expected = index * step + round(lag * rate)  # where the piece starts in the recording at the global lag
+        start = max(0, expected - drift)
+        window = rec[start : max(0, expected + step + drift)]
+        if expected + drift < 0 or len(window) == 0:  # the piece would lie outside the recording
+            correlation, found = 0.0, lag
+        else:
+            correlation, offset = normalised_xcorr(piece, window, (expected - start + drift) / rate, rate=rate)
+            found = (start + round(offset * rate) - index * step) / rate
+            if abs(found - lag) > drift_s + 1 / rate:  # the search window is wider than the drift allowed
+                correlation = 0.0
+        scores.append(max(correlation, 0.0))
+        weights.append(energy)
+        lags.append(found)
+    score = float(np.average(scores, weights=weights))
+    return SpeechMatch(score, min(scores), lag, tuple(lags))
 
 
 def main(argv: list[str] | None = None) -> int:

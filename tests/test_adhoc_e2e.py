@@ -23,7 +23,7 @@ import pytest
 
 from bench.harness import ROOT, provision_offline
 from client.adhoc_app import control_request
-from tests.audio_harness import VirtualAudio, normalised_xcorr, read_wav, speech_wav
+from tests.audio_harness import VirtualAudio, read_wav, speech_match, speech_wav
 from tests.netns import Lan, netns_available
 
 TEXT = "Rescue team one, the bridge is out. Take the east road and wait at the water tower."
@@ -171,7 +171,7 @@ def test_three_peers_create_key_and_talk_with_no_server(
         for recorder in recordings.values():
             recorder.wait(timeout=30)
         reference = read_wav(speech)
-        scores = {u: normalised_xcorr(reference, read_wav(tmp_path / f"{u}.wav"), max_lag_s=seconds + 4)[0]
+        scores = {u: speech_match(reference, read_wav(tmp_path / f"{u}.wav"), max_lag_s=seconds + 4).score
                   for u in recordings}  # fmt: skip
         assert scores["bob"] >= 0.85 and scores["carol"] >= 0.85, scores
 

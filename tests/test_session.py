@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
@@ -67,7 +68,8 @@ def session_for(world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], uri: str,
     )
     clock = task.Clock()
     clock.advance(NOW)
-    return PttSession(clock, keystore, uri, ServerInfo("127.0.0.1", 1, b"", "sip:ptt-server@example.org"))
+    server = ServerInfo("127.0.0.1", 1, b"", "sip:ptt-server@example.org")
+    return PttSession(clock, keystore, uri, server, crypto=defer.maybeDeferred)  # inline: deterministic tests
 
 
 def test_group_key_from_the_group_identity_is_taken(
@@ -137,3 +139,35 @@ def test_media_under_a_gmk_not_yet_received_waits_for_it(
     assert state.sender is not None and state.sender.mki[:4] == old.gmk_id  # still sending under the old GMK
     session.reactor.advance(0.5)
     assert state.sender.mki[:4] == new.gmk_id  # switched after the grace delay
+
+
+def test_group_keys_are_opened_off_the_reactor_one_at_a_time_in_order(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    """The ~10 ms of ECCSI + SAKKE run through the session's crypto runner (a thread in the app); keys install on
+    the reactor in the order their I_MESSAGEs came, and a runner failure that is not bad input is logged, not raised."""
+    calls: list[tuple[defer.Deferred[Any], Any]] = []
+
+    def runner(f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        calls.append((d, lambda: f(*args, **kwargs)))
+        return d
+
+    session = session_for(world, ALICE, tmp_path)
+    session._crypto = runner
+    group_keys = identity(world, GROUP)
+    first, second = make_group_key(), make_group_key()
+    done = [
+        session.on_imessage(GROUP, k.gmk_id, build_gmk_messages(group_keys, k, [ALICE], now=NOW + i)[ALICE])
+        for i, k in enumerate((first, second))
+    ]
+    settled = session.keys_settled()
+    assert len(calls) == 1 and GROUP not in session.groups  # the second waits for the first
+    d, work = calls.pop()
+    d.callback(work())
+    assert [k.gmk_id for k in session.groups[GROUP].keys] == [first.gmk_id] and done[0].called
+    assert len(calls) == 1 and not settled.called
+    d, _ = calls.pop()
+    d.errback(RuntimeError("bug in the crypto"))
+    assert done[1].called and settled.called and session.stats["imessage_bad"] == 1
+    assert [k.gmk_id for k in session.groups[GROUP].keys] == [first.gmk_id]
