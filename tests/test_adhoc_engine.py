@@ -22,7 +22,7 @@ from ptt.adhoc.engine import (
     Refused,
     Role,
 )
-from ptt.adhoc.messages import GroupInfo, KeyDelivery, seal
+from ptt.adhoc.messages import Envelope, GroupInfo, KeyDelivery, seal
 from ptt.crypto import kms
 from ptt.groupkeys import make_group_key
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, build_i_message
@@ -155,6 +155,33 @@ def test_create_keys_every_member_and_every_member_acknowledges(world: World) ->
     assert info.uri.startswith("sip:adhoc.rescue.") and info.uri.endswith(DOMAIN)
     assert info.media_host.startswith("239.255.") and info.media_port % 2 == 0
     assert not any(lan.of(u, Refused) for u in lan.engines)
+
+
+def test_keying_many_members_is_spread_over_turns_so_a_talker_is_not_held_up(world: World) -> None:
+    """Each I_MESSAGE costs ~3 ms of SAKKE + ECCSI: at most ``builds_per_turn`` per call, the rest 10 ms later."""
+    members = [f"sip:m{i}{DOMAIN}" for i in range(10)]
+    lan = start(world, ALICE, *members)
+    alice = lan.engines[ALICE]
+    info = alice.create("rescue", members, lan.now)
+
+    def deliveries_sent() -> int:
+        count = sum(u == ALICE and isinstance(Envelope.parse(d).body, KeyDelivery) for u, d, _ in lan.sent)
+        lan.sent.clear()
+        return count
+
+    lan.deliver()
+    assert deliveries_sent() == alice.config.builds_per_turn == 3
+    assert alice.next_deadline() == pytest.approx(lan.now + alice.config.build_spacing)
+    lan.run(0.01, step=0.01)
+    assert deliveries_sent() == 3
+    lan.run(0.5, step=0.01)
+    assert all(keyed(lan, m, info.uri) == keyed(lan, ALICE, info.uri) is not None for m in members)
+    assert max(e.seconds for e in lan.of(ALICE, MemberKeyed)) < 0.05
+    # a rekey of the nine others is spread the same way
+    lan.sent.clear()
+    alice.remove_member(info.uri, members[0], lan.now)
+    lan.deliver()
+    assert deliveries_sent() == 3
 
 
 def test_a_member_not_yet_on_the_lan_is_probed_for_and_keyed_when_it_appears(world: World) -> None:

@@ -63,6 +63,8 @@ class AdhocConfig:
     retransmit_first: float = 0.25  # key delivery: first retry, doubling…
     retransmit_max: float = 2.0  # …up to this
     rebuild_after: float = 120.0  # I_MESSAGEs are accepted within ±300 s: rebuild older ones before re-sending
+    builds_per_turn: int = 3  # I_MESSAGEs built (SAKKE + ECCSI, ~3 ms each) per call at one `now`…
+    build_spacing: float = 0.01  # …the rest wait this long, so a talking manager's media goes out in between
     announce_every: float = 5.0  # a manager repeats its signed group description
     manager_timeout: float = 30.0  # manager not heard for this long: a member takes over
     takeover_step: float = 3.0  # extra wait per rank for the next candidate manager
@@ -220,6 +222,7 @@ class AdhocEngine:
         self._next_hello = now  # the first Hello goes out at once
         self._next_probe = now
         self._last_probe_answer = float("-inf")
+        self._build_turn = (float("nan"), 0)  # (now, I_MESSAGEs built at that now)
 
     # --- outputs -------------------------------------------------------------------------------------------------
 
@@ -429,6 +432,13 @@ class AdhocEngine:
             delivery.next_at = now + self.config.retransmit_max
             return
         if not delivery.i_message or now - delivery.built_at > self.config.rebuild_after:
+            # Keying 20 members at once would hold the caller's thread ~60 ms: a talker's frames would stall.
+            turn, built = self._build_turn
+            built = built if turn == now else 0
+            if built >= self.config.builds_per_turn:
+                delivery.next_at = now + self.config.build_spacing
+                return
+            self._build_turn = (now, built + 1)
             delivery.i_message = build_i_message(
                 initiator=keys,
                 responder_uri=delivery.member,
