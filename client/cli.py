@@ -27,6 +27,7 @@ from typing import Any
 from client.keystore import Keystore, KeystoreError
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import KmsFormatError
+from ptt.kmsformat.trust import user_domains
 
 DEFAULT_KEYSTORE = Path(os.environ.get("PTT_KEYSTORE", Path.home() / ".local/share/ptt/keystore"))
 
@@ -101,6 +102,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 else ("next" if period > domain.period_number(now) else "past")
             )
             print(f"  {uri}  period {period} ({state}), valid until {until}")
+    if not keystore.external:
+        print("no external KMS trusted (none in the KMS's certificate cache at the last provisioning)")
+    for kms_uri, certificate in sorted(keystore.external.items()):
+        until = certificate.valid_to.isoformat() if certificate.valid_to else "?"
+        print(f"external KMS {kms_uri} for users in {', '.join(user_domains(certificate))}, valid until {until}")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 One file, mode 0600, written atomically; its content is JSON sealed with a passphrase (``ptt.sealed``: scrypt +
 AES-256-GCM). Everything the client needs offline is here: the domain certificate and, per identity, the keys of
-the current and next key periods, and the time of the last KMS response accepted (to refuse replays of older
-responses).
+the current and next key periods, the time of the last KMS response accepted (to refuse replays of older
+responses), and the External KMS certificates from the KMS's signed certificate cache (which other domains' users
+this client may key and be keyed by, ``trust``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ptt.kmsformat.enrolment import Enrolment
-from ptt.kmsformat.model import KmsKeySet
+from ptt.kmsformat.model import KmsCertificate, KmsKeySet
+from ptt.kmsformat.trust import KmsTrust
+from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 from ptt.mikey.imessage import IdentityKeys
 from ptt.sealed import SealError, seal, unseal
 
@@ -88,6 +91,8 @@ class Keystore:
         self.enrolment: Enrolment | None = None
         self.key_sets: dict[tuple[str, int], StoredKeySet] = {}
         self.last_response: dict[str, float] = {}  # identity URI -> Time of the last accepted keyprov
+        self.external: dict[str, KmsCertificate] = {}  # KMS URI -> External certificate from the cert cache
+        self.external_time: float | None = None  # Time of the last accepted cert cache (refuses older ones)
 
     @classmethod
     def open(cls, path: Path, passphrase: bytes) -> Keystore:
@@ -107,9 +112,15 @@ class Keystore:
                 key_set = StoredKeySet.from_json(item)
                 store.key_sets[(key_set.uri, key_set.period_no)] = key_set
             store.last_response = {str(k): float(v) for k, v in document.get("last_response", {}).items()}
+            # absent in keystores written before the cert cache was fetched: no External KMS trusted yet
+            for xml in document.get("external", []):
+                certificate = parse_certificate(str(xml).encode())
+                store.external[certificate.kms_uri] = certificate
+            if document.get("external_time") is not None:
+                store.external_time = float(document["external_time"])
         except SealError as exc:
             raise KeystoreError(f"{path}: {exc}") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # KmsFormatError is a ValueError
             raise KeystoreError(f"{path}: malformed keystore: {exc}") from None
         return store
 
@@ -118,6 +129,8 @@ class Keystore:
             "enrolment": self.enrolment.to_json().decode() if self.enrolment else None,
             "key_sets": [k.to_json() for k in sorted(self.key_sets.values(), key=lambda k: (k.uri, k.period_no))],
             "last_response": self.last_response,
+            "external": [certificate_to_xml(c).decode() for _, c in sorted(self.external.items())],
+            "external_time": self.external_time,
         }
         try:
             sealed = seal(json.dumps(document).encode(), self.passphrase, label=LABEL)
@@ -147,6 +160,20 @@ class Keystore:
         for key_set in key_sets:
             self.key_sets[(key_set.user_uri, key_set.key_period_no)] = StoredKeySet.from_key_set(key_set)
         self.last_response[identity] = response_time.timestamp()
+
+    def set_external(self, certificates: list[KmsCertificate], response_time: datetime) -> None:
+        """Replace the External KMS certificates with a newer cert cache (so an untrusted domain disappears)."""
+        self.external = {c.kms_uri: c for c in certificates}
+        self.external_time = response_time.timestamp()
+
+    def external_response_time(self) -> datetime | None:
+        return None if self.external_time is None else datetime.fromtimestamp(self.external_time, UTC)
+
+    def trust(self) -> KmsTrust:
+        """The own KMS and the External KMSs, each bound to the user domains it speaks for."""
+        if self.enrolment is None:
+            raise KeystoreError(f"{self.path}: not enrolled with a KMS")
+        return KmsTrust.of(self.enrolment.certificate.domain(), self.external.values())
 
     def last_response_time(self, identity: str) -> datetime | None:
         seconds = self.last_response.get(identity)

@@ -1,9 +1,10 @@
 """Provisioning from the KMS: HTTPS to a pinned certificate, signed XML checked, keys validated and stored,
 renewed automatically before the key period ends.
 
-``accept_init`` / ``accept_key_prov`` are the trust decisions (pure: bytes and ``now`` in); ``KmsHttpClient``
-does HTTPS with Twisted's Agent, trusting only the TLS certificate from the enrolment; ``ProvisioningAgent``
-drives both for one or more identities and keeps the keystore topped up with a ``callLater`` timer.
+``accept_init`` / ``accept_key_prov`` / ``accept_cert_cache`` are the trust decisions (pure: bytes and ``now`` in);
+``KmsHttpClient`` does HTTPS with Twisted's Agent, trusting only the TLS certificate from the enrolment;
+``ProvisioningAgent`` drives them for one or more identities, refreshes the External KMS certificates from the
+KMS's certificate cache, and keeps the keystore topped up with a ``callLater`` timer.
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from client.keystore import Keystore
+from client.keystore import Keystore, KeystoreError
 from ptt.kmsformat.enrolment import Enrolment
-from ptt.kmsformat.model import DomainMismatch, KmsCertificate, KmsErrorResponse, KmsKeySet, KmsRequest
+from ptt.kmsformat.model import (
+    DomainMismatch,
+    KmsCertificate,
+    KmsErrorResponse,
+    KmsFormatError,
+    KmsKeySet,
+    KmsRequest,
+)
 from ptt.kmsformat.signing import verify_signed_response
-from ptt.kmsformat.validation import check_init, check_key_prov
+from ptt.kmsformat.trust import user_domains
+from ptt.kmsformat.validation import check_cert_cache, check_init, check_key_prov
 from ptt.kmsformat.xml import MAX_XML_SIZE, request_to_xml
 from ptt.ts33180 import period_bounds
 
@@ -74,6 +83,17 @@ def accept_key_prov(
         response, certificate=enrolment.certificate, expected_user_uri=identity, now=_utc(now), not_before=not_before
     )
     return key_sets, response.time
+
+
+def accept_cert_cache(
+    data: bytes, enrolment: Enrolment, identity: str, now: float, not_before: datetime | None
+) -> tuple[list[KmsCertificate], datetime]:
+    """Verify a certcache response; returns the usable External KMS certificates and the response's Time."""
+    response = verify_signed_response(data, enrolment.signing_cert)
+    certificates = check_cert_cache(
+        response, expected_kms_uri=enrolment.kms_uri, expected_user_uri=identity, now=_utc(now), not_before=not_before
+    )
+    return certificates, response.time
 
 
 @implementer(IPolicyForHTTPS)
@@ -214,9 +234,58 @@ class ProvisioningAgent:
     @defer.inlineCallbacks
     def provision(self) -> Any:
         provisioned = {}
-        for identity in self.identities:
+        for index, identity in enumerate(self.identities):
             provisioned[identity] = yield self.provision_identity(identity)
+            if index == 0:
+                # Once per run: the cache is the KMS's, the same whatever identity asks, so one request will do;
+                # asked as the first identity (the account's own, normally) right after its keys, so a later
+                # identity's failure does not keep a partner's untrusting from reaching us.
+                yield self.refresh_cert_cache(identity)
         return provisioned
+
+    @defer.inlineCallbacks
+    def refresh_cert_cache(self, identity: str) -> Any:
+        """Replace the keystore's External KMS certificates with the KMS's certificate cache; True if done.
+
+        Never fails: the keys matter more than the cache, so any failure is logged and the previous cache kept
+        (off-network partners stay usable until the KMS answers again).
+        """
+        enrolment = self.enrolment
+        try:
+            body = request_to_xml(
+                KmsRequest(identity, enrolment.kms_uri, _utc(self.clock.seconds()), enrolment.base_url + CERTCACHE)
+            )
+            result = yield self.http.post(CERTCACHE, body)
+            if result.status != 200:
+                raise ProvisioningError(_explain(result, enrolment, identity))
+            certificates, when = accept_cert_cache(
+                result.body, enrolment, identity, self.clock.seconds(), self.keystore.external_response_time()
+            )
+        except (ProvisioningError, KmsFormatError) as exc:
+            self._cache_kept(str(exc))
+            return False
+        except Exception as exc:  # e.g. a body cut off mid-read: a network failure like the others
+            self._cache_kept(f"{type(exc).__name__}: {exc}")
+            return False
+        previous = self.keystore.external, self.keystore.external_time
+        self.keystore.set_external(certificates, when)
+        try:
+            self.keystore.save()
+        except KeystoreError as exc:  # memory stays what the file holds
+            self.keystore.external, self.keystore.external_time = previous
+            self._cache_kept(str(exc))
+            return False
+        for certificate in certificates:
+            log.info(
+                "trusting external KMS %s for users in %s", certificate.kms_uri, ", ".join(user_domains(certificate))
+            )
+        if not certificates:
+            log.info("no external KMS trusted (the certificate cache of %s is empty)", enrolment.kms_uri)
+        return True
+
+    def _cache_kept(self, reason: str) -> None:
+        kept = ", ".join(sorted(self.keystore.external)) or "none"
+        log.warning("certificate cache not refreshed, keeping the previous one (external KMSs: %s): %s", kept, reason)
 
     # --- automatic renewal -----------------------------------------------------------------------------------
 
@@ -284,6 +353,7 @@ __all__ = [
     "PinnedCertificatePolicy",
     "ProvisioningAgent",
     "ProvisioningError",
+    "accept_cert_cache",
     "accept_init",
     "accept_key_prov",
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,11 @@ from cryptography import x509
 
 from ptt.crypto.sakke import validate_rsk
 from ptt.kmsformat.enrolment import Enrolment
-from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
+from ptt.kmsformat.model import KmsRequest
+from ptt.kmsformat.signing import verify_signed_response
+from ptt.kmsformat.trust import KmsTrust
+from ptt.kmsformat.validation import check_cert_cache
+from ptt.kmsformat.xml import certificate_to_xml, parse_certificate, request_to_xml
 from ptt.ts33180 import period_bounds, period_number, uid
 from server.kms import cli, material
 from server.kms.domain import certificate_validity
@@ -298,10 +305,15 @@ def test_trust_domain(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     d = ["--data", str(data)]
 
     code, out, _ = _run(capsys, *d, "trust-domain", str(tmp_path / "other.json"))
-    assert code == 0 and "kms.other.org" in out
+    assert code == 0
+    assert (
+        out
+        == f"trusting KMS kms.other.org for users in other.org (KPAK SHA-256 {cli._fingerprint(third.pub_auth_key)})\n"
+    )
     with _store(data) as store:
         [stored] = store.trusted_certificates()
-    assert parse_certificate(stored) == third
+    # served as an External KMS; no KmsDomainList given or in the file: clients derive other.org from its URI
+    assert parse_certificate(stored) == replace(third, role="External", kms_domains=())
 
     # A standalone KmsCertificate XML document works as well.
     xml_cert = cli.domain_certificate("kms.third.org", 86400, 0, third.pub_auth_key, third.pub_enc_key)
@@ -325,6 +337,122 @@ def test_trust_domain(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert _run(capsys, *d, "untrust-domain", "kms.third.org")[0] == 0
     code, _, err = _run(capsys, *d, "untrust-domain", "kms.third.org")
     assert code == 2 and "not a trusted domain" in err
+
+
+@pytest.fixture
+def partner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The enrolment file of another domain, partner.org (KMS kms.partner.org)."""
+    directory = tmp_path / "partner-data"
+    assert (
+        _run(capsys, "--data", str(directory), "init", "--domain", "partner.org", "--kms-uri", "kms.partner.org")[0]
+        == 0
+    )
+    path = tmp_path / "partner-enrolment.json"
+    assert _run(capsys, "--data", str(directory), "export-enrolment", "--out", str(path))[0] == 0
+    return path
+
+
+def _trusted(data: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    with _store(data) as store:
+        certificates = [parse_certificate(c) for c in store.trusted_certificates()]
+    return [(c.kms_uri, c.role, c.kms_domains) for c in certificates]
+
+
+def test_trust_domain_with_user_domains(
+    data: Path, partner: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data", str(data)]
+    code, out, err = _run(
+        capsys, *d, "trust-domain", str(partner), "--user-domain", "Partner.ORG", "--user-domain", "ops.partner-2.net.",
+        "--user-domain", "partner.org",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("trusting KMS kms.partner.org for users in partner.org, ops.partner-2.net (KPAK SHA-256 ")
+    assert _trusted(data) == [("kms.partner.org", "External", ("partner.org", "ops.partner-2.net"))]
+
+    # Without --user-domain the certificate's own list is kept (here a standalone XML certificate carrying one).
+    certificate = replace(Enrolment.from_json(partner.read_bytes()).certificate, kms_domains=("partner.com",))
+    (tmp_path / "partner.xml").write_bytes(certificate_to_xml(certificate))
+    code, out, _ = _run(capsys, *d, "trust-domain", str(tmp_path / "partner.xml"))
+    assert code == 0 and "for users in partner.com (" in out
+    assert _trusted(data) == [("kms.partner.org", "External", ("partner.com",))]
+    # ... and trusting the enrolment again (no list in it) replaces the stored one: bound to its URI's domain
+    assert _run(capsys, *d, "trust-domain", str(partner))[0] == 0
+    assert _trusted(data) == [("kms.partner.org", "External", ())]
+
+    code, out, _ = _run(capsys, *d, "status")
+    assert code == 0
+    assert "trusted domains\n  KMS kms.partner.org for users in partner.org\n" in out
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["", ".", "-partner.org", "partner-.org", "partner..org", ".partner.org", "part ner.org", " partner.org",
+     "partner.org/x", "*.partner.org", "part_ner.org", "pärtner.org", "a" * 64 + ".org", "a." * 127 + "org",
+     "example.org", "EXAMPLE.org.", "org"],
+)  # fmt: skip
+def test_trust_domain_refuses_bad_user_domains(
+    domain: str, data: Path, partner: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a DNS name, or one that would let the partner speak for this domain's own users (example.org)."""
+    # one argument with "=": a value starting with "-" is not taken for an option
+    code, out, err = _run(capsys, "--data", str(data), "trust-domain", str(partner), f"--user-domain={domain}")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("ptt-kms: error: ")
+    assert _trusted(data) == []
+
+
+def test_trust_domain_allows_long_valid_names(data: Path, partner: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    longest = "a" * 63 + ".partner.org"
+    assert _run(capsys, "--data", str(data), "trust-domain", str(partner), "--user-domain", longest)[0] == 0
+    assert _trusted(data) == [("kms.partner.org", "External", (longest,))]
+
+
+def test_cert_cache_serves_the_trusted_domain(
+    data: Path, partner: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the CLI stores is what the service signs into the certificate cache, and what a client accepts."""
+    from server.kms import service
+
+    d = ["--data", str(data)]
+    password = "alice password"
+    pw = _secret_file(tmp_path, "alice-pw", password)
+    assert _run(capsys, *d, "user", "add", "alice", "--uri", "sip:alice@example.org", "--password-file", pw)[0] == 0
+    assert _run(capsys, *d, "trust-domain", str(partner), "--user-domain", "partner.org")[0] == 0
+    app, store = service.load_application(data, None)
+    try:
+        now = time.time()
+        request = KmsRequest(
+            "sip:alice@example.org", KMS_URI, datetime.fromtimestamp(now, UTC), app.config.base_url + "certcache"
+        )
+        reply = app.handle(
+            method="POST",
+            path=service.PREFIX + "certcache",
+            authorization="Basic " + base64.b64encode(f"alice:{password}".encode()).decode(),
+            body=request_to_xml(request),
+            peer="127.0.0.1",
+            now=now,
+        )
+    finally:
+        store.close()
+    assert reply.status == 200, reply.body
+    response = verify_signed_response(reply.body, material.load_certificate(data / "signing-cert.pem"))
+    [certificate] = check_cert_cache(
+        response,
+        expected_kms_uri=KMS_URI,
+        expected_user_uri="sip:alice@example.org",
+        now=datetime.fromtimestamp(now, UTC),
+    )
+    assert (certificate.kms_uri, certificate.role, certificate.kms_domains) == (
+        "kms.partner.org",
+        "External",
+        ("partner.org",),
+    )
+    assert certificate.pub_auth_key == Enrolment.from_json(partner.read_bytes()).certificate.pub_auth_key
+    own = Enrolment.from_json(_run(capsys, *d, "export-enrolment")[1].encode()).certificate.domain()
+    trust = KmsTrust.of(own, [certificate])
+    assert trust.kms_for("sip:x@partner.org").kms_uri == "kms.partner.org"
+    assert trust.kms_for("sip:alice@example.org").kms_uri == KMS_URI
 
 
 def test_status(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

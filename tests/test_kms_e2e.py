@@ -128,6 +128,33 @@ def test_two_users_provision(kms: Kms) -> None:
         assert held.rsk.hex().encode() not in raw and held.ssk.hex().encode() not in raw.lower()
 
 
+def _keys(kms: Kms, user: str) -> subprocess.CompletedProcess[str]:
+    keystore = str(kms.root / f"{user}.keystore")
+    return run("-m", "client.cli", "--keystore", keystore, "--passphrase-file", str(kms.root / "passphrase"), "keys")
+
+
+def test_trusted_domain_reaches_the_client_at_provisioning(kms: Kms) -> None:
+    partner = kms.root / "partner"
+    assert run("-m", "server.kms.cli", "--data", str(partner), "init", "--domain", "partner.org",
+               "--kms-uri", "kms.partner.org").returncode == 0  # fmt: skip
+    enrolment = kms.root / "partner-enrolment.json"
+    out = run("-m", "server.kms.cli", "--data", str(partner), "export-enrolment", "--out", str(enrolment))
+    assert out.returncode == 0, out.stderr
+    out = kms.admin("trust-domain", str(enrolment), "--user-domain", "partner.org")
+    assert out.returncode == 0 and "trusting KMS kms.partner.org for users in partner.org" in out.stdout
+    try:
+        assert provision(kms, "alice").returncode == 0
+        assert "external KMS kms.partner.org for users in partner.org" in _keys(kms, "alice").stdout
+        trust = keystore(kms, "alice").trust()
+        assert trust.kms_for("sip:x@partner.org").kms_uri == "kms.partner.org"
+    finally:
+        assert kms.admin("untrust-domain", "kms.partner.org").returncode == 0
+    assert provision(kms, "alice").returncode == 0
+    out = _keys(kms, "alice")
+    assert "kms.partner.org" not in out.stdout and "no external KMS trusted" in out.stdout
+    assert keystore(kms, "alice").external == {}
+
+
 def test_wrong_password_is_refused(kms: Kms) -> None:
     out = provision(kms, "bob", password="wrong")
     assert out.returncode == 2

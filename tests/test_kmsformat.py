@@ -8,6 +8,7 @@ master secrets and tables cost ~0.5 s) issuing real keys with ``ptt.crypto.kms.d
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -52,6 +53,7 @@ from ptt.kmsformat import (
     Unsigned,
     WrongAddressee,
     certificate_to_xml,
+    check_cert_cache,
     check_init,
     check_key_prov,
     parse_certificate,
@@ -950,6 +952,88 @@ def test_check_init(domain: Domain) -> None:
     for response, options, error in cases:
         with pytest.raises(error):
             check(response, **options)
+
+
+def _partner(name: str, **changes: Any) -> KmsCertificate:
+    """An External KMS certificate (the RFC 6507/6508 example points: valid, of another KMS than ours)."""
+    fields: dict[str, Any] = {
+        "kms_uri": f"kms.{name}",
+        "role": "External",
+        "kms_domains": (name,),
+        "valid_from": datetime(2025, 1, 1, tzinfo=UTC),
+        "valid_to": datetime(2027, 1, 1, tzinfo=UTC),
+    }
+    return _cert(**(fields | changes))
+
+
+def _cache(*certificates: KmsCertificate, **changes: Any) -> KmsResponse:
+    return _response(KmsCertCache(certificates, cache_num=3), **changes)
+
+
+def _check_cache(response: KmsResponse, **options: Any) -> list[KmsCertificate]:
+    kwargs: dict[str, Any] = {"expected_kms_uri": KMS_URI, "expected_user_uri": ALICE, "now": NOW}
+    kwargs.update(options)
+    return check_cert_cache(response, **kwargs)
+
+
+def test_check_cert_cache(domain: Domain, signer: Identity, caplog: pytest.LogCaptureFixture) -> None:
+    partner, third = _partner("partner.org"), _partner("third.net", kms_domains=())
+    caplog.set_level(logging.DEBUG, logger="ptt.kmsformat")
+    # our own (Root) certificate is skipped: the own KMS comes from init and the enrolment, never from the cache
+    assert _check_cache(_cache(domain.certificate, partner, third)) == [partner, third]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert _check_cache(_cache(domain.certificate)) == []
+    assert _check_cache(_cache()) == []
+    # after a trip through signed XML
+    data = sign_response(_cache(third, domain.certificate, partner), signer.key, signer.cert)
+    assert _check_cache(verify_signed_response(data, signer.cert)) == [third, partner]
+    # a second certificate for the same KMS: the first is kept
+    caplog.clear()
+    replaced = replace(partner, kms_domains=("partner.com",))
+    assert _check_cache(_cache(partner, replaced)) == [partner]
+    assert "second certificate of KMS kms.partner.org" in caplog.text
+
+
+def test_check_cert_cache_skips_unusable_certificates(caplog: pytest.LogCaptureFixture) -> None:
+    good = _partner("partner.org")
+    bad_z = good.pub_enc_key[:-1] + bytes([good.pub_enc_key[-1] ^ 1])
+    bad_kpak = good.pub_auth_key[:-1] + bytes([good.pub_auth_key[-1] ^ 1])
+    unusable = {
+        "revoked": _partner("revoked.org", revoked=True),
+        "expired": _partner("expired.org", valid_to=NOW - timedelta(seconds=1)),
+        "not valid before": _partner("future.org", valid_from=NOW + timedelta(days=1)),
+        "not a SAKKE curve point": _partner("bad-z.org", pub_enc_key=bad_z),
+        "not a P-256 point": _partner("bad-kpak.org", pub_auth_key=bad_kpak),
+        "UserIdFormat": _partner("format.org", user_id_format="1"),
+        "ParameterSet": _partner("params.org", parameter_set=2),
+    }
+    caplog.set_level(logging.WARNING, logger="ptt.kmsformat")
+    assert _check_cache(_cache(*unusable.values(), good)) == [good]
+    for reason, certificate in unusable.items():
+        [line] = [r.getMessage() for r in caplog.records if certificate.kms_uri in r.getMessage()]
+        assert reason in line, line
+    # an unusable certificate does not shadow a usable one of the same KMS after it
+    revoked = replace(good, revoked=True)
+    assert _check_cache(_cache(revoked, good)) == [good]
+
+
+def test_check_cert_cache_refuses(domain: Domain) -> None:
+    partner = _partner("partner.org")
+    cases: list[tuple[KmsResponse, dict[str, Any], type[ProvisioningRejected], str]] = [
+        (_response(error=KmsError(403, "not authorised")), {}, KmsErrorResponse, "not authorised"),
+        (_cache(partner, kms_uri="kms.evil"), {}, DomainMismatch, "kms.evil"),
+        (_cache(partner, user_uri=BOB), {}, WrongAddressee, "bob"),
+        (_cache(partner, time=NOW - timedelta(minutes=6)), {}, StaleResponse, "older"),
+        (_cache(partner, time=NOW + timedelta(minutes=6)), {}, StaleResponse, "later"),
+        (_cache(partner), {"not_before": NOW}, StaleResponse, "replayed"),
+        (_response(KmsInit(domain.certificate)), {}, UnexpectedMessage, "KmsCertCache"),
+        (_response(KmsKeyProv(())), {}, UnexpectedMessage, "KmsCertCache"),
+        (_response(), {}, UnexpectedMessage, "KmsCertCache"),
+    ]
+    for response, options, error, message in cases:
+        with pytest.raises(error, match=message):
+            _check_cache(response, **options)
+    assert _check_cache(_cache(partner), not_before=NOW - timedelta(seconds=1)) == [partner]
 
 
 # --- Enrolment ---

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
+import logging
 import os
 import re
 import stat
@@ -28,6 +30,7 @@ from twisted.internet.task import Clock
 import client.keystore as keystore_module
 from client.keystore import KEEP_PAST_PERIODS, Keystore, KeystoreError, StoredKeySet
 from client.provisioning import (
+    CERTCACHE,
     INIT,
     KEYPROV,
     RETRY_MAX,
@@ -36,6 +39,7 @@ from client.provisioning import (
     KmsHttpClient,
     ProvisioningAgent,
     ProvisioningError,
+    accept_cert_cache,
     accept_init,
     accept_key_prov,
 )
@@ -46,6 +50,8 @@ from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import (
     DomainMismatch,
     InvalidKeys,
+    KmsCertificate,
+    KmsError,
     KmsErrorResponse,
     KmsKeyProv,
     KmsKeySet,
@@ -57,7 +63,7 @@ from ptt.kmsformat.model import (
     WrongAddressee,
 )
 from ptt.kmsformat.signing import sign_response, verify_signed_response
-from ptt.kmsformat.xml import request_to_xml
+from ptt.kmsformat.xml import certificate_to_xml, request_to_xml
 from ptt.mikey.errors import WrongRecipient
 from ptt.mikey.imessage import IdentityKeys, ReplayCache, receive_i_message
 from ptt.sealed import seal
@@ -362,6 +368,7 @@ class FakeKms:
         self.hold: list[defer.Deferred[Any]] = []
         self.holding = False
         self.tamper = False
+        self.rewrite: dict[str, Callable[[HttpResult], HttpResult]] = {}  # path -> what the client gets instead
 
     def post(self, path: str, body: bytes) -> defer.Deferred[HttpResult]:
         now = self.clock.seconds()
@@ -374,6 +381,11 @@ class FakeKms:
         result = HttpResult(reply.status, reply.body)
         if self.tamper and path == KEYPROV:
             result = HttpResult(reply.status, _flip_key_character(reply.body, b"UserDecryptKey"))
+        if path in self.rewrite:
+            try:
+                result = self.rewrite[path](result)
+            except Exception as exc:
+                return defer.fail(exc)
         if self.holding:
             d: defer.Deferred[Any] = defer.Deferred()
             self.hold.append(d)
@@ -428,7 +440,7 @@ def test_agent_provisions_and_saves(alice: Client, enrolment: Enrolment) -> None
     assert alice.agent.needs_renewal(NOW)
     provisioned = result_of(alice.agent.provision())
     assert [k.key_period_no for k in provisioned[ALICE]] == [PERIOD_N, PERIOD_N + 1]
-    assert [path for path, _ in alice.kms.calls] == [INIT, KEYPROV]
+    assert [path for path, _ in alice.kms.calls] == [INIT, KEYPROV, CERTCACHE]
     assert alice.keystore.periods(ALICE) == [PERIOD_N, PERIOD_N + 1]
     assert not alice.agent.needs_renewal(NOW)
     assert not alice.agent.needs_renewal(END - 1)
@@ -445,9 +457,9 @@ def test_agent_renews_at_each_period_end(alice: Client) -> None:
     alice.agent.start()
     assert _delays(alice.clock) == [END - NOW + SPREAD_SECONDS]
     alice.clock.advance(END - NOW + SPREAD_SECONDS - 1)
-    assert len(alice.kms.calls) == 2  # not yet
+    assert len(alice.kms.calls) == 3  # not yet
     alice.clock.advance(1)
-    assert len(alice.kms.calls) == 4
+    assert len(alice.kms.calls) == 6
     assert alice.agent.last_error is None
     # N is kept as the one past period
     assert alice.keystore.periods(ALICE) == [PERIOD_N, PERIOD_N + 1, PERIOD_N + 2]
@@ -455,13 +467,13 @@ def test_agent_renews_at_each_period_end(alice: Client) -> None:
     now = alice.clock.seconds()
     assert _delays(alice.clock) == [END + KEY_PERIOD - now + SPREAD_SECONDS]
     alice.clock.advance(KEY_PERIOD)
-    assert len(alice.kms.calls) == 6
+    assert len(alice.kms.calls) == 9
     assert alice.keystore.periods(ALICE) == [PERIOD_N + 1, PERIOD_N + 2, PERIOD_N + 3]  # older dropped
     assert len(alice.clock.getDelayedCalls()) == 1
     alice.agent.stop()
     assert alice.clock.getDelayedCalls() == []
     alice.clock.advance(10 * KEY_PERIOD)
-    assert len(alice.kms.calls) == 6
+    assert len(alice.kms.calls) == 9
 
 
 def test_agent_starts_at_once_when_keys_are_missing(alice: Client) -> None:
@@ -543,7 +555,7 @@ def test_agent_provisions_a_group_it_manages(app: KmsApplication, enrolment: Enr
     provisioned = result_of(gm.agent.provision())
     assert sorted(provisioned) == sorted([GM, GROUP])
     assert gm.keystore.identities() == sorted([GM, GROUP])
-    assert [path for path, _ in gm.kms.calls] == [INIT, KEYPROV, INIT, KEYPROV]
+    assert [path for path, _ in gm.kms.calls] == [INIT, KEYPROV, CERTCACHE, INIT, KEYPROV]  # one cache per run
     assert gm.keystore.periods(GROUP) == [PERIOD_N, PERIOD_N + 1]
 
 
@@ -556,7 +568,7 @@ def test_stop_during_a_renewal_stays_stopped(alice: Client) -> None:
     assert len(alice.kms.hold) == 1
     alice.agent.stop()
     alice.kms.holding = False
-    alice.kms.hold[0].callback(None)  # the init answer arrives after stop(); keyprov follows at once
+    alice.kms.hold[0].callback(None)  # the init answer arrives after stop(); keyprov and certcache follow at once
     assert alice.keystore.periods(ALICE) == [PERIOD_N, PERIOD_N + 1, PERIOD_N + 2]
     assert alice.clock.getDelayedCalls() == []
     # start() works again
@@ -564,6 +576,163 @@ def test_stop_during_a_renewal_stays_stopped(alice: Client) -> None:
     assert len(alice.clock.getDelayedCalls()) == 1
     alice.agent.stop()
     assert alice.clock.getDelayedCalls() == []
+
+
+# --- the certificate cache: External KMSs ---------------------------------------------------------------------
+
+PARTNER_KMS = "kms.partner.org"
+THIRD_KMS = "kms.third.net"
+
+
+def _external(kms_uri: str, master: kms.MasterSecrets, *domains: str) -> KmsCertificate:
+    return replace(
+        domain_certificate(kms_uri, 86400, 0, master.kpak, master.z_public), role="External", kms_domains=domains
+    )
+
+
+@pytest.fixture
+def partner(other_master: kms.MasterSecrets) -> KmsCertificate:
+    return _external(PARTNER_KMS, other_master)  # no KmsDomainList: bound to partner.org, from its URI
+
+
+@pytest.fixture
+def third(other_master: kms.MasterSecrets) -> KmsCertificate:
+    return _external(THIRD_KMS, other_master, "third.net", "ops.third.com")
+
+
+def _trust_at_kms(kms_store: KmsStore, *certificates: KmsCertificate) -> None:
+    for certificate in certificates:
+        kms_store.add_trusted_certificate(certificate.kms_uri, certificate_to_xml(certificate), now=NOW - 100)
+
+
+def test_accept_cert_cache(
+    app: KmsApplication, kms_store: KmsStore, enrolment: Enrolment, partner: KmsCertificate
+) -> None:
+    _trust_at_kms(kms_store, partner)
+    data = kms_reply(app, CERTCACHE, "alice")
+    certificates, when = accept_cert_cache(data, enrolment, ALICE, NOW, None)
+    assert certificates == [partner] and when == datetime.fromtimestamp(NOW, UTC)
+    with pytest.raises(StaleResponse):
+        accept_cert_cache(data, enrolment, ALICE, NOW + 1, when)
+    with pytest.raises(WrongAddressee):
+        accept_cert_cache(data, enrolment, BOB, NOW, None)
+    with pytest.raises(SignatureInvalid):
+        accept_cert_cache(resigned(data, app, signer=_signer("not the KMS")), enrolment, ALICE, NOW, None)
+    with pytest.raises(UnexpectedMessage):
+        accept_cert_cache(kms_reply(app, INIT, "alice"), enrolment, ALICE, NOW, None)
+
+
+def test_agent_fetches_the_cert_cache(
+    alice: Client, kms_store: KmsStore, partner: KmsCertificate, third: KmsCertificate, caplog: pytest.LogCaptureFixture
+) -> None:
+    _trust_at_kms(kms_store, partner, third)
+    caplog.set_level(logging.INFO, logger="ptt.client.provisioning")
+    result_of(alice.agent.provision())
+    assert alice.keystore.external == {PARTNER_KMS: partner, THIRD_KMS: third}
+    trust = Keystore.open(alice.keystore.path, PASSPHRASE).trust()  # saved
+    assert trust.kms_for("sip:x@partner.org").kms_uri == PARTNER_KMS
+    assert trust.kms_for("sip:y@ops.third.com").kms_uri == THIRD_KMS
+    assert trust.kms_for("sip:z@third.com").kms_uri == KMS_URI  # not a domain the third KMS speaks for
+    assert trust.kms_for(ALICE).kms_uri == KMS_URI
+    assert trust.domains[PARTNER_KMS] == partner.domain()
+    assert f"trusting external KMS {PARTNER_KMS} for users in partner.org" in caplog.text
+    assert f"trusting external KMS {THIRD_KMS} for users in third.net, ops.third.com" in caplog.text
+
+
+def _keys_are_fresh(client: Client) -> None:
+    period = ts33180.period_number(client.clock.seconds(), KEY_PERIOD, 0)
+    assert client.keystore.periods(ALICE)[-2:] == [period, period + 1]
+    assert Keystore.open(client.keystore.path, PASSPHRASE).periods(ALICE)[-2:] == [period, period + 1]
+
+
+def test_a_failing_cert_cache_keeps_the_previous_one(
+    app: KmsApplication,
+    alice: Client,
+    kms_store: KmsStore,
+    partner: KmsCertificate,
+    third: KmsCertificate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Keys are provisioned whatever the cache does; a cache that fails any check leaves the last good one."""
+    _trust_at_kms(kms_store, partner)
+    result_of(alice.agent.provision())
+    old_cache = kms_reply(app, CERTCACHE, "alice", now=alice.clock.seconds())  # a genuine one, for a replay later
+    # the KMS now serves another cache: any response that got through would change what the client holds
+    kms_store.remove_trusted_certificate(PARTNER_KMS)
+    _trust_at_kms(kms_store, third)
+
+    def internal_error(result: HttpResult) -> HttpResult:
+        return HttpResult(
+            500, resigned(result.body, app, lambda r: replace(r, message=None, error=KmsError(500, "internal error")))
+        )
+
+    def unreachable(result: HttpResult) -> HttpResult:
+        raise ProvisioningError("cannot reach the KMS at https://127.0.0.1:8443: refused")
+
+    def cut_off(result: HttpResult) -> HttpResult:
+        raise RuntimeError("body cut off")  # what a twisted.web read error looks like to the agent: not ours
+
+    failures: dict[str, tuple[Callable[[HttpResult], HttpResult], str]] = {
+        "HTTP 500": (internal_error, "500 (error): internal error"),
+        "network": (unreachable, "cannot reach the KMS"),
+        "read error": (cut_off, "RuntimeError: body cut off"),
+        "tampered": (lambda r: HttpResult(200, r.body.replace(b"third.net", b"third.org")), "ignature"),
+        "another signer": (lambda r: HttpResult(200, resigned(r.body, app, signer=_signer("mallory"))), "pinned"),
+        "malformed": (lambda r: HttpResult(200, b"<KmsResponse"), "XML"),
+        "for bob": (lambda r: HttpResult(200, resigned(r.body, app, lambda x: replace(x, user_uri=BOB))), BOB),
+        "not a cache": (lambda r: HttpResult(200, kms_reply(app, INIT, "alice", now=NOW + 1)), "no KmsCertCache"),
+        "replayed": (lambda r: HttpResult(200, old_cache), "replayed"),
+    }
+    for name, (rewrite, reason) in failures.items():
+        alice.clock.advance(10)
+        caplog.clear()
+        caplog.set_level(logging.WARNING, logger="ptt.client.provisioning")
+        alice.kms.rewrite[CERTCACHE] = rewrite
+        provisioned = result_of(alice.agent.provision())
+        assert sorted(provisioned) == [ALICE], name
+        _keys_are_fresh(alice)
+        assert alice.keystore.external == {PARTNER_KMS: partner}, name
+        assert Keystore.open(alice.keystore.path, PASSPHRASE).external == {PARTNER_KMS: partner}, name
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "certificate cache not refreshed, keeping the previous one (external KMSs: kms.partner.org)" in warning
+        assert reason in warning, (name, warning)
+    # the KMS answers properly again: the new cache replaces the old one
+    del alice.kms.rewrite[CERTCACHE]
+    alice.clock.advance(10)
+    result_of(alice.agent.provision())
+    assert alice.keystore.external == {THIRD_KMS: third}
+    # and a replay of the older cache, genuine and signed, is refused
+    alice.kms.rewrite[CERTCACHE] = lambda r: HttpResult(200, old_cache)
+    alice.clock.advance(10)
+    caplog.clear()
+    result_of(alice.agent.provision())
+    assert alice.keystore.external == {THIRD_KMS: third}
+    assert "replayed" in caplog.text
+
+
+def test_a_failing_cert_cache_on_the_first_run_leaves_none(
+    alice: Client, kms_store: KmsStore, partner: KmsCertificate
+) -> None:
+    _trust_at_kms(kms_store, partner)
+    alice.kms.rewrite[CERTCACHE] = lambda r: HttpResult(200, b"not xml")
+    result_of(alice.agent.provision())
+    _keys_are_fresh(alice)
+    assert alice.keystore.external == {} and alice.keystore.external_time is None
+    assert alice.keystore.trust().kms_for("sip:x@partner.org").kms_uri == KMS_URI
+
+
+def test_untrusting_at_the_kms_reaches_the_client(alice: Client, kms_store: KmsStore, partner: KmsCertificate) -> None:
+    _trust_at_kms(kms_store, partner)
+    alice.agent.start()
+    alice.clock.advance(0)
+    assert alice.keystore.external == {PARTNER_KMS: partner}
+    kms_store.remove_trusted_certificate(PARTNER_KMS)
+    alice.clock.advance(END - NOW + SPREAD_SECONDS)  # the next renewal fetches the cache again
+    assert alice.keystore.external == {}
+    reopened = Keystore.open(alice.keystore.path, PASSPHRASE)
+    assert reopened.external == {}
+    assert reopened.trust().kms_for("sip:x@partner.org").kms_uri == KMS_URI
+    alice.agent.stop()
 
 
 # --- Keystore ------------------------------------------------------------------------------------------------
@@ -619,6 +788,46 @@ def test_keystore_reopens(app: KmsApplication, enrolment: Enrolment, tmp_path: P
     # the reopened keystore refuses the response it was provisioned with
     with pytest.raises(StaleResponse):
         accept_key_prov(kms_reply(app, KEYPROV, "alice"), enrolment, ALICE, NOW, again.last_response_time(ALICE))
+
+
+def test_keystore_keeps_external_certificates(
+    app: KmsApplication, enrolment: Enrolment, tmp_path: Path, partner: KmsCertificate, third: KmsCertificate
+) -> None:
+    keystore = _provisioned_keystore(app, enrolment, tmp_path / "keystore")
+    when = datetime.fromtimestamp(NOW + 0.5, UTC)
+    keystore.set_external([third, partner], when)
+    keystore.save()
+    again = Keystore.open(keystore.path, PASSPHRASE)
+    assert again.external == {PARTNER_KMS: partner, THIRD_KMS: third}
+    assert again.external_response_time() == when
+    assert again.key_sets == keystore.key_sets
+    trust = again.trust()
+    assert trust.own == enrolment.certificate.domain()
+    assert trust.kms_for("sip:x@partner.org").kms_uri == PARTNER_KMS
+    assert trust.kms_for("sip:x@third.net").kms_uri == THIRD_KMS
+    # replaced, not merged
+    again.set_external([], when)
+    again.save()
+    assert Keystore.open(keystore.path, PASSPHRASE).external == {}
+    with pytest.raises(KeystoreError, match="not enrolled"):
+        Keystore(tmp_path / "other", PASSPHRASE).trust()
+
+
+def test_keystore_written_before_the_cert_cache_opens(enrolment: Enrolment, tmp_path: Path) -> None:
+    """A keystore from before External certificates were kept: the same document without "external"."""
+    document = {"enrolment": enrolment.to_json().decode(), "key_sets": [_stored(ALICE, PERIOD_N).to_json()],
+                "last_response": {ALICE: NOW}}  # fmt: skip
+    path = tmp_path / "keystore"
+    path.write_bytes(seal(json.dumps(document).encode(), PASSPHRASE, label=keystore_module.LABEL, cost=2**10))
+    keystore = Keystore.open(path, PASSPHRASE)
+    assert keystore.external == {} and keystore.external_response_time() is None
+    assert keystore.periods(ALICE) == [PERIOD_N]
+    assert keystore.trust().external == {}
+    # a damaged certificate in the list is a malformed keystore, like any other damage
+    document["external"] = ["<KmsCertificate>"]
+    path.write_bytes(seal(json.dumps(document).encode(), PASSPHRASE, label=keystore_module.LABEL, cost=2**10))
+    with pytest.raises(KeystoreError, match="malformed"):
+        Keystore.open(path, PASSPHRASE)
 
 
 def test_absent_keystore_is_empty(tmp_path: Path) -> None:

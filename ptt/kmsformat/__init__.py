@@ -1,7 +1,8 @@
 """The 3GPP TS 33.180 Annex D KMS interface: message model, XML, XML-DSig, client-side checks, enrolment.
 
 Pure (no sockets, files or clock: time is passed in). ``server.kms`` builds and signs responses with it;
-``client`` verifies (``verify_signed_response``) and checks (``check_init``, ``check_key_prov``) them.
+``client`` verifies (``verify_signed_response``) and checks (``check_init``, ``check_key_prov``,
+``check_cert_cache``) them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from ptt.kmsformat.model import (
     WrongAddressee,
 )
 from ptt.kmsformat.signing import sign_response, verify_signed_response
-from ptt.kmsformat.validation import check_certificate, check_init, check_key_prov, check_key_set
+from ptt.kmsformat.validation import (
+    check_cert_cache,
+    check_certificate,
+    check_init,
+    check_key_prov,
+    check_key_set,
+)
 from ptt.kmsformat.xml import (
     MAX_XML_SIZE,
     certificate_to_xml,
@@ -67,6 +74,7 @@ __all__ = [
     "Unsigned",
     "WrongAddressee",
     "certificate_to_xml",
+    "check_cert_cache",
     "check_certificate",
     "check_init",
     "check_key_prov",

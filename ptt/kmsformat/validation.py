@@ -7,6 +7,7 @@ us, fresh, and that the keys are the right ones). Time is passed in.
 from __future__ import annotations
 
 import hmac
+import logging
 from datetime import datetime, timedelta
 
 from ptt import ts33180
@@ -15,19 +16,30 @@ from ptt.crypto.params import P256, SAKKE_CURVE
 from ptt.kmsformat.model import (
     DomainMismatch,
     InvalidKeys,
+    KmsCertCache,
     KmsCertificate,
     KmsErrorResponse,
     KmsInit,
     KmsKeyProv,
     KmsKeySet,
     KmsResponse,
+    ProvisioningRejected,
     StaleResponse,
     UnexpectedMessage,
     WrongAddressee,
     as_utc,
 )
 
-__all__ = ["DEFAULT_MAX_SKEW", "check_certificate", "check_init", "check_key_prov", "check_key_set"]
+__all__ = [
+    "DEFAULT_MAX_SKEW",
+    "check_cert_cache",
+    "check_certificate",
+    "check_init",
+    "check_key_prov",
+    "check_key_set",
+]
+
+log = logging.getLogger("ptt.kmsformat")
 
 DEFAULT_MAX_SKEW = timedelta(minutes=5)
 
@@ -176,3 +188,48 @@ def check_key_prov(
     for key_set in response.message.key_sets:
         check_key_set(key_set, certificate=certificate, expected_user_uri=expected_user_uri)
     return sorted(response.message.key_sets, key=lambda key_set: key_set.key_period_no)
+
+
+def check_cert_cache(
+    response: KmsResponse,
+    *,
+    expected_kms_uri: str,
+    expected_user_uri: str,
+    now: datetime,
+    not_before: datetime | None = None,
+    max_skew: timedelta = DEFAULT_MAX_SKEW,
+) -> list[KmsCertificate]:
+    """Checks of a KmsCertCache response (Annex D) from the client's own KMS; returns the External KMS
+    certificates usable now, in the cache's order.
+
+    The envelope must pass as for the other responses (else the whole cache is refused). Single certificates are
+    skipped rather than refusing the cache, so that one partner's expired certificate does not cost the client all
+    the others: the own KMS's (its Root certificate comes from init and the enrolment, never from here), one failing
+    ``check_certificate`` (logged with the reason), and a second one for the same KMS URI (the first is kept).
+    """
+    _check_envelope(
+        response,
+        kms_uri=expected_kms_uri,
+        user_uri=expected_user_uri,
+        now=now,
+        not_before=not_before,
+        max_skew=max_skew,
+    )
+    if not isinstance(response.message, KmsCertCache):
+        raise UnexpectedMessage("the response carries no KmsCertCache")
+    usable: dict[str, KmsCertificate] = {}
+    for certificate in response.message.certificates:
+        uri = certificate.kms_uri
+        if uri == expected_kms_uri:
+            log.debug("certificate cache: skipping the own KMS %s", uri)
+            continue
+        if uri in usable:
+            log.warning("certificate cache: a second certificate of KMS %s skipped (the first is kept)", uri)
+            continue
+        try:
+            check_certificate(certificate, now=now)
+        except ProvisioningRejected as exc:
+            log.warning("certificate cache: KMS %s skipped: %s", uri, exc)
+            continue
+        usable[uri] = certificate
+    return list(usable.values())

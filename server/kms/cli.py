@@ -4,7 +4,8 @@
     ptt-kms user add|remove|passwd|disable|enable|list          accounts of users, admins and auditors
     ptt-kms grant NAME URI / revoke NAME URI                    which identities' keys an account may fetch
     ptt-kms export-enrolment [--out FILE]                       what clients need to trust this KMS
-    ptt-kms trust-domain FILE                                   serve another domain's certificate in the cert cache
+    ptt-kms trust-domain FILE [--user-domain D ...]             serve another domain's certificate in the cert cache
+    ptt-kms untrust-domain KMS-URI                              stop serving it
     ptt-kms status                                              domain, key period, counts, recent audit events
     ptt-kms audit export-rsk | log                              compliance access to past keys; the audit log
     ptt-kms serve                                               run the HTTPS service
@@ -19,10 +20,11 @@ import getpass
 import hashlib
 import ipaddress
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ptt.crypto.kms import generate_master_secrets, issue_rsk
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import KmsCertificate, KmsFormatError
+from ptt.kmsformat.trust import user_domains
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 from ptt.ts33180 import DEFAULT_KEY_PERIOD, period_bounds, period_number, uid
 from server.kms.domain import CERTIFICATE_YEARS, certificate_validity, domain_certificate
@@ -413,15 +416,45 @@ def _certificate_from_file(path: str) -> KmsCertificate:
         raise CliError(f"{path} is neither an enrolment file nor a KmsCertificate: {e}") from None
 
 
+# A DNS name: dot-separated labels of letters, digits and inner hyphens (RFC 1123), lower case once normalised.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
+
+
+def _user_domain(text: str) -> str:
+    """A ``--user-domain`` value, lower-cased (a trailing root dot dropped), or a CliError."""
+    domain = text.lower().removesuffix(".")
+    if len(domain) > 253 or not _DOMAIN_RE.match(domain):
+        raise CliError(f"--user-domain {text!r} is not a domain name (letters, digits, hyphens and dots)")
+    return domain
+
+
+def _within(domain: str, parent: str) -> bool:
+    return domain == parent or domain.endswith("." + parent)
+
+
+def _describe_trust(certificate: KmsCertificate) -> str:
+    return f"KMS {certificate.kms_uri} for users in {', '.join(user_domains(certificate))}"
+
+
 def _cmd_trust_domain(args: argparse.Namespace) -> int:
+    given = _unique([_user_domain(d) for d in args.user_domain or []])
     with _open_store(DataDir(Path(args.data))) as store:
-        own = _domain(store).kms_uri
+        domain = _domain(store)
         certificate = _certificate_from_file(args.file)
-        if certificate.kms_uri == own:
-            raise CliError(f"{args.file} is this KMS's own certificate ({own})")
+        if certificate.kms_uri == domain.kms_uri:
+            raise CliError(f"{args.file} is this KMS's own certificate ({domain.kms_uri})")
+        # Role External: the cache vouches for another KMS. Its KmsDomainList names the user domains it speaks for
+        # (ptt.kmsformat.trust); without --user-domain the file's own list stays, or the client derives one.
+        certificate = replace(certificate, role="External", kms_domains=tuple(given or certificate.kms_domains))
+        # Clients let an External KMS speak for these domains instead of us: never for our own users.
+        own = domain.name.lower().removesuffix(".")
+        for bound in user_domains(certificate):
+            if own and _within(own, bound):
+                raise CliError(f"user domain {bound} would hand this domain's own users ({own}) to another KMS")
         # Stored as we serialise it, so the certificate cache only ever serves XML we can parse.
         store.add_trusted_certificate(certificate.kms_uri, certificate_to_xml(certificate), now=clock())
-    print(f"trusting KMS {certificate.kms_uri} (KPAK SHA-256 {_fingerprint(certificate.pub_auth_key)})")
+    print(f"trusting {_describe_trust(certificate)} (KPAK SHA-256 {_fingerprint(certificate.pub_auth_key)})")
     return 0
 
 
@@ -455,7 +488,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"current period  {current}, ends {_utc(end)}")
         print(f"accounts        {len(store.accounts())}, grants {store.grant_count()}")
         trusted = store.trusted_domains()
-        print(f"trusted domains {', '.join(t.kms_uri for t in trusted) if trusted else 'none'}")
+        print("trusted domains" if trusted else "trusted domains none")
+        for t in trusted:
+            try:
+                print(f"  {_describe_trust(parse_certificate(t.certificate_xml))}")
+            except KmsFormatError as exc:  # status must still show the rest
+                print(f"  KMS {t.kms_uri}: unreadable certificate ({exc})")
         events = store.audit_log(args.events)
         print("recent audit events" if events else "no audit events")
         for e in events:
@@ -585,6 +623,13 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export_enrolment)
     trust = sub.add_parser("trust-domain", help="trust another KMS domain (its enrolment JSON or certificate XML)")
     trust.add_argument("file")
+    trust.add_argument(
+        "--user-domain",
+        action="append",
+        metavar="DOMAIN",
+        help="a domain of the users that KMS keys (repeat; default: the certificate's list, else its KMS URI "
+        "without 'kms.')",
+    )
     trust.set_defaults(func=_cmd_trust_domain)
     untrust = sub.add_parser("untrust-domain", help="stop trusting another KMS domain")
     untrust.add_argument("kms_uri")
