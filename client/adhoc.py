@@ -1,5 +1,6 @@
 """The Twisted shell of ad-hoc (off-network) groups: discovery and key delivery sockets, multicast SRTP media and
-off-network floor control. No relay, no KMS: only the keystore's own keys and the cached domain certificate.
+off-network floor control. No relay, no KMS: only the keystore's own keys, the cached domain certificate and the
+certificates of partner KMSs from the last provisioning.
 
 Sockets: the discovery multicast group (signed Hello / Probe / group announcements / Leave, ``ptt.adhoc.engine``),
 one unicast socket (key deliveries and acknowledgements), and per group one socket joined to the group's media
@@ -161,7 +162,7 @@ class AdhocSession:
             uri=self.uri,
             keys_at=lambda t: self.keystore.current_keys(self.uri, t),
             held_keys=lambda: self.keystore.held_keys(self.uri),
-            trusted_kms={self.domain.kms_uri: self.domain},
+            trust=self.keystore.trust(),  # own KMS + the partner KMSs our KMS vouched for at the last provisioning
             unicast_port=self._unicast.getHost().port,
             now=now,
             accept_from=self.accept,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -25,6 +25,7 @@ from ptt.adhoc.engine import (
 from ptt.adhoc.messages import Envelope, GroupInfo, KeyDelivery, seal
 from ptt.crypto import kms
 from ptt.groupkeys import make_group_key
+from ptt.kmsformat.trust import KmsTrust
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, build_i_message
 
 NOW = 1_790_000_000.0
@@ -74,14 +75,23 @@ class Lan:
         self.sent: list[tuple[str, bytes, tuple[str, int]]] = []
         self.drop: Callable[[str, bytes, tuple[str, int]], bool] = lambda sender, data, to: False
 
-    def add(self, uri: str, *, accept: Callable[[str, GroupInfo], bool] | None = None) -> AdhocEngine:
+    def add(
+        self,
+        uri: str,
+        *,
+        accept: Callable[[str, GroupInfo], bool] | None = None,
+        world: World | None = None,
+        trust: KmsTrust | None = None,
+    ) -> AdhocEngine:
+        """An engine for ``uri`` keyed by ``world``'s KMS (default: the LAN's), trusting ``trust`` (default: it)."""
         index = len(self.addresses) + 1 if uri not in self.addresses else int(self.addresses[uri][0].split(".")[-1])
         address = (f"10.0.0.{index}", 5000 + index)
+        own = world or self.world
         engine = AdhocEngine(
             uri=uri,
-            keys_at=lambda t: self.world.keys(uri, t),
-            held_keys=lambda: [self.world.keys(uri, self.now)],
-            trusted_kms={self.world.domain.kms_uri: self.world.domain},
+            keys_at=lambda t: own.keys(uri, t),
+            held_keys=lambda: [own.keys(uri, self.now)],
+            trust=trust or KmsTrust(own.domain),
             unicast_port=address[1],
             now=self.now,
             accept_from=accept,
@@ -403,3 +413,51 @@ def test_commands_refuse_bad_input(world: World) -> None:
     with pytest.raises(AdhocError):
         alice.remove_member(info.uri, ALICE, lan.now)
     assert alice.find("solo").info == info
+
+
+PARTNER_BOB, PARTNER_ERIN = "sip:bob@partner.org", "sip:erin@ops.partner.org"
+
+
+def test_members_of_a_partner_domain_our_kms_vouches_for_are_keyed_both_ways(world: World, other_world: World) -> None:
+    """Alice (example.org) and Bob (partner.org, keyed by kms.partner.org): each trusts the other's KMS for its
+    users' domains only. A group of either manager keys both; SAKKE goes under the member's own KMS."""
+    partner = World(replace(other_world.domain, kms_uri="kms.partner.org"), other_world.master)
+    ours = KmsTrust(world.domain, {"kms.partner.org": (partner.domain, ("partner.org",))})
+    theirs = KmsTrust(partner.domain, {world.domain.kms_uri: (world.domain, ("example.org",))})
+    lan = Lan(world)
+    for uri in (ALICE, CAROL):
+        lan.add(uri, trust=ours)
+    for uri in (PARTNER_BOB, PARTNER_ERIN):
+        lan.add(uri, world=partner, trust=theirs)
+    lan.add(DAVE)  # trusts only example.org: partner users' datagrams are refused, and it is not in the group
+    lan.run(0.1)
+    info = lan.engines[ALICE].create("joint", [PARTNER_BOB, PARTNER_ERIN, CAROL], lan.now)
+    lan.run(1.0)
+    gmk = keyed(lan, ALICE, info.uri)
+    assert gmk is not None and all(keyed(lan, u, info.uri) == gmk for u in (PARTNER_BOB, PARTNER_ERIN, CAROL))
+    assert any("untrusted" in e.reason.lower() or "kms" in e.reason.lower() for e in lan.of(DAVE, Refused))
+    # the partner's member manages a group of its own with Alice in it
+    joint = lan.engines[PARTNER_BOB].create("return", [ALICE], lan.now)
+    lan.run(1.0)
+    assert keyed(lan, ALICE, joint.uri) == keyed(lan, PARTNER_BOB, joint.uri) is not None
+    assert not any(lan.of(u, Refused) for u in (ALICE, CAROL, PARTNER_BOB, PARTNER_ERIN))
+
+
+def test_a_partner_kms_cannot_speak_for_our_users(world: World, other_world: World) -> None:
+    """kms.partner.org can issue keys for any URI; datagrams it vouches for as sip:carol@example.org are refused."""
+    partner = World(replace(other_world.domain, kms_uri="kms.partner.org"), other_world.master)
+    ours = KmsTrust(world.domain, {"kms.partner.org": (partner.domain, ("partner.org",))})
+    lan = Lan(world)
+    lan.add(ALICE, trust=ours)
+    lan.add(BOB, trust=ours)
+    lan.run(0.1)
+    fake_carol = partner.keys(CAROL, lan.now)  # the partner KMS's keys for *our* user
+    key = make_group_key()
+    info = GroupInfo("sip:adhoc.x.000000@example.org", "x", CAROL, 1, "239.255.1.1", 20000, key.gmk_id, (CAROL, BOB))
+    i_message = build_i_message(
+        initiator=fake_carol, responder_uri=BOB, key=key.gmk, key_id=key.gmk_id, now=lan.now, rand=key.rand
+    )
+    lan.engines[BOB].datagram(seal(fake_carol, KeyDelivery(info, i_message), lan.now), ("10.0.0.9", 9), lan.now)
+    (refused,) = lan.engines[BOB].events()
+    assert isinstance(refused, Refused) and "does not speak for" in refused.reason
+    assert keyed(lan, BOB, info.uri) is None

@@ -7,6 +7,7 @@ import json
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,14 +126,17 @@ class FakeNet:
 
 
 class Peers:
-    def __init__(self, world: World, tmp_path: Path, uris: list[str]) -> None:
+    def __init__(
+        self, world: World, tmp_path: Path, uris: list[str], keystores: dict[str, Keystore] | None = None
+    ) -> None:
         self.net = FakeNet()
         self.sessions: dict[str, AdhocSession] = {}
         self.clocks: dict[str, task.Clock] = {}
         for index, uri in enumerate(uris, start=1):
             reactor = self.net.reactor(f"10.0.0.{index}")
             self.clocks[uri] = reactor
-            session = AdhocSession(reactor, keystore_for(world, uri, tmp_path), uri, network=NetworkConfig())
+            keystore = (keystores or {}).get(uri) or keystore_for(world, uri, tmp_path)
+            session = AdhocSession(reactor, keystore, uri, network=NetworkConfig())
             session.start()
             self.sessions[uri] = session
         self.net.flush()
@@ -268,3 +272,40 @@ def test_control_protocol_answers_bad_requests_without_dying(peers: Peers) -> No
     transport.clear()
     protocol.dataReceived(b"x" * (70 * 1024))
     assert b"too long" in transport.value() and transport.disconnecting
+
+
+def test_a_partner_domain_member_is_keyed_and_heard_when_our_kms_vouches_for_its_kms(
+    world: World, tmp_path: Path
+) -> None:
+    """Erin is keyed by kms.partner.org. Alice's and Bob's keystores hold that KMS's certificate (from their KMS's
+    certificate cache), bound to partner.org; Erin's holds ours, bound to example.org. Carol's holds none."""
+    master = kms.generate_master_secrets()
+    partner_cert = KmsCertificate("kms.partner.org", 2592000, 0, master.z_public, master.kpak)
+    _, enrolment_cert = make_self_signed("kms", san_dns=["localhost"], san_ips=["127.0.0.1"])
+    pem = certificate_pem(enrolment_cert)
+    partner: World = (partner_cert.domain(), master, Enrolment("kms.partner.org", "https://127.0.0.1:8443", pem, pem,
+                                                                partner_cert))  # fmt: skip
+    erin = "sip:erin@partner.org"
+    ours = replace(world[2].certificate, role="External", kms_domains=("example.org",))
+    theirs = replace(partner_cert, role="External", kms_domains=("partner.org",))
+    keystores = {uri: keystore_for(world, uri, tmp_path) for uri in (ALICE, BOB, CAROL)}
+    keystores[erin] = keystore_for(partner, erin, tmp_path)
+    for uri in (ALICE, BOB):
+        keystores[uri].set_external([theirs], datetime.fromtimestamp(NOW, UTC))
+    keystores[erin].set_external([ours], datetime.fromtimestamp(NOW, UTC))
+    peers = Peers(world, tmp_path, [ALICE, BOB, CAROL, erin], keystores)
+    alice, bob, carol, partner_erin = (peers.sessions[u] for u in (ALICE, BOB, CAROL, erin))
+    info = alice.create("joint", [BOB, erin])
+    peers.advance(0.5)
+    keys = {s.groups[info.uri].key for s in (alice, bob, partner_erin)}
+    assert len(keys) == 1 and None not in keys
+    assert info.uri not in carol.groups and carol.engine is not None and carol.engine.stats["refused"] > 0
+
+    heard: list[bytes] = []
+    bob.media_listener = lambda group, mki, rtp: heard.append(rtp[12:])
+    partner_erin.request_floor(info.uri)
+    peers.advance(0.3)
+    assert partner_erin.groups[info.uri].floor == "granted" and bob.groups[info.uri].talker == erin
+    partner_erin.send_media(info.uri, b"from the partner", marker=True)
+    peers.advance(0.05)
+    assert heard == [b"from the partner"] and bob.stats["media_bad"] == 0

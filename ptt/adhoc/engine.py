@@ -9,10 +9,13 @@ member's ``KeyAck``, pausing while the member is silent and resuming when it is 
 an older GMK (or none) for a group makes the manager deliver again: that is how a member that lost its state
 (restart, long absence) or joins late gets the key.
 
-Trust (members): a first key for a group is accepted when the manager's domain is trusted and ``accept_from``
-allows the manager; later changes only from a member of the group as last known, with a higher revision (equal
-revisions: the lexicographically smaller manager wins, so a split brain resolves the same way everywhere). The
-I_MESSAGE must verify as signed by that manager and carry the GMK the signed group description names.
+Trust: every signed datagram must come under a KMS we trust (our own, or an External one our KMS vouched for in
+its certificate cache) that speaks for the sender's URI (``ptt.kmsformat.trust``: a partner KMS only for its own
+users' domains); a member of a partner domain is keyed with SAKKE under its own KMS's Z. Members: a first key for
+a group is accepted when the manager's domain is trusted and ``accept_from`` allows the manager; later changes
+only from a member of the group as last known, with a higher revision (equal revisions: the lexicographically
+smaller manager wins, so a split brain resolves the same way everywhere). The I_MESSAGE must verify as signed by
+that manager, under the KMS that vouched for its datagram, and carry the GMK the signed group description names.
 
 Changes: adding a member keeps the GMK (it gets the current one, as on-network); removing one, or one leaving,
 makes a new GMK for the others (the removed member cannot decrypt what follows). When the manager leaves, or is
@@ -26,7 +29,7 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -45,8 +48,9 @@ from ptt.adhoc.messages import (
     seal,
 )
 from ptt.groupkeys import GroupKey, make_group_key
+from ptt.kmsformat.trust import KmsTrust
 from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, build_i_message, receive_i_message
+from ptt.mikey.imessage import IdentityKeys, ReplayCache, build_i_message, receive_i_message
 from ptt.ts33180 import KeyPurpose
 
 log = logging.getLogger("ptt.adhoc")
@@ -198,7 +202,7 @@ class AdhocEngine:
         uri: str,
         keys_at: Callable[[float], IdentityKeys | None],
         held_keys: Callable[[], Sequence[IdentityKeys]],
-        trusted_kms: Mapping[str, KmsDomain],
+        trust: KmsTrust,
         unicast_port: int,
         now: float,
         accept_from: Callable[[str, GroupInfo], bool] | None = None,
@@ -207,7 +211,9 @@ class AdhocEngine:
         self.uri = uri
         self.keys_at = keys_at
         self.held_keys = held_keys
-        self.trusted_kms = dict(trusted_kms)
+        # the own KMS and the External ones our KMS vouches for, each speaking only for its users' domains
+        self.trust = trust
+        self.trusted_kms = trust.domains
         self.unicast_port = unicast_port
         # policy for a first key from a manager of a trusted domain (e.g. only some identities, only a group name)
         self.accept_from = accept_from or (lambda sender, info: True)
@@ -442,6 +448,7 @@ class AdhocEngine:
             delivery.i_message = build_i_message(
                 initiator=keys,
                 responder_uri=delivery.member,
+                responder_domain=self.trust.kms_for(delivery.member),  # a partner domain's member: its KMS's Z
                 key=key.gmk,
                 key_id=key.gmk_id,
                 now=now,
@@ -474,6 +481,10 @@ class AdhocEngine:
             return
         if envelope.sender == self.uri:
             return  # our own multicast, looped back
+        if not self.trust.speaks_for(envelope.sender_kms, envelope.sender):
+            # a trusted partner KMS can issue keys for any URI: it may vouch only for its own users' domains
+            self._refuse(None, f"{envelope.sender} signed under KMS {envelope.sender_kms}, which does not speak for it")
+            return
         self.stats["in"] += 1
         peer = self.peers.get(envelope.sender)
         if peer is not None:
@@ -581,6 +592,10 @@ class AdhocEngine:
             )
         except MikeyError as exc:
             self._refuse(sender, f"GMK for {info.uri} from {sender} refused: {exc}")
+            return
+        if received.initiator_kms != envelope.sender_kms:
+            self._refuse(sender, f"GMK for {info.uri}: I_MESSAGE signed under KMS {received.initiator_kms}, not "
+                         f"{envelope.sender_kms} that speaks for {sender}")  # fmt: skip
             return
         if received.purpose != KeyPurpose.GMK or received.revoked:
             self._refuse(sender, f"{sender} sent a {received.purpose.name} key, not a GMK, for {info.uri}")
