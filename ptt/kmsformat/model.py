@@ -165,7 +165,8 @@ class KmsCertificate:
     parameter_set: int | None = 1
     version: str = "1.1.0"
     role: str = "Root"
-    kms_domains: tuple[str, ...] = ()  # KmsDomainList (D.3.2.2): other KMSs whose users this one serves
+    # KmsDomainList (D.3.2.2); on an External certificate in our cache: the user domains that KMS speaks for
+    kms_domains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_uri("KmsUri", self.kms_uri)
