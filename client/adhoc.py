@@ -85,6 +85,10 @@ class AdhocCall:
     def key(self) -> GroupKey | None:
         return self.keys[-1] if self.keys else None
 
+    @property
+    def name(self) -> str:
+        return self.info.name
+
 
 def _warm_up(keys: IdentityKeys) -> None:
     """Build the fixed-base tables and this RSK's pairing lines now (≈ 0.6 s once per process) rather than when the

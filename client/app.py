@@ -42,7 +42,7 @@ class TalkSession(Protocol):
     event_listener: Callable[[dict[str, Any]], None]
 
     @property
-    def groups(self) -> Mapping[str, Any]: ...  # each with .talker, .floor and .keys
+    def groups(self) -> Mapping[str, Any]: ...  # each with .name, .talker, .floor and .keys
 
     @property
     def connected(self) -> bool: ...
@@ -123,6 +123,7 @@ class Client:
         session = self.session
         state = session.groups.get(self.selected)
         connection = "connected" if session.connected else "reconnecting"
+        label = f"{state.name} ({self.selected})" if state is not None and state.name else self.selected
         talker = (state.talker if state else None) or "-"
         floor = state.floor if state else "-"
         keys = session.keystore.current_keys(session.uri, self.reactor.seconds())
@@ -136,7 +137,7 @@ class Client:
         level = max(0, min(20, int((self.voice.engine.level + 60) / 3)))
         meter = "#" * level + "." * (20 - level)
         return (
-            f"[{connection}] {self.selected} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
+            f"[{connection}] {label} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
             f"| audio {self.voice.engine.status} | {self.message}"
         )
 

@@ -207,8 +207,9 @@ class PttSession:
 
     def on_groups(self, groups: list[dict[str, Any]]) -> None:
         listed = {str(g.get("uri")) for g in groups}
-        for uri in listed:
-            self.groups.setdefault(uri, GroupState(uri))
+        for entry in groups:
+            state = self.groups.setdefault(str(entry.get("uri")), GroupState(str(entry.get("uri"))))
+            state.name = str(entry.get("name") or "")  # the dispatcher's name for it, shown to the user
         for uri in [u for u in self.groups if u not in listed]:
             state = self.groups.pop(uri)  # removed from the group: forget its keys and its socket
             if state.port is not None:

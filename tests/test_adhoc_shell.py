@@ -163,6 +163,7 @@ def test_create_key_talk_and_floor_over_multicast(peers: Peers) -> None:
     alice, bob, carol = (peers.sessions[u] for u in (ALICE, BOB, CAROL))
     info = alice.create("rescue", [BOB, CAROL])
     keyed(peers, info.uri)
+    assert bob.groups[info.uri].name == "rescue"  # what the status line shows
     heard: list[tuple[str, bytes]] = []
     bob.media_listener = lambda group, mki, rtp: heard.append((group, rtp))
     floor_at_bob: list[Subtype] = []

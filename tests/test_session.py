@@ -171,3 +171,19 @@ def test_group_keys_are_opened_off_the_reactor_one_at_a_time_in_order(
     d.errback(RuntimeError("bug in the crypto"))
     assert done[1].called and settled.called and session.stats["imessage_bad"] == 1
     assert [k.gmk_id for k in session.groups[GROUP].keys] == [first.gmk_id]
+
+
+def test_status_line_names_the_group_as_the_dispatcher_named_it(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from client.app import Client
+
+    session = session_for(world, ALICE, tmp_path)
+    session.on_groups([{"uri": GROUP, "name": "Fire crew 2"}, {"uri": "sip:ems@groups.example.org"}])
+    voice: Any = SimpleNamespace(engine=SimpleNamespace(level=-30.0, status="ok"))
+    client = Client(session.reactor, session, voice, [GROUP, "sip:ems@groups.example.org"], quiet=True)
+    assert f"Fire crew 2 ({GROUP}) floor:idle talking:-" in client.status_line()
+    client.selected = "sip:ems@groups.example.org"  # no name given: the URI alone
+    assert "] sip:ems@groups.example.org floor:idle" in client.status_line()
