@@ -90,7 +90,8 @@ class Lan:
         engine = AdhocEngine(
             uri=uri,
             keys_at=lambda t: own.keys(uri, t),
-            held_keys=lambda: [own.keys(uri, self.now)],
+            # like a keystore: the previous, current and next key period (provisioned ahead, not yet pruned)
+            held_keys=lambda: [own.keys(uri, self.now + k * own.domain.key_period) for k in (-1, 0, 1)],
             trust=trust or KmsTrust(own.domain),
             unicast_port=address[1],
             now=self.now,
@@ -461,3 +462,27 @@ def test_a_partner_kms_cannot_speak_for_our_users(world: World, other_world: Wor
     (refused,) = lan.engines[BOB].events()
     assert isinstance(refused, Refused) and "does not speak for" in refused.reason
     assert keyed(lan, BOB, info.uri) is None
+
+
+def test_a_group_carries_on_across_a_key_period_boundary(world: World) -> None:
+    """Keys built and signed in period P and delivered in P+1 still open (members hold both periods' keys); after
+    the boundary the manager signs and encrypts under P+1 (the next period's keys, provisioned ahead)."""
+    from ptt.ts33180 import period_bounds
+
+    period = world.domain.period_number(NOW)
+    _, boundary = period_bounds(period, world.domain.key_period, world.domain.key_period_offset)
+    lan = Lan(world)
+    lan.now = boundary - 0.5
+    for uri in (ALICE, BOB, CAROL):
+        lan.add(uri)
+    lan.run(0.1)
+    info = lan.engines[ALICE].create("midnight", [BOB, CAROL], lan.now)
+    lan.drop = lambda sender, data, to: lan.now < boundary and to != MULTICAST  # first copies lost before midnight
+    lan.run(1.5)
+    gmk = keyed(lan, ALICE, info.uri)
+    assert gmk is not None and keyed(lan, BOB, info.uri) == gmk and keyed(lan, CAROL, info.uri) == gmk
+    assert lan.now > boundary and not any(lan.of(u, Refused) for u in (ALICE, BOB, CAROL))
+    lan.engines[ALICE].remove_member(info.uri, CAROL, lan.now)  # a rekey under the new period's keys
+    lan.run(0.5)
+    assert keyed(lan, BOB, info.uri) == keyed(lan, ALICE, info.uri) not in (None, gmk)
+    assert world.domain.period_number(lan.now) == period + 1
