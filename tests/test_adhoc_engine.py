@@ -471,7 +471,7 @@ def test_a_group_carries_on_across_a_key_period_boundary(world: World) -> None:
 
     period = world.domain.period_number(NOW)
     _, boundary = period_bounds(period, world.domain.key_period, world.domain.key_period_offset)
-    lan = Lan(world)
+    lan = Lan(world, config=AdhocConfig(rekey_each_period=False))  # the GMK of period P must reach them in P+1
     lan.now = boundary - 0.5
     for uri in (ALICE, BOB, CAROL):
         lan.add(uri)
@@ -486,3 +486,27 @@ def test_a_group_carries_on_across_a_key_period_boundary(world: World) -> None:
     lan.run(0.5)
     assert keyed(lan, BOB, info.uri) == keyed(lan, ALICE, info.uri) not in (None, gmk)
     assert world.domain.period_number(lan.now) == period + 1
+
+
+def test_the_manager_rekeys_when_a_new_key_period_begins(world: World) -> None:
+    from ptt.ts33180 import period_bounds
+
+    _, boundary = period_bounds(world.domain.period_number(NOW), world.domain.key_period, 0)
+    lan = Lan(world)
+    lan.now = boundary - 5.0
+    for uri in (ALICE, BOB, CAROL):
+        lan.add(uri)
+    lan.run(0.1)
+    info = lan.engines[ALICE].create("night shift", [BOB, CAROL], lan.now)
+    lan.run(1.0)
+    before = keyed(lan, ALICE, info.uri)
+    assert before is not None and keyed(lan, BOB, info.uri) == keyed(lan, CAROL, info.uri) == before
+    lan.run(3.0)
+    assert keyed(lan, ALICE, info.uri) == before  # same period: no change
+    lan.run(3.0)  # midnight passes: within one tick (≤ a Hello interval) a fresh GMK reaches everyone
+    after = keyed(lan, ALICE, info.uri)
+    assert after not in (None, before) and keyed(lan, BOB, info.uri) == keyed(lan, CAROL, info.uri) == after
+    group = lan.engines[ALICE].groups[info.uri]
+    assert group.info.revision == 2 and group.info.members == info.members
+    lan.run(5.0)
+    assert lan.engines[ALICE].groups[info.uri].info.revision == 2  # once per period, not at every tick

@@ -18,9 +18,10 @@ smaller manager wins, so a split brain resolves the same way everywhere). The I_
 that manager, under the KMS that vouched for its datagram, and carry the GMK the signed group description names.
 
 Changes: adding a member keeps the GMK (it gets the current one, as on-network); removing one, or one leaving,
-makes a new GMK for the others (the removed member cannot decrypt what follows). When the manager leaves, or is
-not heard for ``manager_timeout``, the first member of the list that is alive takes over with a new revision and
-a fresh GMK; the next one waits ``takeover_step`` longer, and so on.
+makes a new GMK for the others (the removed member cannot decrypt what follows); so does a new key period, as
+on-network (a GMK lives at most one key period, if the manager holds the new period's keys). When the manager
+leaves, or is not heard for ``manager_timeout``, the first member of the list that is alive takes over with a new
+revision and a fresh GMK; the next one waits ``takeover_step`` longer, and so on.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class AdhocConfig:
     rebuild_after: float = 120.0  # I_MESSAGEs are accepted within ±300 s: rebuild older ones before re-sending
     builds_per_turn: int = 3  # I_MESSAGEs built (SAKKE + ECCSI, ~3 ms each) per call at one `now`…
     build_spacing: float = 0.01  # …the rest wait this long, so a talking manager's media goes out in between
+    rekey_each_period: bool = True  # a fresh GMK when a new key period begins (as the group server does)
     announce_every: float = 5.0  # a manager repeats its signed group description
     manager_timeout: float = 30.0  # manager not heard for this long: a member takes over
     takeover_step: float = 3.0  # extra wait per rank for the next candidate manager
@@ -346,6 +348,10 @@ class AdhocEngine:
         self._next_hello = now + self.config.hello_every
 
     def _manager_tick(self, group: AdhocGroup, now: float, *, announce: bool = True) -> None:
+        if self.config.rekey_each_period and self._new_period(group, now):
+            log.info("%s: new key period: fresh GMK for %s", self.uri, group.info.uri)
+            self._rekey(group, now, list(group.info.members))
+            return
         missing = []
         for delivery in group.deliveries.values():
             if delivery.acked or now < delivery.next_at:
@@ -371,6 +377,11 @@ class AdhocEngine:
                 group.manager_gone_since = now  # starts the succession clock
         if group.manager_gone_since is not None and now >= group.manager_gone_since + self._takeover_delay(group):
             self._take_over(group, now)
+
+    def _new_period(self, group: AdhocGroup, now: float) -> bool:
+        """Whether the group's GMK was made in an earlier key period and we hold keys to rekey it under this one."""
+        keys = self.keys_at(now)
+        return keys is not None and keys.period_no > keys.domain.period_number(group.created_at)
 
     def _manager_heard(self, group: AdhocGroup) -> float:
         """When we last heard the group's manager (or were keyed, if we never heard it directly)."""
