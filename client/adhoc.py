@@ -40,8 +40,8 @@ from ptt.adhoc.engine import (
 )
 from ptt.adhoc.messages import GroupInfo
 from ptt.crypto import eccsi, sakke
-from ptt.floor.messages import FloorMessage, FloorMessageError, RejectCause, Subtype, parse_rtcp
-from ptt.floor.offnetwork import FloorEvent, FloorEventKind, OffNetworkFloor
+from ptt.floor.messages import FloorMessage, FloorMessageError, QueueInfo, RejectCause, Subtype, parse_rtcp
+from ptt.floor.offnetwork import PENDING_REQUEST, FloorEvent, FloorEventKind, OffNetworkFloor
 from ptt.groupkeys import GroupKey
 from ptt.mikey.imessage import IdentityKeys
 from ptt.rtp import RtpSender
@@ -335,7 +335,8 @@ class AdhocSession:
             call = None
         if call is None:
             ssrc = struct.unpack(">I", os.urandom(4))[0]
-            call = AdhocCall(info, role, ssrc, OffNetworkFloor(self.uri, ssrc, priority=self.priority, now=now))
+            machine = OffNetworkFloor(self.uri, ssrc, priority=self.priority, queueing=True, now=now)
+            call = AdhocCall(info, role, ssrc, machine)
             call.port = self.reactor.listenMulticast(
                 info.media_port, _Datagrams(functools.partial(self._media_datagram, info.uri)), listenMultiple=True
             )
@@ -423,6 +424,17 @@ class AdhocSession:
         elif kind in (FloorEventKind.REVOKED, FloorEventKind.STOP_TALKING):
             call.floor = "revoked"
             message = FloorMessage(Subtype.REVOKE, call.ssrc, reject_cause=RejectCause(event.cause or 2, event.text))
+        elif kind in (FloorEventKind.QUEUED, FloorEventKind.QUEUE_POSITION):
+            # As on-network: the UI shows "queued (position N)" from Floor Queue Position Info.
+            call.floor, call.talker = "queued", event.talker or call.talker
+            info = QueueInfo(event.position or 0, call.machine.priority)
+            message = FloorMessage(Subtype.QUEUE_POSITION_INFO, call.ssrc, queue_info=info, queued_user_id=self.uri)
+        elif kind == FloorEventKind.QUEUE_CANCELLED:
+            # PTT still pressed: the machine asks for the floor again; released: it listens (or the floor is idle).
+            machine = call.machine
+            call.talker = machine.talker
+            call.floor = "requested" if machine.state == PENDING_REQUEST else ("taken" if machine.talker else "idle")
+            self.event_listener({"kind": "queue-cancelled", "group": group, "reason": event.text})
         elif kind == FloorEventKind.STOP_WARNING:
             self.event_listener({"kind": "stop-warning", "group": group})
         elif kind == FloorEventKind.INACTIVE:

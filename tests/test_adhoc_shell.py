@@ -179,12 +179,79 @@ def test_create_key_talk_and_floor_over_multicast(peers: Peers) -> None:
     assert [rtp[12:] for _, rtp in heard] == [b"voice-%d" % n for n in range(10)]
     assert carol.stats["media_in"] == 10 and carol.stats["media_bad"] == 0
 
-    bob.request_floor(info.uri)  # same priority: Alice denies
+    bob.request_floor(info.uri)  # same priority: Alice queues Bob (queueing is on in ad-hoc groups)
     peers.advance(0.3)
-    assert bob.groups[info.uri].floor == "denied" and alice.groups[info.uri].floor == "granted"
-    alice.release_floor(info.uri)
+    assert bob.groups[info.uri].floor == "queued" and alice.groups[info.uri].floor == "granted"
+    assert bob.groups[info.uri].machine.queue_position == 1 and Subtype.QUEUE_POSITION_INFO in floor_at_bob
+    alice.release_floor(info.uri)  # the floor goes to Bob, the first queued
     peers.advance(0.3)
-    assert bob.groups[info.uri].talker is None and carol.groups[info.uri].floor == "idle"
+    assert bob.groups[info.uri].floor == "granted" and Subtype.GRANTED in floor_at_bob
+    assert alice.groups[info.uri].talker == BOB and carol.groups[info.uri].talker == BOB
+    bob.release_floor(info.uri)
+    peers.advance(0.3)
+    assert alice.groups[info.uri].talker is None and carol.groups[info.uri].floor == "idle"
+
+
+def test_queued_member_is_shown_its_position_and_starts_talking_when_granted(peers: Peers) -> None:
+    """Off-network queueing through the terminal UI: "queued (position N)" as on-network, then talking."""
+    from types import SimpleNamespace
+
+    from client.app import Client
+
+    alice, bob, carol = (peers.sessions[u] for u in (ALICE, BOB, CAROL))
+    info = alice.create("rescue", [BOB, CAROL])
+    keyed(peers, info.uri)
+    talking: list[str] = []
+    voice: Any = SimpleNamespace(
+        engine=SimpleNamespace(level=-30.0, status="ok"),
+        start_talking=talking.append,
+        stop_talking=lambda: talking.append("stop"),
+    )
+    ui = Client(peers.clocks[CAROL], carol, voice, [info.uri], quiet=True)
+    alice.request_floor(info.uri)
+    peers.advance(0.3)
+    bob.request_floor(info.uri)
+    peers.advance(0.2)
+    ui.press()  # Carol: queued behind Bob
+    peers.advance(0.2)
+    assert carol.groups[info.uri].floor == "queued" and ui.message == "queued (position 2)"
+    assert "floor:queued" in ui.status_line() and talking == []
+    alice.release_floor(info.uri)  # Bob gets the floor and Alice's queue: Carol is next
+    peers.advance(0.3)
+    assert bob.groups[info.uri].floor == "granted" and bob.groups[info.uri].machine.queue == [
+        (carol.groups[info.uri].ssrc, CAROL)
+    ]
+    assert carol.groups[info.uri].floor == "queued" and ui.message == "queued (position 1)"
+    assert carol.groups[info.uri].talker == BOB
+    bob.release_floor(info.uri)
+    peers.advance(0.3)
+    assert carol.groups[info.uri].floor == "granted" and talking == [info.uri]
+    assert ui.message.startswith("TALKING")
+    assert alice.groups[info.uri].talker == CAROL and bob.groups[info.uri].talker == CAROL
+    ui.press()  # toggle: release
+    peers.advance(0.3)
+    assert talking == [info.uri, "stop"] and alice.groups[info.uri].floor == "idle"
+
+
+def test_queued_member_releasing_leaves_the_queue(peers: Peers) -> None:
+    alice, bob = peers.sessions[ALICE], peers.sessions[BOB]
+    info = alice.create("rescue", [BOB, CAROL])
+    keyed(peers, info.uri)
+    cancelled: list[dict[str, Any]] = []
+    bob.event_listener = cancelled.append
+    alice.request_floor(info.uri)
+    peers.advance(0.3)
+    bob.request_floor(info.uri)
+    peers.advance(0.2)
+    assert bob.groups[info.uri].floor == "queued" and len(alice.groups[info.uri].machine.queue) == 1
+    bob.release_floor(info.uri)
+    peers.advance(0.2)
+    assert alice.groups[info.uri].machine.queue == []
+    assert bob.groups[info.uri].floor == "taken" and bob.groups[info.uri].talker == ALICE
+    assert [e["kind"] for e in cancelled if e.get("kind") == "queue-cancelled"] == ["queue-cancelled"]
+    alice.release_floor(info.uri)  # nobody queued: Floor Release
+    peers.advance(0.2)
+    assert bob.groups[info.uri].floor == "idle"
 
 
 def test_garbage_and_outsiders_are_dropped_and_counted(peers: Peers) -> None:

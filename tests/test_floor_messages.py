@@ -28,6 +28,7 @@ from ptt.floor.messages import (
     FloorIndicator,
     FloorMessage,
     FloorMessageError,
+    QueuedParticipant,
     QueueInfo,
     RejectCause,
     RevokeCause,
@@ -272,6 +273,229 @@ def test_encoding_out_of_range_raises_value_error(change: dict[str, Any], words:
         bytes(replace(base, **change))
 
 
+# --- the off-network queue: Floor Granted with queued participants, Floor Queue Position Request / Info -----------
+
+CAROL, DAVE = "sip:carol@example.org", "sip:dave@example.org"
+QUEUEING = FloorIndicator.NORMAL | FloorIndicator.QUEUEING_SUPPORTED
+GRANTED_WITH_QUEUE = FloorMessage(
+    Subtype.GRANTED,
+    ALICE_SSRC,
+    duration=30,
+    priority=5,
+    user_id=ALICE,
+    granted_party=BOB,
+    ssrc_field=BOB_SSRC,
+    queue_size=2,
+    queued=(
+        QueuedParticipant(0x1003, CAROL, QueueInfo(1, 5)),
+        QueuedParticipant(0x1004, DAVE, QueueInfo(2, 0)),
+    ),
+    floor_indicator=QUEUEING,
+)
+POSITION_INFO = FloorMessage(
+    Subtype.QUEUE_POSITION_INFO,
+    ALICE_SSRC,
+    user_id=ALICE,
+    queued_user_id=CAROL,
+    ssrc_field=0x1003,
+    queue_info=QueueInfo(1, 5),
+    floor_indicator=QUEUEING,
+)
+POSITION_REQUEST = FloorMessage(Subtype.QUEUE_POSITION_REQUEST, 0x1003, user_id=CAROL)
+QUEUE_MESSAGES = [GRANTED_WITH_QUEUE, POSITION_INFO, POSITION_REQUEST]
+
+
+def _field(field_id: int, value: bytes) -> bytes:
+    out = bytes([field_id, len(value)]) + value
+    return out + bytes(-len(out) % 4)
+
+
+def _triple(ssrc: int, user: str, position: int, priority: int) -> bytes:
+    return (
+        _field(FieldId.SSRC, ssrc.to_bytes(4, "big") + b"\0\0")
+        + _field(FieldId.QUEUED_USER_ID, user.encode())
+        + _field(FieldId.QUEUE_INFO, bytes([position, priority]))
+    )
+
+
+def test_floor_granted_with_queued_participants_bytes_and_round_trip() -> None:
+    data = bytes(GRANTED_WITH_QUEUE)
+    # Singles in ascending ID order; the triples as one block, in queue order, right after Queue Size (§8.2.5).
+    body = (
+        _field(FieldId.FLOOR_PRIORITY, b"\x05\x00")
+        + _field(FieldId.DURATION, b"\x00\x1e")
+        + _field(FieldId.GRANTED_PARTY_IDENTITY, BOB.encode())
+        + _field(FieldId.USER_ID, ALICE.encode())
+        + _field(FieldId.QUEUE_SIZE, b"\x00\x02")
+        + _triple(0x1003, CAROL, 1, 5)
+        + _triple(0x1004, DAVE, 2, 0)
+        + _field(FieldId.FLOOR_INDICATOR, b"\x84\x00")
+        + _field(FieldId.SSRC, BOB_SSRC.to_bytes(4, "big") + b"\0\0")
+    )
+    assert data == _packet(0x81, body, ssrc=ALICE_SSRC)
+    parsed = FloorMessage.parse(data)
+    assert parsed == GRANTED_WITH_QUEUE and parsed.ssrc_field == BOB_SSRC  # the last SSRC field: the grantee
+    assert bytes(parsed) == data
+    assert [fid for fid, _ in GRANTED_WITH_QUEUE.fields()] == [0, 1, 4, 6, 7, 14, 9, 3, 14, 9, 3, 13, 14]
+    for message in QUEUE_MESSAGES:
+        assert FloorMessage.parse(bytes(message)) == message and bytes(FloorMessage.parse(bytes(message))) == bytes(
+            message
+        )
+    one = replace(GRANTED_WITH_QUEUE, queue_size=1, queued=GRANTED_WITH_QUEUE.queued[:1])
+    assert FloorMessage.parse(bytes(one)) == one
+
+
+def test_floor_granted_in_the_standards_table_order_parses_the_same() -> None:
+    """Duration, SSRC of the granted participant, Floor Priority, User ID, Queue Size, the triples, Floor Indicator."""
+    body = (
+        _field(FieldId.DURATION, b"\x00\x1e")
+        + _field(FieldId.SSRC, BOB_SSRC.to_bytes(4, "big") + b"\0\0")
+        + _field(FieldId.FLOOR_PRIORITY, b"\x05\x00")
+        + _field(FieldId.USER_ID, ALICE.encode())
+        + _field(FieldId.QUEUE_SIZE, b"\x00\x02")
+        + _triple(0x1003, CAROL, 1, 5)
+        + _triple(0x1004, DAVE, 2, 0)
+        + _field(FieldId.GRANTED_PARTY_IDENTITY, BOB.encode())
+        + _field(FieldId.FLOOR_INDICATOR, b"\x84\x00")
+    )
+    parsed = FloorMessage.parse(_packet(0x81, body, ssrc=ALICE_SSRC))
+    assert parsed == GRANTED_WITH_QUEUE
+    assert bytes(parsed) == bytes(GRANTED_WITH_QUEUE)  # re-encoded canonically
+
+
+def test_repeats_are_only_triples_of_floor_granted() -> None:
+    # In other messages an SSRC field followed by Queued User ID is two single fields (Floor Queue Position Info).
+    body = _field(FieldId.SSRC, (7).to_bytes(4, "big") + b"\0\0") + _field(FieldId.QUEUED_USER_ID, b"x")
+    assert FloorMessage.parse(_packet(0x89, body)) == FloorMessage(
+        Subtype.QUEUE_POSITION_INFO, 1, ssrc_field=7, queued_user_id="x"
+    )
+    with pytest.raises(FloorMessageError, match="SSRC \\(14\\) occurs more than once"):
+        FloorMessage.parse(_packet(0x89, _triple(7, "x", 1, 0) + _triple(8, "y", 2, 0)))
+    # Without triples, Queue Size alone (on-network) takes any value.
+    assert FloorMessage.parse(bytes(REALISTIC[1])).queued == ()
+
+
+_GRANTED_HEAD = _field(FieldId.USER_ID, ALICE.encode())
+MALFORMED_QUEUES = [
+    (
+        _GRANTED_HEAD + _field(7, b"\x00\x01") + _field(14, bytes(6)) + _field(9, b"bob"),
+        "queued participant 1: SSRC and Queued User ID not followed by Queue Info",
+    ),
+    (
+        _GRANTED_HEAD + _field(7, b"\x00\x02") + _triple(7, "x", 1, 0) + _field(14, bytes(6)) + _field(9, b"y"),
+        "queued participant 2: SSRC and Queued User ID not followed by Queue Info",
+    ),
+    (
+        _GRANTED_HEAD + _field(7, b"\x00\x02") + _triple(7, "x", 1, 0) + _field(9, b"y") + _field(3, b"\x02\x00"),
+        "a Queued User ID not preceded by the SSRC of its participant",
+    ),
+    (_GRANTED_HEAD + _field(7, b"\x00\x03") + _triple(7, "x", 1, 0) + _triple(8, "y", 2, 0), "Queue Size 3, but 2"),
+    (_GRANTED_HEAD + _field(7, b"\x00\x00") + _triple(7, "x", 1, 0), "Queue Size 0, but 1"),
+    (_GRANTED_HEAD + _triple(7, "x", 1, 0), "1 queued participant(s) but no single Queue Size"),
+    (_field(7, b"\x00\x01") + _field(14, bytes(4)) + _field(9, b"x") + _field(3, b"\x01\x00"), "SSRC (14): length 4"),
+    (_field(7, b"\x00\x01") + _field(14, bytes(6)) + _field(9, b"\xff") + _field(3, b"\x01\x00"), "QUEUED_USER_ID (9)"),
+    (_field(7, b"\x00\x01") + _field(14, bytes(6)) + _field(9, b"x") + _field(3, b"\x01"), "QUEUE_INFO (3): length 1"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), MALFORMED_QUEUES, ids=[w for _, w in MALFORMED_QUEUES])
+def test_malformed_queued_participants_are_refused(body: bytes, words: str) -> None:
+    with pytest.raises(FloorMessageError) as e:
+        FloorMessage.parse(_packet(0x81, body))
+    assert words in str(e.value)
+    with pytest.raises(FloorMessageError):
+        parse_rtcp(RR + _packet(0x81, body))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"subtype": Subtype.TAKEN}, "carried by Floor Granted only"),
+        ({"queue_size": 3}, "queue size 3 does not match 2"),
+        ({"queue_size": None}, "queue size None does not match 2"),
+        ({"queued_user_id": CAROL}, "cannot both be set"),
+        ({"queued": (QueuedParticipant(1 << 32, "x", QueueInfo(1, 0)),), "queue_size": 1}, "participant 1 SSRC"),
+        ({"queued": (QueuedParticipant(1, "é" * 128, QueueInfo(1, 0)),), "queue_size": 1}, "participant 1 user ID"),
+        ({"queued": (QueuedParticipant(1, "x", QueueInfo(256, 0)),), "queue_size": 1}, "queue position"),
+        ({"queued": ((1, "x", QueueInfo(1, 0)),), "queue_size": 1}, "must be a QueuedParticipant"),
+    ],
+)
+def test_encoding_bad_queued_participants_raises_value_error(change: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        bytes(replace(GRANTED_WITH_QUEUE, **change))
+
+
+@given(
+    st.lists(
+        st.builds(QueuedParticipant, _u32, st.text(max_size=63), st.builds(QueueInfo, _u8, _u8)), min_size=1, max_size=8
+    ),
+    _opt(_u32),
+    _opt(_id_text),
+)
+def test_random_queues_round_trip(queued: list[QueuedParticipant], grantee: int | None, user: str | None) -> None:
+    message = FloorMessage(
+        Subtype.GRANTED, 9, user_id=user, ssrc_field=grantee, queue_size=len(queued), queued=tuple(queued)
+    )
+    data = bytes(message)
+    assert FloorMessage.parse(data) == message and bytes(FloorMessage.parse(data)) == data
+
+
+def test_tshark_decodes_the_queue_messages(tmp_path: Path) -> None:
+    """Our Floor Granted with two queued participants and Floor Queue Position Info / Request: no malformation."""
+    text2pcap = shutil.which("text2pcap")
+    if shutil.which("tshark") is None or text2pcap is None:
+        pytest.skip("tshark/text2pcap not installed (scripts/setup installs them)")
+    (tmp_path / "in.txt").write_text(_hexdump([bytes(m) for m in QUEUE_MESSAGES]))
+    pcap = tmp_path / "queue.pcap"
+    command = [text2pcap, "-q", "-u", "5000,5001", str(tmp_path / "in.txt"), str(pcap)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    names = [
+        "subtype",
+        "field_ids",
+        "field_lengths",
+        "queued_user_id",
+        "ssrc_field",
+        "queue_position",
+        "queue_priority",
+    ]
+    names += ["queue_size", "user_id", "granted_party"]
+    out = _tshark(pcap, "-T", "fields", "-E", "separator=\t", *[a for n in names for a in ("-e", TSHARK_FIELDS[n])])
+    rows = [dict(zip(names, row.split("\t"), strict=True)) for row in out.splitlines()]
+    assert rows[0] == {
+        "subtype": "1",
+        "field_ids": "0,1,4,6,7,14,9,3,14,9,3,13,14",
+        "field_lengths": ",".join(str(len(v)) for _, v in GRANTED_WITH_QUEUE.fields()),
+        "queued_user_id": f"{CAROL},{DAVE}",
+        "ssrc_field": f"{0x1003},{0x1004},{BOB_SSRC}",
+        "queue_position": "1,2",
+        "queue_priority": "5,0",
+        "queue_size": "2",
+        "user_id": ALICE,
+        "granted_party": BOB,
+    }
+    assert rows[1] == {
+        "subtype": "9",
+        "field_ids": "3,6,9,13,14",
+        "field_lengths": "2,21,21,2,6",
+        "queued_user_id": CAROL,
+        "ssrc_field": str(0x1003),
+        "queue_position": "1",
+        "queue_priority": "5",
+        "queue_size": "",
+        "user_id": ALICE,
+        "granted_party": "",
+    }
+    assert (rows[2]["subtype"], rows[2]["field_ids"], rows[2]["user_id"]) == ("8", "6", CAROL)
+    assert _tshark(pcap, "-Y", "_ws.malformed") == ""
+    assert _tshark(pcap, "-Y", "_ws.expert") == ""
+    info = _tshark(pcap, "-T", "fields", "-e", "_ws.col.Info").splitlines()
+    assert [line.split(" - ")[0] for line in info] == [
+        "(MCPT) Floor Granted",
+        "(MCPT) Floor Queue Position Info",
+        "(MCPT) Floor Queue Position Request",
+    ]
+
+
 # --- tshark -----------------------------------------------------------------------------------------------------
 
 TSHARK_FIELDS = {
@@ -498,7 +722,7 @@ def test_is_rtcp_demultiplexes_as_rfc5761(data: bytes, expected: bool) -> None:
 # --- mutation fuzz ----------------------------------------------------------------------------------------------
 
 FUZZ_COUNT = 10_000
-SEEDS = [KNOWN_GOOD, *[bytes(m) for m in TSHARK_MESSAGES]]
+SEEDS = [KNOWN_GOOD, *[bytes(m) for m in TSHARK_MESSAGES], *[bytes(m) for m in QUEUE_MESSAGES]]
 
 
 def _fix_length(data: bytes) -> bytes:

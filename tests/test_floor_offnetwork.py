@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -17,13 +18,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptt.floor.messages import DenyCause, FloorIndicator, FloorMessage, RejectCause, RevokeCause, Subtype
+from ptt.floor.messages import (
+    QUEUE_POSITION_NOT_QUEUED,
+    DenyCause,
+    FloorIndicator,
+    FloorMessage,
+    QueuedParticipant,
+    QueueInfo,
+    RejectCause,
+    RevokeCause,
+    Subtype,
+)
 from ptt.floor.offnetwork import (
     HAS_NO_PERMISSION,
     HAS_PERMISSION,
     MAX_KNOWN_NAMES,
     PENDING_GRANTED,
     PENDING_REQUEST,
+    QUEUED,
     SILENCE,
     START_STOP,
     FloorEvent,
@@ -47,6 +59,8 @@ K = FloorEventKind
 
 
 def floor(who: Member, now: float = 0.0, **kwargs: Any) -> OffNetworkFloor:
+    """A machine without queueing unless ``queueing=True``: the tests up to "queueing" describe the no-queue mode."""
+    kwargs.setdefault("queueing", False)
     return OffNetworkFloor(who.uri, who.ssrc, now=now, **kwargs)
 
 
@@ -766,6 +780,388 @@ def test_invalid_configuration_and_identity() -> None:
         OffNetworkFloor("sip:a@example.org", 1, priority=-1, now=0.0)
 
 
+# -- queueing (TS 24.380 §7, "queueing of floor requests may be supported") -------------------------------------------
+
+DAVE = Member("sip:dave@example.org", 0x1004)
+QUEUEING = int(FloorIndicator.NORMAL | FloorIndicator.QUEUEING_SUPPORTED)
+
+
+def queued_request_from(sender: Member, priority: int = 0, indicator: int = QUEUEING) -> FloorMessage:
+    return msg(Subtype.REQUEST, sender, priority=priority, floor_indicator=indicator)
+
+
+def position_info(arbitrator: Member, to: Member, position: int, priority: int = 0) -> FloorMessage:
+    return msg(
+        Subtype.QUEUE_POSITION_INFO,
+        arbitrator,
+        queued_user_id=to.uri,
+        ssrc_field=to.ssrc,
+        queue_info=QueueInfo(position, priority),
+        floor_indicator=int(FloorIndicator.NORMAL),
+    )
+
+
+def granted(granter: Member, to: Member, queue: Sequence[tuple[Member, int]] = (), priority: int = 0) -> FloorMessage:
+    members = tuple(QueuedParticipant(m.ssrc, m.uri, QueueInfo(n, p)) for n, (m, p) in enumerate(queue, start=1))
+    return msg(
+        Subtype.GRANTED,
+        granter,
+        granted_party=to.uri,
+        ssrc_field=to.ssrc,
+        priority=priority,
+        duration=30,
+        floor_indicator=QUEUEING,
+        queue_size=len(members) if members else None,
+        queued=members,
+    )
+
+
+def arbitrating(who: Member, queue: list[tuple[Member, int]], **kwargs: Any) -> OffNetworkFloor:
+    """A holder (queueing on) that queued these members, in this order of arrival; outputs drained."""
+    f = holding(who, queueing=True, **kwargs)
+    for member, priority in queue:
+        f.receive(queued_request_from(member, priority), 0.5)
+    f.outgoing()
+    f.events()
+    return f
+
+
+def queued_at(who: Member, arbitrator: Member, position: int, **kwargs: Any) -> OffNetworkFloor:
+    """A member (queueing on) listening to ``arbitrator`` that asked for the floor and got queued at ``position``."""
+    f = listening_to(who, arbitrator, queueing=True, **kwargs)
+    f.request(0.2)
+    f.outgoing()
+    f.receive(position_info(arbitrator, who, position), 0.21)
+    assert f.state == QUEUED
+    f.events()
+    return f
+
+
+def test_queueing_request_carries_the_queueing_supported_bit() -> None:
+    f = floor(ALICE, queueing=True)
+    f.request(0.0)
+    [m] = f.outgoing()
+    assert m.floor_indicator == FloorIndicator.NORMAL | FloorIndicator.QUEUEING_SUPPORTED
+    f.release(0.01)
+    f.request(0.02, indicator=int(FloorIndicator.NORMAL | FloorIndicator.EMERGENCY))
+    [m] = [m for m in f.outgoing() if m.subtype == Subtype.REQUEST]
+    assert m.floor_indicator == FloorIndicator.NORMAL | FloorIndicator.EMERGENCY | FloorIndicator.QUEUEING_SUPPORTED
+
+
+def test_holder_queues_a_request_and_answers_with_its_position() -> None:
+    alice = holding(ALICE, priority=5, queueing=True)
+    alice.receive(queued_request_from(BOB, priority=5), 1.0)
+    [info] = alice.outgoing()
+    assert info.subtype == Subtype.QUEUE_POSITION_INFO
+    assert (info.ssrc, info.user_id, info.queued_user_id, info.ssrc_field) == (ALICE.ssrc, ALICE.uri, BOB.uri, BOB.ssrc)
+    assert info.queue_info == QueueInfo(1, 5)
+    assert FloorMessage.parse(bytes(info)) == info
+    assert alice.state == HAS_PERMISSION and alice.queue == [(BOB.ssrc, BOB.uri)] and alice.events() == []
+    alice.receive(queued_request_from(BOB, priority=5), 1.05)  # a retransmission: the same answer, one entry
+    assert alice.outgoing() == [info] and alice.queue == [(BOB.ssrc, BOB.uri)]
+
+
+def test_queue_is_ordered_by_priority_then_arrival() -> None:
+    alice = arbitrating(ALICE, [], priority=9)
+    positions = []
+    for member, priority in [(BOB, 1), (CAROL, 3), (DAVE, 1)]:
+        alice.receive(queued_request_from(member, priority), 1.0)
+        [info] = alice.outgoing()
+        assert info.queue_info is not None
+        positions.append(info.queue_info.position)
+    assert positions == [1, 1, 3]  # Carol overtakes Bob; Dave arrives after Bob at the same priority
+    assert alice.queue == [(CAROL.ssrc, CAROL.uri), (BOB.ssrc, BOB.uri), (DAVE.ssrc, DAVE.uri)]
+
+
+def test_full_queue_denies_with_cause_queue_full() -> None:
+    alice = arbitrating(ALICE, [(BOB, 0), (CAROL, 0)], config=OffNetworkConfig(queue_capacity=2))
+    alice.receive(queued_request_from(DAVE), 1.0)
+    [deny] = alice.outgoing()
+    assert deny.subtype == Subtype.DENY and deny.ssrc_field == DAVE.ssrc
+    assert deny.reject_cause == RejectCause(DenyCause.QUEUE_FULL, "queue full")
+    assert len(alice.queue) == 2
+
+
+def test_request_without_the_queueing_bit_is_denied_as_before() -> None:
+    alice = holding(ALICE, queueing=True)
+    alice.receive(request_from(BOB), 1.0)
+    [deny] = alice.outgoing()
+    assert deny.subtype == Subtype.DENY and deny.reject_cause is not None
+    assert deny.reject_cause.code == DenyCause.ANOTHER_CLIENT_HAS_PERMISSION and alice.queue == []
+    no_queue = holding(CAROL)  # queueing off: even a request that allows queueing is denied
+    no_queue.receive(queued_request_from(BOB), 1.0)
+    assert subtypes(no_queue.outgoing()) == [Subtype.DENY]
+
+
+def test_requester_enters_o_queued_on_floor_queue_position_info() -> None:
+    bob = listening_to(BOB, ALICE, queueing=True)
+    bob.request(1.0)
+    bob.outgoing()
+    bob.receive(position_info(ALICE, CAROL, 1), 1.01)  # for someone else
+    assert bob.state == PENDING_REQUEST
+    bob.receive(position_info(ALICE, BOB, 2), 1.02)
+    assert bob.state == QUEUED and bob.queue_position == 2 and not bob.has_permission
+    [event] = bob.events()
+    assert (event.kind, event.position, event.talker, event.talker_ssrc) == (K.QUEUED, 2, ALICE.uri, ALICE.ssrc)
+    assert bob.next_deadline() == pytest.approx(5.02)  # T201 stopped; T203 (the arbitrator's liveness) runs
+    bob.tick(1.5)
+    assert bob.outgoing() == [] and bob.state == QUEUED
+    bob.request(1.6)  # pressing again changes nothing
+    assert bob.outgoing() == []
+    bob.receive(position_info(ALICE, BOB, 2), 1.7)  # a duplicate: no news
+    assert bob.events() == []
+    bob.media_received(ALICE.ssrc, 3.0)
+    assert bob.next_deadline() == pytest.approx(7.0)
+
+
+def test_queued_member_that_releases_ptt_leaves_the_queue() -> None:
+    bob = queued_at(BOB, ALICE, 1)
+    bob.release(2.0)
+    [cancel] = bob.outgoing()
+    assert (cancel.subtype, cancel.ssrc, cancel.user_id) == (Subtype.RELEASE, BOB.ssrc, BOB.uri)
+    assert bob.state == HAS_NO_PERMISSION and bob.talker == ALICE.uri and bob.queue_position is None
+    [event] = bob.events()
+    assert (event.kind, event.text) == (K.QUEUE_CANCELLED, "PTT released")
+    alice = arbitrating(ALICE, [(BOB, 0), (CAROL, 0)])
+    alice.receive(cancel, 2.01)
+    assert alice.queue == [(CAROL.ssrc, CAROL.uri)] and alice.has_permission and alice.outgoing() == []
+    alice.receive(msg(Subtype.QUEUED_CANCEL, CAROL), 2.02)  # Floor Queued Cancel is accepted too
+    assert alice.queue == [] and alice.has_permission
+
+
+def test_released_member_still_queued_somewhere_cancels_again() -> None:
+    bob = queued_at(BOB, ALICE, 1)
+    bob.release(2.0)
+    bob.outgoing()
+    bob.receive(position_info(ALICE, BOB, 1), 2.1)  # our Floor Release was lost
+    assert subtypes(bob.outgoing()) == [Subtype.RELEASE]
+    bob.receive(granted(ALICE, CAROL, [(BOB, 0)]), 2.2)
+    assert subtypes(bob.outgoing()) == [Subtype.RELEASE]
+    assert bob.state == HAS_NO_PERMISSION and bob.talker == CAROL.uri
+
+
+def test_end_of_burst_grants_the_first_queued_member_with_the_rest_of_the_queue() -> None:
+    alice = arbitrating(ALICE, [(CAROL, 0), (DAVE, 0), (BOB, 2)], priority=9)  # Bob's priority puts him first
+    alice.release(3.0)
+    [grant] = alice.outgoing()
+    assert grant.subtype == Subtype.GRANTED and (grant.granted_party, grant.ssrc_field) == (BOB.uri, BOB.ssrc)
+    assert grant.queue_size == 2
+    assert grant.queued == (
+        QueuedParticipant(CAROL.ssrc, CAROL.uri, QueueInfo(1, 0)),
+        QueuedParticipant(DAVE.ssrc, DAVE.uri, QueueInfo(2, 0)),
+    )
+    assert FloorMessage.parse(bytes(grant)) == grant
+    assert alice.state == PENDING_GRANTED and alice.talker == BOB.uri
+    [event] = alice.events()
+    assert (event.kind, event.talker) == (K.TAKEN, BOB.uri)
+    # Bob (queued first) takes the floor and the queue; Carol and Dave move up.
+    bob = queued_at(BOB, ALICE, 1)
+    bob.receive(grant, 3.01)
+    assert bob.has_permission and bob.queue == [(CAROL.ssrc, CAROL.uri), (DAVE.ssrc, DAVE.uri)]
+    [event] = bob.events()
+    assert (event.kind, event.text) == (K.GRANTED, "granted from the queue")
+    assert subtypes(bob.outgoing()) == [Subtype.TAKEN]
+    dave = queued_at(DAVE, ALICE, 3)
+    dave.receive(grant, 3.01)
+    assert (dave.state, dave.queue_position, dave.talker) == (QUEUED, 2, BOB.uri)
+    [talker, event] = dave.events()
+    assert (talker.kind, talker.talker) == (K.TAKEN, BOB.uri)
+    assert (event.kind, event.position, event.talker) == (K.QUEUE_POSITION, 2, BOB.uri)
+    assert dave.outgoing() == []
+    dave.receive(taken(BOB), 3.02)  # the grantee announces itself: the talker we expected
+    assert dave.state == QUEUED and dave.outgoing() == [] and dave.events() == []
+    # Alice hears Bob take over; Bob's later release goes to Carol, with Dave still queued.
+    alice.receive(taken(BOB), 3.02)
+    assert alice.state == HAS_NO_PERMISSION and alice.queue == []
+    bob.release(5.0)
+    [grant] = bob.outgoing()
+    assert (grant.ssrc_field, grant.queued) == (CAROL.ssrc, (QueuedParticipant(DAVE.ssrc, DAVE.uri, QueueInfo(1, 0)),))
+    dave.receive(grant, 5.01)
+    assert (dave.queue_position, dave.talker) == (1, CAROL.uri)
+
+
+def test_t207_hands_the_floor_to_the_queue() -> None:
+    alice = arbitrating(ALICE, [(BOB, 0)])
+    while alice.has_permission:
+        expire(alice)
+    assert kinds(alice.events()) == [K.STOP_WARNING, K.STOP_TALKING, K.TAKEN]
+    [grant] = alice.outgoing()
+    assert grant.subtype == Subtype.GRANTED and grant.ssrc_field == BOB.ssrc and grant.queued == ()
+    assert alice.state == PENDING_GRANTED
+
+
+def test_next_in_queue_when_the_grantee_does_not_take_the_floor() -> None:
+    alice = arbitrating(ALICE, [(BOB, 0), (CAROL, 0), (DAVE, 0)])
+    alice.release(3.0)
+    alice.outgoing()
+    alice.events()
+    for _ in range(3):
+        expire(alice)
+    assert [m.ssrc_field for m in alice.outgoing()] == [BOB.ssrc] * 3
+    assert expire(alice) == pytest.approx(3.32)  # T205 x C205: Bob never started
+    [grant] = alice.outgoing()
+    assert grant.ssrc_field == CAROL.ssrc and [m.ssrc for m in grant.queued] == [DAVE.ssrc]
+    assert alice.state == PENDING_GRANTED and kinds(alice.events()) == [K.TAKEN]
+    alice.receive(msg(Subtype.RELEASE, CAROL), 3.4)  # Carol declines at once
+    [grant] = alice.outgoing()
+    assert grant.ssrc_field == DAVE.ssrc and grant.queued == () and grant.queue_size is None
+    for _ in range(4):
+        expire(alice)
+    assert alice.state == SILENCE and alice.queue == [] and K.IDLE in kinds(alice.events())
+
+
+def test_pre_emption_is_still_immediate_and_carries_the_queue() -> None:
+    alice = arbitrating(ALICE, [(BOB, 0), (CAROL, 0)], priority=5)
+    emergency = int(FloorIndicator.NORMAL | FloorIndicator.EMERGENCY | FloorIndicator.QUEUEING_SUPPORTED)
+    alice.receive(queued_request_from(DAVE, 1, emergency), 1.0)
+    [grant] = alice.outgoing()
+    assert grant.subtype == Subtype.GRANTED and grant.ssrc_field == DAVE.ssrc
+    assert [m.ssrc for m in grant.queued] == [BOB.ssrc, CAROL.ssrc]
+    [event] = alice.events()
+    assert (event.kind, event.cause) == (K.REVOKED, RevokeCause.PRE_EMPTED)
+    bob = floor(BOB, queueing=True, priority=9)
+    bob.receive(taken(ALICE, 5), 0.0)
+    bob.request(0.1)
+    bob.receive(position_info(ALICE, BOB, 1), 0.11)
+    bob.request(0.2, priority=9)  # already queued: pressing again changes nothing
+    alice2 = arbitrating(ALICE, [(BOB, 0)], priority=5)
+    alice2.receive(queued_request_from(BOB, 9), 1.0)  # a queued member asking again with a pre-empting priority
+    [grant] = alice2.outgoing()
+    assert grant.subtype == Subtype.GRANTED and grant.ssrc_field == BOB.ssrc and grant.queued == ()
+
+
+def test_requests_while_handing_over_are_queued_and_the_grant_carries_them() -> None:
+    alice = arbitrating(ALICE, [(BOB, 0)])
+    alice.release(3.0)
+    [first] = alice.outgoing()
+    alice.receive(queued_request_from(CAROL), 3.01)
+    [info] = alice.outgoing()
+    assert info.subtype == Subtype.QUEUE_POSITION_INFO and info.queue_info == QueueInfo(1, 0)
+    alice.receive(queued_request_from(BOB), 3.02)  # the grantee has not heard the grant yet: grant again
+    [again] = alice.outgoing()
+    assert again.ssrc_field == BOB.ssrc and [m.ssrc for m in again.queued] == [CAROL.ssrc]
+    expire(alice)
+    assert alice.outgoing() == [again]
+    # Bob took the floor from the first Floor Granted; the retransmission adds Carol to his queue.
+    bob = queued_at(BOB, ALICE, 1)
+    bob.receive(first, 3.01)
+    assert bob.queue == []
+    bob.receive(again, 3.09)
+    assert bob.queue == [(CAROL.ssrc, CAROL.uri)] and subtypes(bob.outgoing()) == [Subtype.TAKEN, Subtype.TAKEN]
+
+
+def test_queue_position_request_and_t204() -> None:
+    bob = queued_at(BOB, ALICE, 2)
+    bob.ask_queue_position(1.0)
+    [ask] = bob.outgoing()
+    assert (ask.subtype, ask.ssrc, ask.user_id) == (Subtype.QUEUE_POSITION_REQUEST, BOB.ssrc, BOB.uri)
+    assert bob.next_deadline() == pytest.approx(1.08)
+    alice = arbitrating(ALICE, [(CAROL, 0), (BOB, 0)])
+    alice.receive(ask, 1.01)
+    [answer] = alice.outgoing()
+    assert answer.queue_info == QueueInfo(2, 0) and answer.ssrc_field == BOB.ssrc
+    bob.receive(answer, 1.02)
+    [event] = bob.events()
+    assert (event.kind, event.position) == (K.QUEUE_POSITION, 2)  # answered, even if unchanged
+    bob.tick(1.2)
+    assert bob.outgoing() == []  # T204 stopped by the answer
+    bob.ask_queue_position(2.0)
+    bob.outgoing()
+    assert expire(bob) == pytest.approx(2.08)
+    assert expire(bob) == pytest.approx(2.16)
+    assert subtypes(bob.outgoing()) == [Subtype.QUEUE_POSITION_REQUEST] * 2  # C204 = 3 in all
+    assert expire(bob) == pytest.approx(2.24)  # no answer: our place is lost, ask for the floor again
+    assert bob.state == PENDING_REQUEST and subtypes(bob.outgoing()) == [Subtype.REQUEST]
+    [event] = bob.events()
+    assert (event.kind, event.text) == (K.QUEUE_CANCELLED, "no answer from the talker")
+
+
+def test_arbitrator_that_does_not_hold_us_answers_not_queued_and_we_request_again() -> None:
+    alice = holding(ALICE, queueing=True)
+    alice.receive(msg(Subtype.QUEUE_POSITION_REQUEST, BOB), 1.0)
+    [answer] = alice.outgoing()
+    assert answer.queue_info == QueueInfo(QUEUE_POSITION_NOT_QUEUED, 0) and answer.ssrc_field == BOB.ssrc
+    bob = queued_at(BOB, ALICE, 1)
+    bob.ask_queue_position(1.0)
+    bob.outgoing()
+    bob.receive(answer, 1.01)
+    assert bob.state == PENDING_REQUEST and subtypes(bob.outgoing()) == [Subtype.REQUEST]
+    assert kinds(bob.events()) == [K.QUEUE_CANCELLED]
+    alice.receive(queued_request_from(BOB), 1.02)
+    bob.receive(alice.outgoing()[0], 1.03)
+    assert bob.state == QUEUED and kinds(bob.events()) == [K.QUEUED]
+
+
+def test_queued_member_asks_a_new_talker_for_its_place() -> None:
+    bob = queued_at(BOB, ALICE, 1)
+    bob.receive(taken(CAROL, priority=0), 1.0)  # Carol (outranking Alice by SSRC) holds the floor now
+    assert bob.talker == CAROL.uri and bob.state == QUEUED
+    assert subtypes(bob.outgoing()) == [Subtype.QUEUE_POSITION_REQUEST]
+    dave = queued_at(DAVE, ALICE, 1)
+    dave.media_received(ALICE.ssrc, 0.3)
+    dave.media_received(CAROL.ssrc, 1.0)  # Alice's media stopped long ago: Carol talks
+    assert dave.talker_ssrc == CAROL.ssrc and subtypes(dave.outgoing()) == [Subtype.QUEUE_POSITION_REQUEST]
+
+
+def test_floor_granted_to_another_that_does_not_list_us_makes_us_request_again() -> None:
+    bob = queued_at(BOB, ALICE, 2)
+    bob.receive(granted(ALICE, CAROL, [(DAVE, 0)]), 1.0)
+    assert (bob.state, bob.talker) == (PENDING_REQUEST, CAROL.uri)
+    assert kinds(bob.events()) == [K.TAKEN, K.QUEUE_CANCELLED]
+    assert subtypes(bob.outgoing()) == [Subtype.REQUEST]
+
+
+def test_queued_member_denied_after_all() -> None:
+    bob = queued_at(BOB, ALICE, 1)
+    bob.receive(msg(Subtype.DENY, ALICE, reject_cause=RejectCause(1), ssrc_field=BOB.ssrc), 1.0)
+    assert bob.state == HAS_NO_PERMISSION and kinds(bob.events()) == [K.DENIED]
+
+
+def test_floor_release_by_the_talker_while_queued_makes_us_compete() -> None:
+    bob = queued_at(BOB, ALICE, 1)
+    bob.receive(msg(Subtype.RELEASE, ALICE), 1.0)
+    assert bob.state == PENDING_REQUEST and bob.talker is None
+    assert kinds(bob.events()) == [K.IDLE, K.QUEUE_CANCELLED]
+    assert subtypes(bob.outgoing()) == [Subtype.REQUEST]
+    for _ in range(3):
+        expire(bob)
+    assert bob.has_permission
+
+
+def test_arbitrator_gone_while_queued_we_take_the_silent_floor() -> None:
+    bob = queued_at(BOB, ALICE, 1)
+    bob.media_received(ALICE.ssrc, 1.0)
+    assert expire(bob) == pytest.approx(5.0)  # T203: no media or floor message from Alice for 4 s
+    assert bob.state == PENDING_REQUEST and bob.talker is None
+    [idle, cancelled] = bob.events()
+    assert (idle.kind, cancelled.kind, cancelled.text) == (K.IDLE, K.QUEUE_CANCELLED, "the talker went silent")
+    assert subtypes(bob.outgoing()) == [Subtype.REQUEST]
+    for _ in range(3):
+        expire(bob)
+    assert bob.has_permission and kinds(bob.events()) == [K.GRANTED]
+    released = queued_at(CAROL, ALICE, 1)
+    released.release(1.0)
+    expire(released)  # a member that released is not brought back by T203
+    assert released.state == SILENCE and subtypes(released.outgoing()) == [Subtype.RELEASE]
+
+
+def test_holder_hearing_another_arbitrators_position_info_reasserts() -> None:
+    alice = holding(ALICE, queueing=True)
+    alice.receive(position_info(BOB, CAROL, 1), 1.0)
+    assert subtypes(alice.outgoing()) == [Subtype.TAKEN] and alice.has_permission
+
+
+def test_queue_messages_in_odd_states_never_raise() -> None:
+    for f in (floor(BOB, queueing=True), holding(BOB, queueing=True), listening_to(BOB, ALICE, queueing=True)):
+        f.receive(FloorMessage(Subtype.QUEUE_POSITION_INFO, ALICE.ssrc), 1.0)
+        f.receive(FloorMessage(Subtype.QUEUE_POSITION_INFO, ALICE.ssrc, ssrc_field=BOB.ssrc), 1.0)
+        f.receive(FloorMessage(Subtype.QUEUE_POSITION_REQUEST, 0xDEAD), 1.0)
+        f.receive(FloorMessage(Subtype.QUEUED_CANCEL, 0xDEAD), 1.0)
+        f.receive(granted(ALICE, CAROL, [(DAVE, 0), (BOB, 0)]), 1.1)
+        f.ask_queue_position(1.2)
+        f.tick(20.0)
+
+
 # -- the multicast network simulator ----------------------------------------------------------------------------------
 
 MEDIA_INTERVAL = 0.02
@@ -846,10 +1242,7 @@ class Net:
                     self.floors[dst].media_received(payload, self.now)
             elif what == "action":
                 _, i, action = self.actions.pop(0)
-                if action == "press":
-                    self.floors[i].request(self.now)
-                else:
-                    self.floors[i].release(self.now)
+                self._act(i, action)
             elif what == "timer":
                 self.floors[index - 2].tick(self.now)
             else:
@@ -857,6 +1250,12 @@ class Net:
                 self._multicast(i, "media", self.floors[i].own_ssrc)
                 self.next_media[i] = self.now + MEDIA_INTERVAL
             self._flush()
+
+    def _act(self, i: int, action: str) -> None:
+        if action == "press":
+            self.floors[i].request(self.now)
+        else:
+            self.floors[i].release(self.now)
 
     def _advance(self, t: float) -> None:
         if sum(f.has_permission for f in self.floors) > 1:
@@ -869,7 +1268,8 @@ class Net:
         [holder] = holders
         for f in self.floors:
             if f is not holder:
-                assert (f.state, f.talker_ssrc) == (HAS_NO_PERMISSION, holder.own_ssrc), (f.own_uri, f.state)
+                assert f.state in (HAS_NO_PERMISSION, QUEUED), (f.own_uri, f.state)  # queued: still pressing
+                assert f.talker_ssrc == holder.own_ssrc, (f.own_uri, f.state)
         return holder
 
     def assert_idle(self) -> None:
@@ -877,12 +1277,21 @@ class Net:
 
 
 def make_net(
-    n: int, delays: list[float], jitter: float, loss: float, seed: int, priorities: list[int] | None = None
+    n: int,
+    delays: list[float],
+    jitter: float,
+    loss: float,
+    seed: int,
+    priorities: list[int] | None = None,
+    *,
+    queueing: bool = False,
 ) -> Net:
     rng = random.Random(seed)
     ssrcs = rng.sample(range(1, 1 << 32), n)
     floors = [
-        OffNetworkFloor(f"sip:m{i}@example.org", ssrcs[i], priority=(priorities or [0] * n)[i], now=0.0)
+        OffNetworkFloor(
+            f"sip:m{i}@example.org", ssrcs[i], priority=(priorities or [0] * n)[i], queueing=queueing, now=0.0
+        )
         for i in range(n)
     ]
     delay = [[delays[(i * n + j) % len(delays)] for j in range(n)] for i in range(n)]
@@ -1013,27 +1422,30 @@ def contention_rounds(net: Net, rounds: list[tuple[float, dict[int, float]]]) ->
     jitter=st.floats(0.0, 0.02),
     loss=st.floats(0.0, 0.25),
     seed=st.integers(0, 2**32 - 1),
+    queueing=st.booleans(),
     data=st.data(),
 )
 def test_rounds_of_contention_release_and_silence(
-    n: int, delays: list[float], jitter: float, loss: float, seed: int, data: st.DataObject
+    n: int, delays: list[float], jitter: float, loss: float, seed: int, queueing: bool, data: st.DataObject
 ) -> None:
     priorities = data.draw(st.lists(st.sampled_from([0, 0, 5]), min_size=n, max_size=n))
     presses = st.dictionaries(st.integers(0, n - 1), st.floats(0.0, 0.05), min_size=1)
     rounds = data.draw(st.lists(st.tuples(st.sampled_from([0.0, 0.0, 0.13]), presses), min_size=1, max_size=3))
-    contention_rounds(make_net(n, delays, jitter, loss, seed, priorities), rounds)
+    contention_rounds(make_net(n, delays, jitter, loss, seed, priorities, queueing=queueing), rounds)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("queueing", [False, True], ids=["no-queue", "queueing"])
 @pytest.mark.parametrize(("max_delay", "max_loss"), [(0.06, 0.25), (0.06, 0.45), (0.15, 0.25)])
-def test_soak_contention_rounds(max_delay: float, max_loss: float) -> None:
+def test_soak_contention_rounds(max_delay: float, max_loss: float, queueing: bool) -> None:
     """Seeded soak (``pytest -m slow``): 1500 networks of three rounds each, up to 45 % loss or 150 ms delay."""
     for seed in range(1500):
         rng = random.Random(seed)
         n = rng.randint(2, 5)
         delays = [rng.uniform(0.0, max_delay) for _ in range(rng.randint(1, 25))]
         priorities = [rng.choice([0, 0, 5]) for _ in range(n)]
-        net = make_net(n, delays, rng.uniform(0.0, 0.02), rng.uniform(0.0, max_loss), seed, priorities)
+        loss = rng.uniform(0.0, max_loss)
+        net = make_net(n, delays, rng.uniform(0.0, 0.02), loss, seed, priorities, queueing=queueing)
         rounds = [
             (
                 rng.choice([0.0, 0.0, 0.13, 0.3]),
@@ -1042,3 +1454,140 @@ def test_soak_contention_rounds(max_delay: float, max_loss: float) -> None:
             for _ in range(3)
         ]
         contention_rounds(net, rounds)
+
+
+# -- the simulator with queueing: users who keep PTT pressed -----------------------------------------------------------
+
+WAITING = (SILENCE, START_STOP, HAS_NO_PERMISSION)
+
+
+@dataclass
+class Crowd(Net):
+    """A ``Net`` of members with queueing whose users keep PTT pressed until they have talked ``talk`` seconds.
+
+    A user whose machine ends up waiting without a request (denied, revoked, lost a collision) presses again
+    ``retry`` seconds later, as someone holding the PTT button would; a user whose floor is taken away before the
+    end of its talk wants the rest of it again. ``turns`` records who started talking when.
+    """
+
+    talk: float = 1.0
+    retry: float = 0.3
+    wants: set[int] = field(default_factory=set)
+    talked: dict[int, float] = field(default_factory=dict)
+    since: dict[int, float] = field(default_factory=dict)
+    retrying: set[int] = field(default_factory=set)
+    turns: list[tuple[float, int]] = field(default_factory=list)
+
+    def _act(self, i: int, action: str) -> None:
+        f = self.floors[i]
+        if action == "press":
+            self.wants.add(i)
+            f.request(self.now)
+        elif action == "retry":
+            self.retrying.discard(i)
+            if i in self.wants and f.state in WAITING:
+                f.request(self.now)
+        elif action == f"done@{self.since.get(i)!r}" and f.has_permission:
+            f.release(self.now)
+            self.wants.discard(i)
+            self.talked[i] = self.now
+
+    def _flush(self) -> None:
+        super()._flush()
+        for i, f in enumerate(self.floors):
+            if f.has_permission and i not in self.since:
+                self.since[i] = self.now
+                self.turns.append((self.now, i))
+                self.at(self.now + self.talk, i, f"done@{self.now!r}")
+            elif not f.has_permission:
+                self.since.pop(i, None)
+            if i in self.wants and f.state in WAITING and i not in self.retrying:
+                self.retrying.add(i)
+                self.at(self.now + self.retry, i, "retry")
+
+
+def make_crowd(
+    n: int, delays: list[float], jitter: float, loss: float, seed: int, priorities: list[int] | None = None
+) -> Crowd:
+    net = make_net(n, delays, jitter, loss, seed, priorities, queueing=True)
+    return Crowd(net.floors, net.delay, net.jitter, net.loss, net.rng)
+
+
+def test_queue_serves_everyone_in_priority_then_arrival_order_over_a_clean_network() -> None:
+    net = make_crowd(5, [0.01, 0.02], 0.0, 0.0, seed=11, priorities=[5, 0, 0, 3, 0])
+    net.talk = 2.0
+    net.at(0.0, 0, "press")
+    for i, t in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8)):
+        net.at(t, i, "press")
+    net.run(1.0)
+    holder = net.floors[0]
+    assert holder.has_permission
+    assert [ssrc for ssrc, _ in holder.queue] == [net.floors[i].own_ssrc for i in (3, 1, 2, 4)]
+    # As each was told when queued: member 3 overtook 1 and 2, who learn it at the next hand-over.
+    assert [net.floors[i].queue_position for i in (1, 2, 3, 4)] == [1, 2, 1, 4]
+    net.run(20.0)
+    assert [i for _, i in net.turns] == [0, 3, 1, 2, 4]
+    assert set(net.talked) == {0, 1, 2, 3, 4} and net.double_talk == 0.0
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(net.turns)]
+    assert all(1.99 < gap < 2.1 for gap in gaps), gaps  # each hand-over takes one network delay, not a T203
+    net.run(30.0)
+    net.assert_idle()
+
+
+def test_grantee_that_vanished_is_skipped() -> None:
+    net = make_crowd(3, [0.01], 0.0, 0.0, seed=12)
+    net.talk = 1.0
+    net.at(0.0, 0, "press")
+    net.at(0.3, 1, "press")
+    net.at(0.4, 2, "press")
+    net.run(0.6)
+    assert [f.state for f in net.floors] == [HAS_PERMISSION, QUEUED, QUEUED]
+    net.delay[0][1] = net.delay[2][1] = 100.0  # member 1 goes out of range: it never hears its Floor Granted
+    net.run(10.0)
+    assert net.talked.keys() >= {0, 2} and [i for _, i in net.turns][:2] == [0, 2]
+    assert net.double_talk == 0.0
+
+
+def queue_rounds(net: Crowd, presses: dict[int, float], horizon: float) -> None:
+    for i, t in presses.items():
+        net.at(t, i, "press")
+    net.run(horizon)
+    assert set(net.talked) == set(presses), (net.talked, presses, [f.state for f in net.floors])
+    net.run(horizon + 10.0)  # longer than T203 for listeners that missed the last Floor Release
+    net.assert_idle()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 5),
+    delays=delays_st,
+    jitter=st.floats(0.0, 0.02),
+    loss=st.floats(0.0, 0.25),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_with_queueing_everyone_holding_ptt_talks_and_never_two_at_once(
+    n: int, delays: list[float], jitter: float, loss: float, seed: int, data: st.DataObject
+) -> None:
+    priorities = data.draw(st.lists(st.sampled_from([0, 0, 0, 5]), min_size=n, max_size=n))
+    presses = data.draw(st.dictionaries(st.integers(0, n - 1), st.floats(0.0, 1.5), min_size=1))
+    net = make_crowd(n, delays, jitter, loss, seed, priorities)
+    queue_rounds(net, presses, 60.0)
+    assert net.double_talk < 1.0, net.double_talk
+    if loss == 0.0:
+        assert net.double_talk == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("max_delay", "max_loss"), [(0.06, 0.25), (0.06, 0.4), (0.15, 0.25)])
+def test_soak_queueing(max_delay: float, max_loss: float) -> None:
+    """Seeded soak with queueing (``pytest -m slow``): 1500 networks, everyone holding PTT talks once, in turn."""
+    for seed in range(1500):
+        rng = random.Random(seed)
+        n = rng.randint(2, 5)
+        delays = [rng.uniform(0.0, max_delay) for _ in range(rng.randint(1, 25))]
+        priorities = [rng.choice([0, 0, 5]) for _ in range(n)]
+        net = make_crowd(n, delays, rng.uniform(0.0, 0.02), rng.uniform(0.0, max_loss), seed, priorities)
+        presses = {i: rng.uniform(0.0, 2.0) for i in rng.sample(range(n), rng.randint(1, n))}
+        queue_rounds(net, presses, 90.0)
+        assert net.double_talk < 1.5, (seed, net.double_talk)

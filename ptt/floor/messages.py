@@ -19,9 +19,19 @@ order in a few messages (Floor Granted: Duration, SSRC of granted participant, F
 …; Floor Taken: Granted Party's Identity, Permission to Request the Floor, User ID, Message Sequence Number, …, SSRC,
 …); receivers decode fields by ID (tshark does), and the ascending order keeps the encoding canonical.
 
-Not modelled: a known field that occurs more than once is refused. That is only legitimate in the off-network
-Floor Granted (§8.2.5), which repeats "SSRC of queued floor participant, Queued User ID, Queue Info" once per queued
-participant; fields 15 and above (List of Granted Users, List of SSRCs, Functional Alias, Location, …) are kept
+Repeated fields: a known field that occurs more than once is refused, except in the off-network Floor Granted
+(§8.2.5), which repeats "SSRC of queued floor participant (14), Queued User ID (9), Queue Info (3)" once per
+queued participant after Queue Size, in that order. ``FloorMessage.queued`` holds them as an ordered tuple of
+``QueuedParticipant``. A triple is recognised in a Floor Granted as an SSRC field immediately followed by a Queued
+User ID field, which must be immediately followed by a Queue Info field; with triples present, Queue Size must be
+present and equal their number, and no other Queued User ID may occur. (An SSRC field not followed by a Queued User
+ID is the granted participant's.) The canonical ascending-ID order cannot express repeats, so ``__bytes__`` writes
+the triples as one block, in their tuple order and in the standard's internal order, right after Queue Size (7)
+and before the next single field; the other fields stay in ascending ID order. A Floor Granted in the standard's
+table order (Duration, SSRC of the granted participant, Floor Priority, User ID, Queue Size, triples, …) parses to
+the same message. Without triples, Queue Size alone (as on-network) is accepted with any value.
+
+Not modelled: fields 15 and above (List of Granted Users, List of SSRCs, Functional Alias, Location, …) are kept
 verbatim in ``unknown_fields``, as is the Track Info value (§8.2.3.13) in ``track_info``.
 """
 
@@ -278,6 +288,50 @@ def _decode_known(field_id: int, value: bytes) -> tuple[str, object]:
 
 
 @dataclass(frozen=True)
+class QueuedParticipant:
+    """One queued participant of an off-network Floor Granted (§8.2.5): its SSRC, Queued User ID and Queue Info."""
+
+    ssrc: int
+    user_id: str
+    queue_info: QueueInfo
+
+
+def _split_queued(
+    subtype: Subtype, raw: list[tuple[int, bytes]]
+) -> tuple[list[tuple[int, bytes]], list[QueuedParticipant]]:
+    """Take the queued-participant triples out of a Floor Granted's fields (module docstring); the rest as they are."""
+    if subtype != Subtype.GRANTED:
+        return raw, []
+    rest: list[tuple[int, bytes]] = []
+    queued: list[QueuedParticipant] = []
+    i = 0
+    while i < len(raw):
+        field_id, value = raw[i]
+        if field_id == FieldId.SSRC and i + 1 < len(raw) and raw[i + 1][0] == FieldId.QUEUED_USER_ID:
+            which = f"queued participant {len(queued) + 1}"
+            if i + 2 >= len(raw) or raw[i + 2][0] != FieldId.QUEUE_INFO:
+                raise FloorMessageError(f"{which}: SSRC and Queued User ID not followed by Queue Info")
+            ssrc = int.from_bytes(_fixed(FieldId.SSRC, value, 6)[:4], "big")
+            user = _utf8(FieldId.QUEUED_USER_ID, raw[i + 1][1])
+            position, priority = _fixed(FieldId.QUEUE_INFO, raw[i + 2][1], 2)
+            queued.append(QueuedParticipant(ssrc, user, QueueInfo(position, priority)))
+            i += 3
+            continue
+        rest.append((field_id, value))
+        i += 1
+    if queued:
+        if any(fid == FieldId.QUEUED_USER_ID for fid, _ in rest):
+            raise FloorMessageError("Floor Granted: a Queued User ID not preceded by the SSRC of its participant")
+        sizes = [v for fid, v in rest if fid == FieldId.QUEUE_SIZE]
+        if len(sizes) != 1:
+            raise FloorMessageError(f"Floor Granted: {len(queued)} queued participant(s) but no single Queue Size")
+        size = _u16(FieldId.QUEUE_SIZE, sizes[0])
+        if size != len(queued):
+            raise FloorMessageError(f"Floor Granted: Queue Size {size}, but {len(queued)} queued participant(s)")
+    return rest, queued
+
+
+@dataclass(frozen=True)
 class FloorMessage:
     """One TS 24.380 floor control message (§8.2): subtype, sender SSRC, and the fields present (None = absent).
 
@@ -286,7 +340,8 @@ class FloorMessage:
     (0..255), ``duration`` seconds, ``sequence`` the Message Sequence Number, ``source`` a ``Source`` value,
     ``message_type`` the acknowledged message's subtype in Floor Ack, ``floor_indicator`` a ``FloorIndicator`` bit
     map. ``unknown_fields`` holds (field ID, value) of fields not modelled here, values verbatim, in ascending ID
-    order after ``parse`` (the order ``__bytes__`` writes).
+    order after ``parse`` (the order ``__bytes__`` writes). ``queued`` lists the queued participants of an
+    off-network Floor Granted in queue order (then ``queue_size`` must equal their number).
     """
 
     subtype: Subtype
@@ -308,6 +363,7 @@ class FloorMessage:
     floor_indicator: int | None = None
     ssrc_field: int | None = None
     unknown_fields: tuple[tuple[int, bytes], ...] = ()
+    queued: tuple[QueuedParticipant, ...] = ()
 
     @classmethod
     def parse(cls, data: bytes) -> FloorMessage:
@@ -331,8 +387,7 @@ class FloorMessage:
             raise FloorMessageError(f"APP name {data[8:12]!r}, must be {NAME!r}")
         subtype, ack_required = _decode_subtype(data[0] & 0x1F)
 
-        values: dict[str, Any] = {}
-        unknown: list[tuple[int, bytes]] = []
+        raw: list[tuple[int, bytes]] = []
         end_of_data = len(data.rstrip(b"\x00"))  # beyond this, only zero octets: tolerated as padding
         pos = HEADER_LEN
         while pos < end_of_data:
@@ -347,7 +402,12 @@ class FloorMessage:
                     f"{_field_name(field_id)} at octet {pos}: length {length} overruns the packet "
                     f"by {start + length - len(data)} octet(s)"
                 )
-            value = data[start : start + length]
+            raw.append((field_id, data[start : start + length]))
+            pos = start + length + (-(1 + length_octets + length) % 4)
+        rest, queued = _split_queued(subtype, raw)
+        values: dict[str, Any] = {}
+        unknown: list[tuple[int, bytes]] = []
+        for field_id, value in rest:
             if field_id in FieldId._value2member_map_:
                 name, decoded = _decode_known(field_id, value)
                 if name in values:
@@ -355,10 +415,9 @@ class FloorMessage:
                 values[name] = decoded
             else:
                 unknown.append((field_id, value))
-            pos = start + length + (-(1 + length_octets + length) % 4)
         ssrc = int.from_bytes(data[4:8], "big")
         unknown.sort(key=lambda f: f[0])  # canonical, as written by __bytes__; equal IDs keep their order
-        return cls(subtype, ssrc, ack_required, unknown_fields=tuple(unknown), **values)
+        return cls(subtype, ssrc, ack_required, unknown_fields=tuple(unknown), queued=tuple(queued), **values)
 
     def fields(self) -> list[tuple[int, bytes]]:
         """(field ID, value) of every field present, in ascending field-ID order; raises ``ValueError``."""
@@ -407,10 +466,34 @@ class FloorMessage:
                 raise ValueError(f"field {field_id}: value must be bytes of at most {_max_value_len(field_id)} octets")
             out.append((field_id, value))
         out.sort(key=lambda f: f[0])  # stable: unknown fields with equal IDs keep their order
+        if self.queued:
+            # The repeats cannot sort by ID: one block in the standard's order, right after Queue Size (§8.2.5).
+            block = self._queued_fields()
+            at = next(i for i, (field_id, _) in enumerate(out) if field_id == FieldId.QUEUE_SIZE) + 1
+            out[at:at] = block
+        return out
+
+    def _queued_fields(self) -> list[tuple[int, bytes]]:
+        if self.subtype != Subtype.GRANTED:
+            raise ValueError("queued participants are carried by Floor Granted only (§8.2.5)")
+        if self.queue_size != len(self.queued):
+            raise ValueError(f"queue size {self.queue_size} does not match {len(self.queued)} queued participant(s)")
+        if self.queued_user_id is not None:
+            raise ValueError("queued_user_id and queued participants cannot both be set in a Floor Granted")
+        out: list[tuple[int, bytes]] = []
+        for n, member in enumerate(self.queued, start=1):
+            if not isinstance(member, QueuedParticipant):
+                raise ValueError(f"queued participant {n} must be a QueuedParticipant")
+            info = member.queue_info
+            out.append((FieldId.SSRC, _uint(member.ssrc, 4, f"queued participant {n} SSRC") + b"\x00\x00"))
+            out.append((FieldId.QUEUED_USER_ID, _text(member.user_id, f"queued participant {n} user ID", 0xFF)))
+            position = _uint(info.position, 1, f"queued participant {n} queue position")
+            priority = _uint(info.priority, 1, f"queued participant {n} queue priority")
+            out.append((FieldId.QUEUE_INFO, position + priority))
         return out
 
     def __bytes__(self) -> bytes:
-        """The APP packet, fields in ascending field-ID order (TS 24.380 §8.1.2, §8.2.3.1)."""
+        """The APP packet: fields in ascending field-ID order but for the queued-participant block (§8.2.5)."""
         subtype = Subtype(self.subtype)
         raw_subtype = int(subtype)
         if self.ack_required:
