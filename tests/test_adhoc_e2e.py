@@ -194,8 +194,17 @@ def test_three_peers_create_key_and_talk_with_no_server(
         assert sorted(floors[u] for u in ("bob", "carol")).count("granted") == 1, floors
         winner = uri("bob") if floors["bob"] == "granted" else uri("carol")
         assert set(talkers.values()) == {winner}, talkers
-        for user in ("bob", "carol"):
-            peers.control(user, "release")
+        # the other one was queued (its PTT still pressed) and gets the floor when the winner releases
+        first, second = ("bob", "carol") if winner == uri("bob") else ("carol", "bob")
+        assert floors[second] == "queued", floors
+        peers.control(first, "release")
+        peers.until(lambda: peers.group(second)["floor"] == "granted", timeout=5, what="queued member granted")
+        peers.until(
+            lambda: {peers.group(u)["talker"] for u in ("alice", "bob", "carol")} == {uri(second)},
+            timeout=3,
+            what="everyone sees the queued member talk",
+        )
+        peers.control(second, "release")
 
         reports = {u: peers.quit(u) for u in ("alice", "bob", "carol")}
     for user in ("bob", "carol"):
