@@ -300,7 +300,7 @@ def main(args: Any) -> int:
                 print(f"control socket {args.control_socket}", flush=True)
                 if client is not None:
                     if interactive:
-                        print("SPACE talk/stop · 1-9 select group · q quit", flush=True)
+                        print("SPACE hold to talk (or tap to start/stop) · 1-9 select group · q quit", flush=True)
                     client.start_display()
                 if args.script:
                     yield run_script(reactor, agent, args.script)

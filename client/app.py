@@ -1,9 +1,10 @@
 """``ptt-client talk``: the field user's terminal client with real audio devices.
 
-Keys: SPACE press to talk / press again to stop (terminals report no key-up, so "hold" is a toggle), 1-9 select
-the group to talk in, q quit. The status line shows the connection, the selected group, the floor state, who is
-talking, the key period and when keys expire, and the microphone level. ``--script`` drives the same client
-without a keyboard (tests, automation): steps ``wait S``, ``talk S``, ``select GROUP``, ``quit``.
+Keys: SPACE held to talk (terminals report no key-up: the end of the key's auto-repeat is taken as the release),
+or tapped to start and tapped again to stop; 1-9 select the group to talk in, q quit. The status line shows the
+connection, the selected group, the floor state, who is talking, the key period and when keys expire, and the
+microphone level. ``--script`` drives the same client without a keyboard (tests, automation): steps ``wait S``,
+``talk S``, ``select GROUP``, ``quit``.
 """
 
 from __future__ import annotations
@@ -163,6 +164,46 @@ class Client:
         }
 
 
+class PttKey:
+    """SPACE as the PTT key of a terminal, which reports presses and auto-repeats but never a key release.
+
+    Tap: talk until the next tap. Hold: a held key auto-repeats (the first repeat 0.25-1 s after the press, then
+    every 30-100 ms), so a SPACE within ``repeat_gap`` of the previous one marks a hold, and the burst ends
+    ``release_after`` seconds after the last repeat: when the key is let go, as on a radio. (A second tap within
+    ``repeat_gap`` counts as a short hold: it stops the burst too, a quarter second later.)
+    """
+
+    repeat_gap = 1.0
+    release_after = 0.25
+
+    def __init__(self, clock: Any, client: Client) -> None:
+        self.clock = clock
+        self.client = client
+        self._last: float | None = None
+        self._timer: Any = None
+
+    @property
+    def held(self) -> bool:
+        return self._timer is not None and self._timer.active()
+
+    def space(self) -> None:
+        now = self.clock.seconds()
+        repeat = self._last is not None and now - self._last <= self.repeat_gap
+        self._last = now
+        if not repeat:
+            self.client.press()  # a tap: start, or stop what a tap started
+        elif self.held:
+            self._timer.reset(self.release_after)
+        else:
+            self._timer = self.clock.callLater(self.release_after, self._let_go)
+
+    def _let_go(self) -> None:
+        self._timer = None
+        self._last = None
+        if self.client.want_talk:  # not if the floor was denied or revoked meanwhile
+            self.client.release()
+
+
 class Keys(LineReceiver):
     """Single key presses from a terminal in cbreak mode."""
 
@@ -171,11 +212,12 @@ class Keys(LineReceiver):
     def __init__(self, client: Client, quit: Any) -> None:
         self.client = client
         self.quit = quit
+        self.ptt = PttKey(client.reactor, client)
 
     def dataReceived(self, data: bytes) -> None:
         for key in data.decode("utf-8", "ignore"):
             if key == " ":
-                self.client.press()
+                self.ptt.space()
             elif key in "123456789" and int(key) <= len(self.client.groups):
                 self.client.selected = self.client.groups[int(key) - 1]
             elif key in "qQ":
@@ -228,7 +270,7 @@ def main(args: Any) -> int:
                 engine.start()
                 print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
                 if interactive:
-                    print("SPACE talk/stop · 1-9 select group · q quit", flush=True)
+                    print("SPACE hold to talk (or tap to start/stop) · 1-9 select group · q quit", flush=True)
                 client.start_display()  # after the last full line: the status line rewrites itself in place
                 if args.script:
                     yield run_script(reactor, client, args.script)

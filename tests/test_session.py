@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet import defer, task
@@ -187,3 +187,60 @@ def test_status_line_names_the_group_as_the_dispatcher_named_it(
     assert f"Fire crew 2 ({GROUP}) floor:idle talking:-" in client.status_line()
     client.selected = "sip:ems@groups.example.org"  # no name given: the URI alone
     assert "] sip:ems@groups.example.org floor:idle" in client.status_line()
+
+
+class FakeClient:
+    """What PttKey drives: Client.press (a toggle) and Client.release."""
+
+    def __init__(self) -> None:
+        self.want_talk = False
+        self.calls: list[str] = []
+
+    def press(self) -> None:
+        self.calls.append("release" if self.want_talk else "press")
+        self.want_talk = not self.want_talk
+
+    def release(self) -> None:
+        self.calls.append("release")
+        self.want_talk = False
+
+
+def space_at(times: list[float]) -> tuple[task.Clock, FakeClient, Any]:
+    from client.app import PttKey
+
+    clock, client = task.Clock(), FakeClient()
+    key = PttKey(clock, cast(Any, client))
+    for t in times:
+        clock.advance(t - clock.seconds())
+        key.space()
+    return clock, client, key
+
+
+def test_ptt_key_held_talks_until_its_auto_repeat_stops() -> None:
+    repeats = [0.0] + [0.5 + 0.033 * n for n in range(60)]  # pressed at 0, auto-repeat from 0.5 s, let go ~2.5 s
+    clock, client, key = space_at(repeats)
+    assert client.calls == ["press"] and key.held
+    clock.advance(0.2)
+    assert client.calls == ["press"]  # a repeat may still come
+    clock.advance(0.1)
+    assert client.calls == ["press", "release"] and not key.held and not client.want_talk
+
+
+def test_ptt_key_tapped_toggles() -> None:
+    clock, client, key = space_at([0.0, 4.0])
+    assert client.calls == ["press", "release"]
+    clock.advance(5.0)
+    assert client.calls == ["press", "release"] and not key.held
+
+
+def test_ptt_key_hold_after_the_floor_was_denied_sends_no_release() -> None:
+    clock, client, _ = space_at([0.0, 0.6, 0.64])
+    client.want_talk = False  # the floor was denied while the key is held
+    clock.advance(1.0)
+    assert client.calls == ["press"]
+
+
+def test_ptt_key_quick_second_tap_still_stops() -> None:
+    clock, client, _ = space_at([0.0, 0.4])  # tap, tap again at once
+    clock.advance(0.3)
+    assert client.calls == ["press", "release"]
