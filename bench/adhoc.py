@@ -11,6 +11,8 @@ the member's verification and SAKKE decapsulation, its signed ack), and the wall
 member's first decapsulation precomputes its RSK's pairing lines (≈ 19 ms). Floor access: Floor Request → the
 client's permission to talk on an idle floor (TS 24.380 §7: with nobody talking, nobody answers, so the requester
 takes the floor when T201 has expired C201 = 3 times: 3 x 40 ms by default), over SRTCP on the group's multicast.
+Contention: two members press at once (exactly one talker?); the other is queued, and the hand-over is the time
+from the talker's release to the queued member holding the floor (Floor Granted carrying the queue).
 Targets: every member keyed within 1 s (3) / 2 s (20); access p95 ≤ 300 ms (TS 22.179 KPI).
 """
 
@@ -175,14 +177,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 contended = contention(fleet, members[0], members[1], group, 5 if args.quick else 20)
                 print(f"simultaneous PTT of two members, {contended[1]} rounds: exactly one talker in {contended[0]}")
+                handovers = contended[2]
+                if handovers:
+                    print(
+                        f"the other one queued, then given the floor when the talker released: {len(handovers)} of "
+                        f"{contended[1]} rounds, hand-over median {statistics.median(handovers):.0f} ms "
+                        f"(max {max(handovers):.0f})"
+                    )
+                else:
+                    print("the other one was never queued (queueing off?)")
             finally:
                 fleet.stop()
     return 0
 
 
-def contention(fleet: Fleet, a: str, b: str, group: str, rounds: int) -> tuple[int, int]:
-    """Both press at the same moment: how many rounds ended with exactly one of them holding the floor."""
+def contention(fleet: Fleet, a: str, b: str, group: str, rounds: int) -> tuple[int, int, list[float]]:
+    """Both press at the same moment: how many rounds ended with exactly one of them holding the floor; and, where
+    the other was queued, ms from the winner's release to the queued member holding the floor (polled every 5 ms
+    over the control sockets, so a few ms high)."""
     good = 0
+    handovers: list[float] = []
+
+    def floor_of(user: str) -> str:
+        return str(next(g for g in fleet.control(user, "list")["groups"] if g["uri"] == group)["floor"])
 
     def press(user: str, barrier: threading.Barrier) -> None:
         barrier.wait()
@@ -196,12 +213,20 @@ def contention(fleet: Fleet, a: str, b: str, group: str, rounds: int) -> tuple[i
         for thread in threads:
             thread.join()
         time.sleep(0.6)
-        floors = [next(g for g in fleet.control(u, "list")["groups"] if g["uri"] == group)["floor"] for u in (a, b)]
+        floors = [floor_of(u) for u in (a, b)]
         good += floors.count("granted") == 1
+        if sorted(floors) == ["granted", "queued"]:
+            winner, queued = (a, b) if floors[0] == "granted" else (b, a)
+            start = time.perf_counter()
+            fleet.control(winner, "release", group=group)
+            while floor_of(queued) != "granted" and time.perf_counter() - start < 3:
+                time.sleep(0.005)
+            if floor_of(queued) == "granted":
+                handovers.append((time.perf_counter() - start) * 1000)
         for user in (a, b):
             fleet.control(user, "release", group=group)
         time.sleep(0.3)
-    return good, rounds
+    return good, rounds, handovers
 
 
 if __name__ == "__main__":
