@@ -342,19 +342,22 @@ class OffNetworkFloor:
         return self.state == HAS_PERMISSION
 
     @property
-    def talker(self) -> str | None:
-        """URI of who talks (ourselves in O: has permission; the grantee in O: pending granted), if known."""
+    def _holder(self) -> _Claim | None:
+        """Who talks: ourselves in O: has permission, the grantee in O: pending granted, else the talker known."""
         if self.state == HAS_PERMISSION:
-            return self.own_uri
-        claim = self._grantee if self.state == PENDING_GRANTED else self._talker
-        return claim.uri if claim is not None else None
+            return self._own
+        return self._grantee if self.state == PENDING_GRANTED else self._talker
+
+    @property
+    def talker(self) -> str | None:
+        """URI of who talks, if known."""
+        holder = self._holder
+        return holder.uri if holder is not None else None
 
     @property
     def talker_ssrc(self) -> int | None:
-        if self.state == HAS_PERMISSION:
-            return self.own_ssrc
-        claim = self._grantee if self.state == PENDING_GRANTED else self._talker
-        return claim.ssrc if claim is not None else None
+        holder = self._holder
+        return holder.ssrc if holder is not None else None
 
     @property
     def queue_position(self) -> int | None:
