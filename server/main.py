@@ -26,6 +26,7 @@ from typing import Any
 
 from ptt.control import b64
 from ptt.floor.arbiter import ArbiterConfig, FloorArbiter, Participant, Send
+from ptt.floor.events import FloorEventKind
 from ptt.floor.messages import FloorMessageError, parse_rtcp
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, receive_i_message
@@ -301,10 +302,10 @@ class PttServer:
                 except SrtcpError as exc:
                     log.warning("floor message to %s not sent: %s", member, exc)
         for event in arbiter.events():
-            if event.kind == "granted":
-                self.relay_core.set_talker(group, event.ssrc)
-                self._event(group, "talking", event.uri)
-            elif event.kind in ("idle", "revoked"):
+            if event.kind is FloorEventKind.GRANTED:
+                self.relay_core.set_talker(group, event.member_ssrc)
+                self._event(group, "talking", event.member)
+            elif event.kind in (FloorEventKind.IDLE, FloorEventKind.REVOKED):
                 holder = arbiter.holder
                 self.relay_core.set_talker(group, holder.ssrc if holder else None)
                 if holder is None:

@@ -29,6 +29,7 @@ from ptt.floor.messages import (
     RevokeCause,
     Subtype,
 )
+from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.offnetwork import (
     HAS_NO_PERMISSION,
     HAS_PERMISSION,
@@ -38,8 +39,6 @@ from ptt.floor.offnetwork import (
     QUEUED,
     SILENCE,
     START_STOP,
-    FloorEvent,
-    FloorEventKind,
     OffNetworkConfig,
     OffNetworkFloor,
 )

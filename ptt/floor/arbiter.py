@@ -69,6 +69,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.messages import (
     QUEUE_POSITION_NOT_QUEUED,
     DenyCause,
@@ -134,15 +135,6 @@ class Send:
     to: int | None
     message: FloorMessage
     exclude: int | None = None
-
-
-@dataclass(frozen=True)
-class FloorEvent:
-    """A floor change: ``granted`` / ``revoked`` / ``queued`` / ``denied`` name the participant, ``idle`` none."""
-
-    kind: str
-    ssrc: int | None
-    uri: str | None
 
 
 @dataclass(frozen=True)
@@ -331,7 +323,7 @@ class FloorArbiter:
         # after everyone of the same or a higher priority: by priority, then by arrival
         position = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
         self._queue.insert(position, claim)
-        self._events.append(FloorEvent("queued", participant.ssrc, participant.uri))
+        self._events.append(self._about(FloorEventKind.QUEUED, participant, position=position + 1))
         return [Send(participant.ssrc, self._queue_position_info(participant))]
 
     def _grant(self, claim: _Claim, now: float) -> list[Send]:
@@ -340,7 +332,7 @@ class FloorArbiter:
         self._sequence = (self._sequence + 1) % SEQUENCE_MODULUS
         floor = _Floor(claim, burst_deadline=now + self.config.max_burst)
         self._floor = floor
-        self._events.append(FloorEvent("granted", claim.ssrc, claim.participant.uri))
+        self._events.append(self._about(FloorEventKind.GRANTED, claim.participant))
         return [
             Send(claim.ssrc, self._granted(floor, now)),
             Send(None, self._taken(floor), exclude=claim.ssrc),
@@ -352,13 +344,13 @@ class FloorArbiter:
         if self._queue:
             return self._grant(self._queue[0], now)
         self._sequence = (self._sequence + 1) % SEQUENCE_MODULUS
-        self._events.append(FloorEvent("idle", None, None))
+        self._events.append(FloorEvent(FloorEventKind.IDLE))
         return [Send(None, self._idle())]
 
     def _revoke(self, floor: _Floor, cause: RevokeCause, *, event: bool = True) -> Send:
         holder = floor.claim.participant
         if event:
-            self._events.append(FloorEvent("revoked", holder.ssrc, holder.uri))
+            self._events.append(self._about(FloorEventKind.REVOKED, holder, cause=int(cause)))
         message = FloorMessage(
             subtype=Subtype.REVOKE,
             ssrc=self.config.server_ssrc,
@@ -368,7 +360,7 @@ class FloorArbiter:
         return Send(holder.ssrc, message)
 
     def _deny(self, participant: Participant, cause: DenyCause, phrase: str, indicator: int) -> Send:
-        self._events.append(FloorEvent("denied", participant.ssrc, participant.uri))
+        self._events.append(self._about(FloorEventKind.DENIED, participant, cause=int(cause)))
         message = FloorMessage(
             subtype=Subtype.DENY,
             ssrc=self.config.server_ssrc,
@@ -376,6 +368,20 @@ class FloorArbiter:
             floor_indicator=indicator,
         )
         return Send(participant.ssrc, message)
+
+    def _about(
+        self, kind: FloorEventKind, participant: Participant, *, cause: int | None = None, position: int | None = None
+    ) -> FloorEvent:
+        holder = self.holder
+        return FloorEvent(
+            kind,
+            talker=holder.uri if holder else None,
+            talker_ssrc=holder.ssrc if holder else None,
+            cause=cause,
+            position=position,
+            member=participant.uri,
+            member_ssrc=participant.ssrc,
+        )
 
     def _dequeue(self, ssrc: int) -> None:
         self._queue = [claim for claim in self._queue if claim.ssrc != ssrc]

@@ -104,10 +104,10 @@ members with the same SSRC or the same URI cannot take part in one call (they wo
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field
 
+from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.messages import (
     QUEUE_POSITION_NOT_QUEUED,
     DenyCause,
@@ -187,43 +187,6 @@ class OffNetworkConfig:
     def max_talk(self) -> float:
         """The longest burst: T206 + T207."""
         return self.t206 + self.t207
-
-
-class FloorEventKind(enum.Enum):
-    """What the application is told (``FloorEvent.kind``)."""
-
-    GRANTED = "granted"
-    """We may talk now."""
-    DENIED = "denied"
-    """Our request was refused (``cause`` = Deny cause); ``talker`` is whoever has the floor."""
-    TAKEN = "taken"
-    """Someone else talks (or the talker's name became known); ``talker`` / ``talker_ssrc`` say who."""
-    IDLE = "idle"
-    """The floor is free."""
-    REVOKED = "revoked"
-    """We must stop sending media: pre-empted (cause #4) or lost a collision (cause #3); ``talker`` is the winner."""
-    STOP_WARNING = "stop_warning"
-    """T206 ran out: the burst ends in T207 seconds."""
-    STOP_TALKING = "stop_talking"
-    """T207 ran out: stop sending media (Floor Release was sent)."""
-    INACTIVE = "inactive"
-    """T230 ran out: no floor activity for a long time; the shell may leave the call."""
-    QUEUED = "queued"
-    """Our request is queued at ``position`` (1 = next); ``talker`` is the arbitrator (the member talking)."""
-    QUEUE_POSITION = "queue_position"
-    """Our queue position is now ``position`` (a hand-over moved us up, or the arbitrator answered our question)."""
-    QUEUE_CANCELLED = "queue_cancelled"
-    """We left the queue (``text`` says why); PTT still pressed means we are asking for the floor again."""
-
-
-@dataclass(frozen=True)
-class FloorEvent:
-    kind: FloorEventKind
-    talker: str | None = None
-    talker_ssrc: int | None = None
-    cause: int | None = None
-    text: str = ""
-    position: int | None = None
 
 
 def _urgency(indicator: int | None) -> int:
