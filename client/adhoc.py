@@ -40,8 +40,8 @@ from ptt.adhoc.engine import (
 )
 from ptt.adhoc.messages import GroupInfo
 from ptt.crypto import eccsi, sakke
-from ptt.floor.messages import FloorMessage, FloorMessageError, QueueInfo, RejectCause, Subtype, parse_rtcp
 from ptt.floor.events import FloorEvent, FloorEventKind
+from ptt.floor.messages import FloorMessage, FloorMessageError, QueueInfo, RejectCause, Subtype, parse_rtcp
 from ptt.floor.offnetwork import PENDING_REQUEST, OffNetworkFloor
 from ptt.groupkeys import GroupKey
 from ptt.mikey.imessage import IdentityKeys

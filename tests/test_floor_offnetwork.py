@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.messages import (
     QUEUE_POSITION_NOT_QUEUED,
     DenyCause,
@@ -29,7 +30,6 @@ from ptt.floor.messages import (
     RevokeCause,
     Subtype,
 )
-from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.offnetwork import (
     HAS_NO_PERMISSION,
     HAS_PERMISSION,
