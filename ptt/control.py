@@ -144,9 +144,8 @@ class Authenticated:
     period_no: int
 
 
-def verify_auth(message: dict[str, Any], nonce: bytes, server_uri: str, domain: KmsDomain, now: float) -> Authenticated:
-    """Check an ``auth`` message against the challenge ``nonce``: the period is the current one (or the previous
-    within PERIOD_GRACE of the boundary) and the ECCSI signature verifies for the claimed URI's UID."""
+def auth_claim(message: dict[str, Any], domain: KmsDomain, now: float) -> Authenticated:
+    """The cheap checks of an ``auth`` message (form, URI, key period), before any signature is verified."""
     check_message(message)
     if message["type"] != "auth":
         raise AuthError(f"expected auth, got {message['type']}")
@@ -160,10 +159,21 @@ def verify_auth(message: dict[str, Any], nonce: bytes, server_uri: str, domain: 
         allowed.add(current - 1)
     if period not in allowed:
         raise AuthError(f"key period {period} is not the current one ({current})")
-    signature = unb64(message["signature"], "signature")
-    if not eccsi.verify(auth_payload(nonce, server_uri, uri), signature, domain.uid(uri, period), domain.kpak):
-        raise AuthError("signature does not verify for the claimed identity")
+    if len(message["signature"]) > 4 * 129:  # base64 of an ECCSI signature is 172 characters
+        raise AuthError("signature too long")
     return Authenticated(uri, period)
+
+
+def verify_auth(message: dict[str, Any], nonce: bytes, server_uri: str, domain: KmsDomain, now: float) -> Authenticated:
+    """Check an ``auth`` message against the challenge ``nonce``: the period is the current one (or the previous
+    within PERIOD_GRACE of the boundary) and the ECCSI signature verifies for the claimed URI's UID."""
+    who = auth_claim(message, domain, now)
+    signature = unb64(message["signature"], "signature")
+    if not eccsi.verify(
+        auth_payload(nonce, server_uri, who.uri), signature, domain.uid(who.uri, who.period_no), domain.kpak
+    ):
+        raise AuthError("signature does not verify for the claimed identity")
+    return who
 
 
 def same_nonce(a: bytes, b: bytes) -> bool:

@@ -40,10 +40,15 @@ def _work(
 class GroupKeyDistributor:
     """``with GroupKeyDistributor(workers=2) as d: d.distribute(manager, key, members, now=...)``."""
 
-    def __init__(self, workers: int | None = None, domains: Sequence[KmsDomain] = ()) -> None:
+    def __init__(
+        self, workers: int | None = None, domains: Sequence[KmsDomain] = (), executor: Executor | None = None
+    ) -> None:
+        """``executor``: a pool of worker processes owned by the caller (``server.workers.CryptoPool``), used
+        for every distribution however small; otherwise a pool of ``workers`` processes of its own (none for 1)."""
         self.workers = workers or os.cpu_count() or 1
-        self._executor: Executor | None = None
-        if self.workers > 1:
+        self._executor: Executor | None = executor
+        self._owns_executor = executor is None
+        if executor is None and self.workers > 1:
             context = multiprocessing.get_context("forkserver")
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=warm_tables, initargs=(tuple(domains),)
@@ -62,7 +67,7 @@ class GroupKeyDistributor:
     ) -> dict[str, bytes]:
         when = time.time() if now is None else now
         domains = dict(member_domains or {})
-        if self._executor is None or len(members) < 2:
+        if self._executor is None or not members:
             return build_gmk_messages(manager, group_key, members, now=when, member_domains=domains)
         chunk = max(1, -(-len(members) // (self.workers * 4)))
         futures = [
@@ -74,8 +79,13 @@ class GroupKeyDistributor:
             result.update(future.result())
         return result
 
+    @property
+    def parallel(self) -> bool:
+        """True if messages are built in worker processes (never on the calling thread)."""
+        return self._executor is not None
+
     def close(self) -> None:
-        if self._executor is not None:
+        if self._executor is not None and self._owns_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 

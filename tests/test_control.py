@@ -13,6 +13,7 @@ from client.control import ControlClient, ControlError
 from ptt.control import (
     MAX_FRAME,
     PERIOD_GRACE,
+    Authenticated,
     AuthError,
     ControlProtocolError,
     FrameDecoder,
@@ -136,6 +137,9 @@ class Backend:
 
     def domain(self) -> KmsDomain:
         return self._domain
+
+    def verify_login(self, message: dict[str, Any], nonce: bytes, now: float) -> Authenticated:
+        return verify_auth(message, nonce, SERVER, self._domain, now)
 
     def welcome(self, uri: str) -> dict[str, Any]:
         return {"groups": [{"uri": "sip:fire@example.org", "name": "fire"}], "relay": {"host": "127.0.0.1", "port": 9}}

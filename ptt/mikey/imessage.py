@@ -177,6 +177,10 @@ class ReplayCache:
         self._seen[digest] = (timestamp, expires)
         self._expire_overflow()
 
+    def seen(self, digest: bytes, timestamp: float) -> bool:
+        """Would :meth:`check_and_remember` refuse this message? (A cheap check before the expensive ones.)"""
+        return timestamp <= self._floor or digest in self._seen
+
     def sweep(self, now: float, every: float = 30.0) -> None:
         """``forget_expired`` at most once per ``every`` seconds of ``now``: cheap to call per message."""
         if now - self._last_sweep >= every or now < self._last_sweep:
@@ -290,6 +294,23 @@ def _required(message: MikeyMessage, kind: type[Payload], name: str) -> Payload:
     if len(found) != 1:
         raise MalformedMessage(f"I_MESSAGE must carry exactly one {name} payload, found {len(found)}")
     return found[0]
+
+
+def replay_key(data: bytes) -> tuple[bytes, float]:
+    """The replay cache's key of an I_MESSAGE and its time, from a parse only (no signature check, no SAKKE):
+    lets a receiver refuse a replay before any expensive work. Raises MalformedMessage."""
+    data = bytes(data)
+    message = MikeyMessage.parse(data)
+    sign = message.sign
+    if sign is None:
+        raise MalformedMessage("I_MESSAGE has no SIGN payload")
+    timestamp_payload = _required(message, T, "T")
+    assert isinstance(timestamp_payload, T)
+    try:
+        timestamp = timestamp_payload.unix_time()
+    except ValueError as exc:
+        raise MalformedMessage(str(exc)) from None
+    return hashlib.sha256(data[: len(data) - len(sign.signature)]).digest(), timestamp
 
 
 def receive_i_message(

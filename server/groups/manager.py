@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ptt.groupkeys import GroupKey, build_gmk_messages, make_group_key
@@ -48,7 +48,7 @@ from server.groups.store import (
 )
 from server.keydistribution import GroupKeyDistributor
 
-__all__ = ["LARGE_GROUP", "GroupKeySource", "GroupManager", "IMessageSink", "MemberSpec"]
+__all__ = ["LARGE_GROUP", "ChangeSink", "GroupChange", "GroupKeySource", "GroupManager", "IMessageSink", "MemberSpec"]
 
 log = logging.getLogger("ptt.groups")
 
@@ -57,6 +57,22 @@ LARGE_GROUP = 50
 
 IMessageSink = Callable[[str, str, bytes, bytes], None]
 """``on_imessage(group, member, gmk_id, data)``: hand a fresh I_MESSAGE to a connected member."""
+
+
+@dataclass(frozen=True, repr=False)
+class GroupChange:
+    """A committed change of one group, as the live call must know it: the group and its members now (None:
+    deleted) and the I_MESSAGEs made for the change (empty if the key did not change)."""
+
+    group: str
+    record: GroupRecord | None
+    members: list[MemberRecord]
+    gmk_id: bytes = b""
+    messages: dict[str, bytes] = field(default_factory=dict)
+
+
+ChangeSink = Callable[[GroupChange], None]
+"""``on_change(change)``: runs on the calling thread after the commit, once per operation."""
 
 
 class GroupKeySource(Protocol):
@@ -100,11 +116,13 @@ class GroupManager:
         keys: GroupKeySource,
         distributor: GroupKeyDistributor | None = None,
         on_imessage: IMessageSink | None = None,
+        on_change: ChangeSink | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.distributor = distributor
         self.on_imessage = on_imessage
+        self.on_change = on_change
         self._lock = threading.RLock()
 
     # --- operations ---
@@ -187,13 +205,16 @@ class GroupManager:
     ) -> MemberRecord:
         """Change a member's floor priority or role (no key change)."""
         with self._lock:
-            return self.store.update_member(group, uri, priority=priority, role=role, now=now, by=by)
+            record = self.store.update_member(group, uri, priority=priority, role=role, now=now, by=by)
+        self._changed(group)
+        return record
 
     def delete_group(self, group: str, *, by: str, now: float) -> None:
         """Delete a group, its members, its keys and its stored I_MESSAGEs."""
         with self._lock:
             self.store.delete_group(group, now=now, by=by)
         log.info("group %s deleted by %s", group, by)
+        self._changed(group)
 
     def rekey(self, group: str, *, by: str | None, now: float, reason: str = "requested") -> KeyInfo:
         """A fresh GMK for every current member (also the operator's answer to a suspected key compromise)."""
@@ -259,7 +280,7 @@ class GroupManager:
         return keys
 
     def _build(self, signer: IdentityKeys, key: GroupKey, members: list[str], now: float) -> dict[str, bytes]:
-        if self.distributor is not None and len(members) >= LARGE_GROUP:
+        if self.distributor is not None and (self.distributor.parallel or len(members) >= LARGE_GROUP):
             return self.distributor.distribute(signer, key, members, now=now)
         return build_gmk_messages(signer, key, members, now=now)
 
@@ -300,7 +321,21 @@ class GroupManager:
         for member, data in messages.items():
             self.store.store_imessage(group, member, key.gmk_id, data, now=now)
 
+    def _changed(self, group: str, push: _Push | None = None) -> None:
+        if self.on_change is None:
+            return
+        try:
+            record = self.store.group(group)
+            members = self.store.members(group) if record is not None else []
+            if push is None:
+                self.on_change(GroupChange(group, record, members))
+            else:
+                self.on_change(GroupChange(group, record, members, push.key.gmk_id, push.messages))
+        except Exception:  # the change is committed; a member missing it gets it on reconnect
+            log.exception("announcing the change of %s failed", group)
+
     def _push(self, push: _Push) -> None:
+        self._changed(push.group, push)
         if self.on_imessage is None:
             return
         for member, data in push.messages.items():

@@ -1,0 +1,222 @@
+"""The Twisted shell of the group call: :class:`ptt.groupcall.GroupCall` wired to the relay's UDP port, the
+control channel, a timer, the crypto worker pool and the store thread.
+
+Everything the core decides is drained after each input (:meth:`CallShell._flush`): floor control datagrams
+out of the relay's port, control-channel pushes to members, rate-limited log lines for what was dropped. The
+reactor thread runs only the core and these moves; logins and CSKs are checked in the worker processes
+(``server.workers``), stored I_MESSAGEs and membership are read on the store thread, and the group manager
+reports committed changes (:class:`server.groups.manager.GroupChange`) back through ``callFromThread``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+
+from ptt.control import Authenticated, auth_claim, b64
+from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused
+from ptt.mikey.errors import MikeyError
+from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, replay_key
+from ptt.ratelimit import BucketTable
+from ptt.relaycore import Address, Binding
+from ptt.srtcp import CskKeys
+from server.groups.manager import GroupChange, GroupManager
+from server.groups.store import GroupRecord, MemberRecord
+from server.workers import CryptoPool, CskRefused, open_csk, verify_login
+
+log = logging.getLogger("ptt.server")
+
+CSK_WINDOW = 300.0
+MAX_CSK_MESSAGE = 4096
+"""A CSK I_MESSAGE is about 500 octets; anything far larger is refused before it is parsed."""
+
+
+def group_info(record: GroupRecord, members: list[MemberRecord]) -> GroupInfo:
+    return GroupInfo(
+        record.uri,
+        record.name,
+        record.max_burst,
+        {m.uri: MemberInfo(m.uri, m.priority, m.role) for m in members},
+    )
+
+
+class CallShell:
+    """The control backend and the relay's callbacks, around one :class:`GroupCall`."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        call: GroupCall,
+        *,
+        server_uri: str,
+        domain: KmsDomain,
+        server_keys: Callable[[], list[IdentityKeys]],
+        manager: GroupManager,
+        pool: CryptoPool,
+        store_pool: Any,
+    ) -> None:
+        self.reactor = reactor
+        self.call = call
+        self.server_uri = server_uri
+        self._domain = domain
+        self._server_keys = server_keys
+        self.manager = manager
+        self.pool = pool
+        self.store_pool = store_pool
+        self.relay: Any = None  # the RelayProtocol, once listening
+        self.control: Any = None  # the ControlServerFactory
+        self.csk_replay = ReplayCache()
+        self._timer: Any = None
+        self._log_limit: BucketTable[str] = BucketTable(1.0, 5)  # per member: at most ~1 log line a second
+
+    # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
+
+    def domain(self) -> KmsDomain:
+        return self._domain
+
+    def verify_login(self, message: dict[str, Any], nonce: bytes, now: float) -> defer.Deferred[Authenticated]:
+        auth_claim(message, self._domain, now)  # form and key period, before any work for the pool
+        return self.pool.run(verify_login, message, nonce, self.server_uri, self._domain, now)
+
+    def welcome(self, uri: str) -> dict[str, Any]:
+        return self.call.welcome(uri)
+
+    def stored_imessages(self, uri: str) -> defer.Deferred[list[dict[str, Any]]]:
+        def read() -> list[dict[str, Any]]:
+            return [
+                {"type": "imessage", "group": m.group, "gmk_id": m.gmk_id.hex(), "data": b64(m.data)}
+                for m in self.manager.imessages_for(uri)
+            ]
+
+        return deferToThreadPool(self.reactor, self.store_pool, read)
+
+    def on_csk(self, uri: str, data: bytes, now: float) -> defer.Deferred[str]:
+        if len(data) > MAX_CSK_MESSAGE:
+            raise Refused(413, "CSK message too large")
+        try:
+            digest, timestamp = replay_key(data)
+        except MikeyError as exc:
+            raise Refused(400, f"CSK refused: {exc}") from None
+        if abs(now - timestamp) > CSK_WINDOW:
+            raise Refused(403, f"CSK refused: its time is {timestamp - now:+.0f} s from now")
+        if self.csk_replay.seen(digest, timestamp):
+            self._log(uri, "CSK from %s refused: replayed", uri)
+            raise Refused(403, "CSK refused: I_MESSAGE already received")
+        d = self.pool.run(open_csk, data, uri, self._server_keys(), self._domain, now, CSK_WINDOW)
+
+        def opened(keys: CskKeys) -> str:
+            try:
+                self.csk_replay.sweep(now)
+                self.csk_replay.check_and_remember(digest, timestamp, timestamp + CSK_WINDOW)
+            except MikeyError as exc:  # the same message was opened for another session meanwhile
+                raise Refused(403, f"CSK refused: {exc}") from None
+            self.call.csk_keyed(uri, keys)
+            log.info("CSK %s from %s: floor control keyed", keys.csk_id.hex(), uri)
+            return str(keys.csk_id.hex())
+
+        def refused(failure: Any) -> str:  # always raises: the errback turns the worker's refusal into Refused
+            failure.trap(CskRefused)
+            self._log(uri, "CSK from %s refused: %s", uri, failure.value)
+            raise Refused(403, f"CSK refused: {failure.value}")
+
+        return d.addCallbacks(opened, refused)
+
+    def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any]:
+        reply = self.call.join(uri, group, ssrc, os.urandom(16), now)
+        self._flush()
+        return reply
+
+    def on_leave(self, uri: str, group: str, now: float) -> None:
+        self.call.leave(uri, group, now)
+        self._flush()
+
+    def on_disconnected(self, uri: str, now: float) -> None:
+        if self.control is not None and self.control.online(uri):
+            return  # another session of the same identity is still connected
+        self.call.disconnected(uri, now)
+        self._flush()
+
+    # --- inputs from the relay -----------------------------------------------------------------------------------
+
+    def relay_joined(self, binding: Binding, addr: Address) -> None:
+        if self.call.member_bound(binding, self.reactor.seconds()):
+            log.info("%s joined %s from %s:%d", binding.member, binding.group, *addr)
+        self._flush()
+
+    def relay_floor(self, binding: Binding, data: bytes, addr: Address) -> None:
+        self.call.floor_packet(binding, data, addr, self.reactor.seconds())
+        self._flush()
+
+    def relay_dead(self, bindings: list[Binding]) -> None:
+        for binding in bindings:
+            log.warning("%s in %s stopped sending keepalives: dropped", binding.member, binding.group)
+        self.call.members_dead(bindings, self.reactor.seconds())
+        self._flush()
+
+    # --- inputs from the group manager (its thread) ----------------------------------------------------------------
+
+    def change_from_thread(self, change: GroupChange) -> None:
+        self.reactor.callFromThread(self.group_changed, change)
+
+    def group_changed(self, change: GroupChange) -> None:
+        now = self.reactor.seconds()
+        if change.record is None:
+            self.call.drop_group(change.group, now)
+        else:
+            self.call.set_group(group_info(change.record, change.members), now)
+        if change.messages:
+            self.call.imessages(change.group, change.gmk_id, change.messages)
+        self._flush()
+
+    # --- status for the dispatcher API -----------------------------------------------------------------------------
+
+    def status(self, group: str) -> dict[str, Any]:
+        """Called on the dispatcher API's thread: read on the reactor (cheap: no store, no crypto)."""
+        from twisted.internet.threads import blockingCallFromThread
+
+        return dict(blockingCallFromThread(self.reactor, self._status, group))
+
+    def _status(self, group: str) -> dict[str, Any]:
+        members = self.call.members(group)
+        online = [m for m in members if self.control is not None and self.control.online(m)]
+        return self.call.status(group, online)
+
+    # --- outputs ----------------------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        call = self.call
+        if self.relay is not None:
+            for data, address in call.datagrams_to_send():
+                self.relay.send(data, address)
+        if self.control is not None:
+            for member, message in call.pushes():
+                self.control.push(member, message)
+        else:
+            call.pushes()
+        for dropped in call.dropped():
+            self._log(dropped.member, "%s", dropped.reason)
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.call.next_deadline()
+        if self._timer is not None and self._timer.active():
+            if deadline is not None and abs(self._timer.getTime() - deadline) < 1e-6:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if deadline is not None:
+            self._timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.call.tick(self.reactor.seconds())
+        self._flush()
+
+    def _log(self, member: str, text: str, *args: object) -> None:
+        if self._log_limit.take(member, self.reactor.seconds()):
+            log.warning(text, *args)

@@ -1,0 +1,204 @@
+"""``ptt-server``: the group server's command line (the server itself is ``server.service.makeService``).
+
+  ptt-server --data DIR init --kms-enrolment E.json --kms-user NAME [--kms-password-file F]
+             --server-uri sip:ptt-server@example.org [--domain example.org] [--host 127.0.0.1]
+             [--dispatch-port 8444] [--control-port 8445] [--relay-port 8446]
+  ptt-server --data DIR dispatcher add NAME [--role admin] [--password-file F]
+  ptt-server --data DIR client-info [--out FILE]      what clients need: address, server URI, TLS certificate
+  ptt-server --data DIR serve [--workers N]
+
+The server is a KMS client: its account is keyed for the server's own URI (clients encrypt their CSK to it) and
+for every group URI it manages (it signs each GMK as the group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ptt.control import b64
+from server.service import ConfigError, DataDir, ServerConfig
+
+CliError = ConfigError
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+
+
+def _secret(file: str | None, env: str, prompt: str) -> str:
+    if file:
+        return Path(file).read_text().rstrip("\r\n")
+    if os.environ.get(env):
+        return os.environ[env]
+    if not sys.stdin.isatty():
+        raise CliError(f"no {prompt.lower()} given (use a file option or {env})")
+    return getpass.getpass(f"{prompt}: ")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    from server.kms.secrets import write_private_file
+
+    write_private_file(path, data)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from client.keystore import Keystore
+    from ptt.kmsformat.enrolment import Enrolment
+    from server.groups.store import GroupStore, make_data_key
+    from server.kms.material import make_self_signed, write_key_and_certificate
+
+    data = DataDir(Path(args.data))
+    if data.config.exists() and not args.force:
+        raise CliError(f"{data.root} already holds a server (use --force to start over)")
+    enrolment = Enrolment.from_json(Path(args.kms_enrolment).read_bytes())
+    password = _secret(args.kms_password_file, "PTT_KMS_PASSWORD", f"KMS password for {args.kms_user}")
+    data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data.root, 0o700)
+    _write_private(data.kms_password, password.encode() + b"\n")
+    _write_private(data.keystore_pass, b64(os.urandom(32)).encode())
+    keystore = Keystore(data.keystore, data.keystore_pass.read_bytes())
+    keystore.enrolment = enrolment
+    keystore.save()
+    if not data.data_key.exists():
+        make_data_key(data.data_key)
+    key, cert = make_self_signed(args.host, san_dns=["localhost"], san_ips=["127.0.0.1"])
+    write_key_and_certificate(key, cert, data.tls_key, data.tls_cert)
+    domain = args.domain or args.server_uri.partition("@")[2] or "example.org"
+    config = ServerConfig(
+        server_uri=args.server_uri,
+        domain=domain,
+        host=args.host,
+        dispatch_port=args.dispatch_port,
+        control_port=args.control_port,
+        relay_port=args.relay_port,
+        kms_user=args.kms_user,
+    )
+    config.save(data.config)
+    from server.groups.store import read_data_key
+
+    GroupStore(data.db, read_data_key(data.data_key)).close()
+    print(f"ptt-server {args.server_uri} initialised in {data.root} (KMS {enrolment.kms_uri}, account {args.kms_user})")
+    print(f"  the KMS account must be keyed for {args.server_uri} and for every group URI it manages:")
+    print(f"  ptt-kms grant {args.kms_user} sip:GROUP@{domain}")
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    import time
+
+    from server.groups.store import GroupError, GroupStore, read_data_key
+
+    data = DataDir(Path(args.data))
+    if not data.config.exists():
+        raise CliError(f"{data.root} holds no server (run init)")
+    store = GroupStore(data.db, read_data_key(data.data_key))
+    try:
+        password = _secret(args.password_file, "PTT_DISPATCH_PASSWORD", f"Password for {args.name}")
+        store.add_dispatcher(args.name, password, args.role, now=time.time())
+    except GroupError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"dispatcher {args.name} added ({args.role})")
+    return 0
+
+
+def cmd_client_info(args: argparse.Namespace) -> int:
+    data = DataDir(Path(args.data))
+    config = ServerConfig.load(data.config)
+    info = {
+        "host": config.host,
+        "control_port": config.control_port,
+        "dispatch_port": config.dispatch_port,
+        "server_uri": config.server_uri,
+        "cert_pem": data.tls_cert.read_text(),
+    }
+    text = json.dumps(info, indent=1) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"client info written to {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+    from twisted.python import log as twisted_log
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    twisted_log.PythonLoggingObserver("twisted").start()
+    data = DataDir(Path(args.data))
+    if not data.config.exists():
+        raise CliError(f"{data.root} holds no server (run init)")
+    from server.service import makeService
+
+    react: Any = reactor
+    server = makeService(ServerConfig.load(data.config), react, data, workers=args.workers)
+
+    def failed(failure: Any) -> None:
+        print(f"ptt-server: cannot start: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+        react.stop()
+
+    def start() -> None:
+        server.startService()
+        server.ready.addErrback(failed)
+
+    react.callWhenRunning(start)
+    react.addSystemEventTrigger("before", "shutdown", server.stopService)
+    react.run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptt-server", description="PTT group server")
+    parser.add_argument("--data", default="var/server", help="data directory (default var/server)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create a server data directory")
+    init.add_argument("--kms-enrolment", required=True)
+    init.add_argument("--kms-user", required=True)
+    init.add_argument("--kms-password-file")
+    init.add_argument("--server-uri", required=True)
+    init.add_argument("--domain")
+    init.add_argument("--host", default="127.0.0.1")
+    init.add_argument("--dispatch-port", type=int, default=8444)
+    init.add_argument("--control-port", type=int, default=8445)
+    init.add_argument("--relay-port", type=int, default=8446)
+    init.add_argument("--force", action="store_true")
+    init.set_defaults(func=cmd_init)
+    dispatcher = sub.add_parser("dispatcher", help="dispatcher accounts")
+    dsub = dispatcher.add_subparsers(dest="action", required=True)
+    add = dsub.add_parser("add")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["dispatcher", "admin"], default="admin")
+    add.add_argument("--password-file")
+    add.set_defaults(func=cmd_dispatcher)
+    info = sub.add_parser("client-info", help="what clients need to connect")
+    info.add_argument("--out")
+    info.set_defaults(func=cmd_client_info)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--workers", type=int, help="crypto worker processes (default: one per core)")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"ptt-server: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"ptt-server: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The group server as a Twisted service: ``makeService(config, reactor)`` composes the parts.
+
+* the **store thread** (one thread: the group manager and the dispatcher API, one request at a time, in order);
+* the **crypto pool** (``server.workers``: one process per core for logins, CSKs and GMK distribution);
+* the **KMS client** (the server's own identity and every group identity: ``client.provisioning``);
+* the **group call** (``ptt.groupcall`` in its shell ``server.callshell``) behind the relay's UDP port and the
+  control channel (TLS);
+* the **dispatcher API** (HTTPS) and the key-period check (every minute, on the store thread).
+
+Start-up order: provision the keys (so the server can sign as its groups), then listen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, task
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from ptt.groupcall import GroupCall, RelayAddress
+from ptt.mikey.imessage import IdentityKeys, KmsDomain
+from ptt.relaycore import RelayCore
+from server.callshell import CallShell, group_info
+
+log = logging.getLogger("ptt.server")
+
+KEY_PERIOD_CHECK = 60.0
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    server_uri: str
+    domain: str
+    host: str
+    dispatch_port: int
+    control_port: int
+    relay_port: int
+    kms_user: str
+
+    @classmethod
+    def load(cls, path: Path) -> ServerConfig:
+        data = json.loads(path.read_text())
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=1) + "\n")
+
+
+class DataDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "server.json"
+        self.db = root / "server.sqlite3"
+        self.data_key = root / "data.key"
+        self.tls_key = root / "tls-key.pem"
+        self.tls_cert = root / "tls-cert.pem"
+        self.keystore = root / "keystore"
+        self.keystore_pass = root / "keystore.pass"
+        self.kms_password = root / "kms-password"
+
+
+class ServerKeys:
+    """The group server's keys from its KMS keystore: its own (for CSKs) and its groups' (to sign GMKs)."""
+
+    def __init__(self, reactor: Any, keystore: Any, agent: Any, domain: KmsDomain, server_uri: str) -> None:
+        self.reactor, self.keystore, self.agent = reactor, keystore, agent
+        self._domain, self.server_uri = domain, server_uri
+
+    def domain(self) -> KmsDomain:
+        return self._domain
+
+    def server_keys(self) -> list[IdentityKeys]:
+        return list(self.keystore.held_keys(self.server_uri))
+
+    def keys_for(self, group_uri: str, now: float) -> IdentityKeys | None:
+        """On the store thread: a group identity's keys, fetched from the KMS (through the reactor) if missing."""
+        from twisted.internet.threads import blockingCallFromThread
+        from twisted.python.threadable import isInIOThread
+
+        keys: IdentityKeys | None = self.keystore.current_keys(group_uri, now)
+        if keys is not None and (isInIOThread() or self.keystore.identity_keys(group_uri, keys.period_no + 1)):
+            return keys
+        if not isInIOThread():
+            try:
+                blockingCallFromThread(self.reactor, self._provision, group_uri)
+            except Exception as exc:
+                log.warning("keys for %s not provisioned: %s", group_uri, exc)
+        keys = self.keystore.current_keys(group_uri, now)
+        return keys
+
+    def _provision(self, identity: str) -> Any:
+        if identity not in self.agent.identities:
+            self.agent.identities.append(identity)
+        return self.agent.provision_identity(identity)
+
+
+class RelayService(service.Service):
+    def __init__(self, reactor: Any, shell: CallShell, core: RelayCore, config: ServerConfig) -> None:
+        self.reactor, self.shell, self.core, self.config = reactor, shell, core, config
+        self.port: Any = None
+
+    def startService(self) -> None:
+        from server.relay import listen_relay
+
+        super().startService()
+        self.shell.relay, self.port = listen_relay(
+            self.reactor,
+            self.core,
+            self.config.relay_port,
+            self.config.host,
+            on_floor=self.shell.relay_floor,
+            on_dead=self.shell.relay_dead,
+            on_joined=self.shell.relay_joined,
+        )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening() if self.port is not None else None
+
+
+class GroupServer(service.MultiService):
+    """Provisions, then starts its listeners; ``ready`` fires once they listen."""
+
+    def __init__(self, reactor: Any, config: ServerConfig, parts: dict[str, Any]) -> None:
+        super().__init__()
+        self.reactor, self.config, self.parts = reactor, config, parts
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self._checker = task.LoopingCall(self._check_key_period)
+        self._checker.clock = reactor
+
+    @property
+    def shell(self) -> CallShell:
+        shell: CallShell = self.parts["shell"]
+        return shell
+
+    def startService(self) -> None:
+        service.Service.startService(self)  # the children start once the keys are there
+        d = defer.ensureDeferred(self._start())
+        d.addCallbacks(self.ready.callback, self.ready.errback)
+
+    async def _start(self) -> None:
+        parts = self.parts
+        await parts["agent"].provision()  # fresh keys for the server identity and every group
+        parts["agent"].start()
+        for child in self:
+            child.startService()
+        self._checker.start(KEY_PERIOD_CHECK, now=False)
+        c = self.config
+        print(
+            f"ptt-server {c.server_uri} listening: dispatch https://{c.host}:{c.dispatch_port}, control "
+            f"{c.host}:{c.control_port}, relay udp {c.host}:{c.relay_port} ({parts['pool'].workers} crypto workers)",
+            flush=True,
+        )
+
+    def stopService(self) -> Any:
+        if self._checker.running:
+            self._checker.stop()
+        d = super().stopService() if self.running else defer.succeed(None)
+
+        def close(result: object) -> object:
+            self.parts["store_pool"].stop()
+            self.parts["pool"].close()
+            self.parts["store"].close()
+            return result
+
+        return defer.maybeDeferred(lambda: d).addBoth(close)
+
+    def _check_key_period(self) -> Any:
+        manager, pool = self.parts["manager"], self.parts["store_pool"]
+        d = deferToThreadPool(self.reactor, pool, manager.check_key_period, self.reactor.seconds())
+        d.addErrback(lambda failure: log.error("key period check failed: %s", failure.getErrorMessage()))
+        return d
+
+
+def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: int | None = None) -> GroupServer:
+    """The whole group server for ``data`` (its ``server.json`` is ``config``), on ``reactor``."""
+    from client.keystore import Keystore
+    from client.provisioning import ProvisioningAgent
+    from server.control import ControlServerFactory
+    from server.dispatch.api import DispatchApplication, make_dispatch_site
+    from server.groups.manager import GroupManager
+    from server.groups.store import GroupStore, read_data_key
+    from server.relay import relay_core_from_environment
+    from server.tls import server_tls_options
+    from server.workers import CryptoPool
+
+    keystore = Keystore.open(data.keystore, data.keystore_pass.read_bytes())
+    if keystore.enrolment is None:
+        raise ConfigError("the server's keystore is not enrolled with a KMS (run init)")
+    domain = keystore.enrolment.certificate.domain()
+    store = GroupStore(data.db, read_data_key(data.data_key))
+    records = store.groups()
+    identities = [config.server_uri, *[g.uri for g in records]]
+    agent = ProvisioningAgent(reactor, keystore, config.kms_user, data.kms_password.read_text().strip(), identities)
+    keys = ServerKeys(reactor, keystore, agent, domain, config.server_uri)
+    pool = CryptoPool(reactor, workers, domains=[domain])
+    store_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-server-store")
+    store_pool.start()
+    relay_core = relay_core_from_environment(os.environ)
+    call = GroupCall(relay_core, RelayAddress(config.host, config.relay_port))
+    call.load(group_info(record, store.members(record.uri)) for record in records)
+    manager = GroupManager(store, keys, distributor=pool.distributor)
+    shell = CallShell(
+        reactor,
+        call,
+        server_uri=config.server_uri,
+        domain=domain,
+        server_keys=keys.server_keys,
+        manager=manager,
+        pool=pool,
+        store_pool=store_pool,
+    )
+    manager.on_change = shell.change_from_thread
+    shell.control = ControlServerFactory(shell, reactor)
+    tls = server_tls_options(data.tls_key, data.tls_cert)
+    parts = {"agent": agent, "pool": pool, "store_pool": store_pool, "store": store, "manager": manager, "shell": shell}
+    top = GroupServer(reactor, config, parts)
+    RelayService(reactor, shell, relay_core, config).setServiceParent(top)
+    control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.host)
+    _endpoint_service(control, shell.control).setServiceParent(top)
+    app = DispatchApplication(manager, status=shell.status, domain=config.domain)
+    dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.host)
+    _endpoint_service(dispatch, make_dispatch_site(app, store_pool, reactor.seconds)).setServiceParent(top)
+    return top
+
+
+def _endpoint_service(endpoint: Any, factory: Any) -> service.Service:
+    from twisted.application.internet import StreamServerEndpointService
+
+    listening = StreamServerEndpointService(endpoint, factory)
+    listening._raiseSynchronously = True  # a port in use stops the start-up instead of being logged only
+    return listening
