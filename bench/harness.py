@@ -32,7 +32,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of every process started here: no PTT_ settings, and this tree's code first on the path
+    (the venv's editable install may point at another checkout, e.g. when a git worktree of an older commit is
+    measured with the same venv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTT_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.update(extra)
     return env
 
@@ -103,7 +107,8 @@ class System:
     server: Daemon
     dispatch_port: int
 
-    def dispatch(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def dispatch(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``ptt-dispatch`` as the admin; global options (``--timeout S``) go before the command."""
         return run(
             "-m",
             "server.dispatch.cli",
@@ -115,6 +120,7 @@ class System:
             "admin",
             *args,
             env=clean_env(PTT_DISPATCH_PASSWORD="admin-password-x"),
+            timeout=timeout,
         )
 
     def client(self, user: str, script: str) -> subprocess.Popen[str]:
@@ -153,9 +159,16 @@ def wait_all(processes: list[subprocess.Popen[str]], timeout: float = 90) -> Non
         assert p.returncode == 0, out
 
 
-def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dict[str, str] | None = None) -> System:
+def start_system(
+    root: Path,
+    *,
+    outsiders: tuple[str, ...] = (),
+    server_env: dict[str, str] | None = None,
+    group_grants: tuple[str, ...] = (),
+) -> System:
     """Initialise and start a KMS and a group server under ``root``, provision USERS (and ``outsiders``: domain
-    users who are not in the group) and create GROUP. ``server_env`` adds environment for the server process."""
+    users who are not in the group) and create GROUP. ``server_env`` adds environment for the server process;
+    ``group_grants`` are more group URIs the server's KMS account may be keyed for (groups a bench creates)."""
     kms_port, dispatch_port, control_port, relay_port = free_ports(4)
     root.mkdir(parents=True, exist_ok=True)
     everyone = (*USERS, *outsiders)
@@ -194,7 +207,8 @@ def start_system(root: Path, *, outsiders: tuple[str, ...] = (), server_env: dic
         ).returncode
         == 0
     )
-    assert run(*kms, "grant", "ptt-server", GROUP).returncode == 0
+    for group in (GROUP, *group_grants):
+        assert run(*kms, "grant", "ptt-server", group).returncode == 0
     assert run(*kms, "export-enrolment", "--out", str(root / "enrol.json")).returncode == 0
     kms_daemon = Daemon([*kms, "serve"], "listening on")
     kms_daemon.start()

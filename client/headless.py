@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
+from ptt.floor.events import FloorEvent
 from ptt.floor.messages import FloorMessage, Subtype
 
 PACKET_INTERVAL = 0.02
@@ -58,16 +59,19 @@ class Runner:
             sender = payload[3:11].rstrip(b"\0").decode("ascii", "replace")
             self.received.setdefault(sender, []).append(struct.unpack(">I", payload[11:15])[0])
 
-    def _floor(self, group: str, message: FloorMessage) -> None:
-        self.floor.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
-        if self._awaiting is not None and self._awaiting[0] == message.subtype.name:
+    def _floor(self, group: str, event: FloorEvent) -> None:
+        # "subtype": the older name of "kind" in the report, kept for its readers (GRANTED and TAKEN are the same)
+        kind = event.kind.name
+        self.floor.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
+        if self._awaiting is not None and self._awaiting[0] == kind:
             waiting = self._awaiting[1]
             self._awaiting = None
             waiting.callback(None)
 
-    def _expect(self, subtype: str, timeout: float) -> defer.Deferred[None]:
+    def _expect(self, kind: str, timeout: float) -> defer.Deferred[None]:
+        """Fires at the next floor event of ``kind`` (a ``FloorEventKind`` name: GRANTED, IDLE, …)."""
         d: defer.Deferred[None] = defer.Deferred()
-        self._awaiting = (subtype, d)
+        self._awaiting = (kind, d)
         d.addTimeout(timeout, self.reactor)
         return d
 
@@ -106,8 +110,9 @@ class Runner:
                 self.session._send(
                     self.group, bytes(FloorMessage(Subtype.REQUEST, state.ssrc, user_id=self.session.uri))
                 )
-            elif word == "floor-latency":
-                yield self._floor_latency(int(arg))
+            elif word == "floor-latency":  # ROUNDS [HOLD [PAUSE]], HOLD/PAUSE seconds or MIN-MAX ranges
+                rounds, *pacing = arg.split()
+                yield self._floor_latency(int(rounds), *pacing)
             elif word == "quit":
                 break
             else:
@@ -120,7 +125,7 @@ class Runner:
         if ask:
             self.session.request_floor(self.group)
             for _ in range(50):
-                if state.floor == "granted":
+                if state.participant is not None and state.participant.has_permission:
                     break
                 yield task.deferLater(self.reactor, 0.02, lambda: None)
         first = True
@@ -133,18 +138,45 @@ class Runner:
             self.session.release_floor(self.group)
 
     @defer.inlineCallbacks
-    def _floor_latency(self, rounds: int) -> Any:
-        """Request → Granted time, ``rounds`` times (each followed by Release → Idle)."""
+    def _floor_latency(self, rounds: int, hold: str = "0.2-0.4", pause: str = "0.1-0.3") -> Any:
+        """Request → Granted time, ``rounds`` times, paced like a person: each Granted is held for ``hold``
+        seconds (uniform in MIN-MAX) with synthetic audio at 50 packets/s, then Release → Idle, then ``pause``
+        seconds before the next press. One line per round on stdout (``floor-latency N WALL MS``, WALL = the
+        request's time.time(); ``lost`` instead of MS when no Granted came within 10 s), so a benchmark can match
+        rounds to what else ran at that time."""
+        import random
+
         assert self.group is not None
-        for _ in range(rounds):
-            granted = self._expect("GRANTED", 5.0)
-            start = time.perf_counter()
+        hold_range = [float(x) for x in hold.split("-", 1)] * (2 if "-" not in hold else 1)
+        pause_range = [float(x) for x in pause.split("-", 1)] * (2 if "-" not in pause else 1)
+        pacing = random.Random(1)
+        for index in range(rounds):
+            granted = self._expect("GRANTED", 10.0)
+            wall, start = time.time(), time.perf_counter()
             self.session.request_floor(self.group)
-            yield granted
-            self.floor_latency_ms.append((time.perf_counter() - start) * 1e3)
-            idle = self._expect("IDLE", 5.0)
+            try:
+                yield granted
+            except defer.TimeoutError:
+                self._awaiting = None
+                print(f"floor-latency {index} {wall:.6f} lost", flush=True)
+            else:
+                latency = (time.perf_counter() - start) * 1e3
+                self.floor_latency_ms.append(latency)
+                print(f"floor-latency {index} {wall:.6f} {latency:.3f}", flush=True)
+                until = time.perf_counter() + pacing.uniform(*hold_range)
+                first = True
+                while time.perf_counter() < until:
+                    self.sent += 1
+                    self.session.send_media(self.group, synthetic_payload(self.tag, self.sent), marker=first)
+                    first = False
+                    yield task.deferLater(self.reactor, PACKET_INTERVAL, lambda: None)
+            idle = self._expect("IDLE", 10.0)
             self.session.release_floor(self.group)
-            yield idle
+            try:
+                yield idle
+            except defer.TimeoutError:
+                self._awaiting = None
+            yield task.deferLater(self.reactor, pacing.uniform(*pause_range), lambda: None)
 
     def report(self) -> dict[str, Any]:
         return {
