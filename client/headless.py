@@ -25,7 +25,6 @@ from twisted.internet import defer, task
 
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
-from ptt.floor.events import FloorEvent
 from ptt.floor.messages import FloorMessage, Subtype
 
 PACKET_INTERVAL = 0.02
@@ -59,19 +58,16 @@ class Runner:
             sender = payload[3:11].rstrip(b"\0").decode("ascii", "replace")
             self.received.setdefault(sender, []).append(struct.unpack(">I", payload[11:15])[0])
 
-    def _floor(self, group: str, event: FloorEvent) -> None:
-        # "subtype": the older name of "kind" in the report, kept for its readers (GRANTED and TAKEN are the same)
-        kind = event.kind.name
-        self.floor.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
-        if self._awaiting is not None and self._awaiting[0] == kind:
+    def _floor(self, group: str, message: FloorMessage) -> None:
+        self.floor.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
+        if self._awaiting is not None and self._awaiting[0] == message.subtype.name:
             waiting = self._awaiting[1]
             self._awaiting = None
             waiting.callback(None)
 
-    def _expect(self, kind: str, timeout: float) -> defer.Deferred[None]:
-        """Fires at the next floor event of ``kind`` (a ``FloorEventKind`` name: GRANTED, IDLE, …)."""
+    def _expect(self, subtype: str, timeout: float) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
-        self._awaiting = (kind, d)
+        self._awaiting = (subtype, d)
         d.addTimeout(timeout, self.reactor)
         return d
 
@@ -125,7 +121,7 @@ class Runner:
         if ask:
             self.session.request_floor(self.group)
             for _ in range(50):
-                if state.participant is not None and state.participant.has_permission:
+                if state.floor == "granted":
                     break
                 yield task.deferLater(self.reactor, 0.02, lambda: None)
         first = True
