@@ -41,7 +41,7 @@ from ptt.adhoc.engine import (
 from ptt.adhoc.messages import GroupInfo
 from ptt.crypto import eccsi, sakke
 from ptt.floor.events import FloorEvent, FloorEventKind
-from ptt.floor.messages import FloorMessage, FloorMessageError, QueueInfo, RejectCause, Subtype, parse_rtcp
+from ptt.floor.messages import FloorMessageError, parse_rtcp
 from ptt.floor.offnetwork import PENDING_REQUEST, OffNetworkFloor
 from ptt.groupkeys import GroupKey
 from ptt.mikey.imessage import IdentityKeys
@@ -81,6 +81,11 @@ class AdhocCall:
     pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
     keyed_at: float = 0.0
     requested_at: float | None = None  # when our pending floor request was made (access time)
+
+    @property
+    def talk_limit(self) -> int:
+        """Seconds a burst may last (T206 + T207), shown when the floor is granted."""
+        return int(self.machine.config.max_talk)
 
     @property
     def key(self) -> GroupKey | None:
@@ -144,7 +149,7 @@ class AdhocSession:
         self._timer: Any = None
         self._stopping = False
         # listeners the application sets (as on PttSession)
-        self.floor_listener: Callable[[str, FloorMessage], None] = lambda group, message: None
+        self.floor_listener: Callable[[str, FloorEvent], None] = lambda group, event: None
         self.media_listener: Callable[[str, bytes, bytes], None] = lambda group, mki, rtp: None
         self.event_listener: Callable[[dict[str, Any]], None] = lambda message: None
         self.key_listener: Callable[[str, GroupKey], None] = lambda group, key: None
@@ -401,35 +406,23 @@ class AdhocSession:
             self._on_floor_event(group, call, event)
 
     def _on_floor_event(self, group: str, call: AdhocCall, event: FloorEvent) -> None:
-        """Floor machine events become the floor messages the UI already understands (as on-network)."""
+        """Keep the call's floor word and talker for the UI, and hand the event on (as on-network)."""
         kind = event.kind
-        message: FloorMessage | None = None
         if kind == FloorEventKind.GRANTED:
             call.floor, call.talker = "granted", self.uri
             if call.requested_at is not None:
                 self.access_ms = [*self.access_ms[-999:], (self.reactor.seconds() - call.requested_at) * 1000]
                 call.requested_at = None
-            message = FloorMessage(
-                Subtype.GRANTED, call.ssrc, user_id=self.uri, duration=int(call.machine.config.max_talk)
-            )
         elif kind == FloorEventKind.DENIED:
             call.floor, call.requested_at = "denied", None
-            phrase = event.text or "another participant has permission"
-            message = FloorMessage(Subtype.DENY, call.ssrc, reject_cause=RejectCause(event.cause or 1, phrase))
         elif kind == FloorEventKind.TAKEN:
             call.floor, call.talker = "taken", event.talker
-            message = FloorMessage(Subtype.TAKEN, call.ssrc, granted_party=event.talker)
         elif kind == FloorEventKind.IDLE:
             call.floor, call.talker = "idle", None
-            message = FloorMessage(Subtype.IDLE, call.ssrc)
         elif kind in (FloorEventKind.REVOKED, FloorEventKind.STOP_TALKING):
             call.floor = "revoked"
-            message = FloorMessage(Subtype.REVOKE, call.ssrc, reject_cause=RejectCause(event.cause or 2, event.text))
         elif kind in (FloorEventKind.QUEUED, FloorEventKind.QUEUE_POSITION):
-            # As on-network: the UI shows "queued (position N)" from Floor Queue Position Info.
             call.floor, call.talker = "queued", event.talker or call.talker
-            info = QueueInfo(event.position or 0, call.machine.priority)
-            message = FloorMessage(Subtype.QUEUE_POSITION_INFO, call.ssrc, queue_info=info, queued_user_id=self.uri)
         elif kind == FloorEventKind.QUEUE_CANCELLED:
             # PTT still pressed: the machine asks for the floor again; released: it listens (or the floor is idle).
             machine = call.machine
@@ -440,8 +433,7 @@ class AdhocSession:
             self.event_listener({"kind": "stop-warning", "group": group})
         elif kind == FloorEventKind.INACTIVE:
             self.event_listener({"kind": "inactive", "group": group})
-        if message is not None:
-            self.floor_listener(group, message)
+        self.floor_listener(group, event)
 
     # --- media ---------------------------------------------------------------------------------------------------
 

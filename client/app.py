@@ -28,7 +28,7 @@ from client.audio import AudioEngine
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
 from client.voice import Voice
-from ptt.floor.messages import FloorMessage, Subtype
+from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.ts33180 import period_bounds
 
 log = logging.getLogger("ptt.client.app")
@@ -39,11 +39,11 @@ class TalkSession(Protocol):
 
     uri: str
     keystore: Keystore
-    floor_listener: Callable[[str, FloorMessage], None]
+    floor_listener: Callable[[str, FloorEvent], None]
     event_listener: Callable[[dict[str, Any]], None]
 
     @property
-    def groups(self) -> Mapping[str, Any]: ...  # each with .name, .talker, .floor and .keys
+    def groups(self) -> Mapping[str, Any]: ...  # each with .name, .talker, .floor (a word), .talk_limit and .keys
 
     @property
     def connected(self) -> bool: ...
@@ -95,24 +95,31 @@ class Client:
             self.session.release_floor(self.selected)
         self.message = ""
 
-    def _floor(self, group: str, message: FloorMessage) -> None:
-        self.floor_log.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
+    def _floor(self, group: str, event: FloorEvent) -> None:
+        # "subtype" is the older name of "kind" in the report (benchmarks read it); GRANTED and TAKEN are the same
+        kind = event.kind.name
+        self.floor_log.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
         if group != self.selected:
             return
-        if message.subtype == Subtype.GRANTED and self.want_talk:
+        if event.kind == FloorEventKind.GRANTED and self.want_talk:
             self.voice.start_talking(group)
-            self.message = f"TALKING (max {message.duration or '?'} s)"
-        elif message.subtype == Subtype.DENY:
+            state = self.session.groups.get(group)
+            limit = state.talk_limit if state is not None else None
+            self.message = f"TALKING (max {limit or '?'} s)"
+        elif event.kind == FloorEventKind.DENIED:
             self.want_talk = False
-            cause = message.reject_cause.phrase if message.reject_cause else ""
-            self.message = f"floor denied {cause}".strip()
-        elif message.subtype == Subtype.REVOKE:
+            self.message = f"floor denied {event.text}".strip()
+        elif event.kind in (FloorEventKind.REVOKED, FloorEventKind.STOP_TALKING):
+            # the floor machine has released the floor already: only the microphone must stop
             self.want_talk = False
             self.voice.stop_talking()
-            self.session.release_floor(group)
-            self.message = "floor revoked"
-        elif message.subtype == Subtype.QUEUE_POSITION_INFO and message.queue_info is not None:
-            self.message = f"queued (position {message.queue_info.position})"
+            self.message = f"floor revoked {event.text}".strip()
+        elif event.kind in (FloorEventKind.QUEUED, FloorEventKind.QUEUE_POSITION) and event.position is not None:
+            self.message = f"queued (position {event.position})"
+        elif event.kind == FloorEventKind.QUEUE_CANCELLED and self.want_talk:
+            self.message = "requesting the floor…"
+        elif event.kind == FloorEventKind.STOP_WARNING:
+            self.message = event.text or "stop talking soon"
 
     def _event(self, message: dict[str, Any]) -> None:
         if message.get("kind") == "dead":

@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
+from ptt.floor.events import FloorEvent
 from ptt.floor.messages import FloorMessage, Subtype
 
 PACKET_INTERVAL = 0.02
@@ -58,16 +59,19 @@ class Runner:
             sender = payload[3:11].rstrip(b"\0").decode("ascii", "replace")
             self.received.setdefault(sender, []).append(struct.unpack(">I", payload[11:15])[0])
 
-    def _floor(self, group: str, message: FloorMessage) -> None:
-        self.floor.append({"group": group, "subtype": message.subtype.name, "party": message.granted_party})
-        if self._awaiting is not None and self._awaiting[0] == message.subtype.name:
+    def _floor(self, group: str, event: FloorEvent) -> None:
+        # "subtype": the older name of "kind" in the report, kept for its readers (GRANTED and TAKEN are the same)
+        kind = event.kind.name
+        self.floor.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
+        if self._awaiting is not None and self._awaiting[0] == kind:
             waiting = self._awaiting[1]
             self._awaiting = None
             waiting.callback(None)
 
-    def _expect(self, subtype: str, timeout: float) -> defer.Deferred[None]:
+    def _expect(self, kind: str, timeout: float) -> defer.Deferred[None]:
+        """Fires at the next floor event of ``kind`` (a ``FloorEventKind`` name: GRANTED, IDLE, …)."""
         d: defer.Deferred[None] = defer.Deferred()
-        self._awaiting = (subtype, d)
+        self._awaiting = (kind, d)
         d.addTimeout(timeout, self.reactor)
         return d
 
@@ -121,7 +125,7 @@ class Runner:
         if ask:
             self.session.request_floor(self.group)
             for _ in range(50):
-                if state.floor == "granted":
+                if state.participant is not None and state.participant.has_permission:
                     break
                 yield task.deferLater(self.reactor, 0.02, lambda: None)
         first = True

@@ -20,7 +20,17 @@ from twisted.python.failure import Failure
 from client.control import ControlClient, connect_control
 from client.keystore import Keystore
 from ptt.control import unb64
-from ptt.floor.messages import FloorMessage, FloorMessageError, Subtype, parse_rtcp
+from ptt.floor.events import FloorEvent
+from ptt.floor.messages import FloorMessageError, is_rtcp, parse_rtcp
+from ptt.floor.participant import (
+    HAS_NO_PERMISSION,
+    HAS_PERMISSION,
+    PENDING_RELEASE,
+    PENDING_REQUEST,
+    QUEUED,
+    START_STOP,
+    FloorParticipant,
+)
 from ptt.groupkeys import GroupKey
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import (
@@ -73,8 +83,9 @@ class GroupState:
     ssrc: int = 0
     joined: bool = False
     rtp: RtpSender | None = None
-    talker: str | None = None
-    floor: str = "idle"  # idle | requested | granted | queued | taken | denied | revoked
+    participant: FloorParticipant | None = None  # the floor participant of the call, from join on
+    floor_timer: Any = None  # its T100/T101/T104 (IDelayedCall)
+    call_talker: str | None = None  # who talks, as the control channel's call events say
     port: Any = None  # the group's UDP socket (IListeningPort)
     token: bytes = b""
     pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
@@ -82,6 +93,30 @@ class GroupState:
     @property
     def key(self) -> GroupKey | None:
         return self.keys[-1] if self.keys else None
+
+    @property
+    def talker(self) -> str | None:
+        """Who talks: the floor participant knows once joined, the call events otherwise."""
+        if self.participant is not None and self.participant.state != START_STOP:
+            return self.participant.talker
+        return self.call_talker
+
+    @property
+    def floor(self) -> str:
+        """The floor state in the status line's words (the ad-hoc calls use the same)."""
+        participant = self.participant
+        state = participant.state if participant is not None else START_STOP
+        if state == HAS_NO_PERMISSION:
+            return "taken" if self.talker else "idle"
+        return _FLOOR_WORDS.get(state, "idle")
+
+    @property
+    def talk_limit(self) -> int | None:
+        """Seconds the current burst may last (the Duration of the Floor Granted), if known."""
+        return self.participant.duration if self.participant is not None else None
+
+
+_FLOOR_WORDS = {PENDING_REQUEST: "requested", HAS_PERMISSION: "granted", PENDING_RELEASE: "releasing", QUEUED: "queued"}
 
 
 class _Media(protocol.DatagramProtocol):
@@ -123,7 +158,7 @@ class PttSession:
         self._backoff = RECONNECT_MIN
         self._keepalive: task.LoopingCall | None = None
         # listeners the application sets
-        self.floor_listener: Callable[[str, FloorMessage], None] = lambda group, message: None
+        self.floor_listener: Callable[[str, FloorEvent], None] = lambda group, event: None
         self.media_listener: Callable[[str, bytes, bytes], None] = lambda group, mki, rtp: None
         self.event_listener: Callable[[dict[str, Any]], None] = lambda message: None
         self.key_listener: Callable[[str, GroupKey], None] = lambda group, key: None
@@ -219,9 +254,9 @@ class PttSession:
     def on_event(self, message: dict[str, Any]) -> None:
         state = self.groups.get(message["group"])
         if state is not None and message["kind"] == "talking":
-            state.talker = message.get("uri")
+            state.call_talker = message.get("uri")
         elif state is not None and message["kind"] == "idle":
-            state.talker = None
+            state.call_talker = None
         self.event_listener(message)
 
     def on_disconnected(self, reason: str) -> None:
@@ -294,6 +329,7 @@ class PttSession:
         assert self.control is not None
         state = self.groups.setdefault(group, GroupState(group))
         state.ssrc = struct.unpack(">I", os.urandom(4))[0]
+        self._drop_participant(state)
         reply = yield self.control.join(group, state.ssrc)
         state.token = unb64(reply["token"], "token")
         relay = reply["relay"]
@@ -302,6 +338,9 @@ class PttSession:
             local = "127.0.0.1" if self.relay[0] in ("127.0.0.1", "localhost") else ""
             state.port = self.reactor.listenUDP(0, _Media(self, group), interface=local)
         state.joined = True
+        # A new SSRC is a new floor participant; it listens before the relay binds us (late entry: Taken or Idle).
+        state.participant = FloorParticipant(self.uri, state.ssrc)
+        state.participant.join(self.reactor.seconds())
         self._send_keepalives()
         if self._keepalive is None:
             self._keepalive = task.LoopingCall(self._send_keepalives)
@@ -312,6 +351,7 @@ class PttSession:
     def leave(self, group: str) -> None:
         state = self.groups.get(group)
         if state is not None:
+            self._drop_participant(state)
             state.joined = False
             state.token = b""
             if state.port is not None:
@@ -328,6 +368,7 @@ class PttSession:
         if self.control is not None:
             self.control.link.loseConnection()
         for state in self.groups.values():
+            self._drop_participant(state)
             if state.port is not None:
                 state.port.stopListening()
                 state.port = None
@@ -344,23 +385,59 @@ class PttSession:
 
     # --- floor control -----------------------------------------------------------------------------------------
 
-    def _floor(self, group: str, message: FloorMessage) -> None:
-        if self.floor_channel is None:
-            raise RuntimeError("no CSK sent yet")
-        self._send(group, self.floor_channel.protect(bytes(message)))
-
     def request_floor(self, group: str, *, priority: int | None = None, indicator: int | None = None) -> None:
+        """PTT pressed in ``group`` (a joined group): Floor Request, retransmitted until answered."""
         state = self.groups[group]
-        state.floor = "requested"
-        self._floor(
-            group,
-            FloorMessage(Subtype.REQUEST, state.ssrc, priority=priority, user_id=self.uri, floor_indicator=indicator),
-        )
+        if state.participant is None:
+            raise RuntimeError(f"not joined to {group}")
+        state.participant.press(self.reactor.seconds(), priority=priority, indicator=indicator)
+        self._floor_pump(group, state)
 
     def release_floor(self, group: str) -> None:
-        state = self.groups[group]
-        state.floor = "idle"
-        self._floor(group, FloorMessage(Subtype.RELEASE, state.ssrc, user_id=self.uri))
+        """PTT released in ``group``: Floor Release (of the floor, the request or the queue place)."""
+        state = self.groups.get(group)
+        if state is not None and state.participant is not None:
+            state.participant.release(self.reactor.seconds())
+            self._floor_pump(group, state)
+
+    def _floor_pump(self, group: str, state: GroupState) -> None:
+        """Send what the participant has to send, hand its events to the application, rearm its timer."""
+        participant = state.participant
+        if participant is None:
+            return
+        for message in participant.outgoing():
+            if self.floor_channel is None:
+                log.warning("%s: no CSK sent yet: floor message for %s dropped", self.uri, group)
+                continue
+            self._send(group, self.floor_channel.protect(bytes(message)))
+        for event in participant.events():
+            self.floor_listener(group, event)  # may press or release again: that pumps on its own
+        deadline = participant.next_deadline() if state.participant is participant else None
+        timer = state.floor_timer
+        if timer is not None and timer.active():
+            if deadline is not None and timer.getTime() == deadline:
+                return
+            timer.cancel()
+        state.floor_timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.reactor.seconds())
+            state.floor_timer = self.reactor.callLater(delay, self._floor_timer, group)
+
+    def _floor_timer(self, group: str) -> None:
+        state = self.groups.get(group)
+        if state is None or state.participant is None:
+            return
+        state.floor_timer = None
+        state.participant.on_timer(self.reactor.seconds())
+        self._floor_pump(group, state)
+
+    def _drop_participant(self, state: GroupState) -> None:
+        if state.floor_timer is not None and state.floor_timer.active():
+            state.floor_timer.cancel()
+        state.floor_timer = None
+        if state.participant is not None:
+            state.participant.leave(self.reactor.seconds())
+        state.participant = None
 
     # --- media ---------------------------------------------------------------------------------------------------
 
@@ -381,7 +458,7 @@ class PttSession:
         state = self.groups.get(group)
         if state is None or not state.joined:
             return
-        if len(data) >= 2 and 192 <= data[1] <= 223:
+        if is_rtcp(data):
             self._floor_in(group, state, data)
             return
         self._media_in(group, state, data)
@@ -401,7 +478,7 @@ class PttSession:
         self.media_listener(group, mki, rtp)
 
     def _floor_in(self, group: str, state: GroupState, data: bytes) -> None:
-        if self.floor_channel is None:
+        if self.floor_channel is None or state.participant is None:
             return
         try:
             messages = parse_rtcp(self.floor_channel.unprotect(data))
@@ -411,21 +488,8 @@ class PttSession:
             return
         for message in messages:
             self.stats["floor_in"] += 1
-            state.floor = {
-                Subtype.GRANTED: "granted",
-                Subtype.TAKEN: "taken",
-                Subtype.DENY: "denied",
-                Subtype.REVOKE: "revoked",
-                Subtype.IDLE: "idle",
-                Subtype.QUEUE_POSITION_INFO: "queued",
-            }.get(message.subtype, state.floor)
-            if message.subtype == Subtype.TAKEN:
-                state.talker = message.granted_party
-            elif message.subtype == Subtype.GRANTED:
-                state.talker = self.uri
-            elif message.subtype == Subtype.IDLE:
-                state.talker = None
-            self.floor_listener(group, message)
+            state.participant.receive(message, self.reactor.seconds())
+        self._floor_pump(group, state)
 
 
 def now() -> float:

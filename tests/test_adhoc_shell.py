@@ -20,6 +20,7 @@ from client.adhoc import AdhocSession, NetworkConfig
 from client.adhoc_app import Agent, ControlProtocol
 from client.keystore import Keystore
 from ptt.crypto import kms
+from ptt.floor.events import FloorEventKind
 from ptt.floor.messages import FloorMessage, Subtype
 from ptt.groupkeys import make_group_key
 from ptt.kmsformat.enrolment import Enrolment
@@ -166,13 +167,13 @@ def test_create_key_talk_and_floor_over_multicast(peers: Peers) -> None:
     assert bob.groups[info.uri].name == "rescue"  # what the status line shows
     heard: list[tuple[str, bytes]] = []
     bob.media_listener = lambda group, mki, rtp: heard.append((group, rtp))
-    floor_at_bob: list[Subtype] = []
-    bob.floor_listener = lambda group, message: floor_at_bob.append(message.subtype)
+    floor_at_bob: list[FloorEventKind] = []
+    bob.floor_listener = lambda group, event: floor_at_bob.append(event.kind)
 
     alice.request_floor(info.uri)
     peers.advance(0.3)  # nobody answers an idle floor: Alice takes it after T201 x C201
     assert alice.groups[info.uri].floor == "granted" and alice.access_ms and alice.access_ms[-1] >= 100
-    assert bob.groups[info.uri].talker == ALICE and Subtype.TAKEN in floor_at_bob
+    assert bob.groups[info.uri].talker == ALICE and FloorEventKind.TAKEN in floor_at_bob
     for n in range(10):
         alice.send_media(info.uri, b"voice-%d" % n, marker=n == 0)
     peers.advance(0.1)
@@ -182,10 +183,10 @@ def test_create_key_talk_and_floor_over_multicast(peers: Peers) -> None:
     bob.request_floor(info.uri)  # same priority: Alice queues Bob (queueing is on in ad-hoc groups)
     peers.advance(0.3)
     assert bob.groups[info.uri].floor == "queued" and alice.groups[info.uri].floor == "granted"
-    assert bob.groups[info.uri].machine.queue_position == 1 and Subtype.QUEUE_POSITION_INFO in floor_at_bob
+    assert bob.groups[info.uri].machine.queue_position == 1 and FloorEventKind.QUEUED in floor_at_bob
     alice.release_floor(info.uri)  # the floor goes to Bob, the first queued
     peers.advance(0.3)
-    assert bob.groups[info.uri].floor == "granted" and Subtype.GRANTED in floor_at_bob
+    assert bob.groups[info.uri].floor == "granted" and FloorEventKind.GRANTED in floor_at_bob
     assert alice.groups[info.uri].talker == BOB and carol.groups[info.uri].talker == BOB
     bob.release_floor(info.uri)
     peers.advance(0.3)

@@ -244,3 +244,62 @@ def test_ptt_key_quick_second_tap_still_stops() -> None:
     clock, client, _ = space_at([0.0, 0.4])  # tap, tap again at once
     clock.advance(0.3)
     assert client.calls == ["press", "release"]
+
+
+def test_floor_participant_per_joined_group_with_its_timer_on_the_reactor(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    """Floor Request retransmitted by T101 on the session's clock, Floor Granted over SRTCP, release and its Ack."""
+    import contextlib
+    import os
+    from types import SimpleNamespace
+
+    from ptt.control import b64
+    from ptt.floor.events import FloorEventKind
+    from ptt.floor.messages import FloorMessage, Source, Subtype, parse_rtcp
+    from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
+
+    session = session_for(world, ALICE, tmp_path)
+    clock = cast(task.Clock, session.reactor)
+    csk = CskKeys(os.urandom(16), b"\x03" + os.urandom(3), os.urandom(16))
+    session.floor_channel, server = SrtcpChannel(csk), SrtcpChannel(csk)
+    relay = ("127.0.0.1", 9)
+    reply = {"token": b64(b"t" * 16), "relay": {"host": relay[0], "port": relay[1]}}
+    session.control = cast(Any, SimpleNamespace(join=lambda group, ssrc: defer.succeed(reply), leave=lambda g: None))
+    to_server: list[FloorMessage] = []
+
+    def write(data: bytes, addr: Any) -> None:
+        with contextlib.suppress(SrtcpError):  # not SRTCP: the relay binding (PTTJ) keepalive
+            to_server.extend(parse_rtcp(server.unprotect(data)))
+
+    port = SimpleNamespace(write=write, stopListening=lambda: None)
+    clock.listenUDP = lambda number, protocol, interface="": port  # type: ignore[attr-defined]
+    session.join(GROUP)
+    state = session.groups[GROUP]
+    events: list[FloorEventKind] = []
+    session.floor_listener = lambda group, event: events.append(event.kind)
+
+    def from_server(message: FloorMessage) -> None:
+        session._datagram(GROUP, server.protect(bytes(message)), relay)
+
+    from_server(FloorMessage(Subtype.IDLE, 0x50545453, sequence=0))
+    assert state.floor == "idle" and events == [FloorEventKind.IDLE]
+    session.request_floor(GROUP)
+    assert state.floor == "requested" and [m.subtype for m in to_server] == [Subtype.REQUEST]
+    clock.advance(0.5)  # T101: the request again
+    assert [m.subtype for m in to_server] == [Subtype.REQUEST] * 2
+    from_server(FloorMessage(Subtype.GRANTED, 0x50545453, duration=30, ack_required=True))
+    assert (state.floor, state.talker, state.talk_limit) == ("granted", ALICE, 30)
+    assert events[-1] == FloorEventKind.GRANTED
+    assert (to_server[-1].subtype, to_server[-1].message_type) == (Subtype.ACK, Subtype.GRANTED)
+    clock.advance(5.0)
+    assert len(to_server) == 3  # T101 stopped
+    session.release_floor(GROUP)
+    assert state.floor == "releasing" and to_server[-1].subtype == Subtype.RELEASE
+    ack = FloorMessage(
+        Subtype.ACK, 0x50545453, message_type=int(Subtype.RELEASE), source=int(Source.CONTROLLING_FUNCTION)
+    )
+    from_server(ack)
+    assert state.floor == "idle" and state.floor_timer is None
+    session.leave(GROUP)
+    assert state.participant is None and state.floor == "idle"
