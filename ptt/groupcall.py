@@ -20,7 +20,7 @@ The media fast path is not here: the shell hands media datagrams straight to :me
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,9 +255,14 @@ class GroupCall:
 
     # -- pushes of keys ----------------------------------------------------------------------------------------------
 
-    def imessages(self, group: str, gmk_id: bytes, messages: Mapping[str, bytes]) -> None:
-        """Fresh I_MESSAGEs of a group (committed by the manager): each to its member, with its group list."""
+    def imessages(
+        self, group: str, gmk_id: bytes, messages: Mapping[str, bytes], online: Callable[[str], bool] | None = None
+    ) -> None:
+        """Fresh I_MESSAGEs of a group (committed by the manager): each to its member, with its group list. Only
+        to members ``online`` (with a control session), if given: the others get theirs from the store at login."""
         for member, data in messages.items():
+            if online is not None and not online(member):
+                continue
             self._pushes.append(
                 (member, {"type": "imessage", "group": group, "gmk_id": gmk_id.hex(), "data": b64(data)})
             )

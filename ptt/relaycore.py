@@ -58,6 +58,7 @@ STAT_NAMES = (
     "rebound",  # bindings moved to a new address
     "keepalive",  # PTTJ refreshing an existing binding
     "floor",  # floor control packets handed over
+    "dropped_floor_rate",  # floor control over the member's floor control limit
     "dead",  # members unbound by sweep
     "bound",  # members bound now (a gauge)
 )
@@ -78,8 +79,16 @@ class RelayConfig:
     rate_burst: int = 400
     dead_after: float = 15.0
     keepalive_interval: float = 5.0  # what clients send at; dead_after must leave room for lost keepalives
+    floor_packets_per_s: float = 10.0
+    floor_burst: int = 30
+    """Floor control packets a member may send (within its overall rate): a press is a Floor Request and a
+    release a Floor Release, each retransmitted a few times if unanswered (T101/T100), plus Queue Position
+    Requests; a person pressing twice a second stays far below. Floor messages cost the server an SRTCP check
+    and the arbiter's work each, so a flood of them is cut here, before either."""
 
     def __post_init__(self) -> None:
+        if self.floor_packets_per_s <= 0 or self.floor_burst < 1:
+            raise ValueError("the floor control limit needs a positive rate and a burst of at least one packet")
         if self.rate_packets_per_s <= 0 or self.rate_burst < 1:
             raise ValueError("the rate limit needs a positive rate and a burst of at least one packet")
         if self.dead_after <= self.keepalive_interval:
@@ -123,10 +132,13 @@ class _Bucket:
 class _Member(_Bucket):
     """A bound member: its address, liveness and (inherited) rate-limit bucket."""
 
-    __slots__ = ("addr", "binding", "group", "last_seen", "ssrc_bytes", "token")
+    __slots__ = ("addr", "binding", "floor", "group", "last_seen", "ssrc_bytes", "token")
 
-    def __init__(self, binding: Binding, token: bytes, addr: Address, group: _Group, now: float, burst: float) -> None:
+    def __init__(
+        self, binding: Binding, token: bytes, addr: Address, group: _Group, now: float, burst: float, floor_burst: float
+    ) -> None:
         super().__init__(burst, now)
+        self.floor = _Bucket(floor_burst, now)
         self.binding = binding
         self.token = token
         self.addr = addr
@@ -286,6 +298,9 @@ class RelayCore:
         if _is_join(data):
             return self._join(data, addr, now)
         member.last_seen = now
+        if not self._admit(member.floor, now, self.config.floor_packets_per_s, self.config.floor_burst):
+            self.stats["dropped_floor_rate"] += 1
+            return DROPPED
         self.stats["floor"] += 1
         return RtcpResult("floor", member.binding, data)
 
@@ -367,14 +382,16 @@ class RelayCore:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _admit(self, bucket: _Bucket, now: float) -> bool:
+    def _admit(self, bucket: _Bucket, now: float, rate: float | None = None, burst: float | None = None) -> bool:
+        rate = self._rate if rate is None else rate
+        burst = self._burst if burst is None else burst
         tokens = bucket.tokens
         elapsed = now - bucket.stamp
         bucket.stamp = now
         if elapsed > 0.0:
-            tokens += elapsed * self._rate
-            if tokens > self._burst:
-                tokens = self._burst
+            tokens += elapsed * rate
+            if tokens > burst:
+                tokens = burst
         if tokens < 1.0:
             bucket.tokens = tokens
             return False
@@ -401,7 +418,7 @@ class RelayCore:
         state = self._groups.get(binding.group)
         if state is None:
             state = self._groups[binding.group] = _Group()
-        member = _Member(binding, token, addr, state, now, self._burst)
+        member = _Member(binding, token, addr, state, now, self._burst, float(self.config.floor_burst))
         bucket = self._unbound_buckets.pop(addr, None)
         if bucket is not None:  # keep what the source already spent while unbound
             member.tokens, member.stamp = bucket.tokens, bucket.stamp

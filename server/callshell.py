@@ -170,7 +170,8 @@ class CallShell:
         else:
             self.call.set_group(group_info(change.record, change.members), now)
         if change.messages:
-            self.call.imessages(change.group, change.gmk_id, change.messages)
+            online = self.control.online if self.control is not None else None
+            self.call.imessages(change.group, change.gmk_id, change.messages, online)
         self._flush()
 
     # --- status for the dispatcher API -----------------------------------------------------------------------------

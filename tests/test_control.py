@@ -6,7 +6,7 @@ import struct
 from typing import Any
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from client.control import ControlClient, ControlError
@@ -25,7 +25,8 @@ from ptt.control import (
 )
 from ptt.crypto import kms
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
-from server.control import ControlServerFactory, ControlSession, RequestRefused
+from ptt.ratelimit import BucketTable
+from server.control import CSK_BURST, JOIN_BURST, ControlServerFactory, ControlSession, RequestRefused
 
 SERVER = "sip:ptt-server@example.org"
 ALICE = "sip:alice@example.org"
@@ -266,3 +267,61 @@ def test_garbage_after_login_gets_an_error_not_a_crash(world: tuple[KmsDomain, k
     session.dataReceived(struct.pack(">I", 3) + b"{}x")
     assert b"bad message" in session.link.value()
     assert not session.link.disconnecting
+
+
+def frames(session: ControlSession) -> list[dict[str, Any]]:
+    decoder = FrameDecoder()
+    out = decoder.feed(session.link.value())
+    session.link.clear()
+    return out
+
+
+def test_frames_wait_in_order_while_the_login_is_verified(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+    _, backend, factory, session, _, _client = connect(world)
+    pending: defer.Deferred[Authenticated] = defer.Deferred()
+    checked: list[dict[str, Any]] = []
+
+    def slow_verify(message: dict[str, Any], nonce: bytes, now: float) -> defer.Deferred[Authenticated]:
+        checked.append(message)
+        return pending
+
+    backend.verify_login = slow_verify
+    nonce = unb64(frames(session)[0]["nonce"], "nonce")
+    auth = make_auth(keys_for(world, ALICE), nonce, SERVER)
+    session.dataReceived(encode_frame(auth) + encode_frame({"type": "ping", "id": 7}))
+    assert frames(session) == [] and factory.pending_logins == 1  # the ping waits behind the login
+    pending.callback(verify_auth(checked[0], nonce, SERVER, backend.domain(), NOW))
+    assert [f["type"] for f in frames(session)] == ["welcome", "imessage", "pong"]
+    assert factory.pending_logins == 0
+
+
+def test_csk_and_join_over_their_limits_get_429_and_one_log_line(
+    world: tuple[KmsDomain, kms.MasterSecrets], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, backend, _, session, _, client = connect(world)
+    pump(session, client)
+    session.link.clear()
+    csk = {"type": "csk", "data": b64(b"csk")}
+    session.dataReceived(b"".join(encode_frame(csk) for _ in range(CSK_BURST + 3)))
+    replies = frames(session)
+    assert [r["type"] for r in replies[:CSK_BURST]] == ["csk_ok"] * CSK_BURST
+    assert all(r["type"] == "error" and r["code"] == 429 for r in replies[CSK_BURST:])
+    assert "retry in" in replies[-1]["message"]
+    assert len([r for r in caplog.records if "over its CSK limit" in r.getMessage()]) == 1
+    join = {"type": "join", "group": "sip:fire@example.org", "ssrc": 5}
+    session.dataReceived(b"".join(encode_frame(join) for _ in range(JOIN_BURST + 1)))
+    assert frames(session)[-1]["code"] == 429
+    assert len(backend.joined) == JOIN_BURST
+
+
+def test_logins_from_one_address_over_the_limit_are_refused(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+    _clock, _backend, factory, session, _, client = connect(world)
+    factory.login_buckets = BucketTable(1.0, 1)
+    pump(session, client)
+    assert session.uri == ALICE
+    second = factory.buildProtocol(None)
+    second.makeConnection(StringTransport())
+    nonce = unb64(frames(second)[0]["nonce"], "nonce")
+    second.dataReceived(encode_frame(make_auth(keys_for(world, ALICE), nonce, SERVER)))
+    reply = frames(second)[0]
+    assert reply["code"] == 429 and second.link.disconnecting and second.uri is None

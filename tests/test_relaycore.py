@@ -466,3 +466,19 @@ def test_route_never_raises(datagrams: list[bytes], sources: list[int]) -> None:
         assert isinstance(core.handle_rtcp(datagram, addr(source), now), RtcpResult)
     core.sweep(now + 100)
     assert all(v >= 0 for v in core.stats.values())
+
+
+def test_floor_control_has_its_own_limit_within_the_members_rate() -> None:
+    from ptt.relaycore import RelayConfig
+
+    core = RelayCore(RelayConfig(floor_packets_per_s=2.0, floor_burst=3))
+    token = bytes(range(16))
+    core.expect(token, Binding("g", "alice", 7), 0.0)
+    assert core.handle_rtcp(join_packet(7, token), ("10.0.0.1", 5000), 0.0).kind == "joined"
+    floor_packet = bytes([0x81, 204, 0, 3]) + (7).to_bytes(4, "big") + b"MCPT" + bytes(4)
+    kinds = [core.handle_rtcp(floor_packet, ("10.0.0.1", 5000), 0.0).kind for _ in range(5)]
+    assert kinds == ["floor"] * 3 + ["dropped"] * 2
+    assert core.stats["dropped_floor_rate"] == 2
+    assert core.handle_rtcp(floor_packet, ("10.0.0.1", 5000), 0.5).kind == "floor"  # refilled at 2/s
+    # keepalives are not floor control: never cut by the floor limit
+    assert core.handle_rtcp(join_packet(7, token), ("10.0.0.1", 5000), 0.5).kind == "keepalive"
