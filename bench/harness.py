@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Daemon:
     process: subprocess.Popen[str] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
+    _drainer: threading.Thread | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -73,30 +75,33 @@ class Daemon:
                 break
             self.log.append(line)
             if self.ready in line:
-                os.set_blocking(self.process.stdout.fileno(), False)
+                # Drain the rest on a thread: a daemon logging into a full pipe would block (the server logs every
+                # login and CSK; a load test of hundreds of them filled the 64 KiB pipe and froze the server).
+                self._drainer = threading.Thread(target=self._drain, args=(self.process.stdout,), daemon=True)
+                self._drainer.start()
                 return
         self.stop()
         raise AssertionError(f"{self.args} did not start:\n" + "".join(self.log))
 
+    def _drain(self, stream: Any) -> None:
+        for line in stream:
+            self.log.append(line)
+
     def output(self) -> str:
-        if self.process is not None and self.process.stdout is not None:
-            try:
-                chunk = self.process.stdout.read()
-            except (BlockingIOError, TypeError):
-                chunk = None
-            if chunk:
-                self.log.append(chunk)
+        if self._drainer is not None and self._drainer.is_alive():
+            time.sleep(0.2)  # lines already written reach the log (the drainer reads them as they come)
         return "".join(self.log)
 
     def stop(self) -> None:
         if self.process is not None:
-            self.output()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            if self._drainer is not None:
+                self._drainer.join(5)  # the last lines, up to the pipe's end
             self.process = None
 
 
