@@ -10,9 +10,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.internet import defer, endpoints, protocol
 from twisted.protocols.basic import Int32StringReceiver
 
+from client.tls import pinned_client_options
 from ptt.control import MAX_FRAME, ControlProtocolError, b64, decode_body, encode_frame, make_auth, unb64
 from ptt.mikey.imessage import IdentityKeys
 
@@ -155,11 +156,7 @@ def connect_control(
     tls_name: str | None = None,
 ) -> Any:
     """Connect, log in, and return the ControlClient once welcomed (ControlError if refused)."""
-    options = ssl.optionsForClientTLS(
-        tls_name or host,
-        trustRoot=ssl.Certificate.loadPEM(server_cert_pem),
-        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
-    )
+    options = pinned_client_options(tls_name or host, server_cert_pem)
     tcp: Any = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=15)
     endpoint: Any = endpoints.wrapClientTLS(options, tcp)
     client = yield endpoint.connect(_Factory(lambda: ControlClient(keys, handler, reactor)))

@@ -18,14 +18,13 @@ from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.error import ConnectError
 from twisted.web.client import Agent, FileBodyProducer, ResponseNeverReceived, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from client.keystore import Keystore, KeystoreError
+from client.tls import PinnedCertificatePolicy
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import (
     DomainMismatch,
@@ -94,21 +93,6 @@ def accept_cert_cache(
         response, expected_kms_uri=enrolment.kms_uri, expected_user_uri=identity, now=_utc(now), not_before=not_before
     )
     return certificates, response.time
-
-
-@implementer(IPolicyForHTTPS)
-class PinnedCertificatePolicy:
-    """Trust exactly the enrolled TLS certificate (self-signed is fine), TLS 1.2 or newer."""
-
-    def __init__(self, pem: bytes) -> None:
-        self._root = ssl.Certificate.loadPEM(pem)
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.optionsForClientTLS(
-            hostname.decode("ascii"),
-            trustRoot=self._root,
-            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
-        )
 
 
 @dataclass

@@ -24,6 +24,7 @@ import pytest
 from ptt.crypto.kms import generate_master_secrets
 from ptt.mikey.errors import DecryptionFailed, WrongRecipient
 from ptt.mikey.imessage import KmsDomain
+from server import accounts
 from server.dispatch import api as api_module
 from server.dispatch import cli
 from server.dispatch.api import DispatchApplication
@@ -45,7 +46,7 @@ DANA_PASSWORD = "dana password!"
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kms_store, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture(scope="module")
@@ -298,9 +299,10 @@ from twisted.python.threadpool import ThreadPool
 
 from ptt.crypto.kms import MasterSecrets, derive_user_keys
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
-from server.dispatch.api import DispatchApplication, dispatch_tls_context, make_dispatch_site
+from server.dispatch.api import DispatchApplication, make_dispatch_site
 from server.groups.manager import GroupManager
 from server.groups.store import GroupStore
+from server.tls import server_tls_options
 
 root = Path(sys.argv[1])
 config = json.loads((root / "config.json").read_text())
@@ -324,7 +326,7 @@ app = DispatchApplication(GroupManager(store, Source()), status=lambda group: st
 pool = ThreadPool(minthreads=1, maxthreads=1, name="dispatch-worker")
 pool.start()
 reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
-context = dispatch_tls_context(root / "tls-key.pem", root / "tls-cert.pem")
+context = server_tls_options(root / "tls-key.pem", root / "tls-cert.pem")
 endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, context, interface="127.0.0.1")
 listening = endpoint.listen(make_dispatch_site(app, pool))
 listening.addCallback(lambda port: print("listening", port.getHost().port, flush=True))
@@ -363,7 +365,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, world: KmsWorld) -> Iterato
     (root / "config.json").write_text(json.dumps(config))
     (root / "runner.py").write_text(RUNNER)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kms_store, "SCRYPT_N", 2**8)
+        patch.setattr(accounts, "SCRYPT_N", 2**8)
         with GroupStore(root / "groups.sqlite3", DATA_KEY) as store:
             store.add_dispatcher("root", ROOT_PASSWORD, role="admin", now=time.time())
             store.add_dispatcher("dana", DANA_PASSWORD, now=time.time())

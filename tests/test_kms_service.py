@@ -2,7 +2,7 @@
 
 A KMS is built in-process in a temporary directory (SQLite store, fresh master secrets, a self-signed XML-signing
 certificate). Every reply the helper ``call`` sees is checked to be a signed document that verifies with the pinned
-signing certificate and to carry no password. Password hashing is made cheap (``store.SCRYPT_N``) so that the many
+signing certificate and to carry no password. Password hashing is made cheap (``accounts.SCRYPT_N``) so that the many
 logins cost little.
 """
 
@@ -40,6 +40,7 @@ from ptt.kmsformat.model import (
 from ptt.kmsformat.signing import verify_signed_response
 from ptt.kmsformat.validation import check_init, check_key_prov
 from ptt.kmsformat.xml import certificate_to_xml, request_to_xml
+from server import accounts
 from server.kms import service, store
 from server.kms.cli import domain_certificate
 from server.kms.material import make_self_signed
@@ -98,7 +99,7 @@ def signer() -> Signer:
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture
@@ -442,10 +443,10 @@ def test_failures_of_many_addresses_are_forgotten(app: KmsApplication) -> None:
     """The per-address failure record must not grow without bound with the addresses that ever failed."""
     for i in range(50):
         call(app, KEYPROV, basic(f"ghost{i}", "whatever password"), peer=f"203.0.113.{i}", now=NOW + i)
-    assert len(app._ip_failures) == 50
+    assert len(app.throttle) == 50
     later = NOW + 50 + 2 * IP_FAILURE_WINDOW
     call(app, KEYPROV, basic("ghost", "whatever password"), peer="198.51.100.1", now=later)
-    assert set(app._ip_failures) == {"198.51.100.1"}
+    assert app.throttle.addresses() == {"198.51.100.1"}
 
 
 # --- HTTP-level errors -------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import json
 import logging
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,9 @@ from typing import Any
 from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 
+from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported: the per-address throttle's limit
+from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
+from server.accounts import FailureThrottle, LockedOut, LoginFailed
 from server.groups.manager import GroupManager, MemberSpec
 from server.groups.store import (
     DEFAULT_MAX_BURST,
@@ -48,13 +50,12 @@ from server.groups.store import (
     InvalidValue,
     KeyInfo,
     KeysUnavailable,
-    LockedOut,
-    LoginFailed,
     MemberRecord,
     NoSuchGroup,
     NoSuchMember,
     check_uri,
 )
+from server.tls import server_tls_options
 from server.web import MAX_BODY, HttpReply, ThreadedResource, basic_credentials, make_threaded_site
 
 __all__ = [
@@ -70,8 +71,6 @@ __all__ = [
 
 log = logging.getLogger("ptt.dispatch")
 
-IP_FAILURE_WINDOW = 60.0
-IP_FAILURE_LIMIT = 20  # failed logins per source address per minute before it is refused outright
 REALM = "ptt-dispatch"
 
 StatusSource = Callable[[str], Mapping[str, Any]]
@@ -94,10 +93,6 @@ class ApiError(Exception):
 
 
 def _status_of(exc: GroupError) -> int:
-    if isinstance(exc, LockedOut):
-        return 429
-    if isinstance(exc, LoginFailed):
-        return 401
     if isinstance(exc, NoSuchGroup | NoSuchMember):
         return 404
     if isinstance(exc, DuplicateGroup | DuplicateMember):
@@ -107,29 +102,6 @@ def _status_of(exc: GroupError) -> int:
     if isinstance(exc, KeysUnavailable):
         return 503
     return 500
-
-
-class _FailureThrottle:
-    """Counts failed logins per source address over a sliding window."""
-
-    def __init__(self, window: float = IP_FAILURE_WINDOW, limit: int = IP_FAILURE_LIMIT) -> None:
-        self.window = window
-        self.limit = limit
-        self._failures: dict[str, deque[float]] = {}
-        self._swept = float("-inf")
-
-    def failed(self, peer: str, now: float) -> None:
-        if now >= self._swept + self.window:  # forget addresses whose failures have aged out
-            self._swept = now
-            for address in [a for a, f in self._failures.items() if not f or f[-1] < now - self.window]:
-                del self._failures[address]
-        self._failures.setdefault(peer, deque()).append(now)
-
-    def blocked(self, peer: str, now: float) -> bool:
-        failures = self._failures.get(peer)
-        while failures and failures[0] < now - self.window:
-            failures.popleft()
-        return failures is not None and len(failures) >= self.limit
 
 
 @dataclass(frozen=True)
@@ -249,7 +221,7 @@ class DispatchApplication:
         self.store = manager.store
         self.status = status or no_status
         self.domain = domain
-        self._throttle = _FailureThrottle()
+        self.throttle = FailureThrottle()  # failed logins per source address
 
     def handle(
         self,
@@ -301,10 +273,10 @@ class DispatchApplication:
         return result
 
     def _login(self, authorization: str | None, now: float, peer: str | None) -> DispatcherAccount:
-        if peer is not None and self._throttle.blocked(peer, now):
+        if peer is not None and self.throttle.blocked(peer, now):
             log.warning("dispatch: refusing %s: too many failed logins from this address", peer)
             raise ApiError(
-                429, "too many failed logins from this address", {"Retry-After": str(int(IP_FAILURE_WINDOW))}
+                429, "too many failed logins from this address", {"Retry-After": str(int(self.throttle.window))}
             )
         unauthorised = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
         credentials = basic_credentials(authorization)
@@ -320,7 +292,7 @@ class DispatchApplication:
             ) from None
         except LoginFailed as exc:
             if peer is not None:
-                self._throttle.failed(peer, now)
+                self.throttle.failed(peer, now)
             log.warning("dispatch: failed login for %r from %s", username[:64], peer)
             raise ApiError(401, str(exc), unauthorised) from None
 
@@ -445,18 +417,12 @@ class DispatchResource(ThreadedResource):
 def make_dispatch_site(
     app: DispatchApplication, pool: ThreadPool, clock: Callable[[], float] = time.time
 ) -> server.Site:
-    """The site to listen with (on TLS: ``dispatch_tls_context``). ``pool`` should have one thread: requests are
-    then handled one at a time, in order."""
+    """The site to listen with (on TLS: ``server.tls.server_tls_options``). ``pool`` should have one thread:
+    requests are then handled one at a time, in order."""
     return make_threaded_site(DispatchResource(app, pool, clock))
 
 
 def dispatch_tls_context(key_pem_path: Path, cert_pem_path: Path) -> Any:
-    """TLS server options (TLS 1.2 or later) from a PEM private key (mode 0600) and certificate."""
-    from OpenSSL import crypto
-    from twisted.internet import ssl
-
-    from server.kms.material import load_certificate, load_private_key
-
-    key = crypto.PKey.from_cryptography_key(load_private_key(Path(key_pem_path)))
-    cert = crypto.X509.from_cryptography(load_certificate(Path(cert_pem_path)))
-    return ssl.CertificateOptions(privateKey=key, certificate=cert, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    """TLS server options from a PEM private key (mode 0600) and certificate. Kept for callers not yet switched:
+    use ``server.tls.server_tls_options`` directly."""
+    return server_tls_options(Path(key_pem_path), Path(cert_pem_path))

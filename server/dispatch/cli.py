@@ -1,4 +1,4 @@
-"""``ptt-dispatch``: manage groups over the dispatcher API (HTTPS, standard library only).
+"""``ptt-dispatch``: manage groups over the dispatcher API (HTTPS with the standard library's http.client).
 
     ptt-dispatch --server https://127.0.0.1:8444 --cacert CERT.pem --user NAME [--password-file F] COMMAND
 
@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from client.tls import stdlib_client_context
 
 PROG = "ptt-dispatch"
 PASSWORD_ENV = "PTT_DISPATCH_PASSWORD"
@@ -73,11 +75,10 @@ class ApiClient:
         self._credentials: str | None = None
         self.timeout = timeout
         try:
-            self.context = ssl.create_default_context(cafile=cacert)
+            self.context = stdlib_client_context(cacert)
         except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise CliError(f"cannot use the CA certificate file {cacert}: {reason}") from None
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def _authorization(self) -> str:
         if self._credentials is None:

@@ -1,9 +1,9 @@
 """The group server's SQLite store: dispatcher accounts, groups, members, group keys, I_MESSAGEs, audit log.
 
-Passwords are kept as the KMS keeps them (``server.kms.store.hash_password``: scrypt, self-describing) with the
-same lockout policy. A GMK is never stored in clear: it is sealed with AES-256-GCM under the server's data key
-(32 octets from a 0600 file, ``read_data_key``), bound to its group URI and GMK-ID as associated data; when a
-group is rekeyed the superseded GMK is erased and only its GMK-ID, key period and dates stay for the record.
+Password hashes, lockout and the login procedure are the KMS's (``server.accounts``). A GMK is never stored in
+clear: it is sealed with AES-256-GCM under the server's data key (32 octets from a 0600 file, ``read_data_key``),
+bound to its group URI and GMK-ID as associated data; when a group is rekeyed the superseded GMK is erased and only
+its GMK-ID, key period and dates stay for the record.
 Time is always passed in (``now``, Unix seconds).
 
 The schema is versioned by ``PRAGMA user_version`` (``_UPGRADES[v]`` takes version v to v + 1). One connection,
@@ -29,11 +29,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ptt.groupkeys import GroupKey
+from server import accounts
+from server.accounts import LockedOut, LockoutPolicy, LoginFailed, LoginRecord, hash_password
 from server.kms.secrets import SecretsFileError, check_private_mode, write_private_file
-
-# The same password hashing and lockout policy as the KMS accounts (the policy function is deliberately shared).
-from server.kms.store import MIN_PASSWORD_LENGTH, hash_password, verify_password
-from server.kms.store import _lock_duration as lock_duration
 
 __all__ = [
     "DATA_KEY_LENGTH",
@@ -128,20 +126,9 @@ class StoreError(GroupError):
     """The database or the data key is unusable (newer schema, wrong data key, altered sealed key)."""
 
 
-class AccountError(GroupError):
-    """A dispatcher account operation was refused: duplicate or unknown account, bad name, role or password."""
-
-
-class LoginFailed(AccountError):
-    """Wrong username or password (which of the two is deliberately not said), or a disabled account."""
-
-
-class LockedOut(AccountError):
-    """Too many recent failures: try again after ``retry_after`` seconds; the password was not checked."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many failed logins; try again in {retry_after:.0f} s")
-        self.retry_after = retry_after
+class AccountError(GroupError, accounts.AccountError):
+    """A dispatcher account operation was refused: duplicate or unknown account, bad name, role or password. (A
+    refused login is ``LoginFailed`` or ``LockedOut`` from ``server.accounts``, shared with the KMS.)"""
 
 
 # --- records ---
@@ -463,8 +450,9 @@ class GroupStore:
 
     @staticmethod
     def _check_new_password(password: str) -> None:
-        if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
-            raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+        problem = accounts.password_problem(password)
+        if problem is not None:
+            raise AccountError(problem)
 
     def _require_account(self, db: sqlite3.Connection, username: str) -> None:
         if not db.execute("SELECT 1 FROM dispatchers WHERE username = ?", (username,)).fetchone():
@@ -508,50 +496,50 @@ class GroupStore:
         return [DispatcherAccount(str(u), str(r), bool(d)) for u, r, d in rows]
 
     def authenticate(self, username: str, password: str, *, now: float) -> DispatcherAccount:
-        """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited).
+        """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited), by the
+        KMS's policy (``server.accounts.authenticate``)."""
+        try:
+            return accounts.authenticate(self, username, password, now=now)
+        except accounts.MalformedHash as exc:
+            raise StoreError(str(exc)) from None
 
-        The KMS's policy: unknown names cost the same scrypt work; 5 consecutive failures lock the account for
-        30 s, doubling with each further failure up to an hour; while locked the password is not checked.
-        """
+    # ``server.accounts.LoginLedger``: the login procedure's reads and writes of this store.
+
+    def login_record(self, username: str) -> LoginRecord | None:
         with self._read() as db:
             row = db.execute(
                 "SELECT password_hash, locked_until FROM dispatchers WHERE username = ?", (username,)
             ).fetchone()
-        if row is None:
-            hash_password(password)  # the same scrypt work as a real check
-            self.audit("login-failed", actor=None, detail=f"unknown account {username[:64]!r}", now=now)
-            raise LoginFailed("wrong username or password")
-        stored, locked_until = str(row[0]), float(row[1])
-        if now < locked_until:
-            self.audit("login-locked", actor=username, detail=f"retry after {locked_until - now:.0f} s", now=now)
-            raise LockedOut(locked_until - now)
-        ok = verify_password(password, stored)
-        # Raise only after the transaction commits: raising inside it would roll the failure count back.
-        refusal: AccountError | None = None
+        return None if row is None else LoginRecord(str(row[0]), float(row[1]))
+
+    def login_audit(self, event: str, username: str | None, detail: str, now: float) -> None:
+        self.audit(event, actor=username, detail=detail, now=now)
+
+    def login_failure(self, username: str, now: float, policy: LockoutPolicy) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE dispatchers SET failures = failures + 1 WHERE username = ?", (username,))
+            row = db.execute("SELECT failures FROM dispatchers WHERE username = ?", (username,)).fetchone()
+            failures = 0 if row is None else int(row[0])
+            detail = f"wrong password ({failures} consecutive)"
+            locked_until = policy.locked_until(failures, now)
+            if locked_until is not None:
+                db.execute("UPDATE dispatchers SET locked_until = ? WHERE username = ?", (locked_until, username))
+                detail += f", locked for {locked_until - now:.0f} s"
+            self._audit(db, now, username, "login-failed", detail)
+
+    def login_success(self, username: str, now: float, new_hash: str | None) -> DispatcherAccount | None:
         with self._tx() as db:
             row = db.execute("SELECT role, disabled FROM dispatchers WHERE username = ?", (username,)).fetchone()
-            if not ok:
-                db.execute("UPDATE dispatchers SET failures = failures + 1 WHERE username = ?", (username,))
-                count = db.execute("SELECT failures FROM dispatchers WHERE username = ?", (username,)).fetchone()
-                failures = 0 if count is None else int(count[0])
-                lock = lock_duration(failures)
-                detail = f"wrong password ({failures} consecutive)"
-                if lock:
-                    db.execute("UPDATE dispatchers SET locked_until = ? WHERE username = ?", (now + lock, username))
-                    detail += f", locked for {lock:.0f} s"
-                self._audit(db, now, username, "login-failed", detail)
-                refusal = LoginFailed("wrong username or password")
-            elif row is None:  # removed by another process while we were hashing
-                refusal = LoginFailed("wrong username or password")
-            elif row[1]:
+            if row is None:
+                return None
+            account = DispatcherAccount(username, str(row[0]), bool(row[1]))
+            if account.disabled:
                 self._audit(db, now, username, "login-failed", "account disabled")
-                refusal = LoginFailed("account disabled")
-            else:
-                db.execute("UPDATE dispatchers SET failures = 0, locked_until = 0 WHERE username = ?", (username,))
-        if refusal is not None:
-            raise refusal
-        assert row is not None
-        return DispatcherAccount(username, str(row[0]), False)
+                return account
+            db.execute("UPDATE dispatchers SET failures = 0, locked_until = 0 WHERE username = ?", (username,))
+            if new_hash is not None:
+                db.execute("UPDATE dispatchers SET password_hash = ? WHERE username = ?", (new_hash, username))
+            return account  # not audited: the dispatcher API logs in on every request
 
     # --- groups ---
 

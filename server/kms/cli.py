@@ -38,6 +38,7 @@ from ptt.kmsformat.model import KmsCertificate, KmsFormatError
 from ptt.kmsformat.trust import user_domains
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 from ptt.ts33180 import DEFAULT_KEY_PERIOD, period_bounds, period_number, uid
+from server.accounts import AccountError
 from server.kms.domain import CERTIFICATE_YEARS, certificate_validity, domain_certificate
 from server.kms.material import (
     MaterialError,
@@ -668,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
-    except (CliError, StoreError, SecretsFileError, MaterialError, KmsFormatError) as e:
+    except (CliError, StoreError, AccountError, SecretsFileError, MaterialError, KmsFormatError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

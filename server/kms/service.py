@@ -16,7 +16,6 @@ import logging
 import sys
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,8 +41,12 @@ from ptt.kmsformat.model import (
 from ptt.kmsformat.signing import sign_response
 from ptt.kmsformat.xml import parse_certificate, parse_request
 from ptt.ts33180 import period_bounds, period_number, uid
+from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported: the per-address throttle's limit
+from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
+from server.accounts import FailureThrottle, LockedOut, LoginFailed
 from server.kms.domain import certificate_validity, domain_certificate
-from server.kms.store import AccountError, KmsStore, LockedOut, LoginFailed
+from server.kms.store import KmsStore
+from server.tls import server_tls_options
 from server.web import (
     MAX_BODY,
     HttpReply,
@@ -56,8 +59,6 @@ log = logging.getLogger("ptt.kms")
 
 PREFIX = "/keymanagement/identity/v1/"
 ENDPOINTS = ("init", "keyprov", "certcache")
-IP_FAILURE_WINDOW = 60.0
-IP_FAILURE_LIMIT = 20  # failed logins per source address per minute before it is refused outright
 
 # KmsError codes we send (TS 33.180 leaves the values to the KMS)
 ERR_BAD_REQUEST = 400
@@ -95,8 +96,7 @@ class KmsApplication:
         self.config = config
         self.signing_key = signing_key
         self.signing_cert = signing_cert
-        self._ip_failures: dict[str, deque[float]] = {}
-        self._ip_swept = float("-inf")
+        self.throttle = FailureThrottle()  # failed logins per source address
 
     @property
     def certificate(self) -> KmsCertificate:
@@ -132,10 +132,10 @@ class KmsApplication:
             return reply
         if len(body) > MAX_BODY:
             return self._error(ERR_BAD_REQUEST, "request body too large", "", path, now, status=413)
-        if self._ip_blocked(peer, now):
+        if self.throttle.blocked(peer, now):
             log.warning("KMS: refusing %s: too many failed logins from this address", peer)
             reply = self._error(ERR_LOCKED, "too many failed logins from this address", "", path, now, status=429)
-            reply.headers["Retry-After"] = str(int(IP_FAILURE_WINDOW))
+            reply.headers["Retry-After"] = str(int(self.throttle.window))
             return reply
 
         credentials = basic_credentials(authorization)
@@ -149,8 +149,8 @@ class KmsApplication:
             reply = self._error(ERR_LOCKED, "account locked after failed logins", "", path, now, status=429)
             reply.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
             return reply
-        except (LoginFailed, AccountError):
-            self._ip_failure(peer, now)
+        except LoginFailed:
+            self.throttle.failed(peer, now)
             log.warning("KMS: failed login for %r from %s", username, peer)
             return self._unauthorised("wrong username or password", path, now)
         if account.disabled:
@@ -234,27 +234,6 @@ class KmsApplication:
         reply.headers["WWW-Authenticate"] = 'Basic realm="ptt-kms", charset="UTF-8"'
         return reply
 
-    def _ip_failure(self, peer: str, now: float) -> None:
-        # Forget addresses whose failures have all aged out (at most once a window), or the record of every address
-        # that ever failed would grow for as long as the service runs.
-        if now >= self._ip_swept + IP_FAILURE_WINDOW:
-            self._ip_swept = now
-            stale = [a for a, f in self._ip_failures.items() if not f or f[-1] < now - IP_FAILURE_WINDOW]
-            for address in stale:
-                del self._ip_failures[address]
-        self._ip_failures.setdefault(peer, deque()).append(now)
-
-    def _ip_blocked(self, peer: str, now: float) -> bool:
-        failures = self._ip_failures.get(peer)
-        if not failures:
-            return False
-        while failures and failures[0] < now - IP_FAILURE_WINDOW:
-            failures.popleft()
-        if not failures:
-            del self._ip_failures[peer]
-            return False
-        return len(failures) >= IP_FAILURE_LIMIT
-
 
 def _utc(seconds: float) -> datetime:
     # sub-second precision: two responses within one second must still order (the client refuses replays)
@@ -309,13 +288,10 @@ def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsAppli
     return app, store
 
 
-def tls_context(data_dir: Path) -> object:
-    from OpenSSL import crypto
-    from twisted.internet import ssl
-
-    key = crypto.load_privatekey(crypto.FILETYPE_PEM, (data_dir / "tls-key.pem").read_bytes())
-    cert = crypto.load_certificate(crypto.FILETYPE_PEM, (data_dir / "tls-cert.pem").read_bytes())
-    return ssl.CertificateOptions(privateKey=key, certificate=cert, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+def tls_context(data_dir: Path) -> Any:
+    """TLS server options from ``tls-key.pem`` and ``tls-cert.pem`` in ``data_dir``. Kept for callers not yet
+    switched: use ``server.tls.server_tls_options`` directly."""
+    return server_tls_options(Path(data_dir) / "tls-key.pem", Path(data_dir) / "tls-cert.pem")
 
 
 def main(data_dir: Path, passphrase: bytes | None = None, *, host: str | None = None, port: int | None = None) -> int:
@@ -338,7 +314,7 @@ def main(data_dir: Path, passphrase: bytes | None = None, *, host: str | None = 
     endpoint = endpoints.SSL4ServerEndpoint(
         reactor,
         listen_port,
-        tls_context(Path(data_dir)),
+        server_tls_options(Path(data_dir) / "tls-key.pem", Path(data_dir) / "tls-cert.pem"),
         interface=listen_host,
     )
 

@@ -10,18 +10,15 @@ so a newer KMS upgrades an older file in place and an older KMS refuses a newer 
 
 from __future__ import annotations
 
-import base64
-import hmac
 import re
-import secrets
 import sqlite3
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from server import accounts
+from server.accounts import MIN_PASSWORD_LENGTH, LockedOut, LockoutPolicy, LoginFailed, LoginRecord, hash_password
 
 __all__ = [
     "GRANT_KINDS",
@@ -49,20 +46,10 @@ GRANT_KINDS = frozenset({"self", "group-manager"})
 SETTINGS = ("domain", "kms_uri", "key_period", "key_period_offset", "base_url", "host", "port")
 """The setting keys the CLI writes and the service reads."""
 
-MIN_PASSWORD_LENGTH = 8
-LOCKOUT_AFTER = 5  # consecutive failures before the first lock
-LOCKOUT_MIN = 30.0  # seconds, doubled on every further failure ...
-LOCKOUT_MAX = 3600.0  # ... up to an hour
-
-# Password hashing cost for new hashes; a stored hash names its own parameters, so lowering this (tests do)
-# never breaks existing accounts, and a changed value is applied to an account at its next successful login.
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-_SALT_LENGTH = 16
-_HASH_LENGTH = 32
-_MAX_N = 2**20
-_HASH_RE = re.compile(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
+# The lockout policy shared with the dispatcher accounts (``server.accounts.LOCKOUT``), named here for callers.
+LOCKOUT_AFTER = accounts.LOCKOUT.after  # consecutive failures before the first lock
+LOCKOUT_MIN = accounts.LOCKOUT.first  # seconds, doubled on every further failure ...
+LOCKOUT_MAX = accounts.LOCKOUT.longest  # ... up to an hour
 _USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 
 
@@ -70,20 +57,9 @@ class StoreError(Exception):
     """The database is unusable (e.g. written by a newer KMS) or a record does not exist."""
 
 
-class AccountError(StoreError):
-    """An account operation was refused: duplicate or unknown account, bad name, role or password."""
-
-
-class LoginFailed(AccountError):
-    """Wrong username or password (which of the two is deliberately not said)."""
-
-
-class LockedOut(AccountError):
-    """Too many recent failures: try again after ``retry_after`` seconds; the password was not checked."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many failed logins; try again in {retry_after:.0f} s")
-        self.retry_after = retry_after
+class AccountError(StoreError, accounts.AccountError):
+    """An account operation was refused: duplicate or unknown account, bad name, role or password. (A refused
+    login is ``LoginFailed`` or ``LockedOut`` from ``server.accounts``, shared with the dispatcher accounts.)"""
 
 
 @dataclass(frozen=True)
@@ -117,54 +93,6 @@ class TrustedDomain:
     kms_uri: str
     certificate_xml: bytes
     added: float
-
-
-# --- password hashes ---
-
-
-def _password_octets(password: str) -> bytes:
-    # NFC so that the same password typed on differently composing keyboards gives the same octets.
-    return unicodedata.normalize("NFC", password).encode("utf-8")
-
-
-def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=_HASH_LENGTH, n=n, r=r, p=p).derive(password)
-
-
-def hash_password(password: str) -> str:
-    """A self-describing hash: ``scrypt$N$r$p$salt$hash`` (base64)."""
-    salt = secrets.token_bytes(_SALT_LENGTH)
-    digest = _scrypt(_password_octets(password), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    b64 = base64.b64encode
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def _parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
-    m = _HASH_RE.fullmatch(stored)
-    if m is None:
-        raise StoreError("malformed password hash in the database")
-    n, r, p = int(m[1]), int(m[2]), int(m[3])
-    if not (2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-        raise StoreError("password hash parameters out of range")
-    return n, r, p, base64.b64decode(m[4]), base64.b64decode(m[5])
-
-
-def verify_password(password: str, stored: str) -> bool:
-    n, r, p, salt, digest = _parse_hash(stored)
-    return hmac.compare_digest(_scrypt(_password_octets(password), salt, n, r, p), digest)
-
-
-def _needs_rehash(stored: str) -> bool:
-    n, r, p, _, _ = _parse_hash(stored)
-    return (n, r, p) != (SCRYPT_N, SCRYPT_R, SCRYPT_P)
-
-
-def _lock_duration(failures: int) -> float:
-    """Seconds locked after ``failures`` consecutive failures: 0 below the threshold, then 30 s doubling to 1 h."""
-    if failures < LOCKOUT_AFTER:
-        return 0.0
-    doublings = min(failures - LOCKOUT_AFTER, 32)
-    return min(LOCKOUT_MIN * float(1 << doublings), LOCKOUT_MAX)
 
 
 # --- schema ---
@@ -312,8 +240,9 @@ class KmsStore:
 
     @staticmethod
     def _check_new_password(password: str) -> None:
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+        problem = accounts.password_problem(password)
+        if problem is not None:
+            raise AccountError(problem)
 
     def add_account(
         self,
@@ -401,58 +330,50 @@ class KmsStore:
         return [a for a in (self._account(self._db, n) for n in names) if a is not None]
 
     def authenticate(self, username: str, password: str, *, now: float) -> Account:
-        """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited).
+        """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited), by the
+        policy of ``server.accounts.authenticate``."""
+        try:
+            return accounts.authenticate(self, username, password, now=now)
+        except accounts.MalformedHash as exc:
+            raise StoreError(str(exc)) from None
 
-        Unknown names cost the same scrypt work as known ones. While an account is locked the password is not
-        even checked, so guessing during a lock teaches nothing and costs us no scrypt work.
-        """
+    # ``server.accounts.LoginLedger``: the login procedure's reads and writes of this store.
+
+    def login_record(self, username: str) -> LoginRecord | None:
         row = self._db.execute(
-            "SELECT password_hash, failures, locked_until FROM accounts WHERE username = ?", (username,)
+            "SELECT password_hash, locked_until FROM accounts WHERE username = ?", (username,)
         ).fetchone()
-        if row is None:
-            # Same work as a real check, against a random salt, so timing does not reveal which names exist.
-            _scrypt(_password_octets(password), secrets.token_bytes(_SALT_LENGTH), SCRYPT_N, SCRYPT_R, SCRYPT_P)
-            with self._tx() as db:
-                self._audit(db, "login-failed", None, f"unknown account {username[:64]!r}", now)
-            raise LoginFailed("wrong username or password")
-        stored, locked_until = str(row[0]), float(row[2])
-        if now < locked_until:
-            with self._tx() as db:
-                self._audit(db, "login-locked", username, f"retry after {locked_until - now:.0f} s", now)
-            raise LockedOut(locked_until - now)
-        ok = verify_password(password, stored)
-        # Exceptions are raised only after the transaction commits: raising inside it would roll back the count.
-        refusal: AccountError | None = None
+        return None if row is None else LoginRecord(str(row[0]), float(row[1]))
+
+    def login_audit(self, event: str, username: str | None, detail: str, now: float) -> None:
+        self.audit(event, username=username, detail=detail, now=now)
+
+    def login_failure(self, username: str, now: float, policy: LockoutPolicy) -> None:
+        with self._tx() as db:
+            # Count in SQL so that concurrent failures from two processes are both counted.
+            db.execute("UPDATE accounts SET failures = failures + 1 WHERE username = ?", (username,))
+            row = db.execute("SELECT failures FROM accounts WHERE username = ?", (username,)).fetchone()
+            failures = 0 if row is None else int(row[0])
+            detail = f"wrong password ({failures} consecutive)"
+            locked_until = policy.locked_until(failures, now)
+            if locked_until is not None:
+                db.execute("UPDATE accounts SET locked_until = ? WHERE username = ?", (locked_until, username))
+                detail += f", locked for {locked_until - now:.0f} s"
+            self._audit(db, "login-failed", username, detail, now)
+
+    def login_success(self, username: str, now: float, new_hash: str | None) -> Account | None:
         with self._tx() as db:
             account = self._account(db, username)
-            if not ok:
-                # Count in SQL so that concurrent failures from two processes are both counted.
-                db.execute("UPDATE accounts SET failures = failures + 1 WHERE username = ?", (username,))
-                row = db.execute("SELECT failures FROM accounts WHERE username = ?", (username,)).fetchone()
-                failures = 0 if row is None else int(row[0])
-                lock = _lock_duration(failures)
-                detail = f"wrong password ({failures} consecutive)"
-                if lock:
-                    db.execute("UPDATE accounts SET locked_until = ? WHERE username = ?", (now + lock, username))
-                    detail += f", locked for {lock:.0f} s"
-                self._audit(db, "login-failed", username, detail, now)
-                refusal = LoginFailed("wrong username or password")
-            elif account is None:  # removed by another process while we were hashing
-                refusal = LoginFailed("wrong username or password")
-            elif account.disabled:
+            if account is None:
+                return None
+            if account.disabled:
                 self._audit(db, "login-failed", username, "account disabled", now)
-                refusal = LoginFailed("account disabled")
-            else:
-                db.execute("UPDATE accounts SET failures = 0, locked_until = 0 WHERE username = ?", (username,))
-                if _needs_rehash(stored):
-                    db.execute(
-                        "UPDATE accounts SET password_hash = ? WHERE username = ?", (hash_password(password), username)
-                    )
-                self._audit(db, "login", username, "", now)
-        if refusal is not None:
-            raise refusal
-        assert account is not None
-        return account
+                return account
+            db.execute("UPDATE accounts SET failures = 0, locked_until = 0 WHERE username = ?", (username,))
+            if new_hash is not None:
+                db.execute("UPDATE accounts SET password_hash = ? WHERE username = ?", (new_hash, username))
+            self._audit(db, "login", username, "", now)
+            return account
 
     # --- grants ---
 

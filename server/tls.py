@@ -1,0 +1,48 @@
+"""The one place the servers build their TLS contexts: the KMS, the dispatcher API and the control channel.
+
+TLS 1.2 or later, from a PEM private key (refused if the group or others may read it) and a PEM certificate file
+(the server's certificate first, then any intermediate certificates of its chain). Clients pin that certificate
+(``client.tls``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from OpenSSL import crypto
+from twisted.internet import ssl
+
+from server.kms.material import MaterialError, load_private_key
+
+__all__ = ["MIN_TLS_VERSION", "server_tls_options"]
+
+MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def _certificate_chain(path: Path) -> list[x509.Certificate]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MaterialError(f"cannot read the certificate {path}: {e.strerror}") from None
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise MaterialError(f"{path} is not a PEM certificate ({e})") from None
+    return chain
+
+
+def server_tls_options(key_pem_path: Path, cert_pem_path: Path) -> ssl.CertificateOptions:
+    """Twisted TLS server options (TLS ≥ 1.2) for the key and certificate chain in these PEM files;
+    ``MaterialError`` if a file is unreadable, malformed, or the key is readable by others or does not belong to
+    the certificate."""
+    key = load_private_key(Path(key_pem_path))
+    leaf, *intermediates = _certificate_chain(Path(cert_pem_path))
+    if leaf.public_key() != key.public_key():
+        raise MaterialError(f"the private key {key_pem_path} does not belong to the certificate {cert_pem_path}")
+    return ssl.CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(key),
+        certificate=crypto.X509.from_cryptography(leaf),
+        extraCertChain=[crypto.X509.from_cryptography(c) for c in intermediates],
+        raiseMinimumTo=MIN_TLS_VERSION,
+    )
