@@ -67,406 +67,56 @@ key). Any failure is an ``AdhocMessageError`` subclass, whatever the input octet
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import ClassVar, Final, TypeAlias
+from typing import Final
 
+from ptt.adhoc.bodies import (
+    BODY_CLASSES,
+    BODY_PARSERS,
+    Body,
+    GroupAnnouncement,
+    GroupInfo,
+    Hello,
+    KeyAck,
+    KeyDelivery,
+    Leave,
+    Probe,
+)
+from ptt.adhoc.fields import (
+    GMK_ID_LENGTH,
+    MAX_HELD,
+    MAX_I_MESSAGE,
+    MAX_MEMBERS,
+    MAX_NAME,
+    MAX_URI,
+    AdhocAuthError,
+    AdhocMessageError,
+    BadAdhocSignature,
+    MalformedAdhocMessage,
+    MessageType,
+    ReplayedAdhocMessage,
+    StaleAdhocMessage,
+    UntrustedSender,
+    check_uint,
+    check_uri,
+    malformed_as_adhoc,
+    read_text,
+    uri16,
+)
 from ptt.crypto import eccsi
-from ptt.mikey.errors import MalformedMessage, Replayed
+from ptt.mikey.errors import Replayed
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache
 from ptt.mikey.wire import Reader, field, sized
 
 MAGIC: Final = b"PTTA"
 VERSION: Final = 1
-MAX_URI: Final = 1024  # octets of UTF-8
-MAX_NAME: Final = 255  # octets of UTF-8 (1-octet length)
-MAX_MEMBERS: Final = 1000
-MAX_HELD: Final = 256  # (group, GMK-ID) pairs in one HELLO
-MAX_I_MESSAGE: Final = 8192
 MAX_DATAGRAM: Final = 65000
-GMK_ID_LENGTH: Final = 4
 SIGNATURE_LENGTH: Final = eccsi.SIGNATURE_LENGTH  # 129
 DEFAULT_WINDOW: Final = 300.0  # seconds of clock difference accepted between sender and receiver
 
 _RESERVED: Final = b"\x00\x00"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-class AdhocMessageError(ValueError):
-    """Base of every refusal of an ad-hoc signalling datagram."""
-
-
-class MalformedAdhocMessage(AdhocMessageError):
-    """Not a well-formed datagram (or an invalid value given to a constructor): structure, lengths, limits, text."""
-
-
-class AdhocAuthError(AdhocMessageError):
-    """Well-formed, but not an authentic, fresh, first-seen datagram from a trusted sender."""
-
-
-class UntrustedSender(AdhocAuthError):
-    """The sender's KMS is not among the trusted ones."""
-
-
-class BadAdhocSignature(AdhocAuthError):
-    """The ECCSI signature does not verify for the claimed sender at the datagram's time."""
-
-
-class StaleAdhocMessage(AdhocAuthError):
-    """The datagram's time is outside the window around the receiver's clock."""
-
-
-class ReplayedAdhocMessage(AdhocAuthError):
-    """The same signed octets were accepted before (or are older than the replay cache can vouch for)."""
-
-
-class MessageType(IntEnum):
-    HELLO = 1
-    PROBE = 2
-    GROUP = 3
-    KEY = 4
-    ACK = 5
-    LEAVE = 6
-
-
-# --- value checks (constructors) and reading helpers (parsers) ---------------------------------------------------
-
-
-def _text(value: object, what: str, max_octets: int, *, empty: bool = False) -> bytes:
-    """UTF-8 of ``value`` after checking it is a str of allowed length without control characters."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    try:
-        octets = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise MalformedAdhocMessage(f"{what} is not encodable as UTF-8 (lone surrogate)") from None
-    if not octets and not empty:
-        raise MalformedAdhocMessage(f"{what} is empty")
-    if len(octets) > max_octets:
-        raise MalformedAdhocMessage(f"{what} is {len(octets)} octets, more than {max_octets}")
-    if _CONTROL.search(value):
-        raise MalformedAdhocMessage(f"{what} contains a control character")
-    return octets
-
-
-def _uri(value: object, what: str) -> bytes:
-    return _text(value, what, MAX_URI)
-
-
-def _uint(value: object, octets: int, what: str, *, minimum: int = 0) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int")
-    if not minimum <= value < 1 << (8 * octets):
-        raise MalformedAdhocMessage(f"{what} {value} is out of range {minimum}..{(1 << (8 * octets)) - 1}")
-
-
-def _gmk_id(value: object, what: str = "GMK-ID") -> bytes:
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise TypeError(f"{what} must be bytes")
-    value = bytes(value)
-    if len(value) != GMK_ID_LENGTH:
-        raise MalformedAdhocMessage(f"{what} must be {GMK_ID_LENGTH} octets, not {len(value)}")
-    return value
-
-
-def _uri16(value: str) -> bytes:
-    return sized(value.encode("utf-8"), 2, "URI")
-
-
-def _strings(values: Iterable[str], what: str) -> tuple[str, ...]:
-    if isinstance(values, str | bytes):
-        raise TypeError(f"{what} must be a sequence of URIs, not a single {type(values).__name__}")
-    return tuple(values)
-
-
-@contextmanager
-def _malformed() -> Iterator[None]:
-    """The MIKEY ``Reader`` raises MIKEY's ``MalformedMessage``; here that is a ``MalformedAdhocMessage``."""
-    try:
-        yield
-    except MalformedMessage as exc:
-        raise MalformedAdhocMessage(str(exc)) from None
-
-
-def _read_text(r: Reader, length_octets: int, what: str) -> str:
-    raw = r.take(r.uint(length_octets, f"{what} length"), what)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedAdhocMessage(f"{r.context}: {what} is not valid UTF-8") from None
-
-
-def _read_count(r: Reader, limit: int, what: str) -> int:
-    count = r.uint(2, f"{what} count")
-    if count > limit:
-        raise MalformedAdhocMessage(f"{r.context}: {count} {what}, more than {limit}")
-    return count
-
-
-# --- the group description ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GroupInfo:
-    """The signed description of one ad-hoc group, as its manager states it.
-
-    ``revision`` increases with every change of members, key or manager. ``media_host`` is an IPv4 multicast
-    address in dotted-quad form. Invalid values raise ``MalformedAdhocMessage`` on construction, as on parsing.
-    """
-
-    uri: str
-    name: str
-    manager: str
-    revision: int
-    media_host: str
-    media_port: int
-    gmk_id: bytes
-    members: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        _uri(self.uri, "group URI")
-        _text(self.name, "group name", MAX_NAME, empty=True)
-        _uri(self.manager, "manager URI")
-        _uint(self.revision, 4, "revision")
-        if not isinstance(self.media_host, str):
-            raise TypeError("media host must be a str")
-        try:
-            host = ipaddress.IPv4Address(self.media_host)
-        except ValueError:
-            raise MalformedAdhocMessage(f"media host {self.media_host!r} is not an IPv4 address") from None
-        if not host.is_multicast:
-            raise MalformedAdhocMessage(f"media host {host} is not a multicast address (224.0.0.0/4)")
-        _uint(self.media_port, 2, "media port", minimum=1)
-        object.__setattr__(self, "gmk_id", _gmk_id(self.gmk_id))
-        members = _strings(self.members, "members")
-        object.__setattr__(self, "members", members)
-        if len(members) > MAX_MEMBERS:
-            raise MalformedAdhocMessage(f"{len(members)} members, more than {MAX_MEMBERS}")
-        for member in members:
-            _uri(member, "member URI")
-        if len(set(members)) != len(members):
-            raise MalformedAdhocMessage("a member is listed more than once")
-        if self.manager not in members:
-            raise MalformedAdhocMessage("the manager is not among the members")
-
-    def has_member(self, uri: str) -> bool:
-        return uri in self.members
-
-    def __bytes__(self) -> bytes:
-        name = self.name.encode("utf-8")
-        return b"".join(
-            [
-                _uri16(self.uri),
-                sized(name, 1, "group name"),
-                _uri16(self.manager),
-                field(self.revision, 4, "revision"),
-                ipaddress.IPv4Address(self.media_host).packed,
-                field(self.media_port, 2, "media port"),
-                self.gmk_id,
-                field(len(self.members), 2, "member count"),
-                *(_uri16(m) for m in self.members),
-            ]
-        )
-
-    @classmethod
-    def parse(cls, data: bytes) -> GroupInfo:
-        with _malformed():
-            r = Reader(bytes(data), 0, "GroupInfo")
-            info = cls._read(r)
-            r.done()
-        return info
-
-    @classmethod
-    def _read(cls, r: Reader) -> GroupInfo:
-        uri = _read_text(r, 2, "group URI")
-        name = _read_text(r, 1, "group name")
-        manager = _read_text(r, 2, "manager URI")
-        revision = r.uint(4, "revision")
-        media_host = str(ipaddress.IPv4Address(r.take(4, "media host")))
-        media_port = r.uint(2, "media port")
-        gmk_id = r.take(GMK_ID_LENGTH, "GMK-ID")
-        count = _read_count(r, MAX_MEMBERS, "members")
-        members = tuple(_read_text(r, 2, "member URI") for _ in range(count))
-        return cls(uri, name, manager, revision, media_host, media_port, gmk_id, members)
-
-
-# --- bodies -------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hello:
-    """Multicast presence: my unicast port and (group URI, GMK-ID) of each ad-hoc group key I hold."""
-
-    TYPE: ClassVar[MessageType] = MessageType.HELLO
-
-    port: int
-    held: tuple[tuple[str, bytes], ...] = ()
-
-    def __post_init__(self) -> None:
-        _uint(self.port, 2, "port", minimum=1)
-        held = tuple((uri, _gmk_id(gmk_id)) for uri, gmk_id in self.held)
-        object.__setattr__(self, "held", held)
-        if len(held) > MAX_HELD:
-            raise MalformedAdhocMessage(f"{len(held)} held keys, more than {MAX_HELD}")
-        for uri, _ in held:
-            _uri(uri, "held group URI")
-
-    def __bytes__(self) -> bytes:
-        entries = b"".join(_uri16(uri) + gmk_id for uri, gmk_id in self.held)
-        return field(self.port, 2, "port") + field(len(self.held), 2, "held count") + entries
-
-    @classmethod
-    def parse(cls, data: bytes) -> Hello:
-        with _malformed():
-            r = Reader(bytes(data), 0, "HELLO")
-            port = r.uint(2, "port")
-            count = _read_count(r, MAX_HELD, "held keys")
-            held = tuple((_read_text(r, 2, "group URI"), r.take(GMK_ID_LENGTH, "GMK-ID")) for _ in range(count))
-            r.done()
-        return cls(port, held)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Multicast request: "these URIs (everyone if empty): send a HELLO now"."""
-
-    TYPE: ClassVar[MessageType] = MessageType.PROBE
-
-    wanted: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        wanted = _strings(self.wanted, "wanted")
-        object.__setattr__(self, "wanted", wanted)
-        if len(wanted) > MAX_MEMBERS:
-            raise MalformedAdhocMessage(f"{len(wanted)} wanted URIs, more than {MAX_MEMBERS}")
-        for uri in wanted:
-            _uri(uri, "wanted URI")
-
-    def __bytes__(self) -> bytes:
-        return field(len(self.wanted), 2, "wanted count") + b"".join(_uri16(uri) for uri in self.wanted)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Probe:
-        with _malformed():
-            r = Reader(bytes(data), 0, "PROBE")
-            count = _read_count(r, MAX_MEMBERS, "wanted URIs")
-            wanted = tuple(_read_text(r, 2, "wanted URI") for _ in range(count))
-            r.done()
-        return cls(wanted)
-
-
-@dataclass(frozen=True)
-class GroupAnnouncement:
-    """The group's current description (multicast)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.GROUP
-
-    group: GroupInfo
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.group, GroupInfo):
-            raise TypeError("group must be a GroupInfo")
-
-    def __bytes__(self) -> bytes:
-        return bytes(self.group)
-
-    @classmethod
-    def parse(cls, data: bytes) -> GroupAnnouncement:
-        return cls(GroupInfo.parse(data))
-
-
-@dataclass(frozen=True)
-class KeyDelivery:
-    """The group's description and one member's MIKEY-SAKKE I_MESSAGE carrying its current GMK (unicast)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.KEY
-
-    group: GroupInfo
-    i_message: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.group, GroupInfo):
-            raise TypeError("group must be a GroupInfo")
-        if not isinstance(self.i_message, bytes | bytearray | memoryview):
-            raise TypeError("I_MESSAGE must be bytes")
-        object.__setattr__(self, "i_message", bytes(self.i_message))
-        if not 1 <= len(self.i_message) <= MAX_I_MESSAGE:
-            raise MalformedAdhocMessage(f"I_MESSAGE of {len(self.i_message)} octets (1..{MAX_I_MESSAGE})")
-
-    def __bytes__(self) -> bytes:
-        return bytes(self.group) + sized(self.i_message, 2, "I_MESSAGE")
-
-    @classmethod
-    def parse(cls, data: bytes) -> KeyDelivery:
-        with _malformed():
-            r = Reader(bytes(data), 0, "KEY")
-            group = GroupInfo._read(r)
-            i_message = r.take(r.uint(2, "I_MESSAGE length"), "I_MESSAGE")
-            r.done()
-        return cls(group, i_message)
-
-
-@dataclass(frozen=True)
-class KeyAck:
-    """Acknowledges a key: "I hold this GMK of this group" (unicast to the manager)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.ACK
-
-    group_uri: str
-    gmk_id: bytes
-
-    def __post_init__(self) -> None:
-        _uri(self.group_uri, "group URI")
-        object.__setattr__(self, "gmk_id", _gmk_id(self.gmk_id))
-
-    def __bytes__(self) -> bytes:
-        return _uri16(self.group_uri) + self.gmk_id
-
-    @classmethod
-    def parse(cls, data: bytes) -> KeyAck:
-        with _malformed():
-            r = Reader(bytes(data), 0, "ACK")
-            group_uri = _read_text(r, 2, "group URI")
-            gmk_id = r.take(GMK_ID_LENGTH, "GMK-ID")
-            r.done()
-        return cls(group_uri, gmk_id)
-
-
-@dataclass(frozen=True)
-class Leave:
-    """The sender leaves the group; ``revision`` is the group's revision it last knew."""
-
-    TYPE: ClassVar[MessageType] = MessageType.LEAVE
-
-    group_uri: str
-    revision: int
-
-    def __post_init__(self) -> None:
-        _uri(self.group_uri, "group URI")
-        _uint(self.revision, 4, "revision")
-
-    def __bytes__(self) -> bytes:
-        return _uri16(self.group_uri) + field(self.revision, 4, "revision")
-
-    @classmethod
-    def parse(cls, data: bytes) -> Leave:
-        with _malformed():
-            r = Reader(bytes(data), 0, "LEAVE")
-            group_uri = _read_text(r, 2, "group URI")
-            revision = r.uint(4, "revision")
-            r.done()
-        return cls(group_uri, revision)
-
-
-Body: TypeAlias = Hello | Probe | GroupAnnouncement | KeyDelivery | KeyAck | Leave
-
-_BODY_CLASSES: Final = (Hello, Probe, GroupAnnouncement, KeyDelivery, KeyAck, Leave)
-_PARSERS: Final[dict[int, Callable[[bytes], Body]]] = {cls.TYPE: cls.parse for cls in _BODY_CLASSES}
 
 
 # --- the envelope -------------------------------------------------------------------------------------------------
@@ -486,10 +136,10 @@ class Envelope:
     signature: bytes = b""
 
     def __post_init__(self) -> None:
-        _uri(self.sender, "sender URI")
-        _uri(self.sender_kms, "sender KMS URI")
-        _uint(self.time_ms, 8, "time")
-        if not isinstance(self.body, _BODY_CLASSES):
+        check_uri(self.sender, "sender URI")
+        check_uri(self.sender_kms, "sender KMS URI")
+        check_uint(self.time_ms, 8, "time")
+        if not isinstance(self.body, BODY_CLASSES):
             raise TypeError(f"body must be one of the ad-hoc bodies, not {type(self.body).__name__}")
         if not isinstance(self.signature, bytes | bytearray | memoryview):
             raise TypeError("signature must be bytes")
@@ -509,8 +159,8 @@ class Envelope:
                 field(self.type, 1, "type"),
                 _RESERVED,
                 field(self.time_ms, 8, "time"),
-                _uri16(self.sender),
-                _uri16(self.sender_kms),
+                uri16(self.sender),
+                uri16(self.sender_kms),
             ]
         )
         total = len(head) + 2 + len(body) + SIGNATURE_LENGTH
@@ -529,7 +179,7 @@ class Envelope:
         data = bytes(data)
         if len(data) > MAX_DATAGRAM:
             raise MalformedAdhocMessage(f"datagram of {len(data)} octets exceeds MAX_DATAGRAM ({MAX_DATAGRAM})")
-        with _malformed():
+        with malformed_as_adhoc():
             r = Reader(data, 0, "envelope")
             if r.take(len(MAGIC), "magic") != MAGIC:
                 raise MalformedAdhocMessage("not an ad-hoc signalling datagram (magic)")
@@ -537,14 +187,14 @@ class Envelope:
             if version != VERSION:
                 raise MalformedAdhocMessage(f"unsupported version {version}")
             type_code = r.uint(1, "type")
-            parse_body = _PARSERS.get(type_code)
+            parse_body = BODY_PARSERS.get(type_code)
             if parse_body is None:
                 raise MalformedAdhocMessage(f"unknown message type {type_code}")
             if r.take(len(_RESERVED), "reserved") != _RESERVED:
                 raise MalformedAdhocMessage("reserved octets are not zero")
             time_ms = r.uint(8, "time")
-            sender = _read_text(r, 2, "sender URI")
-            sender_kms = _read_text(r, 2, "sender KMS URI")
+            sender = read_text(r, 2, "sender URI")
+            sender_kms = read_text(r, 2, "sender KMS URI")
             body = r.take(r.uint(2, "body length"), "body")
             signature = r.take(SIGNATURE_LENGTH, "signature")
             r.done()
