@@ -29,14 +29,13 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from collections.abc import Iterable
+from dataclasses import replace
 
+from ptt.adhoc.events import Event, GroupKeyed, GroupRemoved, GroupUpdated, MemberKeyed, Refused
+from ptt.adhoc.manager import AdhocManager
 from ptt.adhoc.messages import (
     AdhocMessageError,
-    Body,
     Envelope,
     GroupAnnouncement,
     GroupInfo,
@@ -46,203 +45,46 @@ from ptt.adhoc.messages import (
     Leave,
     Probe,
     open_envelope,
-    seal,
+)
+from ptt.adhoc.state import (
+    MULTICAST,
+    Address,
+    AdhocConfig,
+    AdhocError,
+    AdhocGroup,
+    Delivery,
+    Peer,
+    Role,
+    group_uri_for,
+    random_media_address,
 )
 from ptt.groupkeys import GroupKey, make_group_key
-from ptt.kmsformat.trust import KmsTrust
 from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import IdentityKeys, ReplayCache, build_i_message, receive_i_message
+from ptt.mikey.imessage import receive_i_message
 from ptt.ts33180 import KeyPurpose
+
+__all__ = [
+    "MULTICAST",
+    "AdhocConfig",
+    "AdhocEngine",
+    "AdhocError",
+    "AdhocGroup",
+    "Event",
+    "GroupKeyed",
+    "GroupRemoved",
+    "GroupUpdated",
+    "MemberKeyed",
+    "Refused",
+    "Role",
+    "group_uri_for",
+    "random_media_address",
+]
 
 log = logging.getLogger("ptt.adhoc")
 
-MULTICAST = ("multicast", 0)  # destination meaning "the discovery multicast group"
-Address = tuple[str, int]
 
-
-@dataclass(frozen=True)
-class AdhocConfig:
-    hello_every: float = 2.0  # presence beacon period (jittered by the shell's clock granularity)
-    peer_timeout: float = 7.0  # not heard for this long: the peer is away (deliveries to it pause)
-    probe_every: float = 1.0  # while a member's address is unknown
-    retransmit_first: float = 0.25  # key delivery: first retry, doubling…
-    retransmit_max: float = 2.0  # …up to this
-    rebuild_after: float = 120.0  # I_MESSAGEs are accepted within ±300 s: rebuild older ones before re-sending
-    builds_per_turn: int = 3  # I_MESSAGEs built (SAKKE + ECCSI, ~3 ms each) per call at one `now`…
-    build_spacing: float = 0.01  # …the rest wait this long, so a talking manager's media goes out in between
-    rekey_each_period: bool = True  # a fresh GMK when a new key period begins (as the group server does)
-    announce_every: float = 5.0  # a manager repeats its signed group description
-    manager_timeout: float = 30.0  # manager not heard for this long: a member takes over
-    takeover_step: float = 3.0  # extra wait per rank for the next candidate manager
-    leave_copies: int = 3  # a Leave is sent this many times (no acknowledgement)
-    window: float = 300.0  # time window of signed datagrams and I_MESSAGEs
-
-
-class Role(Enum):
-    MANAGER = "manager"
-    MEMBER = "member"
-
-
-@dataclass
-class Delivery:
-    """The key delivery to one member, re-sent until acknowledged."""
-
-    member: str
-    i_message: bytes = b""
-    built_at: float = float("-inf")
-    next_at: float = 0.0
-    interval: float = 0.0
-    attempts: int = 0
-    acked: bool = False
-    acked_at: float | None = None
-
-
-@dataclass
-class AdhocGroup:
-    info: GroupInfo
-    role: Role
-    keys: list[GroupKey] = field(default_factory=list)  # newest last
-    deliveries: dict[str, Delivery] = field(default_factory=dict)  # manager only
-    created_at: float = 0.0
-    next_announce: float = 0.0
-    manager_gone_since: float | None = None  # member only: when the manager left or fell silent
-    manager_left: bool = False  # it said Leave (else it is only silent and stays a member)
-
-    @property
-    def key(self) -> GroupKey | None:
-        return self.keys[-1] if self.keys else None
-
-    def keyed(self, member: str) -> bool:
-        delivery = self.deliveries.get(member)
-        return delivery is not None and delivery.acked
-
-
-@dataclass
-class Peer:
-    uri: str
-    address: Address
-    last_seen: float
-    held: dict[str, bytes] = field(default_factory=dict)  # group URI -> GMK-ID
-
-
-# --- events for the shell -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GroupKeyed:
-    """A (new) GMK for a group we belong to: install it for media and floor control."""
-
-    info: GroupInfo
-    key: GroupKey
-    role: Role
-
-
-@dataclass(frozen=True)
-class GroupUpdated:
-    """The group description changed (members, manager) without a new GMK."""
-
-    info: GroupInfo
-    role: Role
-
-
-@dataclass(frozen=True)
-class GroupRemoved:
-    """We are no longer in the group (removed, left, or it was dissolved): forget its keys."""
-
-    uri: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class MemberKeyed:
-    """Manager: a member acknowledged the current GMK."""
-
-    group: str
-    member: str
-    seconds: float  # since the GMK was made
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A datagram or key was refused (logged; surfaced so the UI and tests can see it)."""
-
-    sender: str | None
-    reason: str
-
-
-Event = GroupKeyed | GroupUpdated | GroupRemoved | MemberKeyed | Refused
-
-
-class AdhocError(ValueError):
-    """A command that cannot be done (unknown group, not its manager, bad member URI, …)."""
-
-
-_SLUG = re.compile(r"[^a-z0-9-]+")
-
-
-def group_uri_for(name: str, creator: str, suffix: bytes) -> str:
-    """``sip:adhoc.<name>.<hex>@<creator's domain>``: unique, readable, in the creator's domain."""
-    slug = _SLUG.sub("-", name.lower()).strip("-")[:32] or "group"
-    domain = creator.rpartition("@")[2] if "@" in creator else "adhoc.invalid"
-    return f"sip:adhoc.{slug}.{suffix.hex()}@{domain}"
-
-
-def random_media_address(rand: Callable[[int], bytes] = os.urandom) -> tuple[str, int]:
-    """An administratively scoped multicast group (RFC 2365, 239.255/16) and an even port (RTP) in 20000-59998."""
-    octets = rand(4)
-    host = f"239.255.{octets[0]}.{1 + octets[1] % 254}"
-    port = 20000 + 2 * (int.from_bytes(octets[2:], "big") % 20000)
-    return host, port
-
-
-class AdhocEngine:
+class AdhocEngine(AdhocManager):
     """All ad-hoc group signalling of one identity. Feed it datagrams and time; drain ``outgoing`` and ``events``."""
-
-    def __init__(
-        self,
-        *,
-        uri: str,
-        keys_at: Callable[[float], IdentityKeys | None],
-        held_keys: Callable[[], Sequence[IdentityKeys]],
-        trust: KmsTrust,
-        unicast_port: int,
-        now: float,
-        accept_from: Callable[[str, GroupInfo], bool] | None = None,
-        config: AdhocConfig | None = None,
-    ) -> None:
-        self.uri = uri
-        self.keys_at = keys_at
-        self.held_keys = held_keys
-        # the own KMS and the External ones our KMS vouches for, each speaking only for its users' domains
-        self.trust = trust
-        self.trusted_kms = trust.domains
-        self.unicast_port = unicast_port
-        # policy for a first key from a manager of a trusted domain (e.g. only some identities, only a group name)
-        self.accept_from = accept_from or (lambda sender, info: True)
-        self.config = config or AdhocConfig()
-        self.groups: dict[str, AdhocGroup] = {}
-        self.peers: dict[str, Peer] = {}
-        self.replay_cache = ReplayCache()
-        self.imessage_replay_cache = ReplayCache()
-        self.stats: dict[str, int] = {"in": 0, "refused": 0, "out": 0}
-        self._outgoing: list[tuple[bytes, Address]] = []
-        self._events: list[Event] = []
-        self._next_hello = now  # the first Hello goes out at once
-        self._next_probe = now
-        self._last_probe_answer = float("-inf")
-        self._build_turn = (float("nan"), 0)  # (now, I_MESSAGEs built at that now)
-
-    # --- outputs -------------------------------------------------------------------------------------------------
-
-    def outgoing(self) -> list[tuple[bytes, Address]]:
-        """Datagrams to send: destination ``MULTICAST`` (the discovery group) or a unicast address."""
-        out, self._outgoing = self._outgoing, []
-        self.stats["out"] += len(out)
-        return out
-
-    def events(self) -> list[Event]:
-        out, self._events = self._events, []
-        return out
 
     def next_deadline(self) -> float:
         deadlines = [self._next_hello]
@@ -316,21 +158,6 @@ class AdhocEngine:
         del self.groups[group_uri]
         self._events.append(GroupRemoved(group_uri, "left"))
 
-    def find(self, name_or_uri: str) -> AdhocGroup:
-        group = self.groups.get(name_or_uri)
-        if group is not None:
-            return group
-        named = [g for g in self.groups.values() if g.info.name == name_or_uri]
-        if len(named) == 1:
-            return named[0]
-        raise AdhocError(f"no single ad-hoc group named {name_or_uri!r}" if named else f"no group {name_or_uri!r}")
-
-    def alive(self, uri: str, now: float) -> bool:
-        if uri == self.uri:
-            return True
-        peer = self.peers.get(uri)
-        return peer is not None and now - peer.last_seen <= self.config.peer_timeout
-
     # --- time ----------------------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
@@ -347,27 +174,6 @@ class AdhocEngine:
         self._send(Hello(self.unicast_port, held), MULTICAST, now)
         self._next_hello = now + self.config.hello_every
 
-    def _manager_tick(self, group: AdhocGroup, now: float, *, announce: bool = True) -> None:
-        if self.config.rekey_each_period and self._new_period(group, now):
-            log.info("%s: new key period: fresh GMK for %s", self.uri, group.info.uri)
-            self._rekey(group, now, list(group.info.members))
-            return
-        missing = []
-        for delivery in group.deliveries.values():
-            if delivery.acked or now < delivery.next_at:
-                continue
-            peer = self.peers.get(delivery.member)
-            if peer is None or not self.alive(delivery.member, now):
-                missing.append(delivery.member)
-                delivery.next_at = now + self.config.probe_every  # resumes when its Hello arrives
-                continue
-            self._deliver(group, delivery, peer, now)
-        if missing and now >= self._next_probe:
-            self._send(Probe(tuple(missing[:200])), MULTICAST, now)
-            self._next_probe = now + self.config.probe_every
-        if announce and now >= group.next_announce:
-            self._announce(group, now)
-
     def _member_tick(self, group: AdhocGroup, now: float) -> None:
         manager = group.info.manager
         if group.manager_gone_since is None:
@@ -377,11 +183,6 @@ class AdhocEngine:
                 group.manager_gone_since = now  # starts the succession clock
         if group.manager_gone_since is not None and now >= group.manager_gone_since + self._takeover_delay(group):
             self._take_over(group, now)
-
-    def _new_period(self, group: AdhocGroup, now: float) -> bool:
-        """Whether the group's GMK was made in an earlier key period and we hold keys to rekey it under this one."""
-        keys = self.keys_at(now)
-        return keys is not None and keys.period_no > keys.domain.period_number(group.created_at)
 
     def _manager_heard(self, group: AdhocGroup) -> float:
         """When we last heard the group's manager (or were keyed, if we never heard it directly)."""
@@ -407,77 +208,6 @@ class AdhocEngine:
         group.manager_left = False
         log.warning("%s: taking over %s from %s", self.uri, group.info.uri, old)
         self._rekey(group, now, [self.uri, *members])
-
-    # --- manager internals ---------------------------------------------------------------------------------------
-
-    def _managed(self, group_uri: str) -> AdhocGroup:
-        group = self.find(group_uri)
-        if group.role != Role.MANAGER:
-            raise AdhocError(f"{group.info.name or group.info.uri} is managed by {group.info.manager}, not by us")
-        return group
-
-    def _check_member_uri(self, member: str) -> None:
-        if not member or len(member.encode()) > 1024 or any(c.isspace() for c in member) or ":" not in member:
-            raise AdhocError(f"not an identity URI: {member!r}")
-
-    def _rekey(self, group: AdhocGroup, now: float, members: list[str]) -> None:
-        key = make_group_key()
-        group.keys = [*group.keys, key][-3:]
-        group.info = replace(
-            group.info, revision=group.info.revision + 1, gmk_id=key.gmk_id, members=tuple(members), manager=self.uri
-        )
-        group.deliveries = {}
-        group.created_at = now
-        self._events.append(GroupKeyed(group.info, key, Role.MANAGER))
-        self._distribute(group, now, [m for m in members if m != self.uri])
-        self._announce(group, now)
-
-    def _distribute(self, group: AdhocGroup, now: float, members: Iterable[str], *, new_key: bool = True) -> None:
-        for member in members:
-            delivery = Delivery(member, next_at=now)
-            group.deliveries[member] = delivery
-            peer = self.peers.get(member)
-            if peer is not None and self.alive(member, now):
-                self._deliver(group, delivery, peer, now)
-        self._manager_tick(group, now, announce=False)  # probes for the members not heard yet
-
-    def _deliver(self, group: AdhocGroup, delivery: Delivery, peer: Peer, now: float) -> None:
-        key = group.key
-        keys = self.keys_at(now)
-        if key is None or keys is None:
-            log.warning("%s: cannot key %s: no keys of our own for this key period", self.uri, delivery.member)
-            delivery.next_at = now + self.config.retransmit_max
-            return
-        if not delivery.i_message or now - delivery.built_at > self.config.rebuild_after:
-            # Keying 20 members at once would hold the caller's thread ~60 ms: a talker's frames would stall.
-            turn, built = self._build_turn
-            built = built if turn == now else 0
-            if built >= self.config.builds_per_turn:
-                delivery.next_at = now + self.config.build_spacing
-                return
-            self._build_turn = (now, built + 1)
-            delivery.i_message = build_i_message(
-                initiator=keys,
-                responder_uri=delivery.member,
-                responder_domain=self.trust.kms_for(delivery.member),  # a partner domain's member: its KMS's Z
-                key=key.gmk,
-                key_id=key.gmk_id,
-                now=now,
-                rand=key.rand,
-            )
-            delivery.built_at = now
-        self._send(KeyDelivery(group.info, delivery.i_message), peer.address, now)
-        delivery.attempts += 1
-        delivery.interval = (
-            self.config.retransmit_first
-            if delivery.interval == 0
-            else min(delivery.interval * 2, self.config.retransmit_max)
-        )
-        delivery.next_at = now + delivery.interval
-
-    def _announce(self, group: AdhocGroup, now: float) -> None:
-        self._send(GroupAnnouncement(group.info), MULTICAST, now)
-        group.next_announce = now + self.config.announce_every
 
     # --- incoming ------------------------------------------------------------------------------------------------
 
@@ -666,12 +396,3 @@ class AdhocEngine:
             log.info("%s: manager %s left %s", self.uri, sender, group.info.uri)
             group.manager_gone_since = now
             group.manager_left = True
-
-    # --- sending -------------------------------------------------------------------------------------------------
-
-    def _send(self, body: Body, destination: Address, now: float) -> None:
-        keys = self.keys_at(now)
-        if keys is None:
-            log.warning("%s: no keys of our own for the current key period: cannot sign", self.uri)
-            return
-        self._outgoing.append((seal(keys, body, now), destination))
