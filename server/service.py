@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from server.callshell import CallShell, group_info
 log = logging.getLogger("ptt.server")
 
 KEY_PERIOD_CHECK = 60.0
+SWITCH_INTERVAL = 0.0005
 
 
 class ConfigError(Exception):
@@ -195,6 +197,10 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     from server.tls import server_tls_options
     from server.workers import CryptoPool
 
+    # The store thread and the pool's result thread share the GIL with the reactor: a thread busy in Python keeps
+    # it for up to the switch interval (5 ms by default) each time the reactor gives it up for a system call, so a
+    # floor message would wait several such turns. 0.5 ms bounds that wait; the store thread barely notices.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     keystore = Keystore.open(data.keystore, data.keystore_pass.read_bytes())
     if keystore.enrolment is None:
         raise ConfigError("the server's keystore is not enrolled with a KMS (run init)")

@@ -28,7 +28,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
@@ -55,7 +54,6 @@ from server.groups.store import (
     NoSuchMember,
     check_uri,
 )
-from server.tls import server_tls_options
 from server.web import MAX_BODY, HttpReply, ThreadedResource, basic_credentials, make_threaded_site
 
 __all__ = [
@@ -64,7 +62,6 @@ __all__ = [
     "DispatchResource",
     "HttpReply",
     "StatusSource",
-    "dispatch_tls_context",
     "make_dispatch_site",
     "no_status",
 ]
@@ -420,9 +417,3 @@ def make_dispatch_site(
     """The site to listen with (on TLS: ``server.tls.server_tls_options``). ``pool`` should have one thread:
     requests are then handled one at a time, in order."""
     return make_threaded_site(DispatchResource(app, pool, clock))
-
-
-def dispatch_tls_context(key_pem_path: Path, cert_pem_path: Path) -> Any:
-    """TLS server options from a PEM private key (mode 0600) and certificate. Kept for callers not yet switched:
-    use ``server.tls.server_tls_options`` directly."""
-    return server_tls_options(Path(key_pem_path), Path(cert_pem_path))

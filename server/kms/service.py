@@ -288,12 +288,6 @@ def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsAppli
     return app, store
 
 
-def tls_context(data_dir: Path) -> Any:
-    """TLS server options from ``tls-key.pem`` and ``tls-cert.pem`` in ``data_dir``. Kept for callers not yet
-    switched: use ``server.tls.server_tls_options`` directly."""
-    return server_tls_options(Path(data_dir) / "tls-key.pem", Path(data_dir) / "tls-cert.pem")
-
-
 def main(data_dir: Path, passphrase: bytes | None = None, *, host: str | None = None, port: int | None = None) -> int:
     """Run the KMS in the foreground until SIGINT/SIGTERM."""
     from twisted.internet import endpoints
