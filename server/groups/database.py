@@ -1,0 +1,211 @@
+"""The group store's database: the versioned schema, one connection shared by threads, transactions, the data key
+check and the audit log.
+
+The schema is versioned by ``PRAGMA user_version`` (``_UPGRADES[v]`` takes version v to v + 1). One connection,
+usable from several threads: every public method holds the store's lock, and ``transaction()`` lets a caller
+group several changes into one atomic SQLite transaction (the group manager stores a group, its members, its
+key and their I_MESSAGEs all or nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from server.groups.datakey import CHECK_AD, CHECK_PLAINTEXT, DATA_KEY_LENGTH
+from server.groups.records import AuditRecord, StoreError
+
+__all__ = ["SCHEMA_VERSION", "StoreDatabase"]
+
+_UPGRADES: dict[int, list[str]] = {
+    0: [
+        "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+        """CREATE TABLE dispatchers (
+            username TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('dispatcher', 'admin')),
+            disabled INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            changed REAL NOT NULL)""",
+        """CREATE TABLE groups (
+            uri TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            max_burst REAL NOT NULL DEFAULT 30)""",
+        """CREATE TABLE members (
+            group_uri TEXT NOT NULL REFERENCES groups(uri) ON DELETE CASCADE,
+            uri TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 100 CHECK (priority BETWEEN 0 AND 255),
+            role TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('member', 'dispatcher')),
+            added_at REAL NOT NULL,
+            UNIQUE (group_uri, uri))""",
+        "CREATE INDEX members_by_uri ON members (uri)",
+        # sealed_gmk: nonce || AES-256-GCM(data key) ciphertext; NULL once the key is superseded (erased).
+        # rand: the RAND every member's I_MESSAGE for this GMK carries (public; bound into the seal).
+        """CREATE TABLE group_keys (
+            id INTEGER PRIMARY KEY,
+            group_uri TEXT NOT NULL REFERENCES groups(uri) ON DELETE CASCADE,
+            gmk_id BLOB NOT NULL,
+            rand BLOB NOT NULL,
+            sealed_gmk BLOB,
+            period_no INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            active INTEGER NOT NULL CHECK (active IN (0, 1)))""",
+        "CREATE UNIQUE INDEX one_active_key ON group_keys (group_uri) WHERE active = 1",
+        # A member's I_MESSAGEs go with its membership (removal deletes them).
+        """CREATE TABLE imessages (
+            id INTEGER PRIMARY KEY,
+            group_uri TEXT NOT NULL,
+            member_uri TEXT NOT NULL,
+            gmk_id BLOB NOT NULL,
+            data BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            FOREIGN KEY (group_uri, member_uri) REFERENCES members(group_uri, uri) ON DELETE CASCADE)""",
+        "CREATE INDEX imessages_by_member ON imessages (member_uri, group_uri)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            actor TEXT,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL)""",
+    ],
+}
+SCHEMA_VERSION = len(_UPGRADES)
+
+
+class StoreDatabase:
+    """The connection, transactions, schema upgrades, data key check and audit log every part of the group store
+    shares; ``GroupStore`` adds the tables' operations."""
+
+    def __init__(self, path: Path, data_key: bytes) -> None:
+        if not isinstance(data_key, bytes) or len(data_key) != DATA_KEY_LENGTH:
+            raise StoreError(f"the data key must be {DATA_KEY_LENGTH} octets")
+        self.path = Path(path)
+        self._aead = AESGCM(data_key)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal" and str(self.path) != ":memory:":
+                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._upgrade()
+            self._check_data_key()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transactions ---
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything done through this store inside the block is one atomic transaction (nesting is allowed:
+        only the outermost block commits). Holds the store's lock for the whole block."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.transaction():
+            yield self._db
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    def _upgrade(self) -> None:
+        with self._tx() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this server ({SCHEMA_VERSION}); upgrade ptt"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _UPGRADES[step]:
+                    db.execute(statement)
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    def _check_data_key(self) -> None:
+        """The first open records a value sealed under the data key; later opens check it, so a wrong key file is
+        refused at start rather than at the first rekey."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = 'data_key_check'").fetchone()
+            if row is None:
+                nonce = os.urandom(12)
+                sealed = nonce + self._aead.encrypt(nonce, CHECK_PLAINTEXT, CHECK_AD)
+                db.execute("INSERT INTO settings (key, value) VALUES ('data_key_check', ?)", (sealed,))
+                return
+            try:
+                value = bytes(row[0])
+                self._aead.decrypt(value[:12], value[12:], CHECK_AD)
+            except (InvalidTag, ValueError, TypeError):
+                raise StoreError(f"{self.path}: the data key does not belong to this database") from None
+
+    def schema_version(self) -> int:
+        with self._read() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def journal_mode(self) -> str:
+        with self._read() as db:
+            return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    # --- audit log ---
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, now: float, actor: str | None, event: str, detail: str) -> None:
+        db.execute("INSERT INTO audit (at, actor, event, detail) VALUES (?, ?, ?, ?)", (now, actor, event, detail))
+
+    def audit(self, event: str, *, actor: str | None, detail: str, now: float) -> None:
+        """Append an event. Callers must never put passwords or keys in ``detail``."""
+        with self._tx() as db:
+            self._audit(db, now, actor, event, detail)
+
+    def audit_log(self, limit: int = 100) -> list[AuditRecord]:
+        """The last ``limit`` events, oldest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT at, actor, event, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (limit,),
+            ).fetchall()
+        return [AuditRecord(float(a), None if u is None else str(u), str(e), str(d)) for a, u, e, d in rows]
