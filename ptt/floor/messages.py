@@ -38,253 +38,73 @@ verbatim in ``unknown_fields``, as is the Track Info value (§8.2.3.13) in ``tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
 from typing import Any, Final
 
-RTCP_VERSION: Final = 2
-APP_PACKET_TYPE: Final = 204  # RFC 3550 §6.7
-NAME: Final = b"MCPT"  # TS 24.380 §8.1.2: floor control messages
-HEADER_LEN: Final = 12  # V/P/subtype, PT, length, SSRC, name
-ACK_REQUIRED_BIT: Final = 0x10  # the "x" of subtype "x0001" etc. (table 8.2.2.1-1)
-LONG_LENGTH_FIELD_ID: Final = 192  # field IDs from here on have a 2-octet length (§8.2.3.1, later releases)
-MAX_PACKET_LEN: Final = (0xFFFF + 1) * 4  # what the 16-bit length field can describe
+from ptt.floor.fields import (
+    ACK_CAPABLE_SUBTYPES,
+    ACK_REQUIRED_BIT,
+    APP_PACKET_TYPE,
+    HEADER_LEN,
+    LONG_LENGTH_FIELD_ID,
+    MAX_PACKET_LEN,
+    NAME,
+    QUEUE_POSITION_NOT_QUEUED,
+    QUEUE_POSITION_UNKNOWN,
+    RTCP_PT_MAX,
+    RTCP_PT_MIN,
+    RTCP_VERSION,
+    DenyCause,
+    FieldId,
+    FloorIndicator,
+    FloorMessageError,
+    QueueInfo,
+    RejectCause,
+    RevokeCause,
+    Source,
+    Subtype,
+    decode_fixed,
+    decode_known,
+    decode_subtype,
+    decode_u16,
+    decode_utf8,
+    encode_field,
+    encode_text,
+    encode_uint,
+    field_name,
+    max_value_len,
+)
 
-RTCP_PT_MIN: Final = 192  # RFC 5761 §4: RTCP packet types are 192..223 when multiplexed with RTP
-RTCP_PT_MAX: Final = 223
+__all__ = [
+    "ACK_CAPABLE_SUBTYPES",
+    "ACK_REQUIRED_BIT",
+    "APP_PACKET_TYPE",
+    "HEADER_LEN",
+    "LONG_LENGTH_FIELD_ID",
+    "MAX_PACKET_LEN",
+    "NAME",
+    "QUEUE_POSITION_NOT_QUEUED",
+    "QUEUE_POSITION_UNKNOWN",
+    "RTCP_PT_MAX",
+    "RTCP_PT_MIN",
+    "RTCP_VERSION",
+    "DenyCause",
+    "FieldId",
+    "FloorIndicator",
+    "FloorMessage",
+    "FloorMessageError",
+    "QueueInfo",
+    "QueuedParticipant",
+    "RejectCause",
+    "RevokeCause",
+    "Source",
+    "Subtype",
+    "is_rtcp",
+    "parse_rtcp",
+]
+
 _PT_SR: Final = 200
 _PT_RR: Final = 201
 _PT_BYE: Final = 203
-
-QUEUE_POSITION_NOT_QUEUED: Final = 254  # §8.2.3.5: the MCPTT client is not queued
-QUEUE_POSITION_UNKNOWN: Final = 255  # §8.2.3.5: queued, position unknown or not disclosed by policy
-
-
-class FloorMessageError(ValueError):
-    """The octets are not a well-formed TS 24.380 floor control message (or RTCP packet carrying them)."""
-
-
-class Subtype(IntEnum):
-    """Floor control message subtypes, TS 24.380 table 8.2.2.1-1, without the acknowledgement-required bit.
-
-    tshark 4.0 names subtypes 14 ("Floor Queued Cancel") and 15 ("Floor Release Multi Talker", Rel-15) as here.
-    Subtypes 7, 11, 12 and 13 are not included: 7 and 11 appear only in later releases (per secondary sources), 12
-    and 13 are unassigned as far as we could check; later releases reportedly give 14 another name.
-    """
-
-    REQUEST = 0
-    GRANTED = 1
-    TAKEN = 2
-    DENY = 3
-    RELEASE = 4
-    IDLE = 5
-    REVOKE = 6
-    QUEUE_POSITION_REQUEST = 8
-    QUEUE_POSITION_INFO = 9
-    ACK = 10
-    QUEUED_CANCEL = 14
-    RELEASE_MULTI_TALKER = 15
-
-
-# Subtypes coded "x…" in table 8.2.2.1-1 (x = 1: acknowledgement required); the others have a fixed top bit 0.
-ACK_CAPABLE_SUBTYPES: Final = frozenset(
-    {Subtype.GRANTED, Subtype.TAKEN, Subtype.DENY, Subtype.RELEASE, Subtype.IDLE, Subtype.QUEUE_POSITION_INFO}
-)
-
-
-class FieldId(IntEnum):
-    """Floor control specific field IDs, TS 24.380 table 8.2.3.1-2 (those this module decodes)."""
-
-    FLOOR_PRIORITY = 0
-    DURATION = 1
-    REJECT_CAUSE = 2
-    QUEUE_INFO = 3
-    GRANTED_PARTY_IDENTITY = 4
-    PERMISSION_TO_REQUEST = 5
-    USER_ID = 6
-    QUEUE_SIZE = 7
-    MESSAGE_SEQUENCE_NUMBER = 8
-    QUEUED_USER_ID = 9
-    SOURCE = 10
-    TRACK_INFO = 11
-    MESSAGE_TYPE = 12
-    FLOOR_INDICATOR = 13
-    SSRC = 14
-
-
-class FloorIndicator(IntFlag):
-    """The 16-bit Floor Indicator bit map, TS 24.380 §8.2.3.15 (bit A is the most significant).
-
-    A-F are in every release; G dual floor and H temporary group call are in v14; I multi-talker is Rel-15+ (as
-    tshark 4.0 names it). Other bits are reserved; unknown bits are kept (``IntFlag`` boundary KEEP).
-    """
-
-    NORMAL = 0x8000
-    BROADCAST = 0x4000
-    SYSTEM = 0x2000
-    EMERGENCY = 0x1000
-    IMMINENT_PERIL = 0x0800
-    QUEUEING_SUPPORTED = 0x0400
-    DUAL_FLOOR = 0x0200
-    TEMPORARY_GROUP_CALL = 0x0100
-    MULTI_TALKER = 0x0080
-
-
-class DenyCause(IntEnum):
-    """<Reject Cause> values of Floor Deny, TS 24.380 §8.2.6.2."""
-
-    ANOTHER_CLIENT_HAS_PERMISSION = 1
-    INTERNAL_ERROR = 2
-    ONLY_ONE_PARTICIPANT = 3
-    RETRY_AFTER_NOT_EXPIRED = 4
-    RECEIVE_ONLY = 5
-    NO_RESOURCES = 6
-    QUEUE_FULL = 7
-    OTHER = 255
-
-
-class RevokeCause(IntEnum):
-    """<Reject Cause> values of Floor Revoke, TS 24.380 §8.2.10.2 (cause 5 is unassigned)."""
-
-    ONLY_ONE_CLIENT = 1
-    MEDIA_BURST_TOO_LONG = 2
-    NO_PERMISSION = 3
-    PRE_EMPTED = 4
-    NO_RESOURCES = 6
-    OTHER = 255
-
-
-class Source(IntEnum):
-    """<Source> values, TS 24.380 §8.2.3.12 (other values reserved)."""
-
-    FLOOR_PARTICIPANT = 0
-    PARTICIPATING_FUNCTION = 1
-    CONTROLLING_FUNCTION = 2
-    NON_CONTROLLING_FUNCTION = 3
-
-
-@dataclass(frozen=True)
-class RejectCause:
-    """Reject Cause field (§8.2.3.4): a 16-bit cause (``DenyCause`` / ``RevokeCause``) and an optional UTF-8 phrase."""
-
-    code: int
-    phrase: str = ""
-
-
-@dataclass(frozen=True)
-class QueueInfo:
-    """Queue Info field (§8.2.3.5): queue position (254 not queued, 255 unknown) and queue priority level."""
-
-    position: int
-    priority: int
-
-
-# --- encoding helpers -------------------------------------------------------------------------------------------
-
-
-def _uint(value: int, octets: int, what: str) -> bytes:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an int, not {type(value).__name__}")
-    if not 0 <= value < 1 << (8 * octets):
-        raise ValueError(f"{what} does not fit in {octets} octet(s): {value}")
-    return value.to_bytes(octets, "big")
-
-
-def _text(value: str, what: str, limit: int) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a str, not {type(value).__name__}")
-    try:
-        raw = value.encode("utf-8")
-    except UnicodeEncodeError as e:  # lone surrogates
-        raise ValueError(f"{what} is not encodable as UTF-8: {e}") from None
-    if len(raw) > limit:
-        raise ValueError(f"{what} is {len(raw)} octets in UTF-8, at most {limit} fit")
-    return raw
-
-
-def _max_value_len(field_id: int) -> int:
-    return 0xFFFF if field_id >= LONG_LENGTH_FIELD_ID else 0xFF
-
-
-def _encode_field(field_id: int, value: bytes) -> bytes:
-    """ID ‖ length ‖ value ‖ zero padding to a multiple of 4 octets (§8.2.3.1)."""
-    length_octets = 2 if field_id >= LONG_LENGTH_FIELD_ID else 1
-    if len(value) > _max_value_len(field_id):
-        raise ValueError(f"field {field_id}: value of {len(value)} octets does not fit its length")
-    out = bytes([field_id]) + len(value).to_bytes(length_octets, "big") + value
-    return out + bytes(-len(out) % 4)
-
-
-def _field_name(field_id: int) -> str:
-    if field_id in FieldId._value2member_map_:
-        return f"{FieldId(field_id).name} ({field_id})"
-    return f"field {field_id}"
-
-
-def _decode_subtype(raw: int) -> tuple[Subtype, bool]:
-    if raw in Subtype._value2member_map_:
-        return Subtype(raw), False
-    base = raw & ~ACK_REQUIRED_BIT
-    if raw & ACK_REQUIRED_BIT and base in Subtype._value2member_map_ and Subtype(base) in ACK_CAPABLE_SUBTYPES:
-        return Subtype(base), True
-    raise FloorMessageError(f"unknown floor control subtype {raw}")
-
-
-def _fixed(field_id: int, value: bytes, length: int) -> bytes:
-    if len(value) != length:
-        raise FloorMessageError(f"{_field_name(field_id)}: length {len(value)}, must be {length}")
-    return value
-
-
-def _utf8(field_id: int, value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FloorMessageError(f"{_field_name(field_id)}: invalid UTF-8 at octet {e.start}") from None
-
-
-def _u16(field_id: int, value: bytes) -> int:
-    return int.from_bytes(_fixed(field_id, value, 2), "big")
-
-
-def _decode_known(field_id: int, value: bytes) -> tuple[str, object]:
-    """(attribute name, decoded value) of a field this module models (TS 24.380 §8.2.3.2-§8.2.3.16)."""
-    match field_id:
-        case FieldId.FLOOR_PRIORITY:  # §8.2.3.2: priority 0..255 ‖ spare octet (ignored)
-            return "priority", _fixed(field_id, value, 2)[0]
-        case FieldId.DURATION:  # §8.2.3.3: seconds
-            return "duration", _u16(field_id, value)
-        case FieldId.REJECT_CAUSE:  # §8.2.3.4: cause ‖ optional reject phrase
-            if len(value) < 2:
-                raise FloorMessageError(f"{_field_name(field_id)}: length {len(value)}, must be at least 2")
-            return "reject_cause", RejectCause(int.from_bytes(value[:2], "big"), _utf8(field_id, value[2:]))
-        case FieldId.QUEUE_INFO:  # §8.2.3.5: position ‖ priority level
-            raw = _fixed(field_id, value, 2)
-            return "queue_info", QueueInfo(raw[0], raw[1])
-        case FieldId.GRANTED_PARTY_IDENTITY:  # §8.2.3.6, coded as the User ID
-            return "granted_party", _utf8(field_id, value)
-        case FieldId.PERMISSION_TO_REQUEST:  # §8.2.3.7: 0 not permitted, 1 permitted
-            permission = _u16(field_id, value)
-            if permission > 1:
-                raise FloorMessageError(f"{_field_name(field_id)}: value {permission}, must be 0 or 1")
-            return "permission_to_request", permission == 1
-        case FieldId.USER_ID:  # §8.2.3.8: the MCPTT ID
-            return "user_id", _utf8(field_id, value)
-        case FieldId.QUEUE_SIZE:  # §8.2.3.9
-            return "queue_size", _u16(field_id, value)
-        case FieldId.MESSAGE_SEQUENCE_NUMBER:  # §8.2.3.10
-            return "sequence", _u16(field_id, value)
-        case FieldId.QUEUED_USER_ID:  # §8.2.3.11, coded as the User ID
-            return "queued_user_id", _utf8(field_id, value)
-        case FieldId.SOURCE:  # §8.2.3.12
-            return "source", _u16(field_id, value)
-        case FieldId.TRACK_INFO:  # §8.2.3.13: kept verbatim
-            return "track_info", value
-        case FieldId.MESSAGE_TYPE:  # §8.2.3.14: message type ‖ spare octet (ignored)
-            return "message_type", _fixed(field_id, value, 2)[0]
-        case FieldId.FLOOR_INDICATOR:  # §8.2.3.15
-            return "floor_indicator", _u16(field_id, value)
-        case _:  # FieldId.SSRC, §8.2.3.16: SSRC ‖ 16-bit spare (ignored)
-            return "ssrc_field", int.from_bytes(_fixed(field_id, value, 6)[:4], "big")
 
 
 @dataclass(frozen=True)
@@ -311,9 +131,9 @@ def _split_queued(
             which = f"queued participant {len(queued) + 1}"
             if i + 2 >= len(raw) or raw[i + 2][0] != FieldId.QUEUE_INFO:
                 raise FloorMessageError(f"{which}: SSRC and Queued User ID not followed by Queue Info")
-            ssrc = int.from_bytes(_fixed(FieldId.SSRC, value, 6)[:4], "big")
-            user = _utf8(FieldId.QUEUED_USER_ID, raw[i + 1][1])
-            position, priority = _fixed(FieldId.QUEUE_INFO, raw[i + 2][1], 2)
+            ssrc = int.from_bytes(decode_fixed(FieldId.SSRC, value, 6)[:4], "big")
+            user = decode_utf8(FieldId.QUEUED_USER_ID, raw[i + 1][1])
+            position, priority = decode_fixed(FieldId.QUEUE_INFO, raw[i + 2][1], 2)
             queued.append(QueuedParticipant(ssrc, user, QueueInfo(position, priority)))
             i += 3
             continue
@@ -325,7 +145,7 @@ def _split_queued(
         sizes = [v for fid, v in rest if fid == FieldId.QUEUE_SIZE]
         if len(sizes) != 1:
             raise FloorMessageError(f"Floor Granted: {len(queued)} queued participant(s) but no single Queue Size")
-        size = _u16(FieldId.QUEUE_SIZE, sizes[0])
+        size = decode_u16(FieldId.QUEUE_SIZE, sizes[0])
         if size != len(queued):
             raise FloorMessageError(f"Floor Granted: Queue Size {size}, but {len(queued)} queued participant(s)")
     return rest, queued
@@ -385,7 +205,7 @@ class FloorMessage:
             raise FloorMessageError(f"length field gives {declared} octets, the buffer has {len(data)}")
         if data[8:12] != NAME:
             raise FloorMessageError(f"APP name {data[8:12]!r}, must be {NAME!r}")
-        subtype, ack_required = _decode_subtype(data[0] & 0x1F)
+        subtype, ack_required = decode_subtype(data[0] & 0x1F)
 
         raw: list[tuple[int, bytes]] = []
         end_of_data = len(data.rstrip(b"\x00"))  # beyond this, only zero octets: tolerated as padding
@@ -395,11 +215,11 @@ class FloorMessage:
             length_octets = 2 if field_id >= LONG_LENGTH_FIELD_ID else 1
             start = pos + 1 + length_octets
             if start > len(data):
-                raise FloorMessageError(f"{_field_name(field_id)} at octet {pos}: truncated length")
+                raise FloorMessageError(f"{field_name(field_id)} at octet {pos}: truncated length")
             length = int.from_bytes(data[pos + 1 : start], "big")
             if start + length > len(data):
                 raise FloorMessageError(
-                    f"{_field_name(field_id)} at octet {pos}: length {length} overruns the packet "
+                    f"{field_name(field_id)} at octet {pos}: length {length} overruns the packet "
                     f"by {start + length - len(data)} octet(s)"
                 )
             raw.append((field_id, data[start : start + length]))
@@ -409,9 +229,9 @@ class FloorMessage:
         unknown: list[tuple[int, bytes]] = []
         for field_id, value in rest:
             if field_id in FieldId._value2member_map_:
-                name, decoded = _decode_known(field_id, value)
+                name, decoded = decode_known(field_id, value)
                 if name in values:
-                    raise FloorMessageError(f"{_field_name(field_id)} occurs more than once")
+                    raise FloorMessageError(f"{field_name(field_id)} occurs more than once")
                 values[name] = decoded
             else:
                 unknown.append((field_id, value))
@@ -423,47 +243,47 @@ class FloorMessage:
         """(field ID, value) of every field present, in ascending field-ID order; raises ``ValueError``."""
         out: list[tuple[int, bytes]] = []
         if self.priority is not None:
-            out.append((FieldId.FLOOR_PRIORITY, _uint(self.priority, 1, "priority") + b"\x00"))
+            out.append((FieldId.FLOOR_PRIORITY, encode_uint(self.priority, 1, "priority") + b"\x00"))
         if self.duration is not None:
-            out.append((FieldId.DURATION, _uint(self.duration, 2, "duration")))
+            out.append((FieldId.DURATION, encode_uint(self.duration, 2, "duration")))
         if self.reject_cause is not None:
-            code = _uint(self.reject_cause.code, 2, "reject cause")
-            out.append((FieldId.REJECT_CAUSE, code + _text(self.reject_cause.phrase, "reject phrase", 0xFF - 2)))
+            code = encode_uint(self.reject_cause.code, 2, "reject cause")
+            out.append((FieldId.REJECT_CAUSE, code + encode_text(self.reject_cause.phrase, "reject phrase", 0xFF - 2)))
         if self.queue_info is not None:
-            position = _uint(self.queue_info.position, 1, "queue position")
-            out.append((FieldId.QUEUE_INFO, position + _uint(self.queue_info.priority, 1, "queue priority")))
+            position = encode_uint(self.queue_info.position, 1, "queue position")
+            out.append((FieldId.QUEUE_INFO, position + encode_uint(self.queue_info.priority, 1, "queue priority")))
         if self.granted_party is not None:
-            out.append((FieldId.GRANTED_PARTY_IDENTITY, _text(self.granted_party, "granted party", 0xFF)))
+            out.append((FieldId.GRANTED_PARTY_IDENTITY, encode_text(self.granted_party, "granted party", 0xFF)))
         if self.permission_to_request is not None:
             if not isinstance(self.permission_to_request, bool):
                 raise ValueError("permission_to_request must be a bool")
             out.append((FieldId.PERMISSION_TO_REQUEST, int(self.permission_to_request).to_bytes(2, "big")))
         if self.user_id is not None:
-            out.append((FieldId.USER_ID, _text(self.user_id, "user ID", 0xFF)))
+            out.append((FieldId.USER_ID, encode_text(self.user_id, "user ID", 0xFF)))
         if self.queue_size is not None:
-            out.append((FieldId.QUEUE_SIZE, _uint(self.queue_size, 2, "queue size")))
+            out.append((FieldId.QUEUE_SIZE, encode_uint(self.queue_size, 2, "queue size")))
         if self.sequence is not None:
-            out.append((FieldId.MESSAGE_SEQUENCE_NUMBER, _uint(self.sequence, 2, "message sequence number")))
+            out.append((FieldId.MESSAGE_SEQUENCE_NUMBER, encode_uint(self.sequence, 2, "message sequence number")))
         if self.queued_user_id is not None:
-            out.append((FieldId.QUEUED_USER_ID, _text(self.queued_user_id, "queued user ID", 0xFF)))
+            out.append((FieldId.QUEUED_USER_ID, encode_text(self.queued_user_id, "queued user ID", 0xFF)))
         if self.source is not None:
-            out.append((FieldId.SOURCE, _uint(self.source, 2, "source")))
+            out.append((FieldId.SOURCE, encode_uint(self.source, 2, "source")))
         if self.track_info is not None:
             if not isinstance(self.track_info, bytes) or len(self.track_info) > 0xFF:
                 raise ValueError("track_info must be bytes of at most 255 octets")
             out.append((FieldId.TRACK_INFO, self.track_info))
         if self.message_type is not None:
-            out.append((FieldId.MESSAGE_TYPE, _uint(self.message_type, 1, "message type") + b"\x00"))
+            out.append((FieldId.MESSAGE_TYPE, encode_uint(self.message_type, 1, "message type") + b"\x00"))
         if self.floor_indicator is not None:
-            out.append((FieldId.FLOOR_INDICATOR, _uint(int(self.floor_indicator), 2, "floor indicator")))
+            out.append((FieldId.FLOOR_INDICATOR, encode_uint(int(self.floor_indicator), 2, "floor indicator")))
         if self.ssrc_field is not None:
-            out.append((FieldId.SSRC, _uint(self.ssrc_field, 4, "SSRC field") + b"\x00\x00"))
+            out.append((FieldId.SSRC, encode_uint(self.ssrc_field, 4, "SSRC field") + b"\x00\x00"))
         for field_id, value in self.unknown_fields:
-            _uint(field_id, 1, "unknown field ID")
+            encode_uint(field_id, 1, "unknown field ID")
             if field_id in FieldId._value2member_map_:
-                raise ValueError(f"unknown_fields holds {_field_name(field_id)}: set the attribute instead")
-            if not isinstance(value, bytes) or len(value) > _max_value_len(field_id):
-                raise ValueError(f"field {field_id}: value must be bytes of at most {_max_value_len(field_id)} octets")
+                raise ValueError(f"unknown_fields holds {field_name(field_id)}: set the attribute instead")
+            if not isinstance(value, bytes) or len(value) > max_value_len(field_id):
+                raise ValueError(f"field {field_id}: value must be bytes of at most {max_value_len(field_id)} octets")
             out.append((field_id, value))
         out.sort(key=lambda f: f[0])  # stable: unknown fields with equal IDs keep their order
         if self.queued:
@@ -485,10 +305,10 @@ class FloorMessage:
             if not isinstance(member, QueuedParticipant):
                 raise ValueError(f"queued participant {n} must be a QueuedParticipant")
             info = member.queue_info
-            out.append((FieldId.SSRC, _uint(member.ssrc, 4, f"queued participant {n} SSRC") + b"\x00\x00"))
-            out.append((FieldId.QUEUED_USER_ID, _text(member.user_id, f"queued participant {n} user ID", 0xFF)))
-            position = _uint(info.position, 1, f"queued participant {n} queue position")
-            priority = _uint(info.priority, 1, f"queued participant {n} queue priority")
+            out.append((FieldId.SSRC, encode_uint(member.ssrc, 4, f"queued participant {n} SSRC") + b"\x00\x00"))
+            out.append((FieldId.QUEUED_USER_ID, encode_text(member.user_id, f"queued participant {n} user ID", 0xFF)))
+            position = encode_uint(info.position, 1, f"queued participant {n} queue position")
+            priority = encode_uint(info.priority, 1, f"queued participant {n} queue priority")
             out.append((FieldId.QUEUE_INFO, position + priority))
         return out
 
@@ -500,12 +320,12 @@ class FloorMessage:
             if subtype not in ACK_CAPABLE_SUBTYPES:
                 raise ValueError(f"{subtype.name} has no acknowledgement-required form (table 8.2.2.1-1)")
             raw_subtype |= ACK_REQUIRED_BIT
-        body = b"".join(_encode_field(field_id, value) for field_id, value in self.fields())
+        body = b"".join(encode_field(field_id, value) for field_id, value in self.fields())
         total = HEADER_LEN + len(body)
         if total > MAX_PACKET_LEN:
             raise ValueError(f"message of {total} octets exceeds the RTCP length field ({MAX_PACKET_LEN})")
         header = bytes([RTCP_VERSION << 6 | raw_subtype, APP_PACKET_TYPE]) + (total // 4 - 1).to_bytes(2, "big")
-        return header + _uint(self.ssrc, 4, "SSRC") + NAME + body
+        return header + encode_uint(self.ssrc, 4, "SSRC") + NAME + body
 
 
 def is_rtcp(data: bytes) -> bool:
