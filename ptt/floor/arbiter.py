@@ -67,8 +67,19 @@ Simplifications against TS 24.380 §6.3 (deliberate; the rest of the procedures 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from ptt.floor.arbiter_types import (
+    DEFAULT_SERVER_SSRC,
+    MAX_DURATION,
+    MAX_USER_ID_OCTETS,
+    SEQUENCE_MODULUS,
+    ArbiterConfig,
+    Claim,
+    Floor,
+    Participant,
+    Send,
+    urgency,
+)
 from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.messages import (
     QUEUE_POSITION_NOT_QUEUED,
@@ -82,17 +93,16 @@ from ptt.floor.messages import (
     Subtype,
 )
 
-DEFAULT_SERVER_SSRC = 0x50545453
-"""SSRC of the floor control server in the messages it sends ("PTTS"); participants' SSRCs should differ."""
-
-SEQUENCE_MODULUS = 0x10000
-"""The Message Sequence Number is a 16-bit field (TS 24.380 §8.2.3.10)."""
-
-MAX_DURATION = 0xFFFF
-"""The Duration field is 16 bits of seconds (TS 24.380 §8.2.3.3)."""
-
-MAX_USER_ID_OCTETS = 255
-"""A User ID / Granted Party's Identity field holds at most 255 octets (one length octet, §8.2.3.1)."""
+__all__ = [
+    "DEFAULT_SERVER_SSRC",
+    "MAX_DURATION",
+    "MAX_USER_ID_OCTETS",
+    "SEQUENCE_MODULUS",
+    "ArbiterConfig",
+    "FloorArbiter",
+    "Participant",
+    "Send",
+]
 
 _CALL_TYPE_BITS = (
     FloorIndicator.NORMAL
@@ -107,88 +117,7 @@ _HANDLED = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Participant:
-    """A member of the group call as the floor control server knows it from call setup."""
-
-    ssrc: int
-    uri: str
-    priority: int = 0
-    """Authorised floor priority, 0..255, higher wins."""
-    pre_emptive: bool = False
-    """Authorised for pre-emptive priority (dispatchers): may take the floor from a lower-priority talker."""
-    receive_only: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.ssrc <= 0xFFFFFFFF:
-            raise ValueError(f"SSRC out of range: {self.ssrc}")
-        if not 0 <= self.priority <= 255:
-            raise ValueError(f"floor priority out of range 0..255: {self.priority}")
-        if len(self.uri.encode("utf-8")) > MAX_USER_ID_OCTETS:
-            raise ValueError(f"URI longer than {MAX_USER_ID_OCTETS} octets cannot be sent as a User ID")
-
-
-@dataclass(frozen=True)
-class Send:
-    """A message to send: to one participant's SSRC, or (``to=None``) to every participant but ``exclude``."""
-
-    to: int | None
-    message: FloorMessage
-    exclude: int | None = None
-
-
-@dataclass(frozen=True)
-class ArbiterConfig:
-    max_burst: float = 30.0
-    """Seconds a holder may talk (timer T2; the Duration in Floor Granted, rounded up to whole seconds)."""
-    queue_limit: int = 8
-    revoke_grace: float = 2.0
-    """Seconds after Floor Revoke before the floor is taken away regardless (timer T3)."""
-    server_ssrc: int = DEFAULT_SERVER_SSRC
-    queueing: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.max_burst > 0:
-            raise ValueError("max_burst must be positive")
-        if self.revoke_grace < 0:
-            raise ValueError("revoke_grace must not be negative")
-        if self.queue_limit < 0:
-            raise ValueError("queue_limit must not be negative")
-        if not 0 <= self.server_ssrc <= 0xFFFFFFFF:
-            raise ValueError(f"SSRC out of range: {self.server_ssrc}")
-
-
-@dataclass
-class _Claim:
-    """A floor request as the arbiter keeps it: who, at which (effective) priority, with which call type."""
-
-    participant: Participant
-    priority: int
-    indicator: int
-
-    @property
-    def ssrc(self) -> int:
-        return self.participant.ssrc
-
-
-@dataclass
-class _Floor:
-    """The holder's grant and its timers (None while idle)."""
-
-    claim: _Claim
-    burst_deadline: float | None
-    revoke_deadline: float | None = None
-
-
 _DEFAULT_CONFIG = ArbiterConfig()
-
-
-def _urgency(indicator: int) -> int:
-    if indicator & FloorIndicator.EMERGENCY:
-        return 2
-    if indicator & FloorIndicator.IMMINENT_PERIL:
-        return 1
-    return 0
 
 
 class FloorArbiter:
@@ -198,8 +127,8 @@ class FloorArbiter:
         self.group_uri = group_uri
         self.config = config
         self._members: dict[int, Participant] = {}
-        self._floor: _Floor | None = None
-        self._queue: list[_Claim] = []
+        self._floor: Floor | None = None
+        self._queue: list[Claim] = []
         self._sequence = 0
         self._events: list[FloorEvent] = []
 
@@ -302,35 +231,35 @@ class FloorArbiter:
         priority = participant.priority if message.priority is None else min(message.priority, participant.priority)
         floor = self._floor
         if floor is None:
-            return self._grant(_Claim(participant, priority, indicator), now)
+            return self._grant(Claim(participant, priority, indicator), now)
         if floor.claim.ssrc == participant.ssrc:
             # A lost Floor Granted (or Floor Revoke): say it again, nothing changes.
             if floor.revoke_deadline is not None:
                 return [self._revoke(floor, RevokeCause.MEDIA_BURST_TOO_LONG, event=False)]
             return [Send(participant.ssrc, self._granted(floor, now))]
         if participant.pre_emptive and (
-            priority > floor.claim.priority or _urgency(indicator) > _urgency(floor.claim.indicator)
+            priority > floor.claim.priority or urgency(indicator) > urgency(floor.claim.indicator)
         ):
             sends = [self._revoke(floor, RevokeCause.PRE_EMPTED)]
-            return sends + self._grant(_Claim(participant, priority, indicator), now)
+            return sends + self._grant(Claim(participant, priority, indicator), now)
         if not self.config.queueing:
             return [self._deny(participant, DenyCause.ANOTHER_CLIENT_HAS_PERMISSION, "another talker", indicator)]
         if any(claim.ssrc == participant.ssrc for claim in self._queue):
             return [Send(participant.ssrc, self._queue_position_info(participant))]
         if len(self._queue) >= self.config.queue_limit:
             return [self._deny(participant, DenyCause.QUEUE_FULL, "queue full", indicator)]
-        claim = _Claim(participant, priority, indicator)
+        claim = Claim(participant, priority, indicator)
         # after everyone of the same or a higher priority: by priority, then by arrival
         position = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
         self._queue.insert(position, claim)
         self._events.append(self._about(FloorEventKind.QUEUED, participant, position=position + 1))
         return [Send(participant.ssrc, self._queue_position_info(participant))]
 
-    def _grant(self, claim: _Claim, now: float) -> list[Send]:
+    def _grant(self, claim: Claim, now: float) -> list[Send]:
         """Floor Granted to ``claim``'s participant and Floor Taken to everyone else (a floor transition)."""
         self._dequeue(claim.ssrc)
         self._sequence = (self._sequence + 1) % SEQUENCE_MODULUS
-        floor = _Floor(claim, burst_deadline=now + self.config.max_burst)
+        floor = Floor(claim, burst_deadline=now + self.config.max_burst)
         self._floor = floor
         self._events.append(self._about(FloorEventKind.GRANTED, claim.participant))
         return [
@@ -347,7 +276,7 @@ class FloorArbiter:
         self._events.append(FloorEvent(FloorEventKind.IDLE))
         return [Send(None, self._idle())]
 
-    def _revoke(self, floor: _Floor, cause: RevokeCause, *, event: bool = True) -> Send:
+    def _revoke(self, floor: Floor, cause: RevokeCause, *, event: bool = True) -> Send:
         holder = floor.claim.participant
         if event:
             self._events.append(self._about(FloorEventKind.REVOKED, holder, cause=int(cause)))
@@ -388,7 +317,7 @@ class FloorArbiter:
 
     # -- messages --------------------------------------------------------------------------------------------
 
-    def _granted(self, floor: _Floor, now: float) -> FloorMessage:
+    def _granted(self, floor: Floor, now: float) -> FloorMessage:
         deadline = floor.burst_deadline if floor.burst_deadline is not None else now
         return FloorMessage(
             subtype=Subtype.GRANTED,
@@ -399,7 +328,7 @@ class FloorArbiter:
             floor_indicator=floor.claim.indicator,
         )
 
-    def _taken(self, floor: _Floor) -> FloorMessage:
+    def _taken(self, floor: Floor) -> FloorMessage:
         holder = floor.claim.participant
         return FloorMessage(
             subtype=Subtype.TAKEN,
