@@ -14,8 +14,9 @@ Commands on stdin, one a line, each answered by one line on stdout:
   login            -> ``login-done SECONDS ok=N failed=M``: all clients connect at once, log in and send their CSK
                       (a login storm; the clients of the previous storm, if any, disconnect first)
   flood SECONDS    -> ``flood-done SECONDS sent=N ok=N refused=N fresh=N``: the first logged-in client sends CSK
-                      messages for SECONDS, WINDOW of them outstanding at a time (as fast as the server answers):
-                      first the distinct prebuilt ones, then the same ones again (replays)
+                      messages for SECONDS, WINDOW (64) of them outstanding at a time, about 40 KiB of frames in
+                      flight (as fast as the server reads them): first the distinct prebuilt ones, then the same
+                      ones again (replays); a closed connection is reopened (logged in again) and the flood goes on
   quit
 """
 
@@ -137,7 +138,9 @@ class LoadGenerator:
         counts = {"sent": 0, "ok": 0, "refused": 0, "fresh": 0, "reconnects": 0}
         started = time.perf_counter()
         deadline = started + seconds
-        client = self.clients[0] if self.clients and self.clients[0].connected else None
+        # the session of the identity that signed the flood's messages (a CSK must come from its initiator)
+        uri = self.identities[0].uri
+        client = next((c for c in self.clients if c.uri == uri and c.connected), None)
 
         @defer.inlineCallbacks
         def lane() -> Any:
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logins", type=int, default=200)
     parser.add_argument("--storms", type=int, default=3, help="login storms prebuilt (one CSK per client each)")
     parser.add_argument("--flood-unique", type=int, default=300, help="distinct CSK messages built for the flood")
-    parser.add_argument("--window", type=int, default=4, help="flood requests outstanding at a time")
+    parser.add_argument("--window", type=int, default=64, help="flood requests outstanding at a time")
     args = parser.parse_args(argv)
 
     def run(reactor: Any) -> defer.Deferred[None]:
