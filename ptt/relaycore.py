@@ -27,162 +27,64 @@ the talker changes). Callers must not modify that list.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-Address = tuple[str, int]
-
-TOKEN_LENGTH = 16
-TOKEN_LIFETIME = 60.0
-"""Seconds an :meth:`RelayCore.expect` token stays usable before its first ``PTTJ``."""
-
-JOIN_NAME = b"PTTJ"
-JOIN_PACKET_LENGTH = 28
-"""V/P/subtype, PT, length, SSRC (8) + name (4) + token (16)."""
-
-RTCP_APP = 204
-RTP_HEADER_LENGTH = 12
-MAX_UNBOUND_BUCKETS = 4096
-"""Rate-limit buckets kept for sources that are not bound; beyond this they share one bucket."""
-
-STAT_NAMES = (
-    "forwarded",  # media packets forwarded (each to every other bound member)
-    "copies",  # datagrams those forwards became
-    "dropped_unbound",  # media from an address no member is bound to
-    "dropped_not_talker",  # media from a bound member who does not hold the floor
-    "dropped_ssrc",  # media from the talker's address with another SSRC
-    "dropped_rate",  # over the per-source rate limit
-    "dropped_malformed",  # not RTP/RTCP version 2, or too short
-    "dropped_token",  # PTTJ with an unknown or expired token, or an SSRC other than the expected one
-    "dropped_rtcp",  # RTCP that is neither PTTJ nor floor control from a bound member
-    "joined",  # bindings made (first PTTJ of a token)
-    "rebound",  # bindings moved to a new address
-    "keepalive",  # PTTJ refreshing an existing binding
-    "floor",  # floor control packets handed over
-    "dropped_floor_rate",  # floor control over the member's floor control limit
-    "dead",  # members unbound by sweep
-    "bound",  # members bound now (a gauge)
+from ptt.relaystate import (
+    DROPPED,
+    JOIN_NAME,
+    JOIN_PACKET_LENGTH,
+    MAX_UNBOUND_BUCKETS,
+    RTCP_APP,
+    RTP_HEADER_LENGTH,
+    STAT_NAMES,
+    TOKEN_LENGTH,
+    TOKEN_LIFETIME,
+    Address,
+    Binding,
+    BoundMember,
+    Bucket,
+    GroupState,
+    RelayConfig,
+    RtcpResult,
+    is_join_packet,
+    join_packet,
+    looks_like_rtcp,
 )
 
-
-@dataclass(frozen=True)
-class Binding:
-    """Who a bound address belongs to: a member of a group, with the SSRC of its media."""
-
-    group: str
-    member: str
-    ssrc: int
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    rate_packets_per_s: float = 200.0
-    rate_burst: int = 400
-    dead_after: float = 15.0
-    keepalive_interval: float = 5.0  # what clients send at; dead_after must leave room for lost keepalives
-    floor_packets_per_s: float = 10.0
-    floor_burst: int = 30
-    """Floor control packets a member may send (within its overall rate): a press is a Floor Request and a
-    release a Floor Release, each retransmitted a few times if unanswered (T101/T100), plus Queue Position
-    Requests; a person pressing twice a second stays far below. Floor messages cost the server an SRTCP check
-    and the arbiter's work each, so a flood of them is cut here, before either."""
-
-    def __post_init__(self) -> None:
-        if self.floor_packets_per_s <= 0 or self.floor_burst < 1:
-            raise ValueError("the floor control limit needs a positive rate and a burst of at least one packet")
-        if self.rate_packets_per_s <= 0 or self.rate_burst < 1:
-            raise ValueError("the rate limit needs a positive rate and a burst of at least one packet")
-        if self.dead_after <= self.keepalive_interval:
-            raise ValueError("dead_after must be longer than keepalive_interval")
+__all__ = [
+    "DROPPED",
+    "JOIN_NAME",
+    "JOIN_PACKET_LENGTH",
+    "MAX_UNBOUND_BUCKETS",
+    "RTCP_APP",
+    "RTP_HEADER_LENGTH",
+    "STAT_NAMES",
+    "TOKEN_LENGTH",
+    "TOKEN_LIFETIME",
+    "Address",
+    "Binding",
+    "RelayConfig",
+    "RelayCore",
+    "RtcpResult",
+    "join_packet",
+]
 
 
-@dataclass(frozen=True)
-class RtcpResult:
-    """What an RTCP datagram did: ``joined`` (a token's first use bound its address), ``keepalive`` (a binding
-    refreshed, possibly moved to a new address), ``floor`` (hand ``data`` to floor control for ``binding``) or
-    ``dropped``."""
-
-    kind: str
-    binding: Binding | None = None
-    data: bytes = b""
-
-
-DROPPED = RtcpResult("dropped")
-
-
-def join_packet(ssrc: int, token: bytes) -> bytes:
-    """The RTCP APP ``PTTJ`` packet a client sends from its media socket to bind it (and as keepalive)."""
-    if len(token) != TOKEN_LENGTH:
-        raise ValueError(f"join token must be {TOKEN_LENGTH} octets")
-    if not 0 <= ssrc < 1 << 32:
-        raise ValueError("SSRC must fit in 32 bits")
-    length_words = JOIN_PACKET_LENGTH // 4 - 1
-    return bytes((0x80, RTCP_APP)) + length_words.to_bytes(2, "big") + ssrc.to_bytes(4, "big") + JOIN_NAME + token
-
-
-class _Bucket:
-    """Token bucket state: ``tokens`` as of ``stamp``."""
-
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
-
-
-class _Member(_Bucket):
-    """A bound member: its address, liveness and (inherited) rate-limit bucket."""
-
-    __slots__ = ("addr", "binding", "floor", "group", "last_seen", "ssrc_bytes", "token")
-
-    def __init__(
-        self, binding: Binding, token: bytes, addr: Address, group: _Group, now: float, burst: float, floor_burst: float
-    ) -> None:
-        super().__init__(burst, now)
-        self.floor = _Bucket(floor_burst, now)
-        self.binding = binding
-        self.token = token
-        self.addr = addr
-        self.group = group
-        self.last_seen = now
-        self.ssrc_bytes = binding.ssrc.to_bytes(4, "big")
-
-
-class _Group:
-    __slots__ = ("fanout", "members", "talker", "talker_ssrc")
-
-    def __init__(self) -> None:
-        self.members: dict[str, _Member] = {}
-        self.talker_ssrc: int | None = None
-        self.talker: _Member | None = None
-        self.fanout: list[Address] = []
-
-    def rebuild(self) -> None:
-        """Find the talker among the bound members and cache the addresses its media goes to."""
-        talker = None
-        if self.talker_ssrc is not None:
-            for member in self.members.values():
-                if member.binding.ssrc == self.talker_ssrc:
-                    talker = member
-                    break
-        self.talker = talker
-        # A new list each time: a caller may still be iterating over the old one.
-        self.fanout = [m.addr for m in self.members.values() if m is not talker] if talker is not None else []
+_DEFAULT_CONFIG = RelayConfig()  # frozen: sharing the default is safe
 
 
 class RelayCore:
     """Binding, floor-holder forwarding, rate limiting and liveness for every group of one relay."""
 
-    def __init__(self, config: RelayConfig = RelayConfig()) -> None:  # frozen: sharing the default is safe
+    def __init__(self, config: RelayConfig = _DEFAULT_CONFIG) -> None:
         self.config = config
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
         self._rate = float(config.rate_packets_per_s)
         self._burst = float(config.rate_burst)
-        self._groups: dict[str, _Group] = {}
-        self._by_addr: dict[Address, _Member] = {}
-        self._by_token: dict[bytes, _Member] = {}
+        self._groups: dict[str, GroupState] = {}
+        self._by_addr: dict[Address, BoundMember] = {}
+        self._by_token: dict[bytes, BoundMember] = {}
         self._pending: dict[bytes, tuple[Binding, float]] = {}  # token -> (binding, expiry)
-        self._unbound_buckets: dict[Address, _Bucket] = {}
-        self._overflow_bucket = _Bucket(self._burst, 0.0)
+        self._unbound_buckets: dict[Address, Bucket] = {}
+        self._overflow_bucket = Bucket(self._burst, 0.0)
         self._last_sweep: float | None = None
 
     # -- control plane -------------------------------------------------------------------------------------
@@ -212,7 +114,7 @@ class RelayCore:
         if state is None:
             if ssrc is None:
                 return
-            state = self._groups[group] = _Group()
+            state = self._groups[group] = GroupState()
         state.talker_ssrc = ssrc
         state.rebuild()
         self._forget_if_empty(group, state)
@@ -288,14 +190,14 @@ class RelayCore:
             return DROPPED
         return self._rtcp_from_member(member, data, addr, now)
 
-    def _rtcp_from_member(self, member: _Member, data: bytes, addr: Address, now: float) -> RtcpResult:
-        if not _is_rtcp(data):
+    def _rtcp_from_member(self, member: BoundMember, data: bytes, addr: Address, now: float) -> RtcpResult:
+        if not looks_like_rtcp(data):
             self.stats["dropped_malformed"] += 1
             return DROPPED
         if data[1] != RTCP_APP:
             self.stats["dropped_rtcp"] += 1
             return DROPPED
-        if _is_join(data):
+        if is_join_packet(data):
             return self._join(data, addr, now)
         member.last_seen = now
         if not self._admit(member.floor, now, self.config.floor_packets_per_s, self.config.floor_burst):
@@ -305,10 +207,10 @@ class RelayCore:
         return RtcpResult("floor", member.binding, data)
 
     def _rtcp_from_unbound(self, data: bytes, addr: Address, now: float) -> RtcpResult:
-        if not _is_rtcp(data):
+        if not looks_like_rtcp(data):
             self.stats["dropped_malformed"] += 1
             return DROPPED
-        if data[1] == RTCP_APP and _is_join(data):
+        if data[1] == RTCP_APP and is_join_packet(data):
             return self._join(data, addr, now)
         self.stats["dropped_rtcp"] += 1
         return DROPPED
@@ -382,7 +284,7 @@ class RelayCore:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _admit(self, bucket: _Bucket, now: float, rate: float | None = None, burst: float | None = None) -> bool:
+    def _admit(self, bucket: Bucket, now: float, rate: float | None = None, burst: float | None = None) -> bool:
         rate = self._rate if rate is None else rate
         burst = self._burst if burst is None else burst
         tokens = bucket.tokens
@@ -404,7 +306,7 @@ class RelayCore:
             if len(self._unbound_buckets) >= MAX_UNBOUND_BUCKETS:
                 bucket = self._overflow_bucket
             else:
-                bucket = self._unbound_buckets[addr] = _Bucket(self._burst, now)
+                bucket = self._unbound_buckets[addr] = Bucket(self._burst, now)
         return self._admit(bucket, now)
 
     def _bind(self, token: bytes, binding: Binding, addr: Address, now: float) -> None:
@@ -417,8 +319,8 @@ class RelayCore:
             self._remove(squatter)
         state = self._groups.get(binding.group)
         if state is None:
-            state = self._groups[binding.group] = _Group()
-        member = _Member(binding, token, addr, state, now, self._burst, float(self.config.floor_burst))
+            state = self._groups[binding.group] = GroupState()
+        member = BoundMember(binding, token, addr, state, now, self._burst, float(self.config.floor_burst))
         bucket = self._unbound_buckets.pop(addr, None)
         if bucket is not None:  # keep what the source already spent while unbound
             member.tokens, member.stamp = bucket.tokens, bucket.stamp
@@ -428,7 +330,7 @@ class RelayCore:
         state.rebuild()
         self.stats["bound"] = len(self._by_token)
 
-    def _move(self, member: _Member, addr: Address) -> None:
+    def _move(self, member: BoundMember, addr: Address) -> None:
         squatter = self._by_addr.get(addr)
         if squatter is not None:
             self._remove(squatter)
@@ -438,7 +340,7 @@ class RelayCore:
         self._by_addr[addr] = member
         member.group.rebuild()
 
-    def _remove(self, member: _Member) -> None:
+    def _remove(self, member: BoundMember) -> None:
         state = member.group
         if state.members.get(member.binding.member) is member:
             del state.members[member.binding.member]
@@ -450,17 +352,6 @@ class RelayCore:
         self._forget_if_empty(member.binding.group, state)
         self.stats["bound"] = len(self._by_token)
 
-    def _forget_if_empty(self, name: str, state: _Group) -> None:
+    def _forget_if_empty(self, name: str, state: GroupState) -> None:
         if not state.members and state.talker_ssrc is None and self._groups.get(name) is state:
             del self._groups[name]
-
-
-def _is_rtcp(data: bytes) -> bool:
-    """Version 2, at least header + SSRC, and a length field that fits the datagram (compound: the first)."""
-    if len(data) < 8 or data[0] & 0xC0 != 0x80:
-        return False
-    return (int.from_bytes(data[2:4], "big") + 1) * 4 <= len(data)
-
-
-def _is_join(data: bytes) -> bool:
-    return len(data) == JOIN_PACKET_LENGTH and data[0] == 0x80 and data[2:4] == b"\x00\x06" and data[8:12] == JOIN_NAME
