@@ -2,7 +2,8 @@
 
 ``DispatchApplication.handle`` is the whole request logic (plain values in, an ``HttpReply`` out, time passed in);
 ``DispatchResource`` adapts it to twisted.web and runs it on a worker thread (scrypt, SQLite and the SAKKE work
-of a rekey must not stall the reactor).
+of a rekey must not stall the reactor). Routes, request JSON checks and the JSON of records are
+``server.dispatch.routes``.
 
     GET    /api/health                              {"status": "ok", "domain": ...}  (no login)
     GET    /api/groups                              the groups with their member counts
@@ -27,7 +28,6 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
@@ -36,24 +36,23 @@ from twisted.web import server
 from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported: the per-address throttle's limit
 from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
 from server.accounts import FailureThrottle, LockedOut, LoginFailed
-from server.groups.manager import GroupManager, MemberSpec
-from server.groups.store import (
-    DEFAULT_MAX_BURST,
-    DEFAULT_PRIORITY,
-    AccountError,
-    DispatcherAccount,
-    DuplicateGroup,
-    DuplicateMember,
-    GroupError,
-    GroupRecord,
-    InvalidValue,
-    KeyInfo,
-    KeysUnavailable,
-    MemberRecord,
-    NoSuchGroup,
-    NoSuchMember,
-    check_uri,
+from server.dispatch.routes import (
+    ADMIN_ONLY,
+    METHODS,
+    ApiError,
+    Route,
+    group_json,
+    group_path,
+    json_object,
+    key_json,
+    member_json,
+    member_spec,
+    parse_route,
+    status_of,
+    uri_list,
 )
+from server.groups.manager import GroupManager
+from server.groups.store import DEFAULT_MAX_BURST, DispatcherAccount, GroupError, NoSuchGroup, NoSuchMember, check_uri
 from server.web import MAX_BODY, HttpReply, ThreadedResource, basic_credentials, make_threaded_site
 
 __all__ = [
@@ -78,129 +77,6 @@ on the API's worker thread: a wiring whose floor state lives on the reactor read
 
 def no_status(group_uri: str) -> dict[str, Any]:
     return {"present": [], "joined": [], "talker": None, "queue": []}
-
-
-class ApiError(Exception):
-    """Answered as {"error": message} with ``status`` (and extra headers)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-
-
-def _status_of(exc: GroupError) -> int:
-    if isinstance(exc, NoSuchGroup | NoSuchMember):
-        return 404
-    if isinstance(exc, DuplicateGroup | DuplicateMember):
-        return 409
-    if isinstance(exc, InvalidValue | AccountError):
-        return 400
-    if isinstance(exc, KeysUnavailable):
-        return 503
-    return 500
-
-
-@dataclass(frozen=True)
-class _Route:
-    name: str
-    group: str | None = None
-    member: str | None = None
-
-
-_METHODS = {
-    "health": ("GET",),
-    "groups": ("GET", "POST"),
-    "group": ("GET", "DELETE"),
-    "members": ("GET", "POST"),
-    "member": ("GET", "PATCH", "DELETE"),
-}
-_ADMIN_ONLY = {("groups", "POST"), ("group", "DELETE")}
-
-
-def _route(path: str) -> _Route | None:
-    raw = path.split("?", 1)[0]
-    if len(raw) > 1:
-        raw = raw.rstrip("/")
-    segments = raw.split("/")
-    if len(segments) < 3 or segments[0] != "" or segments[1] != "api" or any(not s for s in segments[2:]):
-        return None
-    try:
-        parts = [urllib.parse.unquote(s, errors="strict") for s in segments[2:]]
-    except UnicodeDecodeError:
-        return None
-    if parts == ["health"]:
-        return _Route("health")
-    if parts[0] != "groups":
-        return None
-    if len(parts) == 1:
-        return _Route("groups")
-    if len(parts) == 2:
-        return _Route("group", parts[1])
-    if parts[2] != "members":
-        return None
-    if len(parts) == 3:
-        return _Route("members", parts[1])
-    if len(parts) == 4:
-        return _Route("member", parts[1], parts[3])
-    return None
-
-
-def _json_object(body: bytes, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "the request body is not UTF-8") from None
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return _check_fields(document, required, optional, "request body")
-
-
-def _check_fields(
-    document: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...], what: str
-) -> dict[str, Any]:
-    missing = [k for k in required if k not in document]
-    if missing:
-        raise ApiError(400, f"{what}: missing {', '.join(missing)}")
-    unknown = sorted(set(document) - set(required) - set(optional))
-    if unknown:
-        raise ApiError(400, f"{what}: unknown field {', '.join(unknown)}")
-    return document
-
-
-def _member_spec(item: Any, what: str) -> MemberSpec:
-    if not isinstance(item, dict):
-        raise ApiError(400, f"{what} must be an object with uri, priority?, role?")
-    _check_fields(item, ("uri",), ("priority", "role"), what)
-    return MemberSpec(item["uri"], item.get("priority", DEFAULT_PRIORITY), item.get("role", "member")).check()
-
-
-def _key_json(info: KeyInfo | None) -> dict[str, Any] | None:
-    if info is None:
-        return None
-    return {"gmk_id": info.gmk_id.hex(), "period_no": info.period_no, "created_at": info.created_at}
-
-
-def _member_json(m: MemberRecord) -> dict[str, Any]:
-    return {"uri": m.uri, "priority": m.priority, "role": m.role, "added_at": m.added_at}
-
-
-def _group_json(g: GroupRecord) -> dict[str, Any]:
-    return {
-        "uri": g.uri,
-        "name": g.name,
-        "created_at": g.created_at,
-        "created_by": g.created_by,
-        "max_burst": g.max_burst,
-    }
-
-
-def _uri_list(value: Any) -> list[str]:
-    if not isinstance(value, list | tuple | set | frozenset):
-        return []
-    return [str(v) for v in value]
 
 
 class DispatchApplication:
@@ -235,7 +111,7 @@ class DispatchApplication:
         except ApiError as exc:
             status, document, headers = exc.status, {"error": str(exc)}, exc.headers
         except GroupError as exc:
-            status, document, headers = _status_of(exc), {"error": str(exc)}, {}
+            status, document, headers = status_of(exc), {"error": str(exc)}, {}
             if status == 500:
                 log.error("dispatch: %s %s: %s", method, path[:200], exc)
         except Exception:  # a bug must not take the service down or leak details
@@ -250,16 +126,16 @@ class DispatchApplication:
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         if len(body) > MAX_BODY:
             raise ApiError(413, f"request body larger than {MAX_BODY} octets")
-        route = _route(path)
+        route = parse_route(path)
         if route is None:
             raise ApiError(404, f"no such endpoint: {urllib.parse.quote(path[:200], safe='/%-._~')}")
-        allowed = _METHODS[route.name]
+        allowed = METHODS[route.name]
         if method not in allowed:
             raise ApiError(405, f"use {' or '.join(allowed)}", {"Allow": ", ".join(allowed)})
         if route.name == "health":
             return 200, {"status": "ok", "domain": self.domain, "time": now}, {}
         account = self._login(authorization, now, peer)
-        if (route.name, method) in _ADMIN_ONLY and account.role != "admin":
+        if (route.name, method) in ADMIN_ONLY and account.role != "admin":
             raise ApiError(403, f"{method} {path[:200]} needs an admin account; {account.username} is a dispatcher")
         if route.group is not None:
             check_uri(route.group, "group URI")
@@ -299,9 +175,9 @@ class DispatchApplication:
         record = self.store.group(uri)
         if record is None:
             raise NoSuchGroup(uri)
-        detail = _group_json(record)
-        detail["members"] = [_member_json(m) for m in self.store.members(uri)]
-        detail["key"] = _key_json(self.store.key_info(uri))
+        detail = group_json(record)
+        detail["members"] = [member_json(m) for m in self.store.members(uri)]
+        detail["key"] = key_json(self.store.key_info(uri))
         detail["status"] = self._live_status(uri)
         return detail
 
@@ -313,23 +189,23 @@ class DispatchApplication:
             raw = {}
         talker = raw.get("talker")
         return {
-            "present": _uri_list(raw.get("present")),
-            "joined": _uri_list(raw.get("joined")),
+            "present": uri_list(raw.get("present")),
+            "joined": uri_list(raw.get("joined")),
             "talker": str(talker) if talker else None,
-            "queue": _uri_list(raw.get("queue")),
+            "queue": uri_list(raw.get("queue")),
         }
 
-    def _get_groups(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _get_groups(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         counts = self.store.member_counts()
-        groups = [{**_group_json(g), "members": counts.get(g.uri, 0)} for g in self.store.groups()]
+        groups = [{**group_json(g), "members": counts.get(g.uri, 0)} for g in self.store.groups()]
         return 200, {"groups": groups}, {}
 
-    def _post_groups(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
-        request = _json_object(body, required=("uri", "name"), optional=("members", "max_burst"))
+    def _post_groups(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        request = json_object(body, required=("uri", "name"), optional=("members", "max_burst"))
         members = request.get("members", [])
         if not isinstance(members, list):
             raise ApiError(400, "members must be a list of {uri, priority?, role?}")
-        specs = [_member_spec(item, f"members[{i}]") for i, item in enumerate(members)]
+        specs = [member_spec(item, f"members[{i}]") for i, item in enumerate(members)]
         uri = check_uri(request["uri"], "group URI")
         self.manager.create_group(
             uri,
@@ -339,41 +215,41 @@ class DispatchApplication:
             now=now,
             max_burst=request.get("max_burst", DEFAULT_MAX_BURST),
         )
-        return 201, {"group": self._group_detail(uri)}, {"Location": _group_path(uri)}
+        return 201, {"group": self._group_detail(uri)}, {"Location": group_path(uri)}
 
-    def _get_group(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _get_group(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None
         return 200, {"group": self._group_detail(route.group)}, {}
 
-    def _delete_group(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _delete_group(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None
         self.manager.delete_group(route.group, by=account.username, now=now)
         return 200, {"deleted": route.group}, {}
 
-    def _get_members(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _get_members(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None
-        return 200, {"members": [_member_json(m) for m in self.store.members(route.group)]}, {}
+        return 200, {"members": [member_json(m) for m in self.store.members(route.group)]}, {}
 
-    def _post_members(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _post_members(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None
-        spec = _member_spec(_json_object(body, required=("uri",), optional=("priority", "role")), "request body")
+        spec = member_spec(json_object(body, required=("uri",), optional=("priority", "role")), "request body")
         record = self.manager.add_member(route.group, spec, by=account.username, now=now)
-        location = _group_path(route.group) + "/members/" + urllib.parse.quote(record.uri, safe="")
-        key = _key_json(self.store.key_info(route.group))
-        return 201, {"member": _member_json(record), "key": key}, {"Location": location}
+        location = group_path(route.group) + "/members/" + urllib.parse.quote(record.uri, safe="")
+        key = key_json(self.store.key_info(route.group))
+        return 201, {"member": member_json(record), "key": key}, {"Location": location}
 
-    def _get_member(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _get_member(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None and route.member is not None
         if self.store.group(route.group) is None:
             raise NoSuchGroup(route.group)
         record = self.store.member(route.group, route.member)
         if record is None:
             raise NoSuchMember(route.group, route.member)
-        return 200, {"member": _member_json(record)}, {}
+        return 200, {"member": member_json(record)}, {}
 
-    def _patch_member(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _patch_member(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None and route.member is not None
-        request = _json_object(body, optional=("priority", "role"))
+        request = json_object(body, optional=("priority", "role"))
         if not request:
             raise ApiError(400, "give priority and/or role to change")
         record = self.manager.update_member(
@@ -384,16 +260,12 @@ class DispatchApplication:
             by=account.username,
             now=now,
         )
-        return 200, {"member": _member_json(record)}, {}
+        return 200, {"member": member_json(record)}, {}
 
-    def _delete_member(self, route: _Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+    def _delete_member(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         assert route.group is not None and route.member is not None
         info = self.manager.remove_member(route.group, route.member, by=account.username, now=now)
-        return 200, {"removed": route.member, "group": route.group, "rekeyed": True, "key": _key_json(info)}, {}
-
-
-def _group_path(uri: str) -> str:
-    return "/api/groups/" + urllib.parse.quote(uri, safe="")
+        return 200, {"removed": route.member, "group": route.group, "rekeyed": True, "key": key_json(info)}, {}
 
 
 # --- Twisted adapter ------------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""The dispatcher API's HTTP vocabulary: the routes and the methods each allows, request JSON checked field by
+field, records rendered as JSON, and the status code of each refusal. No I/O and no state: the request logic is
+``server.dispatch.api.DispatchApplication``."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from server.groups.manager import MemberSpec
+from server.groups.store import (
+    DEFAULT_PRIORITY,
+    AccountError,
+    DuplicateGroup,
+    DuplicateMember,
+    GroupError,
+    GroupRecord,
+    InvalidValue,
+    KeyInfo,
+    KeysUnavailable,
+    MemberRecord,
+    NoSuchGroup,
+    NoSuchMember,
+)
+
+__all__ = [
+    "ADMIN_ONLY",
+    "METHODS",
+    "ApiError",
+    "Route",
+    "check_fields",
+    "group_json",
+    "group_path",
+    "json_object",
+    "key_json",
+    "member_json",
+    "member_spec",
+    "parse_route",
+    "status_of",
+    "uri_list",
+]
+
+
+class ApiError(Exception):
+    """Answered as {"error": message} with ``status`` (and extra headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def status_of(exc: GroupError) -> int:
+    if isinstance(exc, NoSuchGroup | NoSuchMember):
+        return 404
+    if isinstance(exc, DuplicateGroup | DuplicateMember):
+        return 409
+    if isinstance(exc, InvalidValue | AccountError):
+        return 400
+    if isinstance(exc, KeysUnavailable):
+        return 503
+    return 500
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    group: str | None = None
+    member: str | None = None
+
+
+METHODS = {
+    "health": ("GET",),
+    "groups": ("GET", "POST"),
+    "group": ("GET", "DELETE"),
+    "members": ("GET", "POST"),
+    "member": ("GET", "PATCH", "DELETE"),
+}
+ADMIN_ONLY = {("groups", "POST"), ("group", "DELETE")}
+
+
+def parse_route(path: str) -> Route | None:
+    raw = path.split("?", 1)[0]
+    if len(raw) > 1:
+        raw = raw.rstrip("/")
+    segments = raw.split("/")
+    if len(segments) < 3 or segments[0] != "" or segments[1] != "api" or any(not s for s in segments[2:]):
+        return None
+    try:
+        parts = [urllib.parse.unquote(s, errors="strict") for s in segments[2:]]
+    except UnicodeDecodeError:
+        return None
+    if parts == ["health"]:
+        return Route("health")
+    if parts[0] != "groups":
+        return None
+    if len(parts) == 1:
+        return Route("groups")
+    if len(parts) == 2:
+        return Route("group", parts[1])
+    if parts[2] != "members":
+        return None
+    if len(parts) == 3:
+        return Route("members", parts[1])
+    if len(parts) == 4:
+        return Route("member", parts[1], parts[3])
+    return None
+
+
+def json_object(body: bytes, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8") from None
+    except ValueError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return check_fields(document, required, optional, "request body")
+
+
+def check_fields(
+    document: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...], what: str
+) -> dict[str, Any]:
+    missing = [k for k in required if k not in document]
+    if missing:
+        raise ApiError(400, f"{what}: missing {', '.join(missing)}")
+    unknown = sorted(set(document) - set(required) - set(optional))
+    if unknown:
+        raise ApiError(400, f"{what}: unknown field {', '.join(unknown)}")
+    return document
+
+
+def member_spec(item: Any, what: str) -> MemberSpec:
+    if not isinstance(item, dict):
+        raise ApiError(400, f"{what} must be an object with uri, priority?, role?")
+    check_fields(item, ("uri",), ("priority", "role"), what)
+    return MemberSpec(item["uri"], item.get("priority", DEFAULT_PRIORITY), item.get("role", "member")).check()
+
+
+def key_json(info: KeyInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {"gmk_id": info.gmk_id.hex(), "period_no": info.period_no, "created_at": info.created_at}
+
+
+def member_json(m: MemberRecord) -> dict[str, Any]:
+    return {"uri": m.uri, "priority": m.priority, "role": m.role, "added_at": m.added_at}
+
+
+def group_json(g: GroupRecord) -> dict[str, Any]:
+    return {
+        "uri": g.uri,
+        "name": g.name,
+        "created_at": g.created_at,
+        "created_by": g.created_by,
+        "max_burst": g.max_burst,
+    }
+
+
+def uri_list(value: Any) -> list[str]:
+    if not isinstance(value, list | tuple | set | frozenset):
+        return []
+    return [str(v) for v in value]
+
+
+def group_path(uri: str) -> str:
+    return "/api/groups/" + urllib.parse.quote(uri, safe="")
