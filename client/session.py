@@ -1,7 +1,9 @@
 """A logged-in PTT client session: control channel, group keys, CSK, relay binding, floor control and SRTP media.
 
 Everything here is the Twisted shell around the pure parts (``ptt.srtp``, ``ptt.srtcp``, ``ptt.floor``,
-``ptt.mikey``): the audio client (issue 5) and the headless test client both drive a ``PttSession``.
+``ptt.mikey``): the audio client (issue 5) and the headless test client both drive a ``PttSession``. Its media
+(SRTP, the per-group state) is ``client.session_media``, its floor control ``client.session_floor``; here are the
+control channel, group keys and CSK, joining, reconnecting and the relay's datagrams.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, protocol, task, threads
@@ -19,18 +21,12 @@ from twisted.python.failure import Failure
 
 from client.control import ControlClient, connect_control
 from client.keystore import Keystore
+from client.session_floor import SessionFloor
+from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
 from ptt.control import unb64
 from ptt.floor.events import FloorEvent
-from ptt.floor.messages import FloorMessageError, is_rtcp, parse_rtcp
-from ptt.floor.participant import (
-    HAS_NO_PERMISSION,
-    HAS_PERMISSION,
-    PENDING_RELEASE,
-    PENDING_REQUEST,
-    QUEUED,
-    START_STOP,
-    FloorParticipant,
-)
+from ptt.floor.messages import is_rtcp
+from ptt.floor.participant import FloorParticipant
 from ptt.groupkeys import GroupKey
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import (
@@ -42,18 +38,31 @@ from ptt.mikey.imessage import (
     receive_i_message,
 )
 from ptt.relaycore import join_packet
-from ptt.rtp import RtpSender
-from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
-from ptt.srtp import AwaitingKey, SrtpError, SrtpReceiver, SrtpSender
+from ptt.srtcp import CskKeys, SrtcpChannel
+from ptt.srtp import SrtpSender
 from ptt.ts33180 import KeyPurpose, new_key_id
+
+# KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState: client.session_media's, importable from here as before.
+__all__ = [
+    "KEEPALIVE",
+    "KEPT_KEYS",
+    "KEY_SWITCH_DELAY",
+    "PAYLOAD_TYPE",
+    "RECONNECT_MAX",
+    "RECONNECT_MIN",
+    "STORED_MESSAGE_WINDOW",
+    "CryptoRunner",
+    "GroupState",
+    "PttSession",
+    "ServerInfo",
+    "in_thread",
+    "now",
+]
 
 log = logging.getLogger("ptt.client.session")
 
 KEEPALIVE = 5.0
-PAYLOAD_TYPE = 96  # dynamic, Opus (RFC 7587)
 STORED_MESSAGE_WINDOW = 40 * 86400.0  # GMKs may be stored for offline members: accept up to a key period old
-KEPT_KEYS = 3  # GMKs kept per group after a rekey, so packets in flight still decrypt
-KEY_SWITCH_DELAY = 0.3  # seconds a sender keeps the old GMK after a new one arrives
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 30.0
 
@@ -73,52 +82,6 @@ class ServerInfo:
     server_uri: str
 
 
-@dataclass
-class GroupState:
-    uri: str
-    name: str = ""
-    keys: list[GroupKey] = field(default_factory=list)  # newest last
-    sender: SrtpSender | None = None
-    receiver: SrtpReceiver = field(default_factory=SrtpReceiver)
-    ssrc: int = 0
-    joined: bool = False
-    rtp: RtpSender | None = None
-    participant: FloorParticipant | None = None  # the floor participant of the call, from join on
-    floor_timer: Any = None  # its T100/T101/T104 (IDelayedCall)
-    call_talker: str | None = None  # who talks, as the control channel's call events say
-    port: Any = None  # the group's UDP socket (IListeningPort)
-    token: bytes = b""
-    pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
-
-    @property
-    def key(self) -> GroupKey | None:
-        return self.keys[-1] if self.keys else None
-
-    @property
-    def talker(self) -> str | None:
-        """Who talks: the floor participant knows once joined, the call events otherwise."""
-        if self.participant is not None and self.participant.state != START_STOP:
-            return self.participant.talker
-        return self.call_talker
-
-    @property
-    def floor(self) -> str:
-        """The floor state in the status line's words (the ad-hoc calls use the same)."""
-        participant = self.participant
-        state = participant.state if participant is not None else START_STOP
-        if state == HAS_NO_PERMISSION:
-            return "taken" if self.talker else "idle"
-        return _FLOOR_WORDS.get(state, "idle")
-
-    @property
-    def talk_limit(self) -> int | None:
-        """Seconds the current burst may last (the Duration of the Floor Granted), if known."""
-        return self.participant.duration if self.participant is not None else None
-
-
-_FLOOR_WORDS = {PENDING_REQUEST: "requested", HAS_PERMISSION: "granted", PENDING_RELEASE: "releasing", QUEUED: "queued"}
-
-
 class _Media(protocol.DatagramProtocol):
     """One UDP socket per joined group: like one media session per group call, the socket names the group."""
 
@@ -130,7 +93,7 @@ class _Media(protocol.DatagramProtocol):
         self.session._datagram(self.group, data, addr)
 
 
-class PttSession:
+class PttSession(SessionFloor):
     """One identity logged in to one server."""
 
     def __init__(
@@ -230,15 +193,6 @@ class PttSession:
         log.info("%s: GMK %s for %s", self.uri, key.gmk_id.hex(), group)
         self._retry_pending(group, state)
         self.key_listener(group, key)
-
-    def _switch_sender(self, group: str, key: GroupKey) -> None:
-        state = self.groups.get(group)
-        if state is not None and state.key is key:
-            state.sender = SrtpSender(key, self.uri)
-
-    def _retry_pending(self, group: str, state: GroupState) -> None:
-        for data in state.pending.release(self.reactor.seconds()):
-            self._media_in(group, state, data, retry=True)
 
     def on_groups(self, groups: list[dict[str, Any]]) -> None:
         listed = {str(g.get("uri")) for g in groups}
@@ -378,78 +332,6 @@ class PttSession:
             if state.joined and state.token:
                 self._send(group, join_packet(state.ssrc, state.token))
 
-    def _send(self, group: str, data: bytes) -> None:
-        state = self.groups.get(group)
-        if state is not None and state.port is not None and self.relay is not None:
-            state.port.write(data, self.relay)
-
-    # --- floor control -----------------------------------------------------------------------------------------
-
-    def request_floor(self, group: str, *, priority: int | None = None, indicator: int | None = None) -> None:
-        """PTT pressed in ``group`` (a joined group): Floor Request, retransmitted until answered."""
-        state = self.groups[group]
-        if state.participant is None:
-            raise RuntimeError(f"not joined to {group}")
-        state.participant.press(self.reactor.seconds(), priority=priority, indicator=indicator)
-        self._floor_pump(group, state)
-
-    def release_floor(self, group: str) -> None:
-        """PTT released in ``group``: Floor Release (of the floor, the request or the queue place)."""
-        state = self.groups.get(group)
-        if state is not None and state.participant is not None:
-            state.participant.release(self.reactor.seconds())
-            self._floor_pump(group, state)
-
-    def _floor_pump(self, group: str, state: GroupState) -> None:
-        """Send what the participant has to send, hand its events to the application, rearm its timer."""
-        participant = state.participant
-        if participant is None:
-            return
-        for message in participant.outgoing():
-            if self.floor_channel is None:
-                log.warning("%s: no CSK sent yet: floor message for %s dropped", self.uri, group)
-                continue
-            self._send(group, self.floor_channel.protect(bytes(message)))
-        for event in participant.events():
-            self.floor_listener(group, event)  # may press or release again: that pumps on its own
-        deadline = participant.next_deadline() if state.participant is participant else None
-        timer = state.floor_timer
-        if timer is not None and timer.active():
-            if deadline is not None and timer.getTime() == deadline:
-                return
-            timer.cancel()
-        state.floor_timer = None
-        if deadline is not None:
-            delay = max(0.0, deadline - self.reactor.seconds())
-            state.floor_timer = self.reactor.callLater(delay, self._floor_timer, group)
-
-    def _floor_timer(self, group: str) -> None:
-        state = self.groups.get(group)
-        if state is None or state.participant is None:
-            return
-        state.floor_timer = None
-        state.participant.on_timer(self.reactor.seconds())
-        self._floor_pump(group, state)
-
-    def _drop_participant(self, state: GroupState) -> None:
-        if state.floor_timer is not None and state.floor_timer.active():
-            state.floor_timer.cancel()
-        state.floor_timer = None
-        if state.participant is not None:
-            state.participant.leave(self.reactor.seconds())
-        state.participant = None
-
-    # --- media ---------------------------------------------------------------------------------------------------
-
-    def send_media(self, group: str, payload: bytes, *, marker: bool = False, samples: int = 960) -> None:
-        state = self.groups[group]
-        if state.sender is None:
-            raise RuntimeError(f"no group key for {group}")
-        if state.rtp is None or state.rtp.ssrc != state.ssrc:
-            state.rtp = RtpSender(state.ssrc, PAYLOAD_TYPE)  # random initial sequence and timestamp (RFC 3550)
-        packet = state.rtp.packet(payload, samples, start_of_burst=marker)
-        self._send(group, state.sender.protect(bytes(packet)))
-
     # --- incoming ------------------------------------------------------------------------------------------------
 
     def _datagram(self, group: str, data: bytes, addr: Any) -> None:
@@ -462,34 +344,6 @@ class PttSession:
             self._floor_in(group, state, data)
             return
         self._media_in(group, state, data)
-
-    def _media_in(self, group: str, state: GroupState, data: bytes, *, retry: bool = False) -> None:
-        if not retry and AwaitingKey.awaits_key(state.receiver, data):
-            # a GMK-ID we do not hold yet (a rekey under way): keep it briefly, the key is probably on its way
-            state.pending.hold(data, self.reactor.seconds())
-            return
-        try:
-            rtp, mki = state.receiver.unprotect(data)
-        except SrtpError as exc:
-            self.stats["media_bad"] += 1
-            log.debug("%s: media for %s refused: %s", self.uri, group, exc)
-            return
-        self.stats["media_in"] += 1
-        self.media_listener(group, mki, rtp)
-
-    def _floor_in(self, group: str, state: GroupState, data: bytes) -> None:
-        if self.floor_channel is None or state.participant is None:
-            return
-        try:
-            messages = parse_rtcp(self.floor_channel.unprotect(data))
-        except (SrtcpError, FloorMessageError) as exc:
-            self.stats["floor_bad"] += 1
-            log.warning("%s: floor message refused: %s", self.uri, exc)
-            return
-        for message in messages:
-            self.stats["floor_in"] += 1
-            state.participant.receive(message, self.reactor.seconds())
-        self._floor_pump(group, state)
 
 
 def now() -> float:
