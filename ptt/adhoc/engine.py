@@ -32,20 +32,11 @@ import os
 from collections.abc import Iterable
 from dataclasses import replace
 
+from ptt.adhoc.bodies import GroupAnnouncement, GroupInfo, Hello, KeyAck, KeyDelivery, Leave, Probe
 from ptt.adhoc.events import Event, GroupKeyed, GroupRemoved, GroupUpdated, MemberKeyed, Refused
+from ptt.adhoc.fields import AdhocMessageError
 from ptt.adhoc.manager import AdhocManager
-from ptt.adhoc.messages import (
-    AdhocMessageError,
-    Envelope,
-    GroupAnnouncement,
-    GroupInfo,
-    Hello,
-    KeyAck,
-    KeyDelivery,
-    Leave,
-    Probe,
-    open_envelope,
-)
+from ptt.adhoc.messages import Envelope, open_envelope
 from ptt.adhoc.state import (
     MULTICAST,
     Address,
@@ -60,7 +51,7 @@ from ptt.adhoc.state import (
 )
 from ptt.groupkeys import GroupKey, make_group_key
 from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import receive_i_message
+from ptt.mikey.imessage_receive import receive_i_message
 from ptt.ts33180 import KeyPurpose
 
 __all__ = [

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ptt.adhoc.messages import (
-    GroupInfo,
-)
+from ptt.adhoc.bodies import GroupInfo
 from ptt.adhoc.state import Role
 from ptt.groupkeys import GroupKey
 

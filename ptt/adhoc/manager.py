@@ -8,15 +8,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
+from ptt.adhoc.bodies import GroupAnnouncement, KeyDelivery, Probe
 from ptt.adhoc.events import GroupKeyed
-from ptt.adhoc.messages import (
-    GroupAnnouncement,
-    KeyDelivery,
-    Probe,
-)
 from ptt.adhoc.state import MULTICAST, AdhocEngineState, AdhocError, AdhocGroup, Delivery, Peer, Role
 from ptt.groupkeys import make_group_key
-from ptt.mikey.imessage import build_i_message
+from ptt.mikey.imessage_build import build_i_message
 
 log = logging.getLogger("ptt.adhoc")
 

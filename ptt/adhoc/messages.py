@@ -107,7 +107,8 @@ from ptt.adhoc.fields import (
 )
 from ptt.crypto import eccsi
 from ptt.mikey.errors import Replayed
-from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache
+from ptt.mikey.identity import IdentityKeys, KmsDomain
+from ptt.mikey.replay import ReplayCache
 from ptt.mikey.wire import Reader, field, sized
 
 MAGIC: Final = b"PTTA"

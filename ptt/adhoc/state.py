@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from ptt.adhoc.messages import (
-    Body,
-    GroupInfo,
-    seal,
-)
+from ptt.adhoc.bodies import Body, GroupInfo
+from ptt.adhoc.messages import seal
 from ptt.groupkeys import GroupKey
 from ptt.kmsformat.trust import KmsTrust
-from ptt.mikey.imessage import IdentityKeys, ReplayCache
+from ptt.mikey.identity import IdentityKeys
+from ptt.mikey.replay import ReplayCache
 
 if TYPE_CHECKING:
     from ptt.adhoc.events import Event

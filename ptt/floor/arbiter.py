@@ -81,17 +81,17 @@ from ptt.floor.arbiter_types import (
     urgency,
 )
 from ptt.floor.events import FloorEvent, FloorEventKind
-from ptt.floor.messages import (
+from ptt.floor.fields import (
     QUEUE_POSITION_NOT_QUEUED,
     DenyCause,
     FloorIndicator,
-    FloorMessage,
     QueueInfo,
     RejectCause,
     RevokeCause,
     Source,
     Subtype,
 )
+from ptt.floor.messages import FloorMessage
 
 __all__ = [
     "DEFAULT_SERVER_SSRC",

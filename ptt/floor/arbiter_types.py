@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ptt.floor.messages import (
-    FloorIndicator,
-    FloorMessage,
-)
+from ptt.floor.fields import FloorIndicator
+from ptt.floor.messages import FloorMessage
 
 DEFAULT_SERVER_SSRC = 0x50545453
 """SSRC of the floor control server in the messages it sends ("PTTS"); participants' SSRCs should differ."""

@@ -105,7 +105,8 @@ members with the same SSRC or the same URI cannot take part in one call (they wo
 from __future__ import annotations
 
 from ptt.floor.events import FloorEventKind
-from ptt.floor.messages import DenyCause, FloorIndicator, FloorMessage, RevokeCause, Subtype
+from ptt.floor.fields import DenyCause, FloorIndicator, RevokeCause, Subtype
+from ptt.floor.messages import FloorMessage
 from ptt.floor.offnetwork_config import (
     HAS_NO_PERMISSION,
     HAS_PERMISSION,

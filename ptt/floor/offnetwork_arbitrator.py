@@ -9,16 +9,8 @@ from __future__ import annotations
 import math
 
 from ptt.floor.events import FloorEventKind
-from ptt.floor.messages import (
-    QUEUE_POSITION_NOT_QUEUED,
-    DenyCause,
-    FloorIndicator,
-    FloorMessage,
-    QueuedParticipant,
-    QueueInfo,
-    RevokeCause,
-    Subtype,
-)
+from ptt.floor.fields import QUEUE_POSITION_NOT_QUEUED, DenyCause, FloorIndicator, QueueInfo, RevokeCause, Subtype
+from ptt.floor.messages import FloorMessage, QueuedParticipant
 from ptt.floor.offnetwork_config import HAS_PERMISSION, PENDING_GRANTED, PENDING_REQUEST
 from ptt.floor.offnetwork_state import Claim, OffNetworkState, QueueEntry, message_indicator
 

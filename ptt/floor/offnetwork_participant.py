@@ -7,12 +7,8 @@ See :mod:`ptt.floor.offnetwork` for the state machine, the collision rule and th
 from __future__ import annotations
 
 from ptt.floor.events import FloorEventKind
-from ptt.floor.messages import (
-    QUEUE_POSITION_NOT_QUEUED,
-    FloorMessage,
-    RevokeCause,
-    Subtype,
-)
+from ptt.floor.fields import QUEUE_POSITION_NOT_QUEUED, RevokeCause, Subtype
+from ptt.floor.messages import FloorMessage
 from ptt.floor.offnetwork_arbitrator import OffNetworkArbitrator
 from ptt.floor.offnetwork_config import (
     HAS_NO_PERMISSION,

@@ -11,14 +11,8 @@ import math
 from dataclasses import dataclass
 
 from ptt.floor.events import FloorEvent, FloorEventKind
-from ptt.floor.messages import (
-    DenyCause,
-    FloorIndicator,
-    FloorMessage,
-    QueueInfo,
-    RejectCause,
-    Subtype,
-)
+from ptt.floor.fields import DenyCause, FloorIndicator, QueueInfo, RejectCause, Subtype
+from ptt.floor.messages import FloorMessage
 from ptt.floor.offnetwork_config import (
     HAS_NO_PERMISSION,
     HAS_PERMISSION,

@@ -6,30 +6,23 @@ from __future__ import annotations
 import os
 
 from ptt.crypto import eccsi, sakke
-from ptt.mikey.identity import IdentityKeys, KmsDomain
-from ptt.mikey.keyparams import KeyParameters, KeyStatus, protect
-from ptt.mikey.message import MikeyMessage
-from ptt.mikey.payloads import (
+from ptt.mikey.codes import (
     CsIdMapType,
     DataType,
-    GeneralExt,
-    GenericIdEntry,
-    Hdr,
-    Idr,
     IdRole,
     IdType,
     Payload,
     PrfFunc,
-    Rand,
-    Sakke,
     SakkeIdScheme,
     SakkeParams,
     SignatureType,
-    Sp,
-    SpParam,
     SrtpParam,
-    T,
 )
+from ptt.mikey.header import GenericIdEntry, Hdr, Idr, Rand, T
+from ptt.mikey.identity import IdentityKeys, KmsDomain
+from ptt.mikey.keyparams import KeyParameters, KeyStatus, protect
+from ptt.mikey.message import MikeyMessage
+from ptt.mikey.security import GeneralExt, Sakke, Sp, SpParam
 from ptt.ts33180 import (
     CsId,
     KeyPurpose,

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ptt.crypto import DecryptionError, eccsi, sakke
+from ptt.mikey.codes import CsIdMapType, DataType, IdRole, Payload, PrfFunc, SakkeIdScheme, SakkeParams, SignatureType
 from ptt.mikey.errors import (
     BadSignature,
     DecryptionFailed,
@@ -19,28 +20,13 @@ from ptt.mikey.errors import (
     UnknownKms,
     WrongRecipient,
 )
+from ptt.mikey.header import GenericIdEntry, Hdr, Rand, T
 from ptt.mikey.identity import IdentityKeys, KmsDomain
 from ptt.mikey.imessage_build import KEY_PARAMETERS_EXT
 from ptt.mikey.keyparams import KeyParameters, KeyStatus, LegacyKeyParameters, unprotect
 from ptt.mikey.message import MikeyMessage
-from ptt.mikey.payloads import (
-    CsIdMapType,
-    DataType,
-    GeneralExt,
-    GenericIdEntry,
-    Hdr,
-    IdRole,
-    Payload,
-    PrfFunc,
-    Rand,
-    Sakke,
-    SakkeIdScheme,
-    SakkeParams,
-    SignatureType,
-    Sp,
-    T,
-)
 from ptt.mikey.replay import ReplayCache
+from ptt.mikey.security import GeneralExt, Sakke, Sp
 from ptt.ts33180 import (
     KeyPurpose,
     guk_id,
