@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -171,7 +171,11 @@ class ProvisioningAgent:
         identities: Sequence[str],
         *,
         http: KmsHttpClient | None = None,
+        offload: Callable[..., Any] | None = None,
     ) -> None:
+        """``offload(function, *args)`` runs the checks of a response (XML signature, RFC key validations) and
+        the keystore's sealing (scrypt) and returns a Deferred: a server passes a thread pool so that its reactor
+        never waits on them; by default they run inline."""
         if keystore.enrolment is None:
             raise ProvisioningError("the keystore has no enrolment: enrol with a KMS first")
         self.reactor = reactor
@@ -179,6 +183,8 @@ class ProvisioningAgent:
         self.keystore = keystore
         self.identities = list(identities)
         self.http = http or KmsHttpClient(reactor, keystore.enrolment, username, password)
+        self.offload: Callable[..., Any] = offload or defer.maybeDeferred
+        self._save_lock = defer.DeferredLock()  # one sealing at a time: a save must see a settled keystore
         self._timer: Any = None  # IDelayedCall
         self._running = False  # between start() and stop(): a renewal finishing after stop() must not re-arm
         self._retry = RETRY_MIN
@@ -199,21 +205,40 @@ class ProvisioningAgent:
         result = yield self.http.post(INIT, body)
         if result.status != 200:
             raise ProvisioningError(_explain(result, enrolment, identity))
-        accept_init(result.body, enrolment, identity, self.clock.seconds())
+        yield self.offload(accept_init, result.body, enrolment, identity, self.clock.seconds())
         body = request_to_xml(
             KmsRequest(identity, enrolment.kms_uri, _utc(self.clock.seconds()), enrolment.base_url + KEYPROV)
         )
         result = yield self.http.post(KEYPROV, body)
         if result.status != 200:
             raise ProvisioningError(_explain(result, enrolment, identity))
-        key_sets, when = accept_key_prov(
-            result.body, enrolment, identity, self.clock.seconds(), self.keystore.last_response_time(identity)
+        key_sets, when = yield self.offload(
+            accept_key_prov,
+            result.body,
+            enrolment,
+            identity,
+            self.clock.seconds(),
+            self.keystore.last_response_time(identity),
         )
-        self.keystore.add(key_sets, when, identity)
-        self.keystore.prune(self.clock.seconds())
-        self.keystore.save()
+        yield self._save_lock.run(self._store, key_sets, when, identity)
         log.info("provisioned %s for key periods %s", identity, [k.key_period_no for k in key_sets])
         return key_sets
+
+    @defer.inlineCallbacks
+    def _store(self, key_sets: Any, when: datetime, identity: str) -> Any:
+        self.keystore.add(key_sets, when, identity)
+        self.keystore.prune(self.clock.seconds())
+        yield self.offload(self.keystore.save)
+
+    @defer.inlineCallbacks
+    def _store_external(self, certificates: Any, when: datetime) -> Any:
+        previous = self.keystore.external, self.keystore.external_time
+        self.keystore.set_external(certificates, when)
+        try:
+            yield self.offload(self.keystore.save)
+        except KeystoreError:  # memory stays what the file holds
+            self.keystore.external, self.keystore.external_time = previous
+            raise
 
     @defer.inlineCallbacks
     def provision(self) -> Any:
@@ -242,8 +267,13 @@ class ProvisioningAgent:
             result = yield self.http.post(CERTCACHE, body)
             if result.status != 200:
                 raise ProvisioningError(_explain(result, enrolment, identity))
-            certificates, when = accept_cert_cache(
-                result.body, enrolment, identity, self.clock.seconds(), self.keystore.external_response_time()
+            certificates, when = yield self.offload(
+                accept_cert_cache,
+                result.body,
+                enrolment,
+                identity,
+                self.clock.seconds(),
+                self.keystore.external_response_time(),
             )
         except (ProvisioningError, KmsFormatError) as exc:
             self._cache_kept(str(exc))
@@ -251,12 +281,9 @@ class ProvisioningAgent:
         except Exception as exc:  # e.g. a body cut off mid-read: a network failure like the others
             self._cache_kept(f"{type(exc).__name__}: {exc}")
             return False
-        previous = self.keystore.external, self.keystore.external_time
-        self.keystore.set_external(certificates, when)
         try:
-            self.keystore.save()
-        except KeystoreError as exc:  # memory stays what the file holds
-            self.keystore.external, self.keystore.external_time = previous
+            yield self._save_lock.run(self._store_external, certificates, when)
+        except KeystoreError as exc:
             self._cache_kept(str(exc))
             return False
         for certificate in certificates:

@@ -172,6 +172,7 @@ class GroupServer(service.MultiService):
 
         def close(result: object) -> object:
             self.parts["store_pool"].stop()
+            self.parts["keys_pool"].stop()
             self.parts["pool"].close()
             self.parts["store"].close()
             return result
@@ -208,7 +209,16 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     store = GroupStore(data.db, read_data_key(data.data_key))
     records = store.groups()
     identities = [config.server_uri, *[g.uri for g in records]]
-    agent = ProvisioningAgent(reactor, keystore, config.kms_user, data.kms_password.read_text().strip(), identities)
+    keys_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-server-keys")  # KMS responses' checks, sealing
+    keys_pool.start()
+    agent = ProvisioningAgent(
+        reactor,
+        keystore,
+        config.kms_user,
+        data.kms_password.read_text().strip(),
+        identities,
+        offload=lambda function, *args: deferToThreadPool(reactor, keys_pool, function, *args),
+    )
     keys = ServerKeys(reactor, keystore, agent, domain, config.server_uri)
     pool = CryptoPool(reactor, workers, domains=[domain])
     store_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-server-store")
@@ -230,7 +240,15 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     manager.on_change = shell.change_from_thread
     shell.control = ControlServerFactory(shell, reactor)
     tls = server_tls_options(data.tls_key, data.tls_cert)
-    parts = {"agent": agent, "pool": pool, "store_pool": store_pool, "store": store, "manager": manager, "shell": shell}
+    parts = {
+        "agent": agent,
+        "pool": pool,
+        "store_pool": store_pool,
+        "keys_pool": keys_pool,
+        "store": store,
+        "manager": manager,
+        "shell": shell,
+    }
     top = GroupServer(reactor, config, parts)
     RelayService(reactor, shell, relay_core, config).setServiceParent(top)
     control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.host)
