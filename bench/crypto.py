@@ -20,7 +20,7 @@ from ptt.crypto.params import SAKKE_CURVE
 from ptt.groupkeys import make_group_key
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from ptt.ts33180 import uid
-from server.keydistribution import GroupKeyDistributor
+from server.workers import CryptoPool
 
 Op = Callable[[], Any]
 
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     manager = IdentityKeys(
         uri=manager_uri, domain=domain, period_no=domain.period_number(time.time()), ssk=ssk, pvt=pvt
     )
-    with GroupKeyDistributor(workers=args.workers, domains=[domain]) as distributor:
+    pool = CryptoPool(None, args.workers, domains=[domain])  # the pool ptt-server runs (no reactor needed here)
+    try:
+        distributor = pool.distributor
         distributor.distribute(manager, make_group_key(), ["sip:warm@example.org"] * args.workers * 2)
         for members in (100, 1000):
             uris = [f"sip:user{i}@example.org" for i in range(members)]
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             report(
                 f"GMK distribution to {members} members ({args.workers} workers)", statistics.median(samples), target
             )
+    finally:
+        pool.close()
     return 0
 
 
