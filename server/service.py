@@ -29,6 +29,7 @@ from ptt.groupcall import GroupCall, RelayAddress
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from ptt.relaycore import RelayCore
 from server.callshell import CallShell, group_info
+from server.gcwatch import GcWatch, freeze_start_up_objects
 
 log = logging.getLogger("ptt.server")
 
@@ -140,6 +141,7 @@ class GroupServer(service.MultiService):
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._checker = task.LoopingCall(self._check_key_period)
         self._checker.clock = reactor
+        self.gc_watch = GcWatch()
 
     @property
     def shell(self) -> CallShell:
@@ -148,6 +150,7 @@ class GroupServer(service.MultiService):
 
     def startService(self) -> None:
         service.Service.startService(self)  # the children start once the keys are there
+        self.gc_watch.install()
         d = defer.ensureDeferred(self._start())
         d.addCallbacks(self.ready.callback, self.ready.errback)
 
@@ -158,6 +161,8 @@ class GroupServer(service.MultiService):
         for child in self:
             child.startService()
         self._checker.start(KEY_PERIOD_CHECK, now=False)
+        frozen = freeze_start_up_objects()
+        log.info("%d start-up objects moved out of the garbage collector's way", frozen)
         c = self.config
         print(
             f"ptt-server {c.server_uri} listening: dispatch https://{c.host}:{c.dispatch_port}, control "
@@ -168,6 +173,7 @@ class GroupServer(service.MultiService):
     def stopService(self) -> Any:
         if self._checker.running:
             self._checker.stop()
+        self.gc_watch.uninstall()
         d = super().stopService() if self.running else defer.succeed(None)
 
         def close(result: object) -> object:
