@@ -13,30 +13,28 @@ from twisted.internet.testing import MemoryReactorClock
 
 from ptt.crypto import kms
 from ptt.groupcall import GroupCall, Refused, RelayAddress
-from ptt.mikey.imessage import IdentityKeys, KmsDomain, build_i_message
+from ptt.mikey.imessage import KmsDomain, build_i_message
 from ptt.relaycore import RelayCore
 from ptt.ts33180 import KeyPurpose, new_key_id
 from server.callshell import CallShell
 from server.groups.manager import GroupChange
 from server.groups.store import GroupRecord, MemberRecord
+from tests import identities
 
 SERVER = "sip:ptt-server@example.org"
 ALICE = "sip:alice@example.org"
 GROUP = "sip:fire@groups.example.org"
+
 NOW = 1_790_000_000.0
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[KmsDomain, kms.MasterSecrets]:
-    master = kms.generate_master_secrets()
-    return KmsDomain("kms.example.org", master.kpak, master.z_public), master
+def world() -> identities.World:
+    return identities.make_world()
 
 
-def keys_for(world: tuple[KmsDomain, kms.MasterSecrets], uri: str, now: float = NOW) -> IdentityKeys:
-    domain, master = world
-    period = domain.period_number(now)
-    material = kms.derive_user_keys(domain.uid(uri, period), master)
-    return IdentityKeys(uri, domain, period, material.ssk, material.pvt, material.rsk)
+def keys_for(world: identities.World, uri: str, now: float = NOW) -> IdentityKeys:
+    return identities.keys_for(world, uri, now)
 
 
 class InlinePool:
