@@ -11,9 +11,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from ptt.crypto import kms
 from ptt.groupcall import GroupCall, Refused, RelayAddress
-from ptt.mikey.imessage import KmsDomain, build_i_message
+from ptt.mikey.imessage import IdentityKeys, build_i_message
 from ptt.relaycore import RelayCore
 from ptt.ts33180 import KeyPurpose, new_key_id
 from server.callshell import CallShell
@@ -61,7 +60,7 @@ class Push:
         return uri in self.connected
 
 
-def make_shell(world: tuple[KmsDomain, kms.MasterSecrets]) -> tuple[CallShell, InlinePool, MemoryReactorClock]:
+def make_shell(world: identities.World) -> tuple[CallShell, InlinePool, MemoryReactorClock]:
     domain, _ = world
     reactor = MemoryReactorClock()
     reactor.advance(NOW)
@@ -80,7 +79,7 @@ def make_shell(world: tuple[KmsDomain, kms.MasterSecrets]) -> tuple[CallShell, I
     return shell, pool, reactor
 
 
-def csk_message(world: tuple[KmsDomain, kms.MasterSecrets], purpose: KeyPurpose = KeyPurpose.CSK) -> bytes:
+def csk_message(world: identities.World, purpose: KeyPurpose = KeyPurpose.CSK) -> bytes:
     return build_i_message(
         initiator=keys_for(world, ALICE),
         responder_uri=SERVER,
@@ -98,7 +97,7 @@ def result_of(d: defer.Deferred[Any]) -> Any:
     return box[0]
 
 
-def test_a_csk_is_opened_in_the_pool_and_a_replay_refused_before_it(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+def test_a_csk_is_opened_in_the_pool_and_a_replay_refused_before_it(world: identities.World) -> None:
     shell, pool, _ = make_shell(world)
     message = csk_message(world)
     csk_id = result_of(shell.on_csk(ALICE, message, NOW))
@@ -110,7 +109,7 @@ def test_a_csk_is_opened_in_the_pool_and_a_replay_refused_before_it(world: tuple
     assert pool.calls == ["open_csk"]  # no second expensive check
 
 
-def test_cheap_refusals_never_reach_the_pool(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+def test_cheap_refusals_never_reach_the_pool(world: identities.World) -> None:
     shell, pool, _ = make_shell(world)
     for data, code in ((bytes(5000), 413), (b"\x01\x00garbage", 400)):
         with pytest.raises(Refused) as refused:
@@ -122,7 +121,7 @@ def test_cheap_refusals_never_reach_the_pool(world: tuple[KmsDomain, kms.MasterS
     assert pool.calls == []
 
 
-def test_a_csk_that_fails_in_the_pool_is_a_clear_refusal(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+def test_a_csk_that_fails_in_the_pool_is_a_clear_refusal(world: identities.World) -> None:
     shell, _, _ = make_shell(world)
     failure = result_of(shell.on_csk(ALICE, csk_message(world, KeyPurpose.GMK), NOW))
     assert isinstance(failure.value, Refused) and failure.value.code == 403 and "expected a CSK" in str(failure.value)
@@ -131,7 +130,7 @@ def test_a_csk_that_fails_in_the_pool_is_a_clear_refusal(world: tuple[KmsDomain,
     assert isinstance(failure.value, Refused) and failure.value.code == 403
 
 
-def test_a_login_is_checked_cheaply_then_verified_in_the_pool(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+def test_a_login_is_checked_cheaply_then_verified_in_the_pool(world: identities.World) -> None:
     from ptt.control import AuthError, make_auth
 
     shell, pool, _ = make_shell(world)
@@ -147,7 +146,7 @@ def test_a_login_is_checked_cheaply_then_verified_in_the_pool(world: tuple[KmsDo
 
 
 def test_group_changes_reach_the_call_and_pushes_only_online_members(
-    world: tuple[KmsDomain, kms.MasterSecrets],
+    world: identities.World,
 ) -> None:
     shell, _, _ = make_shell(world)
     record = GroupRecord(GROUP, "fire", NOW, "admin", 30.0)
