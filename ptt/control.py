@@ -27,12 +27,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ptt import boundedjson
 from ptt.crypto import eccsi
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 
 MAX_FRAME = 256 * 1024
 NONCE_LENGTH = 32
 AUTH_CONTEXT = b"ptt-control-auth-v1\x00"
+JSON_LIMITS = boundedjson.JsonLimits(max_size=MAX_FRAME, max_depth=8, max_items=4096, max_string=MAX_FRAME)
+"""Frames nest at most three levels (``welcome`` → ``relay``/``groups`` → a group); strings are bounded by the frame."""
 PERIOD_GRACE = 3600.0  # a client may still log in with the previous period's key this long after the boundary
 
 # which fields each message must carry, and their JSON types
@@ -86,9 +89,9 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_FRAME:
         raise ControlProtocolError(f"frame of {len(body)} octets exceeds {MAX_FRAME}")
     try:
-        message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ControlProtocolError("frame is not UTF-8 JSON") from None
+        message = boundedjson.loads(body, JSON_LIMITS)
+    except boundedjson.JsonLimitError as exc:
+        raise ControlProtocolError(f"frame body: {exc}") from None
     if not isinstance(message, dict):
         raise ControlProtocolError("frame is not a JSON object")
     check_message(message)

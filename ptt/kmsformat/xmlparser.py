@@ -21,6 +21,17 @@ from ptt.kmsformat.model import (
 
 MAX_XML_SIZE = 256 * 1024
 """Largest document accepted (a key provisioning response with two key sets is about 3 KiB)."""
+MAX_DEPTH = 24
+"""Deepest element nesting (a signed response is 7 deep: SignedKmsResponse/ds:Signature/SignedInfo/Reference/
+Transforms/Transform, KmsResponse/KmsMessage/KmsKeyProv/KmsKeySet/...). libxml2 alone stops at 256."""
+MAX_ELEMENTS = 10_000
+"""Most element, comment and processing-instruction nodes (a certificate cache of ~150 certificates)."""
+MAX_TEXT = 16 * 1024
+"""Longest text or tail of one node (a SAKKE key is 514 hex digits, the signing certificate ~1 KiB of base64)."""
+MAX_ATTRIBUTES = 16
+"""Most attributes (and, separately, namespace declarations) on one element."""
+MAX_ATTRIBUTE_VALUE = 1024
+"""Longest attribute value or namespace name (algorithm URIs are ~60 characters)."""
 
 XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
 DS_NAMESPACE = "http://www.w3.org/2000/09/xmldsig#"
@@ -88,7 +99,37 @@ def parse_document(data: bytes) -> Element:
         raise MalformedKmsXml("XML document with a DOCTYPE")
     if any(True for _ in root.iter(etree.Entity)):
         raise MalformedKmsXml("XML document with entity references")
+    check_bounds(root)
     return root
+
+
+def check_bounds(root: Element) -> None:
+    """Depth, node count, text and attribute sizes of a parsed tree within the MAX_* limits (one linear walk)."""
+    depth = 0
+    nodes = 0
+    for event, node in etree.iterwalk(root, events=("start", "end", "comment", "pi")):
+        if event == "end":
+            depth -= 1
+            continue
+        nodes += 1
+        if nodes > MAX_ELEMENTS:
+            raise MalformedKmsXml(f"XML document with more than {MAX_ELEMENTS} elements")
+        if len(node.text or "") > MAX_TEXT or len(node.tail or "") > MAX_TEXT:
+            raise MalformedKmsXml(f"XML text longer than {MAX_TEXT} characters (in or after {node.tag!r:.80})")
+        if event != "start":
+            continue
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise MalformedKmsXml(f"XML elements nested deeper than {MAX_DEPTH} levels")
+        attributes = node.attrib
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise MalformedKmsXml(f"{local_name(node)}: more than {MAX_ATTRIBUTES} attributes")
+        if any(len(v) > MAX_ATTRIBUTE_VALUE or len(k) > MAX_ATTRIBUTE_VALUE for k, v in attributes.items()):
+            raise MalformedKmsXml(f"{local_name(node)}: attribute longer than {MAX_ATTRIBUTE_VALUE} characters")
+        parent = node.getparent()
+        declared = len(node.nsmap) - (0 if parent is None else len(parent.nsmap))
+        if declared > MAX_ATTRIBUTES or any(len(uri) > MAX_ATTRIBUTE_VALUE for uri in node.nsmap.values()):
+            raise MalformedKmsXml(f"{local_name(node)}: too many or too long namespace declarations")
 
 
 class Children:

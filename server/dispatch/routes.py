@@ -4,11 +4,11 @@ field, records rendered as JSON, and the status code of each refusal. No I/O and
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from ptt import boundedjson
 from server.groups.manager import MemberSpec
 from server.groups.store import (
     DEFAULT_PRIORITY,
@@ -27,6 +27,7 @@ from server.groups.store import (
 
 __all__ = [
     "ADMIN_ONLY",
+    "JSON_LIMITS",
     "METHODS",
     "ApiError",
     "Route",
@@ -41,6 +42,10 @@ __all__ = [
     "status_of",
     "uri_list",
 ]
+
+
+JSON_LIMITS = boundedjson.JsonLimits(max_size=64 * 1024, max_depth=8, max_items=4096, max_string=4096)
+"""Request bodies: a group with its members list is the deepest (3 levels); URIs and names are at most 255."""
 
 
 class ApiError(Exception):
@@ -110,12 +115,12 @@ def parse_route(path: str) -> Route | None:
 
 
 def json_object(body: bytes, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request body as a JSON object with ``required`` and only ``optional`` other fields; ApiError 400 if not
+    (bounded parsing: ``JSON_LIMITS``, so a deeply nested or huge body is refused before it is built)."""
     try:
-        document = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "the request body is not UTF-8") from None
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        document = boundedjson.loads(body, JSON_LIMITS)
+    except boundedjson.JsonLimitError as exc:
+        raise ApiError(400, f"the request body is refused: {exc}") from None
     if not isinstance(document, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return check_fields(document, required, optional, "request body")
