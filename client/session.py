@@ -20,10 +20,10 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.python.failure import Failure
 
 from client.control import ControlClient, connect_control
-from client.keystore import Keystore
+from client.keystore import DebouncedSave, Keystore
 from client.session_floor import SessionFloor
 from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
-from ptt.control import unb64
+from ptt.control import ControlProtocolError, unb64
 from ptt.floor.events import FloorEvent
 from ptt.floor.messages import is_rtcp
 from ptt.floor.participant import FloorParticipant
@@ -36,8 +36,9 @@ from ptt.mikey.imessage import (
     ReplayCache,
     build_i_message,
     receive_i_message,
+    replay_key,
 )
-from ptt.relaycore import join_packet
+from ptt.relaycore import BINDING_ID_LENGTH, JoinSigner
 from ptt.srtcp import CskKeys, SrtcpChannel
 from ptt.srtp import SrtpSender
 from ptt.ts33180 import KeyPurpose, new_key_id
@@ -50,7 +51,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "RECONNECT_MAX",
     "RECONNECT_MIN",
-    "STORED_MESSAGE_WINDOW",
+    "STORED_MESSAGE_SLACK",
     "CryptoRunner",
     "GroupState",
     "PttSession",
@@ -62,7 +63,10 @@ __all__ = [
 log = logging.getLogger("ptt.client.session")
 
 KEEPALIVE = 5.0
-STORED_MESSAGE_WINDOW = 40 * 86400.0  # GMKs may be stored for offline members: accept up to a key period old
+STORED_MESSAGE_SLACK = 3600.0
+"""A GMK I_MESSAGE stored for an offline member is legitimately old: it is accepted up to one key period (the
+server rekeys every group at each period change) plus this much old. Its future allowance is the clock skew
+(``ptt.mikey.imessage.MAX_CLOCK_SKEW``), minutes only."""
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 30.0
 
@@ -108,11 +112,18 @@ class PttSession(SessionFloor):
         self.domain: KmsDomain = keystore.enrolment.certificate.domain()
         self.groups: dict[str, GroupState] = {}
         self.control: ControlClient | None = None
-        self.replay_cache = ReplayCache()
         # Opening an I_MESSAGE (ECCSI verify + SAKKE decapsulation, ~10 ms) runs off the reactor thread, or a rekey
         # in mid-burst would hold up the talker's next frames; one at a time, in arrival order.
         self._crypto = crypto
         self._key_lock = defer.DeferredLock()
+        # The replay cache survives restarts (a file beside the keystore), with per group the digest of the newest
+        # GMK message accepted: the server re-delivers that one at login, and after a restart it must open again.
+        self._replay_file = keystore.replay_file(uri)
+        self.replay_cache: ReplayCache
+        self._current_messages: dict[str, tuple[bytes, float]]  # group -> (digest, expires)
+        self.replay_cache, self._current_messages = self._replay_file.load(reactor.seconds())
+        self._replay_changes = self.replay_cache.changes
+        self._replay_saver = DebouncedSave(reactor, self._save_replay_cache)
         self.csk: CskKeys | None = None
         self.floor_channel: SrtcpChannel | None = None
         self.relay: tuple[str, int] | None = None
@@ -149,9 +160,22 @@ class PttSession(SessionFloor):
         state = self.groups.get(group)
         return state is not None and any(k.gmk_id == gmk_id for k in state.keys)
 
+    def stored_message_max_age(self) -> float:
+        """How old a (stored) GMK I_MESSAGE may be: one key period plus ``STORED_MESSAGE_SLACK``."""
+        return float(self.domain.key_period) + STORED_MESSAGE_SLACK
+
     def _receive_imessage(self, group: str, gmk_id: bytes, data: bytes) -> defer.Deferred[None]:
         if self._known(group, gmk_id):
             return defer.succeed(None)  # stored messages come again at every login
+        try:
+            digest: bytes | None = replay_key(data)[0]
+        except MikeyError:
+            digest = None  # receive_i_message says what is wrong with it
+        current = self._current_messages.get(group)
+        # The group's newest GMK message, delivered again after a restart (at login): not a replay of a superseded
+        # key, so it opens (every other check still applies); any other message seen before is refused.
+        again = digest is not None and current is not None and current[0] == digest
+        max_age = self.stored_message_max_age()
         d = self._crypto(
             receive_i_message,
             data,
@@ -159,11 +183,36 @@ class PttSession(SessionFloor):
             expected_initiators=group,
             trusted_kms={self.domain.kms_uri: self.domain},
             now=self.reactor.seconds(),
-            replay_cache=self.replay_cache,
-            window=STORED_MESSAGE_WINDOW,
+            replay_cache=ReplayCache(1) if again else self.replay_cache,
+            max_age=max_age,
         )
-        d.addCallbacks(lambda received: self._install_key(group, received), self._key_refused, errbackArgs=(group,))
+        d.addCallbacks(
+            lambda received: self._accepted(group, digest, max_age, received), self._key_refused, errbackArgs=(group,)
+        )
+        d.addBoth(self._replay_cache_moved)
         return d
+
+    def _accepted(self, group: str, digest: bytes | None, max_age: float, received: ReceivedKey) -> None:
+        if digest is not None and received.purpose == KeyPurpose.GMK and not received.revoked:
+            current = self._current_messages.get(group)
+            expires = received.timestamp + max_age
+            if current is None or current[1] <= expires:
+                self._current_messages[group] = (digest, expires)
+                self._replay_saver.changed()
+        self._install_key(group, received)
+
+    def _replay_cache_moved(self, result: object) -> object:
+        if self.replay_cache.changes != self._replay_changes:
+            self._replay_changes = self.replay_cache.changes
+            self._replay_saver.changed()
+        return result
+
+    def _save_replay_cache(self) -> defer.Deferred[None]:
+        """Under the key lock: no I_MESSAGE is being opened (in a thread, changing the cache) meanwhile."""
+        now = self.reactor.seconds()
+        for group in [g for g, (_, expires) in self._current_messages.items() if expires < now]:
+            del self._current_messages[group]
+        return self._key_lock.run(self._replay_file.save, self.replay_cache, dict(self._current_messages))
 
     def _key_refused(self, failure: Failure, group: str) -> None:
         self.stats["imessage_bad"] += 1
@@ -285,7 +334,11 @@ class PttSession(SessionFloor):
         state.ssrc = struct.unpack(">I", os.urandom(4))[0]
         self._drop_participant(state)
         reply = yield self.control.join(group, state.ssrc)
-        state.token = unb64(reply["token"], "token")
+        binding_id = unb64(reply["token"], "token")
+        if len(binding_id) != BINDING_ID_LENGTH or self.csk is None:
+            raise ControlProtocolError("join reply without a usable binding ID")
+        # Our PTTJ packets are MACed under a key from our CSK: the ID in the reply is public, the key is not sent.
+        state.binding = JoinSigner(state.ssrc, binding_id, self.csk.csk)
         relay = reply["relay"]
         self.relay = (str(relay["host"]), int(relay["port"]))
         if state.port is None:
@@ -307,7 +360,7 @@ class PttSession(SessionFloor):
         if state is not None:
             self._drop_participant(state)
             state.joined = False
-            state.token = b""
+            state.binding = None
             if state.port is not None:
                 state.port.stopListening()
                 state.port = None
@@ -329,8 +382,8 @@ class PttSession(SessionFloor):
 
     def _send_keepalives(self) -> None:
         for group, state in self.groups.items():
-            if state.joined and state.token:
-                self._send(group, join_packet(state.ssrc, state.token))
+            if state.joined and state.binding is not None:
+                self._send(group, state.binding.packet())  # a fresh counter each time: never a replay
 
     # --- incoming ------------------------------------------------------------------------------------------------
 

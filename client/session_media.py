@@ -21,6 +21,7 @@ from ptt.floor.participant import (
     FloorParticipant,
 )
 from ptt.groupkeys import GroupKey
+from ptt.relaycore import JoinSigner
 from ptt.rtp import RtpSender
 from ptt.srtp import AwaitingKey, SrtpError, SrtpReceiver, SrtpSender
 
@@ -47,7 +48,7 @@ class GroupState:
     floor_timer: Any = None  # its T100/T101/T104 (IDelayedCall)
     call_talker: str | None = None  # who talks, as the control channel's call events say
     port: Any = None  # the group's UDP socket (IListeningPort)
-    token: bytes = b""
+    binding: JoinSigner | None = None  # our side of the relay binding: fresh PTTJ packets (join and keepalive)
     pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
 
     @property

@@ -12,8 +12,9 @@ It owns
   :class:`~ptt.relaycore.RelayCore` (the arbiter's holder: only its media is forwarded);
 * the **floor control channels** (SRTCP under each member's CSK, :meth:`csk_keyed`): the CSK I_MESSAGE is opened
   by the shell off the reactor (ECCSI + SAKKE), the resulting key is installed here;
-* the **bindings** in progress: a member that ``join``ed gets a token and becomes a floor participant when the
-  relay sees its ``PTTJ`` (:meth:`member_bound`).
+* the **bindings** in progress: a member that ``join``ed gets a binding ID, the relay the binding's key from the
+  member's CSK (:func:`ptt.relaycore.binding_key`), and the member becomes a floor participant when the relay
+  sees its first authentic ``PTTJ`` (:meth:`member_bound`).
 
 The media fast path is not here: the shell hands media datagrams straight to :meth:`RelayCore.route`.
 """
@@ -28,7 +29,7 @@ from ptt.control import b64
 from ptt.floor.arbiter import ArbiterConfig, FloorArbiter, Participant, Send
 from ptt.floor.events import FloorEventKind
 from ptt.floor.messages import FloorMessageError, parse_rtcp
-from ptt.relaycore import TOKEN_LENGTH, Address, Binding, RelayCore
+from ptt.relaycore import BINDING_ID_LENGTH, Address, Binding, RelayCore, binding_key
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
 
 DISPATCHER_ROLE = "dispatcher"
@@ -177,30 +178,32 @@ class GroupCall:
         """The member's CSK (opened and checked by the caller): its floor control is keyed from now on."""
         self._channels[member] = SrtcpChannel(keys)
 
-    def join(self, member: str, group: str, ssrc: int, token: bytes, now: float) -> dict[str, Any]:
-        """The member wants to take part in the group's call: the reply carries the relay token it binds with."""
+    def join(self, member: str, group: str, ssrc: int, binding_id: bytes, now: float) -> dict[str, Any]:
+        """The member wants to take part in the group's call: the reply's ``token`` is the binding ID (random,
+        public) its ``PTTJ`` packets name; their key comes from the member's CSK, which both ends hold."""
         info = self._groups.get(group)
         spec = info.members.get(member) if info is not None else None
         if info is None or spec is None:
             raise Refused(403, f"{member} is not a member of {group}")
-        if member not in self._channels:
-            raise Refused(409, "send a CSK before joining (floor control needs it)")
+        channel = self._channels.get(member)
+        if channel is None:
+            raise Refused(409, "send a CSK before joining (floor control and the relay binding need it)")
         if not 0 <= ssrc <= 0xFFFFFFFF:
             raise Refused(400, "ssrc out of range")
-        if len(token) != TOKEN_LENGTH:
-            raise ValueError("join token of the wrong length")
+        if len(binding_id) != BINDING_ID_LENGTH:
+            raise ValueError("binding ID of the wrong length")
         previous = self._joined.get((group, member))
         if previous is not None and previous.bound:
             self._leave(group, member, now)  # a second join replaces the first binding
         self.relay.unbind(group, member)
-        self.relay.expect(token, Binding(group, member, ssrc), now)
+        self.relay.expect(binding_id, Binding(group, member, ssrc), binding_key(channel.keys.csk, binding_id), now)
         participant = Participant(
             ssrc=ssrc, uri=member, priority=spec.priority, pre_emptive=spec.role == DISPATCHER_ROLE
         )
         self._joined[(group, member)] = _Joined(participant)
         if group not in self._arbiters:
             self._arbiters[group] = FloorArbiter(group, ArbiterConfig(max_burst=info.max_burst))
-        return {"type": "joined", "group": group, "token": b64(token), "relay": self._relay_json()}
+        return {"type": "joined", "group": group, "token": b64(binding_id), "relay": self._relay_json()}
 
     def leave(self, member: str, group: str, now: float) -> None:
         self._leave(group, member, now)

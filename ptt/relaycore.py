@@ -4,12 +4,32 @@ The relay forwards SRTP without decrypting it. Per group, only the floor holder'
 every other bound member; everything else is dropped and counted in :attr:`RelayCore.stats`. RTP and RTCP share
 one port and are told apart as RFC 5761 §4 does: a second octet of 192..223 is RTCP.
 
-Binding. The control plane hands a joined member a random 16-octet token (:meth:`RelayCore.expect`). The
-client sends, from its media socket, an RTCP APP packet named ``PTTJ`` carrying its media SSRC and the token
-(:func:`join_packet`); that binds the packet's source address to the member. The same packet every
-``keepalive_interval`` seconds keeps the binding alive; from a new address (NAT rebinding, network switch) it
-moves the binding there. A member silent for ``dead_after`` seconds is unbound by :meth:`RelayCore.sweep`. The
-token is the only credential: whoever holds it can bind, so it travels only over the TLS control channel.
+Binding. On ``join`` the control plane names a new binding with a random 8-octet binding ID and gives the relay
+its key, derived from the member's CSK (:func:`~ptt.relaystate.binding_key`, :meth:`RelayCore.expect`); the client
+derives the same key from its CSK and sends, from its media socket, an RTCP APP packet named ``PTTJ`` carrying its
+media SSRC, the binding ID, a counter and a truncated HMAC-SHA-256 under that key (the layout is in
+:mod:`ptt.relaystate`). The binding ID is public; the key never leaves either end. The same packet with the next
+counter every ``keepalive_interval`` seconds keeps the binding alive. A member silent for ``dead_after`` seconds
+is unbound by :meth:`RelayCore.sweep`. The rules, cheap checks first:
+
+* the packet must have the ``PTTJ`` form, name a binding the relay knows (pending and not expired, or bound)
+  and carry that binding's SSRC;
+* a packet from anywhere but the binding's bound address draws on the binding's check bucket
+  (``join_checks_per_s``) before its MAC is computed, so a flood of forgeries costs a bounded number of HMACs and
+  never delays the member's own keepalives;
+* the MAC must verify (:func:`hmac.compare_digest`) and the counter must be above the last one accepted for the
+  binding: a replayed packet, from any address, is refused;
+* an authentic fresh packet binds (first use) or refreshes (from the bound address) the binding, or moves it to a
+  new address (NAT rebinding, network switch) -- unless that address is bound to *another* member: then it is
+  refused (its counter is used up all the same) and the other member stays bound. A binding never displaces
+  another member's.
+
+Every refusal is counted in :attr:`RelayCore.stats` and returned as an ``RtcpResult("refused", ...)`` with the
+reason, for the shell to log (rate-limited); nothing is ever sent back to the packet's source.
+
+An attacker who sees a member's ``PTTJ`` on the path and delivers it to the relay *before* the original (from its
+own address) moves the binding until the member's next keepalive moves it back (at most ``keepalive_interval``);
+it receives SRTP it cannot decrypt. Dropping the member's packets is within an on-path attacker's power anyway.
 
 Floor control (TS 24.380 RTCP APP ``MCPT``) from a bound member is handed to the caller. It is SRTCP-protected
 with the member's CSK, and SRTCP encrypts everything after the first 8 octets, the APP name included, so the
@@ -27,10 +47,15 @@ the talker changes). Callers must not modify that list.
 
 from __future__ import annotations
 
+import hmac
+
 from ptt.relaystate import (
+    BINDING_ID_LENGTH,
     DROPPED,
+    JOIN_MAC_LENGTH,
     JOIN_NAME,
     JOIN_PACKET_LENGTH,
+    JOIN_SIGNED_LENGTH,
     MAX_UNBOUND_BUCKETS,
     RTCP_APP,
     RTP_HEADER_LENGTH,
@@ -42,14 +67,18 @@ from ptt.relaystate import (
     BoundMember,
     Bucket,
     GroupState,
+    JoinAuth,
+    JoinSigner,
     RelayConfig,
     RtcpResult,
+    binding_key,
     is_join_packet,
     join_packet,
     looks_like_rtcp,
 )
 
 __all__ = [
+    "BINDING_ID_LENGTH",
     "DROPPED",
     "JOIN_NAME",
     "JOIN_PACKET_LENGTH",
@@ -61,9 +90,11 @@ __all__ = [
     "TOKEN_LIFETIME",
     "Address",
     "Binding",
+    "JoinSigner",
     "RelayConfig",
     "RelayCore",
     "RtcpResult",
+    "binding_key",
     "join_packet",
 ]
 
@@ -81,21 +112,26 @@ class RelayCore:
         self._burst = float(config.rate_burst)
         self._groups: dict[str, GroupState] = {}
         self._by_addr: dict[Address, BoundMember] = {}
-        self._by_token: dict[bytes, BoundMember] = {}
-        self._pending: dict[bytes, tuple[Binding, float]] = {}  # token -> (binding, expiry)
+        self._by_token: dict[bytes, BoundMember] = {}  # binding ID -> bound member
+        self._pending: dict[bytes, JoinAuth] = {}  # binding ID -> a binding not used yet
         self._unbound_buckets: dict[Address, Bucket] = {}
         self._overflow_bucket = Bucket(self._burst, 0.0)
         self._last_sweep: float | None = None
 
     # -- control plane -------------------------------------------------------------------------------------
 
-    def expect(self, token: bytes, binding: Binding, now: float) -> None:
-        """A member joined its group on the control channel and will bind with ``token`` within 60 s."""
-        if len(token) != TOKEN_LENGTH:
-            raise ValueError(f"join token must be {TOKEN_LENGTH} octets")
-        if token in self._by_token:
-            raise ValueError("join token already in use")
-        self._pending[token] = (binding, now + TOKEN_LIFETIME)
+    def expect(self, binding_id: bytes, binding: Binding, key: bytes, now: float) -> None:
+        """A member joined its group on the control channel and will bind within 60 s with ``PTTJ`` packets for
+        ``binding_id`` under ``key`` (:func:`binding_key` of its CSK)."""
+        if len(binding_id) != BINDING_ID_LENGTH:
+            raise ValueError(f"binding ID must be {BINDING_ID_LENGTH} octets")
+        if binding_id in self._by_token or binding_id in self._pending:
+            raise ValueError("binding ID already in use")
+        if len(key) < 16:
+            raise ValueError("binding key too short")
+        self._pending[binding_id] = JoinAuth(
+            binding, binding_id, key, now + TOKEN_LIFETIME, float(self.config.join_check_burst), now
+        )
 
     def unbind(self, group: str, member: str) -> None:
         """The member left or was removed: forget its binding and any token it has not used yet."""
@@ -104,9 +140,9 @@ class RelayCore:
             bound = state.members.get(member)
             if bound is not None:
                 self._remove(bound)
-        for token, (binding, _) in list(self._pending.items()):
-            if binding.group == group and binding.member == member:
-                del self._pending[token]
+        for binding_id, auth in list(self._pending.items()):
+            if auth.binding.group == group and auth.binding.member == member:
+                del self._pending[binding_id]
 
     def set_talker(self, group: str, ssrc: int | None) -> None:
         """The floor holder's media SSRC in ``group`` (None: the floor is idle, nothing is forwarded)."""
@@ -199,6 +235,9 @@ class RelayCore:
             return DROPPED
         if is_join_packet(data):
             return self._join(data, addr, now)
+        if data[8:12] == JOIN_NAME:
+            self.stats["dropped_malformed"] += 1
+            return DROPPED
         member.last_seen = now
         if not self._admit(member.floor, now, self.config.floor_packets_per_s, self.config.floor_burst):
             self.stats["dropped_floor_rate"] += 1
@@ -216,29 +255,50 @@ class RelayCore:
         return DROPPED
 
     def _join(self, data: bytes, addr: Address, now: float) -> RtcpResult:
-        ssrc = int.from_bytes(data[4:8], "big")
-        token = data[12:28]
-        member = self._by_token.get(token)
-        if member is not None:
-            if ssrc != member.binding.ssrc:
-                self.stats["dropped_token"] += 1
-                return DROPPED
+        binding_id = data[12:20]
+        member = self._by_token.get(binding_id)
+        auth = member.auth if member is not None else self._pending.get(binding_id)
+        if auth is None or (member is None and auth.expiry < now):
+            self.stats["dropped_token"] += 1
+            return RtcpResult("refused", None, reason="unknown or expired binding")
+        binding = auth.binding
+        if data[4:8] != binding.ssrc.to_bytes(4, "big"):
+            self.stats["dropped_token"] += 1
+            return RtcpResult("refused", binding, reason="SSRC is not the binding's")
+        from_bound = member is not None and member.addr == addr
+        if not from_bound and not self._admit(
+            auth.checks, now, self.config.join_checks_per_s, float(self.config.join_check_burst)
+        ):
+            self.stats["dropped_join_limit"] += 1
+            return RtcpResult("refused", binding, reason="over the binding's check limit")
+        mac = auth.mac.copy()
+        mac.update(data[:JOIN_SIGNED_LENGTH])
+        if not hmac.compare_digest(mac.digest()[:JOIN_MAC_LENGTH], data[JOIN_SIGNED_LENGTH:]):
+            self.stats["dropped_join_mac"] += 1
+            return RtcpResult("refused", binding, reason="MAC does not verify")
+        counter = int.from_bytes(data[20:28], "big")
+        if counter <= auth.counter:
+            self.stats["dropped_join_replay"] += 1
+            return RtcpResult("refused", binding, reason=f"replayed (counter {counter}, last {auth.counter})")
+        auth.counter = counter  # used up, whatever follows: it cannot be replayed later either
+        if from_bound:
+            assert member is not None
             member.last_seen = now
-            if member.addr == addr:
-                self.stats["keepalive"] += 1
-                return RtcpResult("keepalive", member.binding)
-            # NAT rebinding: the same member from a new address. Reported as a keepalive, not a join: for the
-            # floor and the group nothing changed (a join would make floor control treat it as a new arrival).
+            self.stats["keepalive"] += 1
+            return RtcpResult("keepalive", binding)
+        other = self._by_addr.get(addr)
+        if other is not None and other is not member:
+            self.stats["dropped_join_conflict"] += 1
+            return RtcpResult("refused", binding, reason=f"address bound to {other.binding.member}")
+        if member is not None:
+            # NAT rebinding: the same member from a new address, with a fresh packet. For the floor and the group
+            # nothing changed (a join would make floor control treat it as a new arrival).
+            member.last_seen = now
             self._move(member, addr)
             self.stats["rebound"] += 1
-            return RtcpResult("keepalive", member.binding)
-        pending = self._pending.get(token)
-        if pending is None or pending[1] < now or pending[0].ssrc != ssrc:
-            self.stats["dropped_token"] += 1
-            return DROPPED
-        binding = pending[0]
-        del self._pending[token]
-        self._bind(token, binding, addr, now)
+            return RtcpResult("moved", binding)
+        del self._pending[binding_id]
+        self._bind(auth, addr, now)
         self.stats["joined"] += 1
         return RtcpResult("joined", binding)
 
@@ -261,8 +321,8 @@ class RelayCore:
         for member in dead:
             self._remove(member)
         self.stats["dead"] += len(dead)
-        for token in [t for t, (_, expiry) in self._pending.items() if expiry < now]:
-            del self._pending[token]
+        for binding_id in [b for b, auth in self._pending.items() if auth.expiry < now]:
+            del self._pending[binding_id]
         # A bucket that has refilled is no different from a new one: forget it.
         full_after = self._burst / self._rate
         for addr in [a for a, b in self._unbound_buckets.items() if now - b.stamp >= full_after]:
@@ -309,31 +369,26 @@ class RelayCore:
                 bucket = self._unbound_buckets[addr] = Bucket(self._burst, now)
         return self._admit(bucket, now)
 
-    def _bind(self, token: bytes, binding: Binding, addr: Address, now: float) -> None:
+    def _bind(self, auth: JoinAuth, addr: Address, now: float) -> None:
+        binding = auth.binding
         state = self._groups.get(binding.group)
         previous = state.members.get(binding.member) if state is not None else None
-        if previous is not None:  # the control plane issued a new token to a bound member: it replaces the old
+        if previous is not None:  # the control plane named a new binding for a bound member: it replaces the old
             self._remove(previous)
-        squatter = self._by_addr.get(addr)
-        if squatter is not None:  # another member was bound here: the address is someone else's now
-            self._remove(squatter)
         state = self._groups.get(binding.group)
         if state is None:
             state = self._groups[binding.group] = GroupState()
-        member = BoundMember(binding, token, addr, state, now, self._burst, float(self.config.floor_burst))
+        member = BoundMember(auth, addr, state, now, self._burst, float(self.config.floor_burst))
         bucket = self._unbound_buckets.pop(addr, None)
         if bucket is not None:  # keep what the source already spent while unbound
             member.tokens, member.stamp = bucket.tokens, bucket.stamp
         state.members[binding.member] = member
         self._by_addr[addr] = member
-        self._by_token[token] = member
+        self._by_token[auth.binding_id] = member
         state.rebuild()
         self.stats["bound"] = len(self._by_token)
 
     def _move(self, member: BoundMember, addr: Address) -> None:
-        squatter = self._by_addr.get(addr)
-        if squatter is not None:
-            self._remove(squatter)
         if self._by_addr.get(member.addr) is member:
             del self._by_addr[member.addr]
         member.addr = addr

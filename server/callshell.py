@@ -20,18 +20,20 @@ from twisted.internet.threads import deferToThreadPool
 
 from ptt.control import Authenticated, auth_claim, b64
 from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused
-from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, replay_key
+from ptt.mikey.errors import MikeyError, OutsideTimeWindow
+from ptt.mikey.imessage import MAX_CLOCK_SKEW, IdentityKeys, KmsDomain, check_time, replay_key
 from ptt.ratelimit import BucketTable
-from ptt.relaycore import Address, Binding
+from ptt.relaycore import BINDING_ID_LENGTH, Address, Binding
 from ptt.srtcp import CskKeys
 from server.groups.manager import GroupChange, GroupManager
 from server.groups.store import GroupRecord, MemberRecord
+from server.replaystore import CskReplay, csk_replay_path
 from server.workers import CryptoPool, CskRefused, open_csk, verify_login
 
 log = logging.getLogger("ptt.server")
 
-CSK_WINDOW = 300.0
+CSK_WINDOW = 300.0  # how old a CSK I_MESSAGE may be (sent directly, never stored)
+CSK_SKEW = MAX_CLOCK_SKEW  # how far ahead its time may be: the members' clock skew
 MAX_CSK_MESSAGE = 4096
 """A CSK I_MESSAGE is about 500 octets; anything far larger is refused before it is parsed."""
 
@@ -70,7 +72,8 @@ class CallShell:
         self.store_pool = store_pool
         self.relay: Any = None  # the RelayProtocol, once listening
         self.control: Any = None  # the ControlServerFactory
-        self.csk_replay = ReplayCache()
+        self._csk_replay = CskReplay(reactor, csk_replay_path(manager))  # kept across restarts
+        self.csk_replay = self._csk_replay.cache
         self._timer: Any = None
         self._log_limit: BucketTable[str] = BucketTable(1.0, 5)  # per member: at most ~1 log line a second
 
@@ -102,12 +105,14 @@ class CallShell:
             digest, timestamp = replay_key(data)
         except MikeyError as exc:
             raise Refused(400, f"CSK refused: {exc}") from None
-        if abs(now - timestamp) > CSK_WINDOW:
-            raise Refused(403, f"CSK refused: its time is {timestamp - now:+.0f} s from now")
+        try:
+            check_time(timestamp, now, max_age=CSK_WINDOW, max_skew=CSK_SKEW)
+        except OutsideTimeWindow:
+            raise Refused(403, f"CSK refused: its time is {timestamp - now:+.0f} s from now") from None
         if self.csk_replay.seen(digest, timestamp):
             self._log(uri, "CSK from %s refused: replayed", uri)
             raise Refused(403, "CSK refused: I_MESSAGE already received")
-        d = self.pool.run(open_csk, data, uri, self._server_keys(), self._domain, now, CSK_WINDOW)
+        d = self.pool.run(open_csk, data, uri, self._server_keys(), self._domain, now, CSK_WINDOW, CSK_SKEW)
 
         def opened(keys: CskKeys) -> str:
             try:
@@ -115,6 +120,7 @@ class CallShell:
                 self.csk_replay.check_and_remember(digest, timestamp, timestamp + CSK_WINDOW)
             except MikeyError as exc:  # the same message was opened for another session meanwhile
                 raise Refused(403, f"CSK refused: {exc}") from None
+            self._csk_replay.changed()
             self.call.csk_keyed(uri, keys)
             log.info("CSK %s from %s: floor control keyed", keys.csk_id.hex(), uri)
             return str(keys.csk_id.hex())
@@ -127,7 +133,7 @@ class CallShell:
         return d.addCallbacks(opened, refused)
 
     def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any]:
-        reply = self.call.join(uri, group, ssrc, os.urandom(16), now)
+        reply = self.call.join(uri, group, ssrc, os.urandom(BINDING_ID_LENGTH), now)
         self._flush()
         return reply
 

@@ -8,7 +8,8 @@ Two receive/send paths run the same core:
 * on Linux, for IPv4, a batched one (:class:`server.relay_batched.BatchedPort`, recvmmsg/sendmmsg).
 
 A :class:`~twisted.internet.task.LoopingCall` runs :meth:`RelayCore.sweep` every second and reports members that
-stopped sending keepalives.
+stopped sending keepalives. Refused ``PTTJ`` packets (forged, replayed, or claiming an address another member is
+bound to) and binding moves are logged here, at most about one line a second per member (the core counts each).
 
 ``python -m server.relay --port N [--interface A]`` runs a bare relay (no control plane: nothing can bind
 to it); the real wiring creates the core, listens with :func:`listen_relay` and feeds ``expect``/``set_talker``.
@@ -27,7 +28,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
-from ptt.relaycore import Address, Binding, RelayConfig, RelayCore
+from ptt.ratelimit import BucketTable
+from ptt.relaycore import Address, Binding, RelayConfig, RelayCore, RtcpResult
 from server.relay_batched import (  # the batched path's names, re-exported for bench.relay and tests
     BATCH,
     MAX_DATAGRAM,
@@ -87,6 +89,8 @@ class RelayProtocol(DatagramProtocol):
         self._seconds: Callable[[], float] = clock.seconds
         self._sendto: Callable[[bytes, Address], int] | None = None
         self._sweeper: LoopingCall | None = None
+        # per member (or one key for packets naming no known binding): ~1 log line a second, bursts of 5
+        self._log_limit: BucketTable[str] = BucketTable(1.0, 5, capacity=1024)
 
     def startProtocol(self) -> None:
         transport: Any = self.transport
@@ -128,6 +132,28 @@ class RelayProtocol(DatagramProtocol):
         elif result.kind == "joined" and self.on_joined is not None:
             assert result.binding is not None
             self._call(self.on_joined, result.binding, addr)
+        elif result.kind in ("refused", "moved"):
+            self._log_binding(result, addr, now)
+
+    def _log_binding(self, result: RtcpResult, addr: Address, now: float) -> None:
+        binding = result.binding
+        key = f"{binding.group} {binding.member}" if binding is not None else ""
+        if not self._log_limit.take(key, now):
+            return
+        if result.kind == "moved":
+            assert binding is not None
+            log.info("%s in %s moved its binding to %s:%d", binding.member, binding.group, addr[0], addr[1])
+        elif binding is not None:
+            log.warning(
+                "PTTJ from %s:%d for %s in %s refused: %s",
+                addr[0],
+                addr[1],
+                binding.member,
+                binding.group,
+                result.reason,
+            )
+        else:
+            log.warning("PTTJ from %s:%d refused: %s", addr[0], addr[1], result.reason)
 
     def send(self, data: bytes, addr: Address) -> None:
         """Send a datagram from the relay's port (floor control replies from the server)."""

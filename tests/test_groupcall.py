@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from ptt.control import unb64
 from ptt.floor.messages import FloorMessage, Subtype, parse_rtcp
 from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused, RelayAddress
-from ptt.relaycore import Address, RelayCore, join_packet
+from ptt.relaycore import Address, JoinSigner, RelayCore, join_packet
 from ptt.srtcp import CskKeys, SrtcpChannel
 
 GROUP = "sip:fire@groups.example.org"
@@ -49,11 +50,12 @@ def enter(call: GroupCall, uri: str, ssrc: int, port: int, now: float = 0.0) -> 
     """CSK, join and bind: the member is a floor participant afterwards."""
     keys = CskKeys(os.urandom(16), bytes.fromhex("0a") + os.urandom(3), os.urandom(16))
     call.csk_keyed(uri, keys)
-    token = os.urandom(16)
-    reply = call.join(uri, GROUP, ssrc, token, now)
+    binding_id = os.urandom(8)
+    reply = call.join(uri, GROUP, ssrc, binding_id, now)
     assert reply["type"] == "joined" and reply["relay"] == {"host": RELAY.host, "port": RELAY.port}
+    assert unb64(reply["token"], "token") == binding_id  # public; the key is the member's own, from its CSK
     addr = ("198.51.100.7", port)
-    result = call.relay.handle_rtcp(join_packet(ssrc, token), addr, now)
+    result = call.relay.handle_rtcp(JoinSigner(ssrc, binding_id, keys.csk).packet(), addr, now)
     assert result.kind == "joined" and result.binding is not None
     assert call.member_bound(result.binding, now)
     return Member(uri, ssrc, addr, SrtcpChannel(keys), keys)
@@ -90,15 +92,32 @@ def events(call: GroupCall) -> list[tuple[str, str, str | None]]:
 def test_join_needs_membership_and_a_csk() -> None:
     call = make_call(ALICE)
     with pytest.raises(Refused) as refused:
-        call.join(BOB, GROUP, 1, os.urandom(16), 0.0)
+        call.join(BOB, GROUP, 1, os.urandom(8), 0.0)
     assert refused.value.code == 403
     with pytest.raises(Refused) as refused:
-        call.join(ALICE, GROUP, 1, os.urandom(16), 0.0)
+        call.join(ALICE, GROUP, 1, os.urandom(8), 0.0)
     assert refused.value.code == 409
     call.csk_keyed(ALICE, CskKeys(bytes(16), bytes.fromhex("0a000001"), bytes(16)))
     with pytest.raises(Refused) as refused:
-        call.join(ALICE, GROUP, 1 << 32, os.urandom(16), 0.0)
+        call.join(ALICE, GROUP, 1 << 32, os.urandom(8), 0.0)
     assert refused.value.code == 400
+
+
+def test_the_binding_key_comes_from_the_members_own_csk() -> None:
+    call = make_call(ALICE, BOB)
+    alice_keys = CskKeys(os.urandom(16), bytes.fromhex("0a000001"), os.urandom(16))
+    call.csk_keyed(ALICE, alice_keys)
+    enter(call, BOB, 2, 4002)
+    binding_id = os.urandom(8)
+    call.join(ALICE, GROUP, 1, binding_id, 0.0)
+    addr = ("198.51.100.7", 4001)
+    bob_csk = bytes(16)  # anyone without alice's CSK (bob, the relay's neighbours) cannot bind her
+    for forged in (JoinSigner(1, binding_id, bob_csk).packet(), join_packet(1, binding_id, 1, bytes(32))):
+        assert call.relay.handle_rtcp(forged, addr, 0.1).kind == "refused"
+    assert call.relay.stats["dropped_join_mac"] == 2
+    assert call.relay.handle_rtcp(JoinSigner(1, binding_id, alice_keys.csk).packet(), addr, 0.2).kind == "joined"
+    with pytest.raises(ValueError):
+        call.join(ALICE, GROUP, 1, os.urandom(16), 0.3)  # binding IDs are 8 octets
 
 
 def test_late_entry_grant_taken_and_the_relay_follows_the_holder() -> None:
@@ -169,7 +188,7 @@ def test_removing_the_talker_unbinds_it_frees_the_floor_and_tells_it() -> None:
     assert call.relay.members(GROUP)[0][0].member == BOB
     assert call.groups_of(ALICE) == [] and call.groups_of(BOB)[0]["uri"] == GROUP
     with pytest.raises(Refused):
-        call.join(ALICE, GROUP, 1, os.urandom(16), 3.0)
+        call.join(ALICE, GROUP, 1, os.urandom(8), 3.0)
 
 
 def test_dead_member_leaves_the_floor_and_deleted_group_is_forgotten() -> None:

@@ -1,6 +1,9 @@
-"""The relay's forwarding core: binding by token, talker-only forwarding, drops, rate limit, liveness, floor."""
+"""The relay's forwarding core: authenticated binding, talker-only forwarding, drops, rate limit, liveness, floor."""
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given, settings
@@ -11,9 +14,11 @@ from ptt.relaycore import (
     TOKEN_LIFETIME,
     Address,
     Binding,
+    JoinSigner,
     RelayConfig,
     RelayCore,
     RtcpResult,
+    binding_key,
     join_packet,
 )
 
@@ -39,19 +44,28 @@ def addr(n: int) -> Address:
 
 
 class Group:
-    """Members m0..m{n-1} of one group, each with a token, an SSRC and an address."""
+    """Members m0..m{n-1} of one group, each with a binding ID, a CSK, an SSRC and an address."""
 
     def __init__(self, core: RelayCore, name: str, size: int, base: int = 0) -> None:
         self.core = core
         self.name = name
         self.bindings = [Binding(name, f"{name}-m{i}", 0x1000 + base + i) for i in range(size)]
-        self.tokens = [bytes([base + i + 1]) * 16 for i in range(size)]
+        self.tokens = [bytes([base + i + 1]) * 8 for i in range(size)]  # binding IDs
+        self.csks = [bytes([0xC0 + base + i]) * 16 for i in range(size)]
+        self.keys = [binding_key(csk, token) for csk, token in zip(self.csks, self.tokens, strict=True)]
+        self.signers = [
+            JoinSigner(b.ssrc, token, csk) for b, token, csk in zip(self.bindings, self.tokens, self.csks, strict=True)
+        ]
         self.addrs = [addr(base + i) for i in range(size)]
-        for token, binding in zip(self.tokens, self.bindings, strict=True):
-            core.expect(token, binding, T0)
+        for token, binding, key in zip(self.tokens, self.bindings, self.keys, strict=True):
+            core.expect(token, binding, key, T0)
+
+    def packet(self, i: int) -> bytes:
+        """Member i's next PTTJ (a fresh counter)."""
+        return self.signers[i].packet()
 
     def join(self, i: int, now: float = T0, at: Address | None = None) -> RtcpResult:
-        return self.core.handle_rtcp(join_packet(self.bindings[i].ssrc, self.tokens[i]), at or self.addrs[i], now)
+        return self.core.handle_rtcp(self.packet(i), at or self.addrs[i], now)
 
     def join_all(self, now: float = T0) -> None:
         for i in range(len(self.bindings)):
@@ -79,65 +93,190 @@ def test_join_binds_the_source_address(core: RelayCore) -> None:
 
 
 def test_join_packet_layout() -> None:
-    packet = join_packet(0x11223344, bytes(range(16)))
-    assert packet[:12] == bytes.fromhex("80cc0006 11223344") + b"PTTJ"
-    assert packet[12:] == bytes(range(16)) and len(packet) == 28
+    key = bytes(range(32))
+    packet = join_packet(0x11223344, bytes(range(8)), 0x0102, key)
+    assert len(packet) == 44
+    assert packet[:12] == bytes.fromhex("80cc000a 11223344") + b"PTTJ"  # RTCP APP, subtype 0, 11 words
+    assert packet[12:20] == bytes(range(8)) and packet[20:28] == (0x0102).to_bytes(8, "big")
+    assert packet[28:] == hmac.new(key, packet[:28], hashlib.sha256).digest()[:16]
     with pytest.raises(ValueError):
-        join_packet(1, b"short")
+        join_packet(1, b"short", 1, key)
     with pytest.raises(ValueError):
-        join_packet(1 << 32, bytes(16))
+        join_packet(1 << 32, bytes(8), 1, key)
+    with pytest.raises(ValueError):
+        join_packet(1, bytes(8), 0, key)  # counters start at 1: the relay's last accepted starts at 0
 
 
-def test_wrong_token_is_dropped(core: RelayCore) -> None:
+def test_binding_key_is_the_3gpp_kdf_of_the_csk() -> None:
+    csk, binding_id = bytes(range(16)), b"\x01" * 8
+    label = b"ptt-relay-binding"
+    s = b"\xf0" + label + len(label).to_bytes(2, "big") + binding_id + b"\x00\x08"
+    assert binding_key(csk, binding_id) == hmac.new(csk, s, hashlib.sha256).digest()
+    assert binding_key(csk, b"\x02" * 8) != binding_key(csk, binding_id)
+    assert binding_key(b"\x00" * 16, binding_id) != binding_key(csk, binding_id)
+    signer = JoinSigner(5, binding_id, csk)
+    assert [signer.packet()[20:28] for _ in range(3)] == [n.to_bytes(8, "big") for n in (1, 2, 3)]
+    assert csk.hex() not in repr(signer)
+
+
+def test_unknown_binding_id_is_refused(core: RelayCore) -> None:
     group = Group(core, "g", 2)
-    result = core.handle_rtcp(join_packet(group.bindings[0].ssrc, b"\xee" * 16), group.addrs[0], T0)
-    assert result.kind == "dropped"
+    packet = join_packet(group.bindings[0].ssrc, b"\xee" * 8, 1, group.keys[0])
+    result = core.handle_rtcp(packet, group.addrs[0], T0)
+    assert result.kind == "refused" and result.binding is None
     assert core.members("g") == [] and core.stats["dropped_token"] == 1
 
 
-def test_join_with_another_ssrc_than_expected_is_dropped(core: RelayCore) -> None:
+def test_join_with_another_ssrc_than_expected_is_refused(core: RelayCore) -> None:
     group = Group(core, "g", 2)
-    result = core.handle_rtcp(join_packet(0xBAD, group.tokens[0]), group.addrs[0], T0)
-    assert result.kind == "dropped" and core.stats["dropped_token"] == 1
-    assert group.join(0).kind == "joined"  # the token was not used up
+    result = core.handle_rtcp(join_packet(0xBAD, group.tokens[0], 1, group.keys[0]), group.addrs[0], T0)
+    assert result.kind == "refused" and core.stats["dropped_token"] == 1
+    assert group.join(0).kind == "joined"  # the binding was not used up
 
 
-def test_expired_token_is_dropped(core: RelayCore) -> None:
+def test_expired_binding_is_refused(core: RelayCore) -> None:
     group = Group(core, "g", 2)
-    assert group.join(0, now=T0 + TOKEN_LIFETIME + 0.1).kind == "dropped"
+    assert group.join(0, now=T0 + TOKEN_LIFETIME + 0.1).kind == "refused"
     assert group.join(1, now=T0 + TOKEN_LIFETIME - 0.1).kind == "joined"
 
 
-def test_sweep_forgets_expired_tokens(core: RelayCore) -> None:
+def test_sweep_forgets_expired_bindings(core: RelayCore) -> None:
     group = Group(core, "g", 1)
     core.sweep(T0 + TOKEN_LIFETIME + 1)
-    assert group.join(0, now=T0 + 1).kind == "dropped"  # gone, even if the clock were to go back
+    assert group.join(0, now=T0 + 1).kind == "refused"  # gone, even if the clock were to go back
 
 
 def test_malformed_join_packets_are_dropped(core: RelayCore) -> None:
     group = Group(core, "g", 1)
-    good = join_packet(group.bindings[0].ssrc, group.tokens[0])
+    good = group.packet(0)
     for bad in (good[:-1], good + b"\x00", b"\x81" + good[1:], good[:2] + b"\x00\x07" + good[4:]):
         assert core.handle_rtcp(bad, group.addrs[0], T0).kind == "dropped"
     assert core.members("g") == []
+    assert core.handle_rtcp(good, group.addrs[0], T0).kind == "joined"  # none of them used its counter up
 
 
-def test_token_reuse_is_refused_by_expect(core: RelayCore) -> None:
-    group = Group(core, "g", 1)
+def test_binding_id_reuse_is_refused_by_expect(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
     group.join(0)
+    with pytest.raises(ValueError):  # bound
+        core.expect(group.tokens[0], Binding("g", "other", 5), bytes(32), T0)
+    with pytest.raises(ValueError):  # pending
+        core.expect(group.tokens[1], Binding("g", "other", 5), bytes(32), T0)
     with pytest.raises(ValueError):
-        core.expect(group.tokens[0], Binding("g", "other", 5), T0)
+        core.expect(b"short", Binding("g", "other", 5), bytes(32), T0)
     with pytest.raises(ValueError):
-        core.expect(b"short", Binding("g", "other", 5), T0)
+        core.expect(b"\x42" * 8, Binding("g", "other", 5), b"", T0)
 
 
-def test_nat_rebinding_moves_the_member(core: RelayCore) -> None:
+# --- the attacks of issue 12: replay, forgery, displacing another member ---------------------------------------
+
+
+def test_forged_mac_is_refused(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    ssrc, binding_id = group.bindings[0].ssrc, group.tokens[0]
+    wrong_key = join_packet(ssrc, binding_id, 1, binding_key(group.csks[1], binding_id))  # another member's CSK
+    flipped = bytearray(group.packet(0))
+    flipped[-1] ^= 1
+    for forged in (wrong_key, bytes(flipped)):
+        result = core.handle_rtcp(forged, group.addrs[0], T0)
+        assert result.kind == "refused" and result.binding == group.bindings[0] and "MAC" in result.reason
+    assert core.stats["dropped_join_mac"] == 2 and core.members("g") == []
+    # the forgeries used up nothing: the member's next packet binds
+    assert group.join(0).kind == "joined"
+    # nor can a bound member's counter be pushed up by a forgery with a huge counter
+    forged = join_packet(ssrc, binding_id, (1 << 64) - 1, bytes(32))
+    assert core.handle_rtcp(forged, addr(77), T0 + 1).kind == "refused"
+    assert group.join(0, now=T0 + 2).kind == "keepalive"
+    assert core.stats["dropped_join_mac"] == 3
+
+
+def test_replay_from_another_address_is_refused(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    group.join_all()
+    core.set_talker("g", group.bindings[0].ssrc)
+    sniffed = group.packet(1)
+    assert core.handle_rtcp(sniffed, group.addrs[1], T0 + 1).kind == "keepalive"
+    attacker = addr(66)
+    for t in (1.1, 2.0, 6.0):
+        result = core.handle_rtcp(sniffed, attacker, T0 + t)
+        assert result.kind == "refused" and "replayed" in result.reason
+    assert core.stats["dropped_join_replay"] == 3 and core.stats["rebound"] == 0
+    assert core.address_of("g", "g-m1") == group.addrs[1]
+    assert sorted(group.send(0) or []) == sorted(group.addrs[1:])  # the attacker gets nothing
+    assert core.route(rtp(0x1001), attacker, T0 + 7) is None
+
+
+def test_the_same_counter_is_refused_even_from_the_bound_address(core: RelayCore) -> None:
+    group = Group(core, "g", 1)
+    first = group.packet(0)
+    assert core.handle_rtcp(first, group.addrs[0], T0).kind == "joined"
+    assert core.handle_rtcp(first, group.addrs[0], T0 + 1).kind == "refused"
+    older = join_packet(group.bindings[0].ssrc, group.tokens[0], 1, group.keys[0])  # counter 1 == first's
+    assert core.handle_rtcp(older, addr(5), T0 + 1).kind == "refused"
+    assert core.stats["dropped_join_replay"] == 2 and core.stats["keepalive"] == 0
+    assert group.join(0, now=T0 + 2).kind == "keepalive"  # counter 2
+
+
+def test_a_replayed_first_packet_does_not_bind_elsewhere(core: RelayCore) -> None:
+    group = Group(core, "g", 2)
+    first = group.packet(0)
+    assert core.handle_rtcp(first, group.addrs[0], T0).kind == "joined"
+    assert core.handle_rtcp(first, addr(66), T0 + 0.1).kind == "refused"
+    assert core.address_of("g", "g-m0") == group.addrs[0]
+
+
+def test_two_members_packets_from_one_address_do_not_unbind_the_first(core: RelayCore) -> None:
+    group = Group(core, "g", 3)
+    group.join(0)
+    group.join(1)
+    core.set_talker("g", group.bindings[0].ssrc)
+    # the attacker sends both members' sniffed (already used) packets from its one address: replays
+    attacker = addr(66)
+    alice_seen, bob_seen = group.packet(0), group.packet(1)
+    assert core.handle_rtcp(alice_seen, group.addrs[0], T0 + 1).kind == "keepalive"
+    assert core.handle_rtcp(bob_seen, group.addrs[1], T0 + 1).kind == "keepalive"
+    assert core.handle_rtcp(alice_seen, attacker, T0 + 2).kind == "refused"
+    assert core.handle_rtcp(bob_seen, attacker, T0 + 2).kind == "refused"
+    # even fresh packets (an attacker who got them first, on the path) never unbind the address's owner
+    assert group.join(1, now=T0 + 3, at=attacker).kind == "moved"  # bob's own binding moves: it is his packet
+    result = group.join(0, now=T0 + 3, at=attacker)  # alice's would displace bob: refused, nobody unbound
+    assert result.kind == "refused" and "bound to g-m1" in result.reason
+    assert core.stats["dropped_join_conflict"] == 1
+    assert core.address_of("g", "g-m0") == group.addrs[0]
+    assert core.address_of("g", "g-m1") == attacker
+    # bob's next keepalive from his real address takes his binding back; alice stayed bound throughout
+    assert group.join(1, now=T0 + 4).kind == "moved"
+    assert sorted(group.send(0, now=T0 + 4) or []) == [group.addrs[1]]
+    # a member's pending first binding cannot take a bound member's address either
+    assert group.join(2, now=T0 + 5, at=group.addrs[0]).kind == "refused"
+    assert core.stats["dropped_join_conflict"] == 2
+    assert [b.member for b, _, _ in core.members("g")] == ["g-m0", "g-m1"]
+    assert group.join(2, now=T0 + 6).kind == "joined"  # from its own address: fine
+
+
+def test_checks_from_elsewhere_are_limited_per_binding_but_not_keepalives() -> None:
+    core = RelayCore(
+        RelayConfig(rate_packets_per_s=1e6, rate_burst=1_000_000, join_checks_per_s=1.0, join_check_burst=3)
+    )
+    group = Group(core, "g", 2)
+    group.join_all()
+    forged = join_packet(group.bindings[0].ssrc, group.tokens[0], 99, bytes(32))
+    results = [core.handle_rtcp(forged, addr(60 + n), T0 + 1).kind for n in range(6)]
+    assert results == ["refused"] * 6
+    # burst 3, less the join's check, plus one refilled in the second since: 3 checked, 3 cut
+    assert core.stats["dropped_join_mac"] == 3 and core.stats["dropped_join_limit"] == 3
+    assert group.join(0, now=T0 + 1).kind == "keepalive"  # from the bound address: not limited
+    assert group.join(1, now=T0 + 1, at=addr(90)).kind == "moved"  # another binding's bucket is its own
+    assert group.join(0, now=T0 + 2.1, at=addr(91)).kind == "moved"  # a second later: a check is back
+
+
+def test_nat_rebinding_with_a_fresh_packet_moves_the_member(core: RelayCore) -> None:
     group = Group(core, "g", 3)
     group.join_all()
     core.set_talker("g", group.bindings[0].ssrc)
     new = addr(99)
     result = group.join(2, now=T0 + 2, at=new)
-    assert result == RtcpResult("keepalive", group.bindings[2])  # for the floor and the group, nothing changed
+    assert result == RtcpResult("moved", group.bindings[2])  # for the floor and the group, nothing changed
     assert core.stats["rebound"] == 1
     assert sorted(group.send(0) or []) == sorted([group.addrs[1], new])
     # the old address is no one's any more
@@ -145,20 +284,29 @@ def test_nat_rebinding_moves_the_member(core: RelayCore) -> None:
     assert core.stats["dropped_unbound"] == 1
 
 
-def test_new_token_for_a_bound_member_replaces_the_old_binding(core: RelayCore) -> None:
+def test_new_binding_for_a_bound_member_replaces_the_old_one(core: RelayCore) -> None:
     group = Group(core, "g", 2)
     group.join_all()
-    core.expect(b"\x77" * 16, group.bindings[1], T0 + 1)
-    assert core.handle_rtcp(join_packet(group.bindings[1].ssrc, b"\x77" * 16), addr(50), T0 + 2).kind == "joined"
+    key = binding_key(group.csks[1], b"\x77" * 8)
+    core.expect(b"\x77" * 8, group.bindings[1], key, T0 + 1)
+    packet = join_packet(group.bindings[1].ssrc, b"\x77" * 8, 1, key)
+    assert core.handle_rtcp(packet, addr(50), T0 + 2).kind == "joined"
     assert [(b.member, a) for b, a, _ in core.members("g")] == [("g-m0", group.addrs[0]), ("g-m1", addr(50))]
-    assert group.join(1, now=T0 + 3).kind == "dropped"  # the old token is void
+    assert group.join(1, now=T0 + 3).kind == "refused"  # the old binding is void
 
 
-def test_an_address_claimed_by_another_member_changes_hands(core: RelayCore) -> None:
+def test_rejections_are_counted(core: RelayCore) -> None:
     group = Group(core, "g", 2)
-    group.join(0)
-    assert group.join(1, at=group.addrs[0]).kind == "joined"
-    assert [b.member for b, _, _ in core.members("g")] == ["g-m1"]
+    group.join_all()
+    seen = group.packet(0)
+    core.handle_rtcp(seen, group.addrs[0], T0 + 1)
+    core.handle_rtcp(seen, addr(70), T0 + 1)  # replay
+    core.handle_rtcp(join_packet(group.bindings[0].ssrc, group.tokens[0], 50, bytes(32)), addr(70), T0 + 1)  # MAC
+    core.handle_rtcp(group.packet(0), group.addrs[1], T0 + 1)  # onto another member's address
+    core.handle_rtcp(join_packet(group.bindings[0].ssrc, b"\x55" * 8, 1, bytes(32)), addr(70), T0 + 1)  # unknown
+    counts = {k: core.stats[k] for k in ("dropped_join_replay", "dropped_join_mac", "dropped_join_conflict")}
+    assert counts == {"dropped_join_replay": 1, "dropped_join_mac": 1, "dropped_join_conflict": 1}
+    assert core.stats["dropped_token"] == 1 and core.stats["rebound"] == 0 and core.stats["bound"] == 2
 
 
 # --- forwarding -----------------------------------------------------------------------------------------------
@@ -249,7 +397,7 @@ def test_malformed_media_is_dropped(core: RelayCore, datagram: bytes) -> None:
 
 def test_rtcp_through_route_is_handled_and_not_forwarded(core: RelayCore) -> None:
     group = Group(core, "g", 2)
-    assert core.route(join_packet(group.bindings[0].ssrc, group.tokens[0]), group.addrs[0], T0) is None
+    assert core.route(group.packet(0), group.addrs[0], T0) is None
     assert core.address_of("g", "g-m0") == group.addrs[0]
     core.set_talker("g", group.bindings[0].ssrc)
     assert core.route(floor_packet(group.bindings[0].ssrc), group.addrs[0], T0) is None
@@ -291,7 +439,7 @@ def test_rate_limit_covers_rtcp_and_unbound_sources() -> None:
     group = Group(core, "g", 1)
     stranger = addr(66)
     for _ in range(5):
-        core.handle_rtcp(join_packet(1, b"\x99" * 16), stranger, T0)
+        core.handle_rtcp(join_packet(1, b"\x99" * 8, 1, bytes(32)), stranger, T0)
     assert core.stats["dropped_token"] == 2 and core.stats["dropped_rate"] == 3
     # a flood from one address does not affect the member
     assert group.join(0).kind == "joined"
@@ -337,7 +485,7 @@ def test_sweep_declares_silent_members_dead() -> None:
     assert core.stats["dead"] == 1 and core.stats["bound"] == 2
     assert group.send(0, now=T0 + 16) == [group.addrs[1]]
     assert core.route(rtp(group.bindings[2].ssrc), group.addrs[2], T0 + 16) is None
-    assert group.join(2, now=T0 + 16).kind == "dropped"  # the dead member needs a new token
+    assert group.join(2, now=T0 + 16).kind == "refused"  # the dead member needs a new binding
     assert sweep_every_second(core, T0 + 16.1, T0 + 29.6) == []  # m1 last kept alive at 15, m0 sent at 16
     assert sweep_every_second(core, T0 + 30.1, T0 + 30.6) == [group.bindings[1]]
     assert sweep_every_second(core, T0 + 31.1, T0 + 31.6) == [group.bindings[0]]
@@ -414,7 +562,7 @@ def test_unbind(core: RelayCore) -> None:
     core.unbind("g", "g-m1")
     assert group.send(0) == [group.addrs[2]]
     assert core.route(rtp(group.bindings[1].ssrc), group.addrs[1], T0 + 1) is None
-    assert group.join(1).kind == "dropped"  # its token is gone with it
+    assert group.join(1).kind == "refused"  # its binding is gone with it
     core.unbind("g", "g-m0")  # the talker left: nothing to forward
     assert group.send(0) is None
     core.unbind("g", "nobody")
@@ -425,7 +573,7 @@ def test_unbind(core: RelayCore) -> None:
 def test_unbind_voids_a_pending_token(core: RelayCore) -> None:
     group = Group(core, "g", 1)
     core.unbind("g", "g-m0")
-    assert group.join(0).kind == "dropped"
+    assert group.join(0).kind == "refused"
 
 
 def test_groups_are_forgotten_when_empty(core: RelayCore) -> None:
@@ -447,7 +595,15 @@ def test_groups_are_forgotten_when_empty(core: RelayCore) -> None:
         st.one_of(
             st.binary(max_size=64),
             st.binary(min_size=12, max_size=64).map(lambda b: bytes((0x80 | b[0] & 0x3F,)) + b[1:]),
-            st.sampled_from([rtp(0x1000), rtp(0x1001), join_packet(0x1000, b"\x01" * 16), floor_packet(0x1001)]),
+            st.sampled_from(
+                [
+                    rtp(0x1000),
+                    rtp(0x1001),
+                    join_packet(0x1000, b"\x01" * 8, 1, binding_key(b"\xc0" * 16, b"\x01" * 8)),
+                    join_packet(0x1000, b"\x01" * 8, 2, bytes(32)),
+                    floor_packet(0x1001),
+                ]
+            ),
         ),
         max_size=20,
     ),
@@ -472,13 +628,13 @@ def test_floor_control_has_its_own_limit_within_the_members_rate() -> None:
     from ptt.relaycore import RelayConfig
 
     core = RelayCore(RelayConfig(floor_packets_per_s=2.0, floor_burst=3))
-    token = bytes(range(16))
-    core.expect(token, Binding("g", "alice", 7), 0.0)
-    assert core.handle_rtcp(join_packet(7, token), ("10.0.0.1", 5000), 0.0).kind == "joined"
+    signer = JoinSigner(7, bytes(range(8)), b"csk" * 6)
+    core.expect(signer.binding_id, Binding("g", "alice", 7), binding_key(b"csk" * 6, signer.binding_id), 0.0)
+    assert core.handle_rtcp(signer.packet(), ("10.0.0.1", 5000), 0.0).kind == "joined"
     floor_packet = bytes([0x81, 204, 0, 3]) + (7).to_bytes(4, "big") + b"MCPT" + bytes(4)
     kinds = [core.handle_rtcp(floor_packet, ("10.0.0.1", 5000), 0.0).kind for _ in range(5)]
     assert kinds == ["floor"] * 3 + ["dropped"] * 2
     assert core.stats["dropped_floor_rate"] == 2
     assert core.handle_rtcp(floor_packet, ("10.0.0.1", 5000), 0.5).kind == "floor"  # refilled at 2/s
     # keepalives are not floor control: never cut by the floor limit
-    assert core.handle_rtcp(join_packet(7, token), ("10.0.0.1", 5000), 0.5).kind == "keepalive"
+    assert core.handle_rtcp(signer.packet(), ("10.0.0.1", 5000), 0.5).kind == "keepalive"
