@@ -364,7 +364,7 @@ def test_reopen_loses_nothing_and_checks_the_data_key(tmp_path: Path) -> None:
         s.set_active_key(GROUP, key, 5, now=NOW)
         s.store_imessage(GROUP, ALICE, key.gmk_id, b"message", now=NOW)
     with GroupStore(path, DATA_KEY) as s:
-        assert s.group(GROUP) == store_module.GroupRecord(GROUP, "Fire ops", NOW, "dana", 20.0)
+        assert s.group(GROUP) == store_module.GroupRecord(GROUP, "Fire ops", NOW, "dana", 20.0, "default", "dana")
         assert [(m.uri, m.priority, m.role) for m in s.members(GROUP)] == [(ALICE, 42, "dispatcher")]
         assert s.active_key(GROUP) == (key, 5)
         assert [m.data for m in s.imessages_for(ALICE)] == [b"message"]

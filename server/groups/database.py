@@ -1,7 +1,8 @@
 """The group store's database: the versioned schema, one connection shared by threads, transactions, the data key
 check and the audit log.
 
-The schema is versioned by ``PRAGMA user_version`` (``_UPGRADES[v]`` takes version v to v + 1). One connection,
+The schema is versioned by ``PRAGMA user_version`` (``_UPGRADES[v]`` takes version v to v + 1: SQL statements, or
+a function of the connection for a step SQL cannot do). One connection,
 usable from several threads: every public method holds the store's lock, and ``transaction()`` lets a caller
 group several changes into one atomic SQLite transaction (the group manager stores a group, its members, its
 key and their I_MESSAGEs all or nothing).
@@ -12,20 +13,54 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from server.groups.datakey import CHECK_AD, CHECK_PLAINTEXT, DATA_KEY_LENGTH
-from server.groups.records import AuditRecord, StoreError
+from server.groups.records import (
+    AUDIT_GENESIS,
+    DEFAULT_ORG,
+    AuditRecord,
+    ChainCheck,
+    StoreError,
+    audit_digest,
+    verify_audit_chain,
+)
 
 __all__ = ["SCHEMA_VERSION", "StoreDatabase"]
 
-_UPGRADES: dict[int, list[str]] = {
+_AUDIT_COLUMNS = "id, at, actor, event, detail, org, hash"
+
+
+def _audit_record(row: Sequence[Any]) -> AuditRecord:
+    i, at, actor, event, detail, org, digest = row
+    return AuditRecord(
+        float(at),
+        None if actor is None else str(actor),
+        str(event),
+        str(detail),
+        int(i),
+        None if org is None else str(org),
+        b"" if digest is None else bytes(digest),
+    )
+
+
+def _chain_existing_audit(db: sqlite3.Connection) -> None:
+    """Version 1 → 2: the records written before the chain existed are chained as they are."""
+    previous = AUDIT_GENESIS
+    rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id").fetchall()
+    for row in rows:
+        record = _audit_record(row)
+        previous = audit_digest(previous, record)
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (previous, record.id))
+
+
+_UPGRADES: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     0: [
         "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
         """CREATE TABLE dispatchers (
@@ -79,6 +114,24 @@ _UPGRADES: dict[int, list[str]] = {
             actor TEXT,
             event TEXT NOT NULL,
             detail TEXT NOT NULL)""",
+    ],
+    # Dispatcher authorisation: organisations, group owners, dispatchers assigned to groups, the audit hash chain.
+    1: [
+        f"ALTER TABLE dispatchers ADD COLUMN org TEXT NOT NULL DEFAULT '{DEFAULT_ORG}'",
+        f"ALTER TABLE groups ADD COLUMN org TEXT NOT NULL DEFAULT '{DEFAULT_ORG}'",
+        "ALTER TABLE groups ADD COLUMN owner TEXT",
+        "UPDATE groups SET owner = created_by WHERE created_by IN (SELECT username FROM dispatchers)",
+        "CREATE INDEX groups_by_org ON groups (org)",
+        """CREATE TABLE group_dispatchers (
+            group_uri TEXT NOT NULL REFERENCES groups(uri) ON DELETE CASCADE,
+            username TEXT NOT NULL REFERENCES dispatchers(username) ON DELETE CASCADE,
+            assigned_by TEXT,
+            assigned_at REAL NOT NULL,
+            PRIMARY KEY (group_uri, username))""",
+        "CREATE INDEX group_dispatchers_by_username ON group_dispatchers (username)",
+        "ALTER TABLE audit ADD COLUMN org TEXT",
+        "ALTER TABLE audit ADD COLUMN hash BLOB",
+        _chain_existing_audit,
     ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
@@ -162,7 +215,10 @@ class StoreDatabase:
                 )
             for step in range(version, SCHEMA_VERSION):
                 for statement in _UPGRADES[step]:
-                    db.execute(statement)
+                    if callable(statement):
+                        statement(db)
+                    else:
+                        db.execute(statement)
             if version != SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
@@ -193,19 +249,39 @@ class StoreDatabase:
     # --- audit log ---
 
     @staticmethod
-    def _audit(db: sqlite3.Connection, now: float, actor: str | None, event: str, detail: str) -> None:
-        db.execute("INSERT INTO audit (at, actor, event, detail) VALUES (?, ?, ?, ?)", (now, actor, event, detail))
+    def _audit(
+        db: sqlite3.Connection, now: float, actor: str | None, event: str, detail: str, *, org: str | None = None
+    ) -> None:
+        """Append a chained record (call inside a write transaction). ``org`` defaults to the actor's."""
+        if org is None and actor is not None:
+            row = db.execute("SELECT org FROM dispatchers WHERE username = ?", (actor,)).fetchone()
+            org = None if row is None else str(row[0])
+        last = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        previous = AUDIT_GENESIS if last is None or last[0] is None else bytes(last[0])
+        cursor = db.execute(
+            "INSERT INTO audit (at, actor, event, detail, org) VALUES (?, ?, ?, ?, ?)", (now, actor, event, detail, org)
+        )
+        assert cursor.lastrowid is not None
+        record = AuditRecord(now, actor, event, detail, cursor.lastrowid, org)
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_digest(previous, record), cursor.lastrowid))
 
-    def audit(self, event: str, *, actor: str | None, detail: str, now: float) -> None:
+    def audit(self, event: str, *, actor: str | None, detail: str, now: float, org: str | None = None) -> None:
         """Append an event. Callers must never put passwords or keys in ``detail``."""
         with self._tx() as db:
-            self._audit(db, now, actor, event, detail)
+            self._audit(db, now, actor, event, detail, org=org)
 
-    def audit_log(self, limit: int = 100) -> list[AuditRecord]:
-        """The last ``limit`` events, oldest first."""
+    def audit_log(self, limit: int = 100, *, org: str | None = None) -> list[AuditRecord]:
+        """The last ``limit`` events (of organisation ``org`` if given), oldest first."""
+        where, args = ("WHERE org = ?", (org, limit)) if org is not None else ("", (limit,))
         with self._read() as db:
             rows = db.execute(
-                "SELECT at, actor, event, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?) ORDER BY id",
-                (limit,),
+                f"SELECT {_AUDIT_COLUMNS} FROM (SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+                args,
             ).fetchall()
-        return [AuditRecord(float(a), None if u is None else str(u), str(e), str(d)) for a, u, e, d in rows]
+        return [_audit_record(r) for r in rows]
+
+    def verify_audit(self, *, anchor: tuple[int, bytes] | None = None) -> ChainCheck:
+        """Walk the whole audit chain (``server.groups.records.verify_audit_chain``)."""
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id").fetchall()
+        return verify_audit_chain((_audit_record(r) for r in rows), anchor=anchor)

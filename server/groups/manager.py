@@ -7,6 +7,10 @@
   I_MESSAGEs are deleted, so it holds nothing of the new key.
 - A GMK made in an earlier key period is replaced (``check_key_period``, called by the wiring from a timer).
 
+Who may ask for which change is the dispatcher API's business (``server.dispatch.policy``); the manager refuses
+what nobody may do: a wildcard URI (any ``*``) or one of ``reserved`` (the server's own identity, the KMS's) as a
+group or a member.
+
 Every change is one store transaction (group, members, key and I_MESSAGEs all or nothing); the I_MESSAGEs are
 built before it (the SAKKE work stays outside the database lock) and pushed to connected members after it
 commits. Calls are serialised by a lock, so the dispatch API's worker thread and a timer may both use one
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +31,7 @@ from ptt.groupkeys import GroupKey, build_gmk_messages, make_group_key
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from server.groups.store import (
     DEFAULT_MAX_BURST,
+    DEFAULT_ORG,
     DEFAULT_PRIORITY,
     DuplicateGroup,
     DuplicateMember,
@@ -42,6 +47,7 @@ from server.groups.store import (
     StoredIMessage,
     check_group_name,
     check_max_burst,
+    check_not_reserved,
     check_priority,
     check_role,
     check_uri,
@@ -117,8 +123,10 @@ class GroupManager:
         distributor: GroupKeyDistributor | None = None,
         on_imessage: IMessageSink | None = None,
         on_change: ChangeSink | None = None,
+        reserved: Iterable[str] = (),
     ) -> None:
         self.store = store
+        self.reserved = tuple(reserved)
         self.keys = keys
         self.distributor = distributor
         self.on_imessage = on_imessage
@@ -136,14 +144,18 @@ class GroupManager:
         created_by: str,
         now: float,
         max_burst: float = DEFAULT_MAX_BURST,
+        org: str = DEFAULT_ORG,
     ) -> GroupRecord:
-        """A new group with a fresh GMK sent to every member (one I_MESSAGE each, signed as ``uri``)."""
+        """A new group of ``org`` owned by ``created_by``, with a fresh GMK sent to every member (one I_MESSAGE
+        each, signed as ``uri``)."""
         check_uri(uri, "group URI")
+        check_not_reserved(uri, self.reserved, "group URI")
         check_group_name(name)
         check_max_burst(max_burst)
         specs = [spec.check() for spec in members]
         seen: set[str] = set()
         for spec in specs:
+            check_not_reserved(spec.uri, self.reserved, "member URI")
             if spec.uri in seen:
                 raise InvalidValue(f"{spec.uri} is listed twice")
             if spec.uri == uri:
@@ -156,7 +168,9 @@ class GroupManager:
             key = make_group_key()
             messages = self._build(signer, key, [s.uri for s in specs], now)
             with self.store.transaction():
-                record = self.store.create_group(uri, name, created_by=created_by, max_burst=max_burst, now=now)
+                record = self.store.create_group(
+                    uri, name, created_by=created_by, max_burst=max_burst, now=now, org=org
+                )
                 for spec in specs:
                     self.store.add_member(uri, spec.uri, priority=spec.priority, role=spec.role, now=now, by=created_by)
                 self._install(uri, key, signer.period_no, messages, now=now, by=created_by)
@@ -167,6 +181,7 @@ class GroupManager:
     def add_member(self, group: str, spec: MemberSpec, *, by: str, now: float) -> MemberRecord:
         """Add a member and send it the current GMK (or rekey the group if its GMK is of an earlier period)."""
         spec.check()
+        check_not_reserved(spec.uri, self.reserved, "member URI")
         if spec.uri == group:
             raise InvalidValue(f"the group {group} cannot be a member of itself")
         with self._lock:
@@ -306,7 +321,9 @@ class GroupManager:
                 self.store.remove_member(group, remove, now=now, by=by)
             if add is not None:
                 self.store.add_member(group, add.uri, priority=add.priority, role=add.role, now=now, by=by)
-            self.store.audit("rekey", actor=by, detail=f"{group}: {reason}", now=now)
+            record = self.store.group(group)
+            org = None if record is None else record.org
+            self.store.audit("rekey", actor=by, detail=f"{group}: {reason}", now=now, org=org)
             self._install(group, key, signer.period_no, messages, now=now, by=by)
         log.info("group %s rekeyed (%s): GMK-ID %s to %d members", group, reason, key.gmk_id.hex(), len(messages))
         return KeyInfo(key.gmk_id, signer.period_no, now), _Push(group, key, messages)

@@ -1,24 +1,32 @@
 """The group store's vocabulary: its refusals, the records it hands out, and the value checks.
 
 The checks are module functions so the manager and the dispatcher API refuse a bad value before any expensive
-work (signing, KMS requests) and before touching the database.
+work (signing, KMS requests) and before touching the database. The audit log's hash chain (``audit_digest``,
+``verify_audit_chain``) is here too: each record's hash is SHA-256 of the previous record's hash followed by the
+record's own canonical content, so an edited, inserted, deleted or reordered row breaks every hash after it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server import accounts
 
 __all__ = [
+    "AUDIT_GENESIS",
     "DEFAULT_MAX_BURST",
+    "DEFAULT_ORG",
     "DEFAULT_PRIORITY",
     "DISPATCHER_ROLES",
     "MEMBER_ROLES",
     "AccountError",
     "AuditRecord",
+    "ChainCheck",
     "DispatcherAccount",
     "DuplicateGroup",
     "DuplicateMember",
@@ -32,16 +40,22 @@ __all__ = [
     "NoSuchMember",
     "StoreError",
     "StoredIMessage",
+    "audit_digest",
     "check_group_name",
     "check_max_burst",
+    "check_not_reserved",
+    "check_org",
     "check_priority",
     "check_role",
     "check_uri",
+    "verify_audit_chain",
 ]
 
 DISPATCHER_ROLES = frozenset({"dispatcher", "admin"})
 MEMBER_ROLES = frozenset({"member", "dispatcher"})  # a member with role 'dispatcher' may pre-empt the floor
 DEFAULT_PRIORITY = 100
+DEFAULT_ORG = "default"  # the organisation of accounts and groups made before organisations existed
+AUDIT_GENESIS = bytes(32)  # the "previous hash" of the first audit record
 DEFAULT_MAX_BURST = 30.0
 MAX_BURST_LIMIT = 3600.0
 MAX_URI_LENGTH = 255
@@ -49,6 +63,7 @@ MAX_NAME_LENGTH = 100
 URI_SCHEMES = ("sip", "sips", "tel", "urn")
 
 _URI_RE = re.compile(r"([a-z][a-z0-9+.-]*):([\x21-\x7e]+)")
+_ORG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 # --- errors ---
@@ -107,6 +122,7 @@ class DispatcherAccount:
     username: str
     role: str
     disabled: bool
+    org: str = DEFAULT_ORG
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,8 @@ class GroupRecord:
     created_at: float
     created_by: str
     max_burst: float
+    org: str = DEFAULT_ORG
+    owner: str | None = None  # the account that owns the group (its creator); None once that account is removed
 
 
 @dataclass(frozen=True)
@@ -150,10 +168,61 @@ class StoredIMessage:
 
 @dataclass(frozen=True)
 class AuditRecord:
+    """Who (``actor``), when (``at``), what (``event``, ``detail``), in which organisation (``org``: the group's or
+    the account's; None for server-wide events); ``hash`` chains it to the record before it (``audit_digest``)."""
+
     at: float
     actor: str | None
     event: str
     detail: str
+    id: int = 0
+    org: str | None = None
+    hash: bytes = b""
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """The result of verifying the audit chain: ``ok`` if every record's hash is right; ``broken_at`` the id of the
+    first record whose hash is wrong; ``head_id``/``head`` the last record and its hash (an operator who writes
+    them down can later check that no record up to there was removed: ``verify_audit_chain(..., anchor=...)``)."""
+
+    ok: bool
+    records: int
+    head_id: int
+    head: bytes
+    broken_at: int | None = None
+    reason: str = ""
+
+
+def audit_digest(previous: bytes, record: AuditRecord) -> bytes:
+    """SHA-256(previous hash ‖ the record's canonical content: id, time, actor, event, detail, org as JSON)."""
+    content = json.dumps(
+        [record.id, record.at, record.actor, record.event, record.detail, record.org],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    return hashlib.sha256(previous + content).digest()
+
+
+def verify_audit_chain(records: Iterable[AuditRecord], *, anchor: tuple[int, bytes] | None = None) -> ChainCheck:
+    """Check every record (all of them, in id order) against the chain; with ``anchor`` (id, hash) written down
+    earlier, also that this record is still there with that hash (so truncating the log is noticed too)."""
+    previous, count, head_id = AUDIT_GENESIS, 0, 0
+    anchored = anchor is None
+    for record in records:
+        if record.id <= head_id:
+            return ChainCheck(False, count, head_id, previous, record.id, "records out of order")
+        if audit_digest(previous, record) != record.hash:
+            return ChainCheck(False, count, head_id, previous, record.id, "hash does not match")
+        if anchor is not None and record.id == anchor[0]:
+            if record.hash != anchor[1]:
+                return ChainCheck(False, count, head_id, previous, record.id, "differs from the anchor")
+            anchored = True
+        previous, count, head_id = record.hash, count + 1, record.id
+    if not anchored:
+        assert anchor is not None
+        return ChainCheck(False, count, head_id, previous, anchor[0], "the anchored record is missing")
+    return ChainCheck(True, count, head_id, previous)
 
 
 # --- validation (module functions so the manager and the API check before any expensive work) ---
@@ -171,6 +240,27 @@ def check_uri(uri: object, what: str = "URI") -> str:
     if m[1] not in URI_SCHEMES:
         raise InvalidValue(f"bad {what} {uri[:80]!r}: the scheme must be one of {', '.join(URI_SCHEMES)}")
     return uri
+
+
+def check_not_reserved(uri: str, reserved: Iterable[str], what: str = "URI") -> str:
+    """Refuse a wildcard URI (any ``*``) and the reserved ones (the server's own, the KMS's), compared without case
+    and without URI parameters or headers (``;...``, ``?...``), so spelling variants of them are refused too."""
+    if "*" in uri:
+        raise InvalidValue(f"the {what} {uri[:80]!r} is a wildcard; a group or member must be one identity")
+    key = _uri_key(uri)
+    if any(key == _uri_key(r) for r in reserved):
+        raise InvalidValue(f"the {what} {uri[:80]!r} is reserved (the server's or the KMS's own identity)")
+    return uri
+
+
+def _uri_key(uri: str) -> str:
+    return re.split(r"[;?]", uri, maxsplit=1)[0].casefold()
+
+
+def check_org(org: object) -> str:
+    if not isinstance(org, str) or not _ORG_RE.fullmatch(org):
+        raise AccountError(f"bad organisation {org!r}: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    return org
 
 
 def check_group_name(name: object) -> str:

@@ -26,11 +26,13 @@ from server.groups.datakey import DATA_KEY_LENGTH, gmk_ad, make_data_key, read_d
 from server.groups.dispatchers import DispatcherAccounts
 from server.groups.records import (
     DEFAULT_MAX_BURST,
+    DEFAULT_ORG,
     DEFAULT_PRIORITY,
     DISPATCHER_ROLES,
     MEMBER_ROLES,
     AccountError,
     AuditRecord,
+    ChainCheck,
     DispatcherAccount,
     DuplicateGroup,
     DuplicateMember,
@@ -46,6 +48,8 @@ from server.groups.records import (
     StoreError,
     check_group_name,
     check_max_burst,
+    check_not_reserved,
+    check_org,
     check_priority,
     check_role,
     check_uri,
@@ -54,12 +58,15 @@ from server.groups.records import (
 __all__ = [
     "DATA_KEY_LENGTH",
     "DEFAULT_MAX_BURST",
+    "DEFAULT_ORG",
     "DEFAULT_PRIORITY",
+    "DEFAULT_PRIORITY_CEILING",
     "DISPATCHER_ROLES",
     "MEMBER_ROLES",
     "SCHEMA_VERSION",
     "AccountError",
     "AuditRecord",
+    "ChainCheck",
     "DispatcherAccount",
     "DuplicateGroup",
     "DuplicateMember",
@@ -78,12 +85,19 @@ __all__ = [
     "StoredIMessage",
     "check_group_name",
     "check_max_burst",
+    "check_not_reserved",
+    "check_org",
     "check_priority",
     "check_role",
     "check_uri",
     "make_data_key",
     "read_data_key",
 ]
+
+DEFAULT_PRIORITY_CEILING = 100
+"""The highest floor priority a non-admin dispatcher may give (``GroupStore.priority_ceiling``)."""
+
+_GROUP_COLUMNS = "uri, name, created_at, created_by, max_burst, org, owner"
 
 
 class GroupStore(DispatcherAccounts):
@@ -93,47 +107,86 @@ class GroupStore(DispatcherAccounts):
 
     @staticmethod
     def _group_record(row: Sequence[Any]) -> GroupRecord:
-        uri, name, created_at, created_by, max_burst = row
-        return GroupRecord(str(uri), str(name), float(created_at), str(created_by), float(max_burst))
+        uri, name, created_at, created_by, max_burst, org, owner = row
+        return GroupRecord(
+            str(uri),
+            str(name),
+            float(created_at),
+            str(created_by),
+            float(max_burst),
+            str(org),
+            None if owner is None else str(owner),
+        )
 
-    def _require_group(self, db: sqlite3.Connection, uri: str) -> None:
-        if not db.execute("SELECT 1 FROM groups WHERE uri = ?", (uri,)).fetchone():
+    def _require_group(self, db: sqlite3.Connection, uri: str) -> str:
+        """The group's organisation (``NoSuchGroup`` if there is no such group)."""
+        row = db.execute("SELECT org FROM groups WHERE uri = ?", (uri,)).fetchone()
+        if row is None:
             raise NoSuchGroup(uri)
+        return str(row[0])
 
     def create_group(
-        self, uri: str, name: str, *, created_by: str, max_burst: float = DEFAULT_MAX_BURST, now: float
+        self,
+        uri: str,
+        name: str,
+        *,
+        created_by: str,
+        max_burst: float = DEFAULT_MAX_BURST,
+        now: float,
+        org: str = DEFAULT_ORG,
     ) -> GroupRecord:
+        """A new group of organisation ``org``, owned by ``created_by`` if that is an account."""
         check_uri(uri, "group URI")
         check_group_name(name)
+        check_org(org)
         burst = check_max_burst(max_burst)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM groups WHERE uri = ?", (uri,)).fetchone():
                 raise DuplicateGroup(uri)
+            is_account = db.execute("SELECT 1 FROM dispatchers WHERE username = ?", (created_by,)).fetchone()
+            owner = created_by if is_account else None
             db.execute(
-                "INSERT INTO groups (uri, name, created_at, created_by, max_burst) VALUES (?, ?, ?, ?, ?)",
-                (uri, name, now, created_by, burst),
+                "INSERT INTO groups (uri, name, created_at, created_by, max_burst, org, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (uri, name, now, created_by, burst, org, owner),
             )
-            self._audit(db, now, created_by, "group-created", f"{uri} ({name})")
-        return GroupRecord(uri, name, now, created_by, burst)
+            self._audit(db, now, created_by, "group-created", f"{uri} ({name}) of {org}", org=org)
+        return GroupRecord(uri, name, now, created_by, burst, org, owner)
 
     def delete_group(self, uri: str, *, now: float, by: str | None = None) -> None:
-        """Delete a group with its members, keys and I_MESSAGEs."""
+        """Delete a group with its members, keys, I_MESSAGEs and assigned dispatchers."""
         with self._tx() as db:
-            self._require_group(db, uri)
+            org = self._require_group(db, uri)
             db.execute("DELETE FROM groups WHERE uri = ?", (uri,))
-            self._audit(db, now, by, "group-deleted", uri)
+            self._audit(db, now, by, "group-deleted", uri, org=org)
 
-    def groups(self) -> list[GroupRecord]:
+    def groups(self, *, org: str | None = None) -> list[GroupRecord]:
+        """Every group (of organisation ``org`` if given), in URI order."""
+        where, args = ("WHERE org = ?", (org,)) if org is not None else ("", ())
         with self._read() as db:
-            rows = db.execute("SELECT uri, name, created_at, created_by, max_burst FROM groups ORDER BY uri").fetchall()
+            rows = db.execute(f"SELECT {_GROUP_COLUMNS} FROM groups {where} ORDER BY uri", args).fetchall()
         return [self._group_record(r) for r in rows]
 
     def group(self, uri: str) -> GroupRecord | None:
         with self._read() as db:
-            row = db.execute(
-                "SELECT uri, name, created_at, created_by, max_burst FROM groups WHERE uri = ?", (uri,)
-            ).fetchone()
+            row = db.execute(f"SELECT {_GROUP_COLUMNS} FROM groups WHERE uri = ?", (uri,)).fetchone()
         return None if row is None else self._group_record(row)
+
+    # --- settings ---
+
+    def priority_ceiling(self) -> int:
+        """The highest floor priority a non-admin dispatcher may give (``DEFAULT_PRIORITY_CEILING`` unless set)."""
+        with self._read() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = 'priority_ceiling'").fetchone()
+        return DEFAULT_PRIORITY_CEILING if row is None else int(bytes(row[0]).decode("ascii"))
+
+    def set_priority_ceiling(self, ceiling: int, *, now: float, by: str | None = None) -> None:
+        check_priority(ceiling)
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES ('priority_ceiling', ?)", (str(ceiling).encode(),)
+            )
+            self._audit(db, now, by, "priority-ceiling", f"non-admin dispatchers may give up to {ceiling}")
 
     def member_counts(self) -> dict[str, int]:
         """Group URI → number of members (groups without members count 0)."""
@@ -159,23 +212,23 @@ class GroupStore(DispatcherAccounts):
         check_priority(priority)
         check_role(role)
         with self._tx() as db:
-            self._require_group(db, group)
+            org = self._require_group(db, group)
             if db.execute("SELECT 1 FROM members WHERE group_uri = ? AND uri = ?", (group, uri)).fetchone():
                 raise DuplicateMember(group, uri)
             db.execute(
                 "INSERT INTO members (group_uri, uri, priority, role, added_at) VALUES (?, ?, ?, ?, ?)",
                 (group, uri, priority, role, now),
             )
-            self._audit(db, now, by, "member-added", f"{uri} to {group} (priority {priority}, {role})")
+            self._audit(db, now, by, "member-added", f"{uri} to {group} (priority {priority}, {role})", org=org)
         return MemberRecord(group, uri, priority, role, now)
 
     def remove_member(self, group: str, uri: str, *, now: float, by: str | None = None) -> None:
         """Remove a member and its stored I_MESSAGEs."""
         with self._tx() as db:
-            self._require_group(db, group)
+            org = self._require_group(db, group)
             if db.execute("DELETE FROM members WHERE group_uri = ? AND uri = ?", (group, uri)).rowcount == 0:
                 raise NoSuchMember(group, uri)
-            self._audit(db, now, by, "member-removed", f"{uri} from {group}")
+            self._audit(db, now, by, "member-removed", f"{uri} from {group}", org=org)
 
     def update_member(
         self,
@@ -192,7 +245,7 @@ class GroupStore(DispatcherAccounts):
         if role is not None:
             check_role(role)
         with self._tx() as db:
-            self._require_group(db, group)
+            org = self._require_group(db, group)
             current = self._member(db, group, uri)
             if current is None:
                 raise NoSuchMember(group, uri)
@@ -202,7 +255,8 @@ class GroupStore(DispatcherAccounts):
                 "UPDATE members SET priority = ?, role = ? WHERE group_uri = ? AND uri = ?",
                 (new_priority, new_role, group, uri),
             )
-            self._audit(db, now, by, "member-updated", f"{uri} in {group}: priority {new_priority}, {new_role}")
+            change = f"priority {current.priority} → {new_priority}, role {current.role} → {new_role}"
+            self._audit(db, now, by, "member-updated", f"{uri} in {group}: {change}", org=org)
         return MemberRecord(group, uri, new_priority, new_role, current.added_at)
 
     @staticmethod
@@ -228,7 +282,7 @@ class GroupStore(DispatcherAccounts):
     def groups_of(self, member_uri: str) -> list[GroupRecord]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT g.uri, g.name, g.created_at, g.created_by, g.max_burst FROM groups g "
+                "SELECT g.uri, g.name, g.created_at, g.created_by, g.max_burst, g.org, g.owner FROM groups g "
                 "JOIN members m ON m.group_uri = g.uri WHERE m.uri = ? ORDER BY g.uri",
                 (member_uri,),
             ).fetchall()
@@ -241,14 +295,15 @@ class GroupStore(DispatcherAccounts):
         nonce = os.urandom(12)
         sealed = nonce + self._aead.encrypt(nonce, key.gmk, gmk_ad(group, key.gmk_id, key.rand))
         with self._tx() as db:
-            self._require_group(db, group)
+            org = self._require_group(db, group)
             db.execute("UPDATE group_keys SET active = 0, sealed_gmk = NULL WHERE group_uri = ?", (group,))
             db.execute(
                 "INSERT INTO group_keys (group_uri, gmk_id, rand, sealed_gmk, period_no, created_at, active) "
                 "VALUES (?, ?, ?, ?, ?, ?, 1)",
                 (group, key.gmk_id, key.rand, sealed, period_no, now),
             )
-            self._audit(db, now, by, "group-key", f"{group}: GMK-ID {key.gmk_id.hex()} for key period {period_no}")
+            detail = f"{group}: GMK-ID {key.gmk_id.hex()} for key period {period_no}"
+            self._audit(db, now, by, "group-key", detail, org=org)
 
     def active_key(self, group: str) -> tuple[GroupKey, int] | None:
         with self._read() as db:
