@@ -5,26 +5,40 @@ AES-256-GCM). Everything the client needs offline is here: the domain certificat
 the current and next key periods, the time of the last KMS response accepted (to refuse replays of older
 responses), and the External KMS certificates from the KMS's signed certificate cache (which other domains' users
 this client may key and be keyed by, ``trust``).
+
+Beside it, per identity, the I_MESSAGE replay cache (``ReplayFile``: digests and times, no secrets, so not
+sealed; 0600, atomic), saved a moment after it changes (``DebouncedSave``) and loaded at start, so that an
+I_MESSAGE replayed to a restarted client is refused. The group server keeps its CSK replay cache the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import KmsCertificate, KmsKeySet
 from ptt.kmsformat.trust import KmsTrust
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
-from ptt.mikey.imessage import IdentityKeys
+from ptt.mikey.imessage import IdentityKeys, ReplayCache
 from ptt.sealed import SealError, seal, unseal
+
+log = logging.getLogger("ptt.client.keystore")
 
 LABEL = "ptt-client-keystore"
 KEEP_PAST_PERIODS = 1  # keep last period's keys: messages sent just before a rollover still decrypt
+REPLAY_CAPACITY = 10_000
+"""Entries a persisted replay cache keeps (a client receives a few GMKs a day; the file stays under ~1 MB)."""
+REPLAY_SAVE_DELAY = 1.0
+"""Seconds between a change of a persisted replay cache and its save (a burst of changes is one write)."""
 
 
 class KeystoreError(Exception):
@@ -137,22 +151,15 @@ class Keystore:
         except SealError as exc:  # an empty passphrase
             raise KeystoreError(f"cannot seal the keystore {self.path}: {exc}") from None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keystore-")
+            write_private(self.path, sealed)
         except OSError as exc:
             raise KeystoreError(f"cannot write the keystore {self.path}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(sealed)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise KeystoreError(f"cannot write the keystore {self.path}: {exc.strerror or exc}") from None
-            raise
+
+    def replay_file(self, uri: str) -> ReplayFile:
+        """Where ``uri``'s I_MESSAGE replay cache is kept: beside the keystore, one file per identity (several
+        sessions may share a keystore)."""
+        tag = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        return ReplayFile(self.path.with_name(f"{self.path.name}.replay-{tag}.json"))
 
     # --- contents --------------------------------------------------------------------------------------------
 
@@ -209,3 +216,109 @@ class Keystore:
         for key in old:
             del self.key_sets[key]
         return old
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600: a temporary file in the same directory, fsync,
+    rename (readers see the old file or the new one, never a part). ``OSError`` if it cannot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ReplayFile:
+    """A replay cache kept in a small JSON file: ``ReplayCache.snapshot`` (digests and times, no secrets) and, for
+    a client, per group the digest of the newest key message it accepted and when that entry expires (so that the
+    server's re-delivery of that message after a restart still opens, while older ones are replays).
+
+    ``load`` never fails: an absent file is an empty cache (a first start), an unreadable or corrupt one an empty
+    cache and a warning (a replay cache that stops a client from starting would be a denial of service of its
+    own). ``save`` writes atomically, mode 0600; ``OSError`` if it cannot."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self, now: float, capacity: int = REPLAY_CAPACITY) -> tuple[ReplayCache, dict[str, tuple[bytes, float]]]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return ReplayCache(capacity), {}
+        except OSError as exc:
+            log.warning("cannot read the replay cache %s (%s): starting with an empty one", self.path, exc)
+            return ReplayCache(capacity), {}
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict) or not isinstance(document.get("current", {}), dict):
+                raise ValueError("not a replay cache file")
+            cache = ReplayCache.restore(document.get("cache"), now, capacity)
+            current: dict[str, tuple[bytes, float]] = {}
+            for group, (digest, expires) in document.get("current", {}).items():
+                if not isinstance(expires, int | float) or isinstance(expires, bool):
+                    raise ValueError("an expiry is not a number")
+                if expires >= now:
+                    current[str(group)] = (bytes.fromhex(digest), float(expires))
+        except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+            log.warning("the replay cache %s is corrupt (%s): starting with an empty one", self.path, exc)
+            return ReplayCache(capacity), {}
+        return cache, current
+
+    def save(self, cache: ReplayCache, current: dict[str, tuple[bytes, float]] | None = None) -> None:
+        document = {
+            "cache": cache.snapshot(),
+            "current": {group: [digest.hex(), expires] for group, (digest, expires) in (current or {}).items()},
+        }
+        write_private(self.path, json.dumps(document, separators=(",", ":")).encode())
+
+    def __repr__(self) -> str:
+        return f"ReplayFile({str(self.path)!r})"
+
+
+class DebouncedSave:
+    """Runs ``save`` ``delay`` seconds after the first ``changed()`` since the last save (so a burst of changes
+    is one write), or at once by ``flush()`` (at stop; registered to run before the reactor shuts down). A
+    failing save is logged, never raised: persistence is a safeguard, the cache in memory still works. ``save``
+    may return a Deferred (a save that waits for a lock); ``flush`` returns it, so shutdown waits for it."""
+
+    def __init__(self, reactor: Any, save: Callable[[], object], delay: float = REPLAY_SAVE_DELAY) -> None:
+        self.reactor = reactor
+        self._save = save
+        self.delay = delay
+        self._pending: Any = None
+        trigger = getattr(reactor, "addSystemEventTrigger", None)  # a bare task.Clock (tests) has none
+        if trigger is not None:
+            trigger("before", "shutdown", self.flush)
+
+    def changed(self) -> None:
+        if self._pending is None or not self._pending.active():
+            self._pending = self.reactor.callLater(self.delay, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = None
+        self._run()
+
+    def flush(self) -> object:
+        """Save now if a save is pending."""
+        if self._pending is None or not self._pending.active():
+            return None
+        self._pending.cancel()
+        self._pending = None
+        return self._run()
+
+    def _run(self) -> object:
+        try:
+            result = self._save()
+        except Exception as exc:
+            log.warning("saving the replay cache failed: %s", exc)
+            return None
+        if hasattr(result, "addErrback"):
+            result.addErrback(lambda failure: log.warning("saving the replay cache failed: %s", failure.value))
+        return result

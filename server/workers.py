@@ -27,7 +27,7 @@ from twisted.internet import defer
 
 from ptt.control import Authenticated, verify_auth
 from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReplayCache, receive_i_message
+from ptt.mikey.imessage import MAX_CLOCK_SKEW, IdentityKeys, KmsDomain, ReplayCache, receive_i_message
 from ptt.srtcp import CskKeys
 from ptt.ts33180 import KeyPurpose
 from server.keydistribution import GroupKeyDistributor, warm_tables
@@ -50,10 +50,17 @@ def _initialise(domains: tuple[KmsDomain, ...], nice: int) -> None:
 
 
 def open_csk(
-    data: bytes, member: str, responder: Sequence[IdentityKeys], domain: KmsDomain, now: float, window: float
+    data: bytes,
+    member: str,
+    responder: Sequence[IdentityKeys],
+    domain: KmsDomain,
+    now: float,
+    max_age: float,
+    max_skew: float = MAX_CLOCK_SKEW,
 ) -> CskKeys:
-    """Open a member's CSK I_MESSAGE addressed to the server (runs in a worker). The caller keeps the replay
-    cache: it checks before (cheaply, on the parse) and remembers after."""
+    """Open a member's CSK I_MESSAGE addressed to the server (runs in a worker): its time at most ``max_age``
+    seconds old and ``max_skew`` ahead. The caller keeps the replay cache: it checks before (cheaply, on the
+    parse) and remembers after."""
     try:
         received = receive_i_message(
             data,
@@ -62,7 +69,8 @@ def open_csk(
             trusted_kms={domain.kms_uri: domain},
             now=now,
             replay_cache=ReplayCache(capacity=1),
-            window=window,
+            max_age=max_age,
+            max_skew=max_skew,
         )
     except MikeyError as exc:
         raise CskRefused(str(exc)) from None

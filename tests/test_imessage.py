@@ -32,8 +32,10 @@ from ptt.mikey.errors import (
     WrongRecipient,
 )
 from ptt.mikey.imessage import (
+    DEFAULT_MAX_AGE,
     DEFAULT_SECURITY_POLICY,
     DEFAULT_WINDOW,
+    MAX_CLOCK_SKEW,
     IdentityKeys,
     KmsDomain,
     ReceivedKey,
@@ -285,7 +287,8 @@ class World:
         now: float = NOW,
         cache: ReplayCache | None = None,
         trust: dict[str, KmsDomain] | None = None,
-        window: float = DEFAULT_WINDOW,
+        max_age: float = DEFAULT_MAX_AGE,
+        max_skew: float = MAX_CLOCK_SKEW,
     ) -> ReceivedKey:
         return receive_i_message(
             data,
@@ -294,7 +297,8 @@ class World:
             trusted_kms=self.trust if trust is None else trust,
             now=now,
             replay_cache=ReplayCache() if cache is None else cache,
-            window=window,
+            max_age=max_age,
+            max_skew=max_skew,
         )
 
 
@@ -502,8 +506,59 @@ def test_edges_of_the_time_window_are_accepted(world: World, offset: float) -> N
 def test_narrower_window(world: World) -> None:
     sent = world.send(GROUP, ALICE)
     with pytest.raises(OutsideTimeWindow):
-        world.receive(sent.data, now=NOW + 11, window=10)
-    assert world.receive(sent.data, now=NOW + 9, window=10).key == sent.key
+        world.receive(sent.data, now=NOW + 11, max_age=10)
+    assert world.receive(sent.data, now=NOW + 9, max_age=10).key == sent.key
+    with pytest.raises(OutsideTimeWindow):
+        world.receive(sent.data, now=NOW - 11, max_skew=10)
+    assert world.receive(sent.data, now=NOW - 9, max_skew=10).key == sent.key
+
+
+def test_the_default_window_is_five_minutes_each_way() -> None:
+    assert DEFAULT_WINDOW == DEFAULT_MAX_AGE == 300.0
+    assert MAX_CLOCK_SKEW == 300.0  # RFC 3830 §5.4: an allowable clock skew of minutes, not days
+
+
+STORED = 30 * 86400.0 + 3600.0  # a client's allowance for stored GMKs: one key period and an hour
+
+
+def test_a_message_dated_20_days_ahead_is_refused_even_where_stored_messages_are_accepted(world: World) -> None:
+    sent = world.send(GROUP, ALICE, now=NOW + 20 * 86400.0)  # a sender whose clock (or intent) is 20 days ahead
+    with pytest.raises(OutsideTimeWindow, match="ahead"):
+        world.receive(sent.data, now=NOW, max_age=STORED)
+    with pytest.raises(OutsideTimeWindow):
+        world.receive(sent.data, now=NOW)
+
+
+@pytest.mark.parametrize("ahead", [60.0, 240.0, MAX_CLOCK_SKEW])
+def test_a_message_a_few_minutes_ahead_is_accepted(world: World, ahead: float) -> None:
+    sent = world.send(GROUP, ALICE, now=NOW + ahead)
+    assert world.receive(sent.data, now=NOW).key == sent.key
+    assert world.receive(sent.data, now=NOW, max_age=STORED).key == sent.key
+
+
+@pytest.mark.parametrize("ahead", [MAX_CLOCK_SKEW + 1, 3600.0])
+def test_a_message_more_than_the_skew_ahead_is_refused(world: World, ahead: float) -> None:
+    sent = world.send(GROUP, ALICE, now=NOW + ahead)
+    with pytest.raises(OutsideTimeWindow):
+        world.receive(sent.data, now=NOW, max_age=STORED)
+
+
+def test_a_stored_message_20_days_old_is_accepted_where_stored_messages_are(world: World) -> None:
+    sent = world.send(GROUP, ALICE)  # kept by the server for a member offline for 20 days
+    later = NOW + 20 * 86400.0
+    with pytest.raises(OutsideTimeWindow, match="old"):
+        world.receive(sent.data, now=later)  # not where only direct delivery is expected
+    cache = ReplayCache()
+    assert world.receive(sent.data, now=later, max_age=STORED, cache=cache).key == sent.key
+    with pytest.raises(Replayed):  # the cache keeps it for as long as the window would take it
+        world.receive(sent.data, now=NOW + STORED - 1, max_age=STORED, cache=cache)
+
+
+def test_the_edges_of_a_stored_message_window(world: World) -> None:
+    sent = world.send(GROUP, ALICE)
+    assert world.receive(sent.data, now=NOW + STORED, max_age=STORED).key == sent.key
+    with pytest.raises(OutsideTimeWindow):
+        world.receive(sent.data, now=NOW + STORED + 1, max_age=STORED)
 
 
 def test_replay_is_refused(world: World) -> None:
@@ -826,3 +881,37 @@ def test_replay_cache_sweep_is_rate_limited() -> None:
     assert len(cache) == 1
     cache.sweep(1431.0)
     assert len(cache) == 0
+
+
+def test_replay_cache_snapshot_round_trip() -> None:
+    cache = ReplayCache(capacity=2)
+    for i, digest in enumerate((b"a" * 32, b"b" * 32, b"c" * 32)):
+        cache.check_and_remember(digest, 1000.0 + i, 1300.0 + i)  # "a" overflows: floor 1000
+    restored = ReplayCache.restore(cache.snapshot(), 1100.0, capacity=2)
+    assert len(restored) == 2
+    for digest, timestamp in ((b"a" * 32, 1000.0), (b"b" * 32, 1001.0), (b"c" * 32, 1002.0), (b"z" * 32, 999.0)):
+        assert restored.seen(digest, timestamp)
+    assert not restored.seen(b"d" * 32, 1003.0)
+    assert len(ReplayCache.restore(cache.snapshot(), 1301.5)) == 1  # expired entries are not restored
+    smaller = ReplayCache.restore(cache.snapshot(), 1100.0, capacity=1)  # more than fits: the oldest raise the floor
+    assert len(smaller) == 1 and smaller.seen(b"q" * 32, 1001.0) and not smaller.seen(b"q" * 32, 1001.5)
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        None,
+        [],
+        {"version": 2, "entries": []},
+        {"version": 1},
+        {"version": 1, "entries": [["zz", 1.0, 2.0]]},
+        {"version": 1, "entries": [["aa", 1.0, 2.0]]},
+        {"version": 1, "entries": [["aa" * 32, "1", 2.0]]},
+        {"version": 1, "entries": [["aa" * 32, 1.0]]},
+        {"version": 1, "entries": [], "floor": float("nan")},
+        {"version": 1, "entries": [["aa" * 32, True, 2.0]]},
+    ],
+)
+def test_replay_cache_restore_refuses_what_is_not_a_snapshot(snapshot: Any) -> None:
+    with pytest.raises(ValueError):
+        ReplayCache.restore(snapshot, 0.0)

@@ -320,7 +320,8 @@ class AdhocEngine(AdhocManager):
                 trusted_kms=self.trusted_kms,
                 now=now,
                 replay_cache=self.imessage_replay_cache,
-                window=self.config.window,
+                max_age=self.config.window,  # sealed afresh for every (re)send: never a stored message
+                max_skew=self.config.window,
             )
         except MikeyError as exc:
             self._refuse(sender, f"GMK for {info.uri} from {sender} refused: {exc}")

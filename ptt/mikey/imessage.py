@@ -15,14 +15,24 @@ from ptt.mikey.imessage_build import (
     RAND_LENGTH,
     build_i_message,
 )
-from ptt.mikey.imessage_receive import DEFAULT_WINDOW, ReceivedKey, receive_i_message, replay_key
+from ptt.mikey.imessage_receive import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_WINDOW,
+    MAX_CLOCK_SKEW,
+    ReceivedKey,
+    check_time,
+    receive_i_message,
+    replay_key,
+)
 from ptt.mikey.replay import ReplayCache
 
 __all__ = [
+    "DEFAULT_MAX_AGE",
     "DEFAULT_SECURITY_POLICY",
     "DEFAULT_WINDOW",
     "KEY_LENGTH",
     "KEY_PARAMETERS_EXT",
+    "MAX_CLOCK_SKEW",
     "RAND_LENGTH",
     "IdentityKeys",
     "KmsDomain",
@@ -30,6 +40,7 @@ __all__ = [
     "ReplayCache",
     "SigningKeys",
     "build_i_message",
+    "check_time",
     "receive_i_message",
     "replay_key",
 ]

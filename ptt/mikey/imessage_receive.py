@@ -33,7 +33,14 @@ from ptt.ts33180 import (
     key_purpose,
 )
 
-DEFAULT_WINDOW = 300.0  # seconds of clock skew / transit allowed for a directly delivered I_MESSAGE
+MAX_CLOCK_SKEW = 300.0
+"""How far in the future an I_MESSAGE's time may be (seconds): the senders' clocks may run ahead of ours by this
+much (RFC 3830 §5.4's allowable clock skew; TS 33.180 practice is minutes). Never days: a message dated ahead is
+no message anyone sent now, and accepting it would let it be stored and played in later."""
+DEFAULT_MAX_AGE = 300.0
+"""How old a directly delivered I_MESSAGE may be (seconds): clock skew plus transit. Receivers of *stored*
+messages (a GMK kept for an offline member) pass a larger ``max_age``, bounded by the key period."""
+DEFAULT_WINDOW = DEFAULT_MAX_AGE  # the former symmetric window's name, kept for importers
 
 
 @dataclass(frozen=True, repr=False)
@@ -99,6 +106,18 @@ def replay_key(data: bytes) -> tuple[bytes, float]:
     return hashlib.sha256(data[: len(data) - len(sign.signature)]).digest(), timestamp
 
 
+def check_time(
+    timestamp: float, now: float, *, max_age: float = DEFAULT_MAX_AGE, max_skew: float = MAX_CLOCK_SKEW
+) -> None:
+    """The time window: ``OutsideTimeWindow`` unless now - ``max_age`` ≤ ``timestamp`` ≤ now + ``max_skew``.
+    (Callers that check the time before the expensive work, on ``replay_key``'s time, use it too.)"""
+    if not now - max_age <= timestamp <= now + max_skew:  # also refuses a NaN
+        raise OutsideTimeWindow(
+            f"I_MESSAGE time is {timestamp - now:+.0f} s from now (accepted: {max_age:.0f} s old to "
+            f"{max_skew:.0f} s ahead)"
+        )
+
+
 def receive_i_message(
     data: bytes,
     *,
@@ -107,13 +126,17 @@ def receive_i_message(
     trusted_kms: Mapping[str, KmsDomain],
     now: float,
     replay_cache: ReplayCache,
-    window: float = DEFAULT_WINDOW,
+    max_age: float = DEFAULT_MAX_AGE,
+    max_skew: float = MAX_CLOCK_SKEW,
 ) -> ReceivedKey:
     """Parse, check and decrypt an I_MESSAGE addressed to ``responder``.
 
     ``responder`` may list the keys of several key periods (current and next). ``expected_initiators`` are the
     URIs allowed to send this key (a GMK: the group's URI). ``trusted_kms`` maps KMS URIs to their public
-    parameters (own domain plus the domains the KMS vouches for). Raises a MikeyError subclass on any failure.
+    parameters (own domain plus the domains the KMS vouches for). The message's time T must lie in
+    [now - ``max_age``, now + ``max_skew``]: a large ``max_age`` admits stored messages (the replay cache, which keeps
+    each digest until T + ``max_age``, refuses them twice), but the future allowance is clock skew only.
+    Raises a MikeyError subclass on any failure.
     """
     data = bytes(data)
     message = MikeyMessage.parse(data)
@@ -138,8 +161,7 @@ def receive_i_message(
         timestamp = timestamp_payload.unix_time()
     except ValueError as exc:
         raise MalformedMessage(str(exc)) from None
-    if abs(now - timestamp) > window:
-        raise OutsideTimeWindow(f"I_MESSAGE time is {timestamp - now:+.0f} s from now (window ±{window:.0f} s)")
+    check_time(timestamp, now, max_age=max_age, max_skew=max_skew)
 
     initiator_domain = trusted_kms.get(initiator_kms)
     if initiator_domain is None:
@@ -166,7 +188,7 @@ def receive_i_message(
         raise WrongRecipient("no decryption key held for the addressed key period")
 
     replay_cache.sweep(now)
-    replay_cache.check_and_remember(hashlib.sha256(signed).digest(), timestamp, timestamp + window)
+    replay_cache.check_and_remember(hashlib.sha256(signed).digest(), timestamp, timestamp + max_age)
 
     if (
         sakke_payload.sakke_params != SakkeParams.PARAMETER_SET_1
