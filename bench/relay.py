@@ -17,7 +17,7 @@ the arrival in the kernel (SO_TIMESTAMPNS), so when the load generator reads it 
 The machine may be shared: a step in which other processes kept the relay waiting for its core more than 2 %
 of the time is run again (twice at most); the wait that remained is printed with the step.
 
-Our relay runs the real join protocol (PTTJ with tokens, keepalives every 5 s) and the real core, with the
+Our relay runs the real join protocol (authenticated PTTJ, keepalives every 5 s) and the real core, with the
 per-source rate limit raised to 10^6 packets/s (the bucket arithmetic still runs for every packet): talkers
 here send far more than the 200 packets/s a real one may. ``--child`` is the internal entry point that runs
 our relay in the child process.
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptt.relaycore import Binding, RelayConfig, RelayCore, join_packet
+from ptt.relaycore import Binding, JoinSigner, RelayConfig, RelayCore, binding_key
 from server.relay import MMSG, MSG_DONTWAIT, IoVec, MMsgHdr, MsgHdr, listen_relay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +190,13 @@ class Members:
                 sock.setblocking(False)
                 row.append(sock)
             self.sockets.append(row)
-        self.tokens = [[os.urandom(16) for _ in range(GROUP_SIZE)] for _ in range(GROUPS)]
+        # per member: binding ID, CSK and its PTTJ signer (each packet a fresh counter, as a real client's)
+        self.tokens = [[os.urandom(8) for _ in range(GROUP_SIZE)] for _ in range(GROUPS)]
+        self.csks = [[os.urandom(16) for _ in range(GROUP_SIZE)] for _ in range(GROUPS)]
+        self.signers = [
+            [JoinSigner(ssrc_of(g, m), self.tokens[g][m], self.csks[g][m]) for m in range(GROUP_SIZE)]
+            for g in range(GROUPS)
+        ]
         self.talkers = [row[0] for row in self.sockets]
         self.packets = []
         for g in range(GROUPS):
@@ -210,7 +216,13 @@ class Members:
     def relay_config(self) -> dict[str, Any]:
         return {
             "members": [
-                [f"g{g}", f"m{m}", ssrc_of(g, m), self.tokens[g][m].hex()]
+                [
+                    f"g{g}",
+                    f"m{m}",
+                    ssrc_of(g, m),
+                    self.tokens[g][m].hex(),
+                    binding_key(self.csks[g][m], self.tokens[g][m]).hex(),
+                ]
                 for g in range(GROUPS)
                 for m in range(GROUP_SIZE)
             ],
@@ -220,7 +232,7 @@ class Members:
     def join_all(self, relay: tuple[str, int]) -> None:
         for g, row in enumerate(self.sockets):
             for m, sock in enumerate(row):
-                sock.sendto(join_packet(ssrc_of(g, m), self.tokens[g][m]), relay)
+                sock.sendto(self.signers[g][m].packet(), relay)
 
     def keep_alive(self) -> None:
         """Every member's PTTJ to each of our relays: sent before every step (steps are far shorter than the
@@ -644,8 +656,8 @@ def run_child(mode: str) -> int:
     setup = json.loads(sys.stdin.read())
     core = RelayCore(RelayConfig(rate_packets_per_s=BENCH_RATE_LIMIT, rate_burst=int(BENCH_RATE_LIMIT)))
     now = reactor.seconds()
-    for group, member, ssrc, token in setup["members"]:
-        core.expect(bytes.fromhex(token), Binding(group, member, ssrc), now)
+    for group, member, ssrc, binding_id, key in setup["members"]:
+        core.expect(bytes.fromhex(binding_id), Binding(group, member, ssrc), bytes.fromhex(key), now)
     for group, ssrc in setup["talkers"].items():
         core.set_talker(group, ssrc)
     expected = len(setup["members"])

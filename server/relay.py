@@ -89,7 +89,7 @@ class RelayProtocol(DatagramProtocol):
         self._seconds: Callable[[], float] = clock.seconds
         self._sendto: Callable[[bytes, Address], int] | None = None
         self._sweeper: LoopingCall | None = None
-        # per member (or one key for packets naming no known binding): ~1 log line a second, bursts of 5
+        # per member and kind (one key for packets naming no known binding): ~1 log line a second, bursts of 5
         self._log_limit: BucketTable[str] = BucketTable(1.0, 5, capacity=1024)
 
     def startProtocol(self) -> None:
@@ -137,7 +137,7 @@ class RelayProtocol(DatagramProtocol):
 
     def _log_binding(self, result: RtcpResult, addr: Address, now: float) -> None:
         binding = result.binding
-        key = f"{binding.group} {binding.member}" if binding is not None else ""
+        key = f"{result.kind} {binding.group} {binding.member}" if binding is not None else result.kind
         if not self._log_limit.take(key, now):
             return
         if result.kind == "moved":

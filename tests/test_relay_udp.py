@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import socket
@@ -19,7 +20,7 @@ import pytest
 from twisted.internet import task
 from twisted.internet.testing import MemoryReactorClock
 
-from ptt.relaycore import Address, Binding, RelayConfig, RelayCore, join_packet
+from ptt.relaycore import Address, Binding, JoinSigner, RelayConfig, RelayCore, binding_key, join_packet
 from server.relay import MAX_DATAGRAM, BatchedPort, RelayProtocol, batched_available, listen_relay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +36,8 @@ RELAY_SCRIPT = textwrap.dedent(
 
     setup = json.loads(sys.stdin.readline())
     core = RelayCore()
-    for group, member, ssrc, token in setup["members"]:
-        core.expect(bytes.fromhex(token), Binding(group, member, ssrc), reactor.seconds())
+    for group, member, ssrc, binding_id, key in setup["members"]:
+        core.expect(bytes.fromhex(binding_id), Binding(group, member, ssrc), bytes.fromhex(key), reactor.seconds())
     for group, ssrc in setup["talkers"].items():
         core.set_talker(group, ssrc)
 
@@ -87,7 +88,10 @@ class Relay:
 class Member:
     def __init__(self, group: str, name: str, ssrc: int) -> None:
         self.binding = Binding(group, name, ssrc)
-        self.token = os.urandom(16)
+        self.token = os.urandom(8)  # binding ID
+        csk = os.urandom(16)
+        self.key = binding_key(csk, self.token)
+        self.signer = JoinSigner(ssrc, self.token, csk)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0)
@@ -113,7 +117,9 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Rela
     script.write_text(RELAY_SCRIPT)
     setup = {
         "members": [
-            [m.binding.group, m.binding.member, m.binding.ssrc, m.token.hex()] for ms in groups.values() for m in ms
+            [m.binding.group, m.binding.member, m.binding.ssrc, m.token.hex(), m.key.hex()]
+            for ms in groups.values()
+            for m in ms
         ],
         "talkers": {g: ms[0].binding.ssrc for g, ms in groups.items()},
         "batched": request.param == "batched",
@@ -149,11 +155,11 @@ def test_members_join_and_only_the_talkers_media_reaches_the_others(
 
     # a-2 never joins; everyone else binds its socket with its token
     for member in a[:2] + b:
-        member.sock.sendto(join_packet(member.binding.ssrc, member.token), relay_addr)
+        member.sock.sendto(member.signer.packet(), relay_addr)
     joined = {relay.line() for _ in range(5)}
     assert joined == {f"joined {m.binding.member} {m.port}" for m in a[:2] + b}
-    # a wrong token binds nothing
-    a[2].sock.sendto(join_packet(a[2].binding.ssrc, os.urandom(16)), relay_addr)
+    # an unknown binding ID binds nothing
+    a[2].sock.sendto(join_packet(a[2].binding.ssrc, os.urandom(8), 1, a[2].key), relay_addr)
 
     for seq in range(5):
         a[0].sock.sendto(rtp(a[0].binding.ssrc, seq), relay_addr)  # a's talker
@@ -223,9 +229,9 @@ def make_protocol(refuse: set[Address] | None = None) -> tuple[RelayProtocol, Re
 
 def join(protocol: RelayProtocol, core: RelayCore, member: str, ssrc: int, addr: Address) -> Binding:
     binding = Binding("g", member, ssrc)
-    token = os.urandom(16)
-    core.expect(token, binding, protocol.clock.seconds())
-    protocol.datagramReceived(join_packet(ssrc, token), addr)
+    binding_id, csk = os.urandom(8), os.urandom(16)
+    core.expect(binding_id, binding, binding_key(csk, binding_id), protocol.clock.seconds())
+    protocol.datagramReceived(JoinSigner(ssrc, binding_id, csk).packet(), addr)
     return binding
 
 
@@ -250,6 +256,32 @@ def test_shell_forwards_with_sendto_and_reports_joins_floor_and_deaths() -> None
     assert calls["dead"] == [[bob]]
     protocol.doStop()
     assert not clock.getDelayedCalls()
+
+
+def test_shell_logs_refused_bindings_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    protocol, core, clock, calls = make_protocol()
+    binding_id, csk = os.urandom(8), os.urandom(16)
+    signer = JoinSigner(1, binding_id, csk)
+    core.expect(binding_id, Binding("g", "alice", 1), binding_key(csk, binding_id), clock.seconds())
+    sniffed = signer.packet()
+    protocol.datagramReceived(sniffed, ("127.0.0.1", 5001))
+    with caplog.at_level(logging.INFO, logger="ptt.server.relay"):
+        for _ in range(50):  # the sniffed packet replayed from elsewhere, 50 times in a moment
+            protocol.datagramReceived(sniffed, ("192.0.2.66", 4000))
+        refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refused) == 5  # counted 50 times, logged a burst of 5
+        assert refused[0] == "PTTJ from 192.0.2.66:4000 for alice in g refused: replayed (counter 1, last 1)"
+        # the binding's check limit (burst 20, one spent on the join) spares the HMAC of the rest
+        assert core.stats["dropped_join_replay"] == 19 and core.stats["dropped_join_limit"] == 31
+        clock.advance(1.0)  # ~1 line a second after the burst
+        protocol.datagramReceived(sniffed, ("192.0.2.66", 4000))
+        protocol.datagramReceived(signer.packet(), ("127.0.0.1", 5099))  # alice's NAT rebinds: logged at info
+        messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "refused" in m]) == 6
+    assert messages[-1] == "alice in g moved its binding to 127.0.0.1:5099"
+    assert protocol.transport.socket.sent == []  # type: ignore[union-attr]  # nothing goes back to the source
+    assert calls["joined"] == [(Binding("g", "alice", 1), ("127.0.0.1", 5001))]
+    protocol.doStop()
 
 
 def test_shell_drops_oversized_datagrams_and_survives_send_errors_and_failing_callbacks() -> None:
@@ -295,8 +327,8 @@ def test_batched_port_drains_and_fans_out_in_one_read() -> None:
     members = [Member("g", f"m{i}", 10 + i) for i in range(4)]
     try:
         for member in members:
-            core.expect(member.token, member.binding, reactor.seconds())
-            member.sock.sendto(join_packet(member.binding.ssrc, member.token), relay_addr)
+            core.expect(member.token, member.binding, member.key, reactor.seconds())
+            member.sock.sendto(member.signer.packet(), relay_addr)
         core.set_talker("g", 10)
         packets = [rtp(10, seq, os.urandom(20 + seq)) for seq in range(150)]  # more than one recvmmsg batch
         for packet in packets:

@@ -262,9 +262,9 @@ def test_floor_participant_per_joined_group_with_its_timer_on_the_reactor(
     session = session_for(world, ALICE, tmp_path)
     clock = cast(task.Clock, session.reactor)
     csk = CskKeys(os.urandom(16), b"\x03" + os.urandom(3), os.urandom(16))
-    session.floor_channel, server = SrtcpChannel(csk), SrtcpChannel(csk)
+    session.csk, session.floor_channel, server = csk, SrtcpChannel(csk), SrtcpChannel(csk)
     relay = ("127.0.0.1", 9)
-    reply = {"token": b64(b"t" * 16), "relay": {"host": relay[0], "port": relay[1]}}
+    reply = {"token": b64(b"t" * 8), "relay": {"host": relay[0], "port": relay[1]}}
     session.control = cast(Any, SimpleNamespace(join=lambda group, ssrc: defer.succeed(reply), leave=lambda g: None))
     to_server: list[FloorMessage] = []
 
@@ -303,3 +303,58 @@ def test_floor_participant_per_joined_group_with_its_timer_on_the_reactor(
     assert state.floor == "idle" and state.floor_timer is None
     session.leave(GROUP)
     assert state.participant is None and state.floor == "idle"
+
+
+def test_join_binds_with_authenticated_pttj_and_every_keepalive_is_fresh(
+    world: tuple[KmsDomain, kms.MasterSecrets, Enrolment], tmp_path: Path
+) -> None:
+    """The session's PTTJ packets, as the relay core sees them: the first binds, each keepalive is accepted once
+    (a fresh counter), a copy of any of them is refused from anywhere."""
+    import os
+    from types import SimpleNamespace
+
+    from ptt.control import b64
+    from ptt.relaycore import Binding, RelayCore, binding_key
+    from ptt.srtcp import CskKeys
+
+    session = session_for(world, ALICE, tmp_path)
+    clock = cast(task.Clock, session.reactor)
+    csk = CskKeys(os.urandom(16), b"\x03" + os.urandom(3), os.urandom(16))
+    session.csk = csk
+    binding_id = os.urandom(8)
+    replies = [{"token": b64(binding_id), "relay": {"host": "127.0.0.1", "port": 9}}]
+    ssrcs: list[int] = []
+
+    def join(group: str, ssrc: int) -> defer.Deferred[dict[str, Any]]:
+        ssrcs.append(ssrc)
+        return defer.succeed(replies[0])
+
+    session.control = cast(Any, SimpleNamespace(join=join, leave=lambda g: None))
+    sent: list[bytes] = []
+    port = SimpleNamespace(write=lambda data, addr: sent.append(data), stopListening=lambda: None)
+    clock.listenUDP = lambda number, protocol, interface="": port  # type: ignore[attr-defined]
+    session.join(GROUP)
+    relay = RelayCore()
+    relay.expect(binding_id, Binding(GROUP, ALICE, ssrcs[0]), binding_key(csk.csk, binding_id), clock.seconds())
+    home, elsewhere = ("198.51.100.7", 4000), ("203.0.113.66", 4000)
+    assert len(sent) == 1 and sent[0][8:20] == b"PTTJ" + binding_id
+    assert relay.handle_rtcp(sent[0], home, clock.seconds()).kind == "joined"
+    for _ in range(3):
+        clock.advance(5.0)  # KEEPALIVE
+    assert len(sent) == 4 and len(set(sent)) == 4
+    for packet in sent[1:]:
+        assert relay.handle_rtcp(packet, home, clock.seconds()).kind == "keepalive"
+    for packet in sent:  # every one of them, sniffed and replayed
+        assert relay.handle_rtcp(packet, elsewhere, clock.seconds()).kind == "refused"
+    assert relay.address_of(GROUP, ALICE) == home and relay.stats["dropped_join_replay"] == 4
+
+    session.leave(GROUP)
+    clock.advance(5.0)
+    assert len(sent) == 4  # no keepalives after leaving
+    replies[0] = {"token": b64(b"too long binding id"), "relay": {"host": "127.0.0.1", "port": 9}}
+    failures: list[Any] = []
+    session.join(GROUP).addErrback(failures.append)
+    assert failures and "binding ID" in str(failures[0].value)
+    session.control = None
+    session.stop()
+    assert not clock.getDelayedCalls()
