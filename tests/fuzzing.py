@@ -376,9 +376,9 @@ def _relay_member(core: Any, binding: Any, addr: tuple[str, int]) -> bytes | Non
     (``expect(binding_id, binding, key, now)``, ``JoinSigner(ssrc, binding_id, csk)``)."""
     from ptt import relaystate
 
-    ident = bytes(range(1, 17))
-    join: bytes | None = None
     names: dict[str, Any] = vars(relaystate)  # untyped on purpose: the format in the tree may be either
+    ident = bytes(range(1, 1 + names.get("BINDING_ID_LENGTH", names.get("TOKEN_LENGTH", 16))))
+    join: bytes | None = None
     with contextlib.suppress(Exception):
         if "JoinSigner" in names:
             csk = bytes(range(100, 116))
@@ -389,6 +389,7 @@ def _relay_member(core: Any, binding: Any, addr: tuple[str, int]) -> bytes | Non
             join = names["join_packet"](binding.ssrc, ident)
         core.handle_rtcp(join, addr, 0.0)
     if core.address_of(binding.group, binding.member) is None:
+        print("fuzzing: relay: no member could be bound; fuzzing without one", file=sys.stderr)
         return None
     return join
 
