@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from client.tls import PinnedCertificatePolicy, pinned_client_options, stdlib_client_context
+from client.tls import TLS12_CIPHERS, PinnedCertificatePolicy, pinned_client_options, stdlib_client_context
 from server.kms.material import MaterialError, make_self_signed, write_key_and_certificate
 from server.tls import server_tls_options
 
@@ -283,3 +283,102 @@ def test_the_platform_can_speak_tls_1_1_at_security_level_0(pems: dict[str, tupl
     except ssl.SSLError as exc:
         server.join()
         pytest.skip(f"this OpenSSL does not speak TLS 1.1 at all ({exc}): the TLS 1.1 refusals prove less here")
+
+
+# --- cipher suites: TLS 1.3, or TLS 1.2 with ECDHE and AEAD only ---
+
+CBC_SHA1 = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:AES128-SHA"
+"""What an old client offers: CBC with a SHA-1 MAC (and static RSA), no AEAD."""
+
+
+def _tls12_client(cafile: Path, ciphers: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    return context
+
+
+def _tls12_server(key: Path, cert: Path, ciphers: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    return context
+
+
+def test_tls12_ciphers_are_ecdhe_with_aead_only() -> None:
+    names = TLS12_CIPHERS.split(":")
+    assert names and all(n.startswith("ECDHE-") and ("-GCM-" in n or n.endswith("CHACHA20-POLY1305")) for n in names)
+    # what the contexts end up with (OpenSSL's expansion), TLS 1.3 suites aside
+    context = stdlib_client_context(None)
+    offered = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
+    assert offered == set(names)
+
+
+def test_server_refuses_a_client_offering_only_cbc_sha1(pems: dict[str, tuple[Path, Path]], serve: Any) -> None:
+    key, cert = pems["server"]
+    server = serve(_openssl_server(server_tls_options(key, cert).getContext()))
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError)),
+        _tls12_client(cert, CBC_SHA1).wrap_socket(
+            socket.create_connection(("127.0.0.1", server.port), timeout=10), server_hostname="127.0.0.1"
+        ),
+    ):
+        pass
+    refusal = server.join()
+    assert isinstance(refusal, SSL.Error) and "no shared cipher" in str(refusal)
+
+
+def test_the_platform_would_agree_on_cbc_sha1(pems: dict[str, tuple[Path, Path]], serve: Any) -> None:
+    """The control: the same client and a server that allows CBC-SHA1 do agree, so the refusal above is ours."""
+    key, cert = pems["server"]
+    server = serve(_stdlib_server(_tls12_server(key, cert, CBC_SHA1)))
+    with _tls12_client(cert, CBC_SHA1).wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port), timeout=10), server_hostname="127.0.0.1"
+    ) as tls:
+        assert tls.version() == "TLSv1.2" and (tls.cipher() or ("",))[0] == "ECDHE-ECDSA-AES128-SHA"
+    server.join()
+
+
+@pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"])
+def test_server_speaks_tls_1_2_with_aead(pems: dict[str, tuple[Path, Path]], serve: Any, cipher: str) -> None:
+    key, cert = pems["server"]
+    server = serve(_openssl_server(server_tls_options(key, cert).getContext()))
+    with _tls12_client(cert, cipher).wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port), timeout=10), server_hostname="127.0.0.1"
+    ) as tls:
+        assert tls.version() == "TLSv1.2" and (tls.cipher() or ("",))[0] == cipher
+    assert server.join() == "TLSv1.2"
+
+
+def test_server_and_clients_speak_tls_1_3(pems: dict[str, tuple[Path, Path]], serve: Any) -> None:
+    key, cert = pems["server"]
+    server = serve(_openssl_server(server_tls_options(key, cert).getContext()))
+    client = stdlib_client_context(str(cert))
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    with client.wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port), timeout=10), server_hostname="127.0.0.1"
+    ) as tls:
+        assert tls.version() == "TLSv1.3"
+    assert server.join() == "TLSv1.3"
+    server = serve(_openssl_server(server_tls_options(key, cert).getContext()))
+    assert _twisted_client_handshake(pinned_client_options("127.0.0.1", cert.read_bytes()), server.port) == "TLSv1.3"
+
+
+def test_clients_refuse_a_server_offering_only_cbc_sha1(pems: dict[str, tuple[Path, Path]], serve: Any) -> None:
+    key, cert = pems["server"]
+    server = serve(_stdlib_server(_tls12_server(key, cert, CBC_SHA1)))
+    with pytest.raises(SSL.Error):
+        _twisted_client_handshake(pinned_client_options("127.0.0.1", cert.read_bytes()), server.port)
+    refusal = server.join()
+    assert isinstance(refusal, ssl.SSLError) and "NO_SHARED_CIPHER" in str(refusal).upper().replace(" ", "_")
+    server = serve(_stdlib_server(_tls12_server(key, cert, CBC_SHA1)))
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError)),
+        stdlib_client_context(str(cert)).wrap_socket(
+            socket.create_connection(("127.0.0.1", server.port), timeout=10), server_hostname="127.0.0.1"
+        ),
+    ):
+        pass
+    assert isinstance(server.join(), ssl.SSLError)
