@@ -259,7 +259,8 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     RelayService(reactor, shell, relay_core, config).setServiceParent(top)
     control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.host)
     _endpoint_service(control, shell.control).setServiceParent(top)
-    app = DispatchApplication(manager, status=shell.status, domain=config.domain)
+    reserved = (config.server_uri, keystore.enrolment.kms_uri)  # wildcards are refused whatever this says
+    app = DispatchApplication(manager, status=shell.status, domain=config.domain, reserved=reserved)
     dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.host)
     _endpoint_service(dispatch, make_dispatch_site(app, store_pool, reactor.seconds)).setServiceParent(top)
     return top

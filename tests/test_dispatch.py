@@ -102,6 +102,11 @@ def api(tmp_path: Path, world: KmsWorld) -> Iterator[Api]:
     store.close()
 
 
+def _assign(api: Api, username: str = "dana", group: str = GROUP) -> None:
+    status, doc, _ = api("POST", _path(group, "dispatchers"), {"username": username})
+    assert status == 201, doc
+
+
 def _create(api: Api, uri: str = GROUP, members: list[Any] | None = None) -> dict[str, Any]:
     if members is None:
         members = [{"uri": ALICE}, {"uri": BOB, "priority": 150}, {"uri": CAROL, "role": "dispatcher"}]
@@ -163,9 +168,13 @@ def test_create_list_and_show(api: Api, world: KmsWorld) -> None:
         assert world.receive(member, api.store.imessages_for(member)[0].data).key == key[0].gmk
 
     _create(api, "sip:rescue@example.org", [])
-    status, doc, _ = api("GET", "/api/groups", auth=DANA_AUTH)
+    status, doc, _ = api("GET", "/api/groups")
     assert status == 200
     assert [(g["uri"], g["members"]) for g in doc["groups"]] == [(GROUP, 3), ("sip:rescue@example.org", 0)]
+    assert (doc["groups"][0]["owner"], doc["groups"][0]["org"]) == ("root", "default")
+    _assign(api)  # dana sees the groups it is assigned to only
+    status, doc, _ = api("GET", "/api/groups", auth=DANA_AUTH)
+    assert status == 200 and [(g["uri"], g["members"]) for g in doc["groups"]] == [(GROUP, 3)]
 
     api.status.update(present=[ALICE, BOB], joined=[ALICE], talker=ALICE, queue=[BOB])
     status, doc, _ = api("GET", _path(GROUP), auth=DANA_AUTH)
@@ -190,7 +199,8 @@ def test_create_errors(api: Api) -> None:
     _create(api)
     status, doc, _ = api("POST", "/api/groups", {"uri": GROUP, "name": "again", "members": []})
     assert (status, doc["error"]) == (409, f"group {GROUP} already exists")
-    status, doc, _ = api("POST", "/api/groups", {"uri": "sip:x@example.org", "name": "x"}, auth=DANA_AUTH)
+    elevated = {"uri": "sip:x@example.org", "name": "x", "members": [{"uri": ALICE, "priority": 200}]}
+    status, doc, _ = api("POST", "/api/groups", elevated, auth=DANA_AUTH)
     assert status == 403 and "admin" in doc["error"]
     cases: list[tuple[bytes, str]] = [
         (b"{not json", "not valid JSON"),
@@ -230,6 +240,7 @@ def test_member_endpoints(api: Api, world: KmsWorld) -> None:
     _create(api, members=[{"uri": ALICE}, {"uri": BOB}])
     old = api.store.active_key(GROUP)
     assert old is not None
+    _assign(api)
 
     status, doc, headers = api("POST", _path(GROUP, "members"), {"uri": DAVE, "priority": 40}, auth=DANA_AUTH)
     assert status == 201 and doc["member"]["uri"] == DAVE and doc["key"]["gmk_id"] == old[0].gmk_id.hex()
@@ -267,7 +278,9 @@ def test_member_endpoints(api: Api, world: KmsWorld) -> None:
 
 def test_delete_group(api: Api) -> None:
     _create(api)
-    assert api("DELETE", _path(GROUP), auth=DANA_AUTH)[0] == 403
+    assert api("DELETE", _path(GROUP), auth=DANA_AUTH)[0] == 404  # dana may not even see it
+    _assign(api)
+    assert api("DELETE", _path(GROUP), auth=DANA_AUTH)[0] == 403  # assigned: manages members, may not delete
     status, doc, _ = api("DELETE", _path(GROUP))
     assert (status, doc) == (200, {"deleted": GROUP})
     assert api("DELETE", _path(GROUP))[0] == 404
@@ -416,6 +429,11 @@ def test_cli_manages_a_group_over_tls(server: Server, world: KmsWorld, capsys: p
     assert out.startswith(f"created group {GROUP} (fire-ops) with 3 members; GMK-ID ")
 
     code, out, _ = _cli(server, capsys, "group", "list", user="dana")
+    assert code == 0 and out.strip() == "no groups"  # not dana's group, and dana is not assigned to it
+    code, out, _ = _cli(server, capsys, "group", "assign", "fire-ops", "dana")
+    assert code == 0 and out.strip() == f"dana may now manage {GROUP}; assigned: dana"
+
+    code, out, _ = _cli(server, capsys, "group", "list", user="dana")
     assert code == 0 and GROUP in out and "fire-ops" in out
 
     code, out, _ = _cli(server, capsys, "group", "show", GROUP, user="dana")
@@ -452,7 +470,11 @@ def test_cli_manages_a_group_over_tls(server: Server, world: KmsWorld, capsys: p
                 world.receive(BOB, data, group=GROUP, now=now)
 
     code, _, err = _cli(server, capsys, "group", "delete", GROUP, user="dana")
-    assert code == 2 and "needs an admin account" in err and "(HTTP 403)" in err
+    assert code == 2 and "may delete it" in err and "(HTTP 403)" in err
+    code, out, _ = _cli(server, capsys, "audit")
+    assert code == 0 and "hash chain verified" in out and "member-removed" in out and "dana" in out
+    code, _, err = _cli(server, capsys, "audit", user="dana")
+    assert code == 2 and "(HTTP 403)" in err
     code, out, _ = _cli(server, capsys, "group", "delete", "fire-ops")
     assert code == 0 and out.strip() == f"deleted group {GROUP}"
     code, _, err = _cli(server, capsys, "group", "show", GROUP)

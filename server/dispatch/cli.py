@@ -9,6 +9,12 @@
     group remove-member URI MEMBER              (the group is rekeyed)
     group set-priority URI MEMBER N
     group delete URI
+    group assign URI ACCOUNT                    let a dispatcher account manage the group (admins)
+    group unassign URI ACCOUNT
+    audit [--limit N]                           the audit log of your organisation, its chain checked (admins)
+
+Who may do what (organisations, owners, assigned dispatchers, the priority ceiling, the pre-emptive role) is the
+server's (``server.dispatch.policy``); a refusal prints the server's reason with HTTP 403 or 404.
 
 A bare NAME (no ':') stands for sip:NAME@DOMAIN, the domain from --domain or the server's /api/health. The
 password comes from --password-file, else $PTT_DISPATCH_PASSWORD, else a prompt on the terminal. The server's
@@ -266,6 +272,8 @@ def _cmd_show(session: Session, args: argparse.Namespace) -> int:
     talker, queue = status.get("talker"), list(status.get("queue", []))
     print(f"group    {group['uri']} ({group['name']})")
     print(f"created  {_when(group['created_at'])} by {group['created_by']}; max burst {group['max_burst']:g} s")
+    print(f"owner    {group.get('owner') or '-'} (organisation {group.get('org')})")
+    print(f"assigned {', '.join(group.get('dispatchers') or []) or '-'}")
     key = group.get("key")
     since = f", since {_when(key['created_at'])}" if isinstance(key, dict) else ""
     print(f"key      {_gmk(key)}{since}")
@@ -320,6 +328,33 @@ def _cmd_delete(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_assign(session: Session, args: argparse.Namespace) -> int:
+    group = session.uri(args.group)
+    reply = session.client.request("POST", _group_path(group, "dispatchers"), {"username": args.account})
+    print(f"{args.account} may now manage {group}; assigned: {', '.join(reply['dispatchers'])}")
+    return 0
+
+
+def _cmd_unassign(session: Session, args: argparse.Namespace) -> int:
+    group = session.uri(args.group)
+    reply = session.client.request("DELETE", _group_path(group, "dispatchers", args.account))
+    print(f"{args.account} no longer manages {group}; assigned: {', '.join(reply['dispatchers']) or '-'}")
+    return 0
+
+
+def _cmd_audit(session: Session, args: argparse.Namespace) -> int:
+    reply = session.client.request("GET", f"/api/audit?limit={args.limit}")
+    chain = reply["chain"]
+    verdict = "verified" if chain.get("ok") else f"BROKEN ({chain.get('reason')})"
+    print(f"audit log of {reply['org']}: hash chain {verdict}")
+    records = reply["records"]
+    if records:
+        rows = [["ID", "WHEN", "WHO", "EVENT", "DETAIL"]]
+        rows += [[str(r["id"]), _when(r["at"]), r["actor"] or "-", r["event"], r["detail"]] for r in records]
+        print(_table(rows))
+    return 0 if chain.get("ok") else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Manage push-to-talk groups over the dispatcher API.")
     p.add_argument("--server", default=DEFAULT_SERVER, help=f"the dispatcher API's base URL (default {DEFAULT_SERVER})")
@@ -367,6 +402,20 @@ def _parser() -> argparse.ArgumentParser:
     delete = group.add_parser("delete", help="delete a group")
     delete.add_argument("group", metavar="URI")
     delete.set_defaults(func=_cmd_delete)
+
+    assign = group.add_parser("assign", help="let a dispatcher account manage the group (admins)")
+    assign.add_argument("group", metavar="URI")
+    assign.add_argument("account", metavar="ACCOUNT")
+    assign.set_defaults(func=_cmd_assign)
+
+    unassign = group.add_parser("unassign", help="take the group away from a dispatcher account (admins)")
+    unassign.add_argument("group", metavar="URI")
+    unassign.add_argument("account", metavar="ACCOUNT")
+    unassign.set_defaults(func=_cmd_unassign)
+
+    audit = sub.add_parser("audit", help="the audit log of your organisation (admins)")
+    audit.add_argument("--limit", type=int, default=50, metavar="N", help="the last N records (default 50)")
+    audit.set_defaults(func=_cmd_audit)
     return p
 
 

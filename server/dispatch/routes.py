@@ -13,6 +13,7 @@ from server.groups.manager import MemberSpec
 from server.groups.store import (
     DEFAULT_PRIORITY,
     AccountError,
+    AuditRecord,
     DuplicateGroup,
     DuplicateMember,
     GroupError,
@@ -31,6 +32,7 @@ __all__ = [
     "METHODS",
     "ApiError",
     "Route",
+    "audit_json",
     "check_fields",
     "group_json",
     "group_path",
@@ -74,20 +76,26 @@ class Route:
     name: str
     group: str | None = None
     member: str | None = None
+    account: str | None = None  # a dispatcher account assigned to ``group``
+    query: dict[str, str] | None = None
 
 
 METHODS = {
     "health": ("GET",),
+    "audit": ("GET",),
     "groups": ("GET", "POST"),
     "group": ("GET", "DELETE"),
     "members": ("GET", "POST"),
     "member": ("GET", "PATCH", "DELETE"),
+    "dispatchers": ("GET", "POST"),
+    "dispatcher": ("DELETE",),
 }
-ADMIN_ONLY = {("groups", "POST"), ("group", "DELETE")}
+ADMIN_ONLY = {("audit", "GET")}
+"""Routes only an admin may use at all; the rest are decided per group by ``server.dispatch.policy``."""
 
 
 def parse_route(path: str) -> Route | None:
-    raw = path.split("?", 1)[0]
+    raw, _, query = path.partition("?")
     if len(raw) > 1:
         raw = raw.rstrip("/")
     segments = raw.split("/")
@@ -99,18 +107,24 @@ def parse_route(path: str) -> Route | None:
         return None
     if parts == ["health"]:
         return Route("health")
+    if parts == ["audit"]:
+        return Route("audit", query=dict(urllib.parse.parse_qsl(query[:1000])))
     if parts[0] != "groups":
         return None
     if len(parts) == 1:
         return Route("groups")
     if len(parts) == 2:
         return Route("group", parts[1])
-    if parts[2] != "members":
-        return None
-    if len(parts) == 3:
-        return Route("members", parts[1])
-    if len(parts) == 4:
-        return Route("member", parts[1], parts[3])
+    if parts[2] == "members":
+        if len(parts) == 3:
+            return Route("members", parts[1])
+        if len(parts) == 4:
+            return Route("member", parts[1], parts[3])
+    if parts[2] == "dispatchers":
+        if len(parts) == 3:
+            return Route("dispatchers", parts[1])
+        if len(parts) == 4:
+            return Route("dispatcher", parts[1], account=parts[3])
     return None
 
 
@@ -162,6 +176,20 @@ def group_json(g: GroupRecord) -> dict[str, Any]:
         "created_at": g.created_at,
         "created_by": g.created_by,
         "max_burst": g.max_burst,
+        "org": g.org,
+        "owner": g.owner,
+    }
+
+
+def audit_json(a: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "at": a.at,
+        "actor": a.actor,
+        "event": a.event,
+        "detail": a.detail,
+        "org": a.org,
+        "hash": a.hash.hex(),
     }
 
 
