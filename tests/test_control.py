@@ -18,6 +18,7 @@ from ptt.control import (
     ControlProtocolError,
     FrameDecoder,
     b64,
+    decode_body,
     encode_frame,
     make_auth,
     unb64,
@@ -75,6 +76,24 @@ def test_frames_round_trip_in_any_chunking() -> None:
 )
 def test_bad_frames_are_refused(body: bytes) -> None:
     with pytest.raises(ControlProtocolError):
+        FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[" * 50_000, "nested deeper than 8"),  # issue 12: was a RecursionError out of the frame parser
+        (b'{"type": "ping", "id": ' + b"[" * 9 + b"]" * 9 + b"}", "nested deeper than 8"),
+        (b'{"type": "ping", "id": 1, "id": 2}', "duplicate key"),
+        (b'{"type": "ping", "id": NaN}', "NaN"),
+        (b'{"type": "auth", "uri": "sip:\\ud800@x", "period_no": 1, "signature": ""}', "lone surrogate"),
+        (b'{"type": "groups", "groups": [' + b"1," * 4096 + b"1]}", "more than 4096 items"),
+    ],
+)
+def test_unbounded_json_is_refused_as_a_protocol_error(body: bytes, words: str) -> None:
+    with pytest.raises(ControlProtocolError, match=words):
+        decode_body(body)
+    with pytest.raises(ControlProtocolError, match=words):
         FrameDecoder().feed(struct.pack(">I", len(body)) + body)
 
 

@@ -441,6 +441,30 @@ def test_too_large_is_rejected_before_parsing() -> None:
         parse_response("not xml at all")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("<KmsMessage>", "<KmsMessage>" + "<x:a xmlns:x='urn:x'>" * 25 + "</x:a>" * 25, "deeper than 24"),
+        ("<KmsMessage>", "<KmsMessage><x:a xmlns:x='urn:x'>" + "<x:b/>" * 10_000 + "</x:a>", "more than 10000"),
+        ("<KmsMessage>", "<KmsMessage><!--" + "x" * (16 * 1024 + 1) + "-->", "text longer than 16384"),
+        ("<UserUri>", "<UserUri>" + "a" * (16 * 1024 + 1), "text longer than 16384"),
+        ("<KmsMessage>", "<KmsMessage " + " ".join(f"a{i}='v'" for i in range(17)) + ">", "more than 16 attributes"),
+        ("<KmsMessage>", "<KmsMessage a='" + "v" * 1025 + "'>", "attribute longer than 1024"),
+        ("<KmsMessage>", "<KmsMessage xmlns:x='urn:" + "v" * 1025 + "'>", "namespace declarations"),
+    ],
+)
+def test_parser_bounds_depth_count_and_sizes(old: str, new: str, words: str) -> None:
+    text = _good_keyprov_text()
+    assert old in text
+    with pytest.raises(MalformedKmsXml, match=words):
+        parse_response(text.replace(old, new, 1).encode())
+
+
+def test_libxml2_depth_limit_is_a_malformed_document() -> None:
+    with pytest.raises(MalformedKmsXml, match="not well-formed"):
+        parse_request(b"<a>" * 50_000)
+
+
 # --- XML-DSig ---
 
 
