@@ -24,6 +24,14 @@ def test_short_fuzz_finds_nothing(parser: str) -> None:
         assert report.refused > 0
 
 
+def test_the_relay_target_has_a_bound_member() -> None:
+    """Whatever PTTJ format the tree speaks, the relay fuzz reaches the member's paths."""
+    from ptt.relaycore import Binding, RelayConfig, RelayCore
+
+    core = RelayCore(RelayConfig())
+    assert fuzzing._relay_member(core, Binding("sip:g@example.org", "sip:a@example.org", 7), ("192.0.2.1", 1))
+
+
 def test_the_fuzzer_finds_the_unbounded_json_of_issue_12(monkeypatch: pytest.MonkeyPatch) -> None:
     """With plain json.loads behind the control frames, the fuzzer finds the RecursionError again."""
 
