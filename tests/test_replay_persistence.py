@@ -327,3 +327,29 @@ def test_csk_cache_path_follows_the_database() -> None:
     assert csk_replay_path(SimpleNamespace(store=SimpleNamespace(path=":memory:"))) is None
     found = csk_replay_path(SimpleNamespace(store=SimpleNamespace(path=Path("/srv/ptt/server.sqlite3"))))
     assert found == Path("/srv/ptt") / CSK_REPLAY_FILE
+
+
+# --- the client's time window for group keys ---------------------------------------------------------------------
+
+
+def test_the_client_takes_a_gmk_stored_20_days_but_not_one_dated_20_days_ahead(
+    world: identities.World, enrolment: Enrolment, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keystore = keystore_for(world, enrolment, tmp_path / "alice.ks")
+    later = NOW + 20 * 86400.0
+    session, _ = start_session(keystore, NOW)
+    ahead = make_group_key()
+    with caplog.at_level(logging.WARNING, logger="ptt.client.session"):
+        session.on_imessage(GROUP, ahead.gmk_id, gmk_message(world, ahead, later))  # the group's keys for then
+    assert gmk_ids(session) == [] and session.stats["imessage_bad"] == 1
+    assert "+1728000 s from now" in caplog.text and "300 s ahead" in caplog.text
+    soon = make_group_key()
+    session.on_imessage(GROUP, soon.gmk_id, gmk_message(world, soon, NOW + 240))  # 4 minutes of clock skew
+    assert gmk_ids(session) == [soon.gmk_id]
+
+    stored = make_group_key()
+    message = gmk_message(world, stored, NOW)
+    offline, _ = start_session(keystore, later)  # Alice comes back after 20 days (in the next key period)
+    offline.on_imessage(GROUP, stored.gmk_id, message)
+    assert gmk_ids(offline) == [stored.gmk_id]
+    assert offline.stored_message_max_age() == world[0].key_period + 3600.0
