@@ -155,7 +155,7 @@ def _explain(result: HttpResult, enrolment: Enrolment, identity: str) -> str:
             detail = response.error.message
     except Exception:  # the reason is still worth giving even if the error body is unusable
         detail = result.body[:200].decode("utf-8", "replace")
-    reasons = {401: "login failed", 403: f"not allowed to get keys for {identity}", 429: "locked out, try later"}
+    reasons = {401: "login failed", 403: f"not allowed to get keys for {identity}", 429: "refused for now"}
     return f"KMS answered {result.status} ({reasons.get(result.status, 'error')}): {detail}"
 
 

@@ -390,6 +390,19 @@ def test_disabled_account(app: KmsApplication, kms_store: KmsStore) -> None:
     assert call(app, KEYPROV, login("alice")).status == 200
 
 
+def _count_scrypt(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each password check (scrypt evaluation) appends its cost N."""
+    checks: list[int] = []
+    real = accounts._scrypt
+
+    def counting(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+        checks.append(n)
+        return real(password, salt, n, r, p)
+
+    monkeypatch.setattr(accounts, "_scrypt", counting)
+    return checks
+
+
 def test_account_lockout(app: KmsApplication) -> None:
     for i in range(store.LOCKOUT_AFTER):
         _assert_unauthorised(call(app, KEYPROV, basic("alice", f"guess number {i}"), now=NOW + i), app)
@@ -398,11 +411,52 @@ def test_account_lockout(app: KmsApplication) -> None:
     assert reply.status == 429
     assert reply.headers["Retry-After"] == str(int(store.LOCKOUT_MIN) - 1)
     code, message, _ = error_of(reply, app)
-    assert code == 429 and "locked" in message
+    assert code == 429 and "locked for logins from there" in message and "try again in 29 s" in message
     # other accounts are not affected, and the lock ends
     assert call(app, KEYPROV, login("bob"), now=locked_at + 1).status == 200
     assert call(app, KEYPROV, login("alice"), now=locked_at + store.LOCKOUT_MIN - 0.5).status == 429
     assert call(app, KEYPROV, login("alice"), now=locked_at + store.LOCKOUT_MIN).status == 200
+
+
+def test_an_attacker_elsewhere_cannot_lock_the_owner_out(app: KmsApplication) -> None:
+    assert call(app, KEYPROV, login("alice"), peer=PEER, now=NOW).status == 200
+    for i in range(3 * store.LOCKOUT_AFTER):  # one guess per lock period keeps (alice, attacker) locked ...
+        call(app, KEYPROV, basic("alice", f"guess number {i}"), peer="203.0.113.66", now=NOW + 1 + 60 * i)
+    later = NOW + 1 + 60 * 3 * store.LOCKOUT_AFTER
+    assert call(app, KEYPROV, login("alice"), peer="203.0.113.66", now=later).status == 429
+    assert call(app, KEYPROV, login("alice"), peer=PEER, now=later).status == 200  # ... but not Alice's own
+    assert call(app, KEYPROV, login("alice"), peer="198.51.100.9", now=later).status == 200  # nor a new address
+
+
+def test_a_service_account_is_never_locked(app: KmsApplication, kms_store: KmsStore) -> None:
+    token = kms_store.add_service_account("ptt-server", uri="sip:ptt-server@example.org", now=NOW)
+    for i in range(100):
+        reply = call(app, KEYPROV, basic("ptt-server", f"guess number {i}"), peer=f"203.0.113.{i}", now=NOW + i / 10)
+        _assert_unauthorised(reply, app)
+    assert call(app, KEYPROV, basic("ptt-server", token), peer="198.51.100.9", now=NOW + 10).status == 200
+
+
+def test_spray_is_cut_by_the_global_budget(app: KmsApplication, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert call(app, KEYPROV, login("bob"), now=NOW).status == 200  # bob's usual address
+    checks = _count_scrypt(monkeypatch)
+    statuses: list[int] = []
+    for i in range(400):  # 400 addresses, each one guess at each of three accounts, in 10 s
+        for name in ("alice", "bob", "gm"):
+            peer = f"10.1.{i // 200}.{i % 200}"
+            reply = call(app, KEYPROV, basic(name, "Summer2025!"), peer=peer, now=NOW + i / 40)
+            statuses.append(reply.status)
+            if reply.status == 429:
+                code, message, _ = error_of(reply, app)
+                assert code == 429 and ("on this server" in message or "elsewhere" in message)
+                assert 1 <= int(reply.headers["Retry-After"]) <= 6
+    assert statuses.count(401) == len(checks) <= 30 + 2 * 10 + 1  # the budget: 30, then 2 a second
+    assert statuses.count(429) >= 1200 - 51
+    # the owners' usual logins still work; a new address waits a few seconds (the budget, the account's limit)
+    assert call(app, KEYPROV, login("bob"), now=NOW + 10).status == 200
+    reply = call(app, KEYPROV, login("alice"), peer="198.51.100.9", now=NOW + 10)
+    assert reply.status == 429
+    later = NOW + 10 + int(reply.headers["Retry-After"])
+    assert call(app, KEYPROV, login("alice"), peer="198.51.100.9", now=later).status == 200
 
 
 def test_per_address_throttle(app: KmsApplication, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,25 +468,17 @@ def test_per_address_throttle(app: KmsApplication, monkeypatch: pytest.MonkeyPat
     _assert_unauthorised(call(app, KEYPROV, basic("ghost-last", "whatever password"), now=times[-1]), app)
 
     # 20 failures within a minute: refused outright, whoever it is, without checking any password
-    checked: list[str] = []
-    real_authenticate = app.store.authenticate
-
-    def spy(username: str, password: str, *, now: float) -> store.Account:
-        checked.append(username)
-        return real_authenticate(username, password, now=now)
-
-    monkeypatch.setattr(app.store, "authenticate", spy)
+    checks = _count_scrypt(monkeypatch)
     for who in ("bob", "alice", "gm"):
         reply = call(app, KEYPROV, login(who), now=times[-1] + 1)
         assert reply.status == 429
-        assert reply.headers["Retry-After"] == str(int(IP_FAILURE_WINDOW))
+        assert reply.headers["Retry-After"] == str(int(times[0] + IP_FAILURE_WINDOW - times[-1] - 1 + 0.5))
         code, message, user_uri = error_of(reply, app)
-        assert code == 429 and "address" in message and user_uri == service.ANONYMOUS
-    assert call(app, KEYPROV, None, now=times[-1] + 1).status == 429
-    assert checked == []
+        assert code == 429 and "from your address" in message and user_uri == service.ANONYMOUS
+    assert checks == []
     # another address is not affected
     assert call(app, KEYPROV, login("bob"), peer="198.51.100.7", now=times[-1] + 1).status == 200
-    assert checked == ["bob"]
+    assert len(checks) == 1
     # a sliding window: still refused while 20 failures are less than a minute old ...
     assert call(app, KEYPROV, login("bob"), now=times[0] + IP_FAILURE_WINDOW - 0.1).status == 429
     # ... and lifted once they have aged out
@@ -443,10 +489,20 @@ def test_failures_of_many_addresses_are_forgotten(app: KmsApplication) -> None:
     """The per-address failure record must not grow without bound with the addresses that ever failed."""
     for i in range(50):
         call(app, KEYPROV, basic(f"ghost{i}", "whatever password"), peer=f"203.0.113.{i}", now=NOW + i)
-    assert len(app.throttle) == 50
+    assert len(app.guard.addresses) == 50 and len(app.guard) == 50
     later = NOW + 50 + 2 * IP_FAILURE_WINDOW
     call(app, KEYPROV, basic("ghost", "whatever password"), peer="198.51.100.1", now=later)
-    assert app.throttle.addresses() == {"198.51.100.1"}
+    assert app.guard.addresses.addresses() == {"198.51.100.1"}
+
+
+def test_refusals_are_logged_at_most_every_10_s(app: KmsApplication, caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(store.LOCKOUT_AFTER):
+        call(app, KEYPROV, basic("alice", f"guess number {i}"), now=NOW)
+    caplog.clear()
+    for i in range(50):
+        assert call(app, KEYPROV, basic("alice", "guess"), now=NOW + 1 + i / 10).status == 429
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and "alice" in lines[0] and PEER in lines[0] and "locked" in lines[0]
 
 
 # --- HTTP-level errors -------------------------------------------------------------------------------------------

@@ -176,17 +176,42 @@ def test_lockout_grows_and_does_not_check_the_password(kms: KmsStore, scrypt_cal
     assert kms.authenticate("alice", PASSWORD, now=t).username == "alice"
 
 
-def test_lock_survives_restart_and_set_password_lifts_it(db_path: Path) -> None:
+def test_lock_is_per_source_and_set_password_lifts_it(db_path: Path) -> None:
     with KmsStore(db_path) as kms:
         kms.add_account("alice", PASSWORD, uri=None, roles={"admin"}, now=0.0)
         for _ in range(store.LOCKOUT_AFTER):
             with pytest.raises(LoginFailed):
-                kms.authenticate("alice", "wrong password", now=10.0)
-    with KmsStore(db_path) as kms:
-        with pytest.raises(LockedOut):
-            kms.authenticate("alice", PASSWORD, now=20.0)
-        kms.set_password("alice", "fresh password", now=21.0)
-        assert kms.authenticate("alice", "fresh password", now=22.0).username == "alice"
+                kms.authenticate("alice", "wrong password", now=10.0, source="192.0.2.66")
+        with pytest.raises(LockedOut, match="locked for logins from there"):
+            kms.authenticate("alice", PASSWORD, now=20.0, source="192.0.2.66")
+        assert kms.authenticate("alice", PASSWORD, now=20.0, source="192.0.2.1").username == "alice"
+        # the failures are counted for the operator; the locks live in the login guard (in memory)
+        assert ("login-failed", "alice") in {(r.event, r.username) for r in kms.audit_log(20)}
+        with KmsStore(db_path) as cli:  # another process (ptt-kms user passwd) sets a new password
+            cli.set_password("alice", "fresh password", now=21.0)
+        assert kms.authenticate("alice", "fresh password", now=22.0, source="192.0.2.66").username == "alice"
+
+
+def test_service_account(kms: KmsStore, scrypt_calls: list[int]) -> None:
+    token = kms.add_service_account("ptt-server", uri="sip:ptt-server@example.org", now=0.0)
+    assert len(token) >= 43
+    account = kms.account("ptt-server")
+    assert account is not None and account.service and kms.may_key("ptt-server", "sip:ptt-server@example.org")
+    assert token.encode() not in b"".join(f.read_bytes() for f in kms.path.parent.glob(kms.path.name + "*"))
+    for i in range(3 * store.LOCKOUT_AFTER):  # wrong guesses from one address never lock it (for anyone)
+        with pytest.raises(LoginFailed):
+            kms.authenticate("ptt-server", f"guess number {i}", now=1.0, source="192.0.2.66")
+    assert kms.authenticate("ptt-server", token, now=1.0, source="192.0.2.1").username == "ptt-server"
+    assert scrypt_calls == []  # a token is checked with one SHA-256
+    new = kms.new_service_token("ptt-server", now=2.0)
+    with pytest.raises(LoginFailed):
+        kms.authenticate("ptt-server", token, now=3.0)
+    assert kms.authenticate("ptt-server", new, now=3.0).service
+    kms.set_password("ptt-server", "now a person's password", now=4.0)  # back to a password account
+    account = kms.account("ptt-server")
+    assert account is not None and not account.service
+    with pytest.raises(AccountError, match="already exists"):
+        kms.add_service_account("ptt-server", uri=None, roles={"admin"}, now=5.0)
 
 
 def test_disabled_account_cannot_log_in_or_key(kms: KmsStore) -> None:

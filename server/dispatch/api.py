@@ -41,7 +41,7 @@ from twisted.web import server
 
 from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported: the per-address throttle's limit
 from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
-from server.accounts import FailureThrottle, LockedOut, LoginFailed
+from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.dispatch.policy import Access, Refused, check_member_change, group_access
 from server.dispatch.routes import (
     ADMIN_ONLY,
@@ -118,7 +118,6 @@ class DispatchApplication:
         self.domain = domain
         self.reserved = tuple(reserved)
         self.priority_ceiling = priority_ceiling
-        self.throttle = FailureThrottle()  # failed logins per source address
 
     def handle(
         self,
@@ -179,27 +178,21 @@ class DispatchApplication:
         return current
 
     def _login(self, authorization: str | None, now: float, peer: str | None) -> DispatcherAccount:
-        if peer is not None and self.throttle.blocked(peer, now):
-            log.warning("dispatch: refusing %s: too many failed logins from this address", peer)
-            raise ApiError(
-                429, "too many failed logins from this address", {"Retry-After": str(int(self.throttle.window))}
-            )
+        """The KMS's login rules (``server.accounts``): per address, per (account, address) lockout, per-account
+        slowing and a global failure budget; a refusal says which and when to retry (429, Retry-After)."""
         unauthorised = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
         credentials = basic_credentials(authorization)
         if credentials is None:
             raise ApiError(401, "login required", unauthorised)
         username, password = credentials
+        guard, source = self.store.login_guard, peer or ""
         try:
-            return self.store.authenticate(username, password, now=now)
+            return self.store.authenticate(username, password, now=now, source=source)
         except LockedOut as exc:
-            log.warning("dispatch: login for %r refused: locked out for %.0f s", username[:64], exc.retry_after)
-            raise ApiError(
-                429, "account locked after failed logins", {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
-            ) from None
+            guard.log_refusal(log, "dispatch", username, source, exc, now)
+            raise ApiError(429, str(exc), {"Retry-After": retry_after_header(exc.retry_after)}) from None
         except LoginFailed as exc:
-            if peer is not None:
-                self.throttle.failed(peer, now)
-            log.warning("dispatch: failed login for %r from %s", username[:64], peer)
+            guard.log_failure(log, "dispatch", username, source, now)
             raise ApiError(401, str(exc), unauthorised) from None
 
     # --- authorisation (server.dispatch.policy) ---

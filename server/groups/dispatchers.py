@@ -1,17 +1,18 @@
 """The group store's dispatcher accounts: add, remove, password, disable, role and organisation, the dispatchers
 assigned to a group, and the login ledger. What each role may do is ``server.dispatch.policy``.
 
-Password hashes, lockout and the login procedure are the KMS's (``server.accounts``); this is the store's side
-of ``server.accounts.LoginLedger`` for the dispatcher API.
+Password hashes, the login rules and the login procedure are the KMS's (``server.accounts``); this is the store's
+side of ``server.accounts.LoginLedger`` for the dispatcher API, and its ``LoginGuard``.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from functools import cached_property
 
 from server import accounts
-from server.accounts import LockoutPolicy, LoginRecord, hash_password
+from server.accounts import LoginGuard, LoginRecord, hash_password
 from server.groups.database import StoreDatabase
 from server.groups.records import (
     DEFAULT_ORG,
@@ -30,6 +31,11 @@ _USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 
 class DispatcherAccounts(StoreDatabase):
     """Dispatcher accounts in the group store's database."""
+
+    @cached_property
+    def login_guard(self) -> LoginGuard:
+        """The rules that refuse logins (per address, per account and source, per account, global), in memory."""
+        return LoginGuard()
 
     def add_dispatcher(
         self, username: str, password: str, role: str = "dispatcher", *, now: float, org: str = DEFAULT_ORG
@@ -133,7 +139,7 @@ class DispatcherAccounts(StoreDatabase):
         return {str(r[0]) for r in rows}
 
     def set_dispatcher_password(self, username: str, password: str, *, now: float) -> None:
-        """A new password; also lifts any lockout."""
+        """A new password; also lifts lockouts (the login rules count failures per password)."""
         self._check_new_password(password)
         stored = hash_password(password)
         with self._tx() as db:
@@ -163,11 +169,11 @@ class DispatcherAccounts(StoreDatabase):
             rows = db.execute("SELECT username, role, disabled, org FROM dispatchers ORDER BY username").fetchall()
         return [DispatcherAccount(str(u), str(r), bool(d), str(o)) for u, r, d, o in rows]
 
-    def authenticate(self, username: str, password: str, *, now: float) -> DispatcherAccount:
+    def authenticate(self, username: str, password: str, *, now: float, source: str = "") -> DispatcherAccount:
         """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited), by the
-        KMS's policy (``server.accounts.authenticate``)."""
+        KMS's rules (``server.accounts.authenticate``) for a login from ``source`` (an address; '' for local)."""
         try:
-            return accounts.authenticate(self, username, password, now=now)
+            return accounts.authenticate(self, username, password, now=now, guard=self.login_guard, source=source)
         except accounts.MalformedHash as exc:
             raise StoreError(str(exc)) from None
 
@@ -175,24 +181,15 @@ class DispatcherAccounts(StoreDatabase):
 
     def login_record(self, username: str) -> LoginRecord | None:
         with self._read() as db:
-            row = db.execute(
-                "SELECT password_hash, locked_until FROM dispatchers WHERE username = ?", (username,)
-            ).fetchone()
-        return None if row is None else LoginRecord(str(row[0]), float(row[1]))
+            row = db.execute("SELECT password_hash FROM dispatchers WHERE username = ?", (username,)).fetchone()
+        return None if row is None else LoginRecord(str(row[0]))
 
     def login_audit(self, event: str, username: str | None, detail: str, now: float) -> None:
         self.audit(event, actor=username, detail=detail, now=now)
 
-    def login_failure(self, username: str, now: float, policy: LockoutPolicy) -> None:
+    def login_failure(self, username: str, now: float, detail: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE dispatchers SET failures = failures + 1 WHERE username = ?", (username,))
-            row = db.execute("SELECT failures FROM dispatchers WHERE username = ?", (username,)).fetchone()
-            failures = 0 if row is None else int(row[0])
-            detail = f"wrong password ({failures} consecutive)"
-            locked_until = policy.locked_until(failures, now)
-            if locked_until is not None:
-                db.execute("UPDATE dispatchers SET locked_until = ? WHERE username = ?", (locked_until, username))
-                detail += f", locked for {locked_until - now:.0f} s"
             self._audit(db, now, username, "login-failed", detail)
 
     def login_success(self, username: str, now: float, new_hash: str | None) -> DispatcherAccount | None:

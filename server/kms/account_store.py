@@ -1,21 +1,24 @@
-"""The KMS store's accounts: roles, passwords (hashes and lockout by ``server.accounts``), disabling, and the
-store's side of the login ledger."""
+"""The KMS store's accounts: roles, passwords (hashes and login rules by ``server.accounts``), service accounts
+(a generated token instead of a password: the group server's), disabling, and the store's side of the login
+ledger."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
 from dataclasses import dataclass
+from functools import cached_property
 
 from server import accounts
-from server.accounts import LockoutPolicy, LoginRecord, hash_password
+from server.accounts import LoginGuard, LoginRecord, hash_password, hash_service_token, new_service_token
 from server.kms.database import KmsDatabase, StoreError
 
 __all__ = ["LOCKOUT_AFTER", "LOCKOUT_MAX", "LOCKOUT_MIN", "ROLES", "Account", "AccountError", "KmsAccounts"]
 
 ROLES = frozenset({"user", "admin", "auditor"})
 
-# The lockout policy shared with the dispatcher accounts (``server.accounts.LOCKOUT``), named here for callers.
+# The lockout policy shared with the dispatcher accounts (``server.accounts.LOCKOUT``), named here for callers: it
+# locks an account for the source address its failures came from, not for everyone.
 LOCKOUT_AFTER = accounts.LOCKOUT.after  # consecutive failures before the first lock
 LOCKOUT_MIN = accounts.LOCKOUT.first  # seconds, doubled on every further failure ...
 LOCKOUT_MAX = accounts.LOCKOUT.longest  # ... up to an hour
@@ -33,10 +36,16 @@ class Account:
     uri: str | None
     roles: frozenset[str]
     disabled: bool
+    service: bool = False  # its credential is a generated token (``add_service_account``), not a password
 
 
 class KmsAccounts(KmsDatabase):
     """Accounts in the KMS's database; creating one grants it its own identity (kind 'self')."""
+
+    @cached_property
+    def login_guard(self) -> LoginGuard:
+        """The rules that refuse logins (per address, per account and source, per account, global), in memory."""
+        return LoginGuard()
 
     @staticmethod
     def _check_new_password(password: str) -> None:
@@ -54,6 +63,27 @@ class KmsAccounts(KmsDatabase):
         now: float,
     ) -> None:
         """A new account; ``uri`` (the user's own identity) is granted to it as kind 'self'."""
+        self._check_new_account(username, roles, uri)
+        self._check_new_password(password)
+        self._insert(username, hash_password(password), uri, roles, now, "")
+
+    def add_service_account(
+        self,
+        username: str,
+        *,
+        uri: str | None,
+        roles: set[str] | frozenset[str] = frozenset({"user"}),
+        now: float,
+    ) -> str:
+        """A new service account (a program's, e.g. the group server's): its credential is a generated token of
+        256 bits, returned here once and kept only as a hash. Wrong guesses never lock it."""
+        self._check_new_account(username, roles, uri)
+        token = new_service_token()
+        self._insert(username, hash_service_token(token), uri, roles, now, " service")
+        return token
+
+    @staticmethod
+    def _check_new_account(username: str, roles: set[str] | frozenset[str], uri: str | None) -> None:
         if not _USERNAME_RE.fullmatch(username):
             raise AccountError(
                 f"bad account name {username!r}: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with a letter or digit"
@@ -63,8 +93,10 @@ class KmsAccounts(KmsDatabase):
             raise AccountError(f"roles must be some of {', '.join(sorted(ROLES))}; got {', '.join(sorted(roles))}")
         if uri is not None and not uri:
             raise AccountError("the identity URI must not be empty")
-        self._check_new_password(password)
-        stored = hash_password(password)
+
+    def _insert(
+        self, username: str, stored: str, uri: str | None, roles: set[str] | frozenset[str], now: float, kind: str
+    ) -> None:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM accounts WHERE username = ?", (username,)).fetchone():
                 raise AccountError(f"account {username!r} already exists")
@@ -80,7 +112,7 @@ class KmsAccounts(KmsDatabase):
                     "INSERT INTO grants (username, identity_uri, kind, granted) VALUES (?, ?, 'self', ?)",
                     (username, uri, now),
                 )
-            self._audit(db, "account-added", username, f"uri={uri} roles={','.join(sorted(roles))}", now)
+            self._audit(db, "account-added", username, f"uri={uri} roles={','.join(sorted(roles))}{kind}", now)
 
     def _require(self, db: sqlite3.Connection, username: str) -> None:
         if not db.execute("SELECT 1 FROM accounts WHERE username = ?", (username,)).fetchone():
@@ -93,16 +125,26 @@ class KmsAccounts(KmsDatabase):
             self._audit(db, "account-removed", username, "", now)
 
     def set_password(self, username: str, password: str, *, now: float) -> None:
-        """A new password; also lifts any lockout."""
+        """A new password (a service account becomes a password account); also lifts lockouts (the login rules
+        count failures per credential)."""
         self._check_new_password(password)
-        stored = hash_password(password)
+        self._set_credential(username, hash_password(password), now, "password-changed")
+
+    def new_service_token(self, username: str, *, now: float) -> str:
+        """A new generated token for ``username`` (which becomes, or stays, a service account); the old
+        credential stops working. Returned here once and kept only as a hash."""
+        token = new_service_token()
+        self._set_credential(username, hash_service_token(token), now, "service-token-changed")
+        return token
+
+    def _set_credential(self, username: str, stored: str, now: float, event: str) -> None:
         with self._tx() as db:
             self._require(db, username)
             db.execute(
                 "UPDATE accounts SET password_hash = ?, failures = 0, locked_until = 0, changed = ? WHERE username = ?",
                 (stored, now, username),
             )
-            self._audit(db, "password-changed", username, "", now)
+            self._audit(db, event, username, "", now)
 
     def set_disabled(self, username: str, disabled: bool, *, now: float) -> None:
         """A disabled account keeps its grants but cannot log in."""
@@ -114,13 +156,14 @@ class KmsAccounts(KmsDatabase):
             self._audit(db, "account-disabled" if disabled else "account-enabled", username, "", now)
 
     def _account(self, db: sqlite3.Connection, username: str) -> Account | None:
-        row = db.execute("SELECT uri, disabled FROM accounts WHERE username = ?", (username,)).fetchone()
+        row = db.execute("SELECT uri, disabled, password_hash FROM accounts WHERE username = ?", (username,)).fetchone()
         if row is None:
             return None
         roles = frozenset(
             str(r) for (r,) in db.execute("SELECT role FROM account_roles WHERE username = ?", (username,))
         )
-        return Account(username=username, uri=row[0], roles=roles, disabled=bool(row[1]))
+        service = accounts.is_service_hash(str(row[2]))
+        return Account(username=username, uri=row[0], roles=roles, disabled=bool(row[1]), service=service)
 
     def account(self, username: str) -> Account | None:
         return self._account(self._db, username)
@@ -129,36 +172,28 @@ class KmsAccounts(KmsDatabase):
         names = [str(n) for (n,) in self._db.execute("SELECT username FROM accounts ORDER BY username")]
         return [a for a in (self._account(self._db, n) for n in names) if a is not None]
 
-    def authenticate(self, username: str, password: str, *, now: float) -> Account:
+    def authenticate(self, username: str, password: str, *, now: float, source: str = "") -> Account:
         """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited), by the
-        policy of ``server.accounts.authenticate``."""
+        rules of ``server.accounts.authenticate`` for a login from ``source`` (an address; '' for local)."""
         try:
-            return accounts.authenticate(self, username, password, now=now)
+            return accounts.authenticate(self, username, password, now=now, guard=self.login_guard, source=source)
         except accounts.MalformedHash as exc:
             raise StoreError(str(exc)) from None
 
     # ``server.accounts.LoginLedger``: the login procedure's reads and writes of this store.
 
     def login_record(self, username: str) -> LoginRecord | None:
-        row = self._db.execute(
-            "SELECT password_hash, locked_until FROM accounts WHERE username = ?", (username,)
-        ).fetchone()
-        return None if row is None else LoginRecord(str(row[0]), float(row[1]))
+        row = self._db.execute("SELECT password_hash FROM accounts WHERE username = ?", (username,)).fetchone()
+        return None if row is None else LoginRecord(str(row[0]))
 
     def login_audit(self, event: str, username: str | None, detail: str, now: float) -> None:
         self.audit(event, username=username, detail=detail, now=now)
 
-    def login_failure(self, username: str, now: float, policy: LockoutPolicy) -> None:
+    def login_failure(self, username: str, now: float, detail: str) -> None:
         with self._tx() as db:
-            # Count in SQL so that concurrent failures from two processes are both counted.
+            # Count in SQL so that concurrent failures from two processes are both counted (shown to the operator;
+            # the rules that refuse logins are ``server.accounts.LoginGuard``'s).
             db.execute("UPDATE accounts SET failures = failures + 1 WHERE username = ?", (username,))
-            row = db.execute("SELECT failures FROM accounts WHERE username = ?", (username,)).fetchone()
-            failures = 0 if row is None else int(row[0])
-            detail = f"wrong password ({failures} consecutive)"
-            locked_until = policy.locked_until(failures, now)
-            if locked_until is not None:
-                db.execute("UPDATE accounts SET locked_until = ? WHERE username = ?", (locked_until, username))
-                detail += f", locked for {locked_until - now:.0f} s"
             self._audit(db, "login-failed", username, detail, now)
 
     def login_success(self, username: str, now: float, new_hash: str | None) -> Account | None:

@@ -1,7 +1,7 @@
 """``ptt-kms``: set up and administer a KMS domain, and run the KMS.
 
     ptt-kms [--data DIR] init --domain D --kms-uri U [...]     create the domain (master secrets, TLS, signing key)
-    ptt-kms user add|remove|passwd|disable|enable|list          accounts of users, admins and auditors
+    ptt-kms user add|remove|passwd|disable|enable|list          accounts of users, admins, auditors, services
     ptt-kms grant NAME URI / revoke NAME URI                    which identities' keys an account may fetch
     ptt-kms export-enrolment [--out FILE]                       what clients need to trust this KMS
     ptt-kms trust-domain FILE [--user-domain D ...]             serve another domain's certificate in the cert cache
@@ -82,13 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--uri", help="the account's own identity (required for the user role)")
     add.add_argument("--role", action="append", choices=sorted(ROLES), help="repeatable; default user")
     add.add_argument("--password-file", metavar="F")
+    add.add_argument(
+        "--service", action="store_true", help="a program's account (the group server's): a generated 256-bit token"
+    )
+    add.add_argument("--secret-out", metavar="F", help="write a service account's token here (0600; default stdout)")
     add.set_defaults(func=cmd_user_add)
     remove = user.add_parser("remove", help="remove an account and its grants")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_user_remove)
-    passwd = user.add_parser("passwd", help="set a new password (also lifts a lockout)")
+    passwd = user.add_parser("passwd", help="set a new password or service token (also lifts lockouts)")
     passwd.add_argument("name")
     passwd.add_argument("--password-file", metavar="F")
+    passwd.add_argument("--service", action="store_true", help="make it a service account with a generated token")
+    passwd.add_argument("--secret-out", metavar="F", help="write a service account's token here (0600)")
     passwd.set_defaults(func=cmd_user_passwd)
     for action in ("disable", "enable"):
         toggle = user.add_parser(action, help=f"{action} logins of an account")

@@ -43,7 +43,7 @@ from ptt.kmsformat.xml import parse_certificate, parse_request
 from ptt.ts33180 import period_bounds, period_number, uid
 from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported: the per-address throttle's limit
 from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
-from server.accounts import FailureThrottle, LockedOut, LoginFailed
+from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.kms.domain import certificate_validity, domain_certificate
 from server.kms.store import KmsStore
 from server.tls import server_tls_options
@@ -96,7 +96,7 @@ class KmsApplication:
         self.config = config
         self.signing_key = signing_key
         self.signing_cert = signing_cert
-        self.throttle = FailureThrottle()  # failed logins per source address
+        self.guard = store.login_guard  # the rules that refuse logins (server.accounts.LoginGuard)
 
     @property
     def certificate(self) -> KmsCertificate:
@@ -132,26 +132,20 @@ class KmsApplication:
             return reply
         if len(body) > MAX_BODY:
             return self._error(ERR_BAD_REQUEST, "request body too large", "", path, now, status=413)
-        if self.throttle.blocked(peer, now):
-            log.warning("KMS: refusing %s: too many failed logins from this address", peer)
-            reply = self._error(ERR_LOCKED, "too many failed logins from this address", "", path, now, status=429)
-            reply.headers["Retry-After"] = str(int(self.throttle.window))
-            return reply
-
         credentials = basic_credentials(authorization)
         if credentials is None:
             return self._unauthorised("login required", path, now)
         username, password = credentials
         try:
-            account = self.store.authenticate(username, password, now=now)
+            account = self.store.authenticate(username, password, now=now, source=peer)
         except LockedOut as exc:
-            log.warning("KMS: login for %r refused: locked out for %.0f s (from %s)", username, exc.retry_after, peer)
-            reply = self._error(ERR_LOCKED, "account locked after failed logins", "", path, now, status=429)
-            reply.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+            # what happened and when to try again; logged at most every 10 s per account (per address, budget)
+            self.guard.log_refusal(log, "KMS", username, peer, exc, now)
+            reply = self._error(ERR_LOCKED, str(exc), "", path, now, status=429)
+            reply.headers["Retry-After"] = retry_after_header(exc.retry_after)
             return reply
         except LoginFailed:
-            self.throttle.failed(peer, now)
-            log.warning("KMS: failed login for %r from %s", username, peer)
+            self.guard.log_failure(log, "KMS", username, peer, now)
             return self._unauthorised("wrong username or password", path, now)
         if account.disabled:
             return self._unauthorised("account disabled", path, now)
