@@ -81,6 +81,16 @@ def joined_ports(output: str) -> dict[str, int]:
     return {user: int(port) for user, port in found}
 
 
+def drain(sockets: dict[str, socket.socket], counts: dict[str, int]) -> None:
+    for name, sock in sockets.items():
+        while True:
+            try:
+                sock.recv(4096)
+            except BlockingIOError:
+                break
+            counts[name] += 1
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,6 +119,7 @@ def test_replayed_and_shared_binding_packets_hijack_nothing(tmp_path: Path) -> N
             relay = ("127.0.0.1", sniffer.relay_port)
             talk_starts = time.monotonic() + 2.0
             sent = {name: 0 for name in attackers}
+            stolen = {name: 0 for name in attackers}  # datagrams the relay sent the attackers
             # phase 1, from the talk's start: each member's packets from an address of its own
             # phase 2, half-way through: both members' packets from one address
             while alice.poll() is None:
@@ -118,17 +129,11 @@ def test_replayed_and_shared_binding_packets_hijack_nothing(tmp_path: Path) -> N
                     if packet is not None:
                         attackers["both" if phase2 else user].sendto(packet, relay)
                         sent["both" if phase2 else user] += 1
+                drain(attackers, stolen)
                 time.sleep(REPLAY_EVERY)
             wait_all([alice, *listeners])
             time.sleep(0.2)
-            stolen = {name: 0 for name in attackers}
-            for name, sock in attackers.items():
-                while True:
-                    try:
-                        sock.recv(4096)
-                    except BlockingIOError:
-                        break
-                    stolen[name] += 1
+            drain(attackers, stolen)
             a, b, c = (system.report(user) for user in ("alice", "bob", "carol"))
             output = system.server.output()
         finally:
