@@ -1,16 +1,19 @@
 """``ptt-server``: the group server's command line (the server itself is ``server.service.makeService``).
 
-  ptt-server --data DIR init --kms-enrolment E.json --kms-user NAME [--kms-secret-file F]
+  ptt-server --data DIR init --kms-enrolment E.json --kms-user NAME [--kms-password-file F]
              --server-uri sip:ptt-server@example.org [--domain example.org] [--host 127.0.0.1]
              [--dispatch-port 8444] [--control-port 8445] [--relay-port 8446]
-  ptt-server --data DIR dispatcher add NAME [--role admin] [--password-file F]
+  ptt-server --data DIR dispatcher add NAME [--role admin] [--org ORG] [--password-file F]
+                                   (the default role is 'dispatcher', the least privileged)
+  ptt-server --data DIR dispatcher list | role NAME ROLE | remove NAME
+  ptt-server --data DIR dispatcher assign|unassign NAME GROUP      let NAME manage GROUP's members
+  ptt-server --data DIR dispatcher ceiling [N]        the highest priority a non-admin may give (default 100)
+  ptt-server --data DIR audit verify [--anchor ID:HASH] | audit show [--limit N] [--org ORG]
   ptt-server --data DIR client-info [--out FILE]      what clients need: address, server URI, TLS certificate
   ptt-server --data DIR serve [--workers N]
 
 The server is a KMS client: its account is keyed for the server's own URI (clients encrypt their CSK to it) and
-for every group URI it manages (it signs each GMK as the group). The account is a KMS service account
-(``ptt-kms user add NAME --service --secret-out F``): its credential is a generated token that cannot be guessed,
-and wrong guesses by others cannot lock it; ``init`` refuses anything shorter than a 128-bit token.
+for every group URI it manages (it signs each GMK as the group).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from ptt.control import b64
 from server.service import ConfigError, DataDir, ServerConfig
 
 CliError = ConfigError
-MIN_KMS_SECRET = 22  # characters: a token of 128 bits in URL-safe base64 (ptt-kms makes 256-bit ones, 43 characters)
 
 
 # --- command line --------------------------------------------------------------------------------------------------
@@ -60,13 +62,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if data.config.exists() and not args.force:
         raise CliError(f"{data.root} already holds a server (use --force to start over)")
     enrolment = Enrolment.from_json(Path(args.kms_enrolment).read_bytes())
-    password = _secret(args.kms_password_file, "PTT_KMS_PASSWORD", f"KMS service token for {args.kms_user}")
-    if len(password) < MIN_KMS_SECRET:
-        raise CliError(
-            f"the KMS credential of {args.kms_user} has {len(password)} characters: the group server needs a service "
-            f"account's generated token (ptt-kms user add {args.kms_user} --service --secret-out FILE), not a "
-            "password a person chose"
-        )
+    password = _secret(args.kms_password_file, "PTT_KMS_PASSWORD", f"KMS password for {args.kms_user}")
     data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data.root, 0o700)
     _write_private(data.kms_password, password.encode() + b"\n")
@@ -98,23 +94,80 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dispatcher(args: argparse.Namespace) -> int:
-    import time
-
-    from server.groups.store import GroupError, GroupStore, read_data_key
+def _open_store(args: argparse.Namespace) -> Any:
+    from server.groups.store import GroupStore, read_data_key
 
     data = DataDir(Path(args.data))
     if not data.config.exists():
         raise CliError(f"{data.root} holds no server (run init)")
-    store = GroupStore(data.db, read_data_key(data.data_key))
+    return GroupStore(data.db, read_data_key(data.data_key))
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    """``dispatcher add|list|role|remove|assign|unassign|ceiling``: accounts, what they may manage, the ceiling."""
+    import time
+
+    from server.groups.store import GroupError
+
+    store = _open_store(args)
+    now, by = time.time(), "ptt-server"
     try:
-        password = _secret(args.password_file, "PTT_DISPATCH_PASSWORD", f"Password for {args.name}")
-        store.add_dispatcher(args.name, password, args.role, now=time.time())
+        if args.action == "add":
+            password = _secret(args.password_file, "PTT_DISPATCH_PASSWORD", f"Password for {args.name}")
+            store.add_dispatcher(args.name, password, args.role, now=now, org=args.org)
+            print(f"dispatcher {args.name} added ({args.role} of {args.org})")
+        elif args.action == "list":
+            assigned = {a.username: sorted(store.assigned_groups(a.username)) for a in store.dispatchers()}
+            for a in store.dispatchers():
+                state = " (disabled)" if a.disabled else ""
+                groups = ", ".join(assigned[a.username]) or "-"
+                print(f"{a.username}  {a.role}  {a.org}{state}  assigned: {groups}")
+        elif args.action == "role":
+            store.set_dispatcher_role(args.name, args.role, now=now, by=by)
+            print(f"{args.name} is now {args.role}")
+        elif args.action == "remove":
+            store.remove_dispatcher(args.name, now=now)
+            print(f"dispatcher {args.name} removed; the groups it owned are its organisation's admins' now")
+        elif args.action == "assign":
+            store.assign_dispatcher(args.group, args.name, now=now, by=by)
+            print(f"{args.name} may now manage the members of {args.group}")
+        elif args.action == "unassign":
+            store.unassign_dispatcher(args.group, args.name, now=now, by=by)
+            print(f"{args.name} no longer manages {args.group}")
+        elif args.action == "ceiling":
+            if args.value is not None:
+                store.set_priority_ceiling(args.value, now=now, by=by)
+            print(f"non-admin dispatchers may give priorities up to {store.priority_ceiling()}")
     except GroupError as exc:
         raise CliError(str(exc)) from None
     finally:
         store.close()
-    print(f"dispatcher {args.name} added ({args.role})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``audit verify``: walk the hash chain (exit 1 if broken); ``audit show``: the last records."""
+    store = _open_store(args)
+    try:
+        if args.action == "show":
+            for r in store.audit_log(args.limit, org=args.org):
+                print(f"{r.id}  {r.at:.3f}  {r.actor or '-'}  {r.org or '-'}  {r.event}  {r.detail}")
+            return 0
+        anchor = None
+        if args.anchor:
+            ident, _, digest = args.anchor.partition(":")
+            try:
+                anchor = (int(ident), bytes.fromhex(digest))
+            except ValueError:
+                raise CliError(f"--anchor must be ID:HEX (as audit verify printed it), not {args.anchor!r}") from None
+        check = store.verify_audit(anchor=anchor)
+    finally:
+        store.close()
+    if not check.ok:
+        print(f"audit chain BROKEN at record {check.broken_at}: {check.reason} ({check.records} records verified)")
+        return 1
+    print(f"audit chain verified: {check.records} records; head {check.head_id}:{check.head.hex()}")
+    print("  (write the head down; `audit verify --anchor ID:HASH` later also proves nothing up to it was removed)")
     return 0
 
 
@@ -172,13 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create a server data directory")
     init.add_argument("--kms-enrolment", required=True)
     init.add_argument("--kms-user", required=True)
-    init.add_argument(
-        "--kms-secret-file",
-        "--kms-password-file",
-        dest="kms_password_file",
-        metavar="F",
-        help="the KMS service account's token (from ptt-kms user add NAME --service --secret-out F)",
-    )
+    init.add_argument("--kms-password-file")
     init.add_argument("--server-uri", required=True)
     init.add_argument("--domain")
     init.add_argument("--host", default="127.0.0.1")
@@ -189,11 +236,31 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
     dispatcher = sub.add_parser("dispatcher", help="dispatcher accounts")
     dsub = dispatcher.add_subparsers(dest="action", required=True)
-    add = dsub.add_parser("add")
+    add = dsub.add_parser("add", help="a new account (default: role dispatcher, the least privileged)")
     add.add_argument("name")
-    add.add_argument("--role", choices=["dispatcher", "admin"], default="admin")
+    add.add_argument("--role", choices=["dispatcher", "admin"], default="dispatcher")
+    add.add_argument("--org", default="default", help="its organisation (default 'default')")
     add.add_argument("--password-file")
-    add.set_defaults(func=cmd_dispatcher)
+    dsub.add_parser("list", help="accounts, roles, organisations, assigned groups")
+    role = dsub.add_parser("role", help="change an account's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=["dispatcher", "admin"])
+    dsub.add_parser("remove", help="remove an account").add_argument("name")
+    for action in ("assign", "unassign"):
+        assign = dsub.add_parser(action, help=f"{action} a dispatcher account to a group")
+        assign.add_argument("name")
+        assign.add_argument("group")
+    ceiling = dsub.add_parser("ceiling", help="show or set the highest priority a non-admin may give")
+    ceiling.add_argument("value", type=int, nargs="?")
+    dispatcher.set_defaults(func=cmd_dispatcher)
+    audit = sub.add_parser("audit", help="the group store's audit log (a hash chain)")
+    asub = audit.add_subparsers(dest="action", required=True)
+    verify = asub.add_parser("verify", help="check every record's hash; exit 1 if the chain is broken")
+    verify.add_argument("--anchor", metavar="ID:HASH", help="a head printed earlier that must still be there")
+    show = asub.add_parser("show", help="the last records")
+    show.add_argument("--limit", type=int, default=50)
+    show.add_argument("--org")
+    audit.set_defaults(func=cmd_audit)
     info = sub.add_parser("client-info", help="what clients need to connect")
     info.add_argument("--out")
     info.set_defaults(func=cmd_client_info)

@@ -253,6 +253,7 @@ class StoreDatabase:
         db: sqlite3.Connection, now: float, actor: str | None, event: str, detail: str, *, org: str | None = None
     ) -> None:
         """Append a chained record (call inside a write transaction). ``org`` defaults to the actor's."""
+        now = float(now)  # hashed as it reads back (an int 0 would hash as "0", and read back as 0.0)
         if org is None and actor is not None:
             row = db.execute("SELECT org FROM dispatchers WHERE username = ?", (actor,)).fetchone()
             org = None if row is None else str(row[0])
