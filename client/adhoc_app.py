@@ -31,6 +31,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from client.adhoc import AdhocSession, NetworkConfig
 from client.app import Client, Keys
 from client.keystore import Keystore
+from ptt import boundedjson
 from ptt.adhoc.engine import AdhocError
 from ptt.adhoc.messages import GroupInfo
 
@@ -140,7 +141,7 @@ class ControlProtocol(LineOnlyReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         try:
-            request = json.loads(line)
+            request = boundedjson.loads(line)
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
             reply = self.agent.command(request)
@@ -174,7 +175,7 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 10.0) -
             data += chunk
     if not data:
         raise ConnectionError(f"the ad-hoc client at {path} closed the connection without a reply")
-    reply = json.loads(data)
+    reply = boundedjson.loads(data)
     if not isinstance(reply, dict):
         raise ValueError("malformed reply")
     return reply

@@ -1,7 +1,8 @@
 """Mutation fuzz of MikeyMessage.parse, seeded from the four vendor I_MESSAGEs.
 
 Only MikeyError subclasses may escape the parser; whatever parses must re-encode to the same octets. The normal run
-tries FAST_COUNT inputs; ``scripts/fuzz`` runs the slow test with PTT_FUZZ_COUNT (default two million). Both use a
+tries FAST_COUNT inputs; ``pytest -m slow tests/test_mikey_fuzz.py`` runs the slow one with PTT_FUZZ_COUNT
+(default two million); ``scripts/fuzz`` runs every parser, this one included, 100 000 inputs each. Both use a
 seeded random.Random, so a failure is reproducible (and the failing input is printed in hex).
 """
 
