@@ -42,6 +42,7 @@ ALICE, BOB, CAROL, DAVE = (f"sip:{n}@example.org" for n in ("alice", "bob", "car
 DATA_KEY = bytes(range(32, 64))
 ROOT_PASSWORD = "root password!"
 DANA_PASSWORD = "dana password!"
+NINA_PASSWORD = "nina password!"
 
 
 @pytest.fixture(autouse=True)
@@ -382,7 +383,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, world: KmsWorld) -> Iterato
         with GroupStore(root / "groups.sqlite3", DATA_KEY) as store:
             store.add_dispatcher("root", ROOT_PASSWORD, role="admin", now=time.time())
             store.add_dispatcher("dana", DANA_PASSWORD, now=time.time())
-    for name, password in (("root", ROOT_PASSWORD), ("dana", DANA_PASSWORD), ("wrong", "not the password")):
+            store.add_dispatcher("nina", NINA_PASSWORD, now=time.time())
+    passwords = (("root", ROOT_PASSWORD), ("dana", DANA_PASSWORD), ("nina", NINA_PASSWORD), ("wrong", "not the pw"))
+    for name, password in passwords:
         (root / f"{name}.password").write_text(password + "\n")
     env = {k: v for k, v in os.environ.items() if k != cli.PASSWORD_ENV}
     process = subprocess.Popen(
@@ -479,6 +482,42 @@ def test_cli_manages_a_group_over_tls(server: Server, world: KmsWorld, capsys: p
     assert code == 0 and out.strip() == f"deleted group {GROUP}"
     code, _, err = _cli(server, capsys, "group", "show", GROUP)
     assert code == 2 and err.strip() == f"ptt-dispatch: error: no group {GROUP} (HTTP 404)"
+
+
+def test_cli_non_owner_is_refused_and_keys_nobody(
+    server: Server, world: KmsWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over the real server: a dispatcher that neither owns nor is assigned to a group can neither add a member to
+    it nor remove one (404, as if the group did not exist); an assigned one cannot make a member pre-emptive (403);
+    the would-be member gets no key and the group is not rekeyed."""
+    group, eve = "sip:e2e@example.org", "sip:eve@example.org"
+    code, _, err = _cli(server, capsys, "group", "create", group, "--member", ALICE, user="dana")
+    assert code == 0, err  # dana owns it
+    with server.store() as store:
+        before = store.active_key(group)
+    assert before is not None
+
+    code, _, err = _cli(server, capsys, "group", "add-member", group, eve, user="nina")
+    assert code == 2 and err.strip() == f"ptt-dispatch: error: no group {group} (HTTP 404)"
+    code, _, err = _cli(server, capsys, "group", "remove-member", group, ALICE, user="nina")
+    assert code == 2 and "(HTTP 404)" in err
+    code, _, err = _cli(server, capsys, "group", "assign", group, "nina", user="dana")
+    assert code == 2 and "(HTTP 403)" in err  # only an admin assigns
+    code, _, err = _cli(server, capsys, "group", "assign", group, "nina")
+    assert code == 0, err
+    code, _, err = _cli(server, capsys, "group", "add-member", group, eve, "--role", "dispatcher", user="nina")
+    assert code == 2 and "needs an admin account (HTTP 403)" in err
+
+    with server.store() as store:
+        assert [m.uri for m in store.members(group)] == [ALICE]
+        assert store.imessages_for(eve) == []  # no key for eve
+        after = store.active_key(group)
+        assert after is not None and after[0].gmk_id == before[0].gmk_id  # no rekey either
+        assert world.receive(ALICE, store.imessages_for(ALICE)[0].data, group=group, now=time.time()).key == (
+            before[0].gmk
+        )
+    code, _, err = _cli(server, capsys, "group", "delete", group, user="dana")
+    assert code == 0, err
 
 
 def test_cli_errors(

@@ -607,3 +607,32 @@ def test_pushes_run_after_commit_outside_the_lock(db: GroupStore, world: KmsWorl
     gm.check_key_period(NOW + PERIOD)
     # create: Alice, Bob; add: Carol; remove Bob: Alice, Carol; new key period: Alice, Carol
     assert seen == [(m, True) for m in (ALICE, BOB, CAROL, ALICE, CAROL, ALICE, CAROL)]
+
+
+def test_a_version_1_database_is_upgraded_with_owners_orgs_and_a_chained_audit_log(tmp_path: Path) -> None:
+    from server.groups import database
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # what a server before dispatcher authorisation left behind
+        for statement in database._UPGRADES[0]:
+            assert isinstance(statement, str)
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO dispatchers (username, password_hash, role, created, changed) "
+            "VALUES ('root', 'x', 'admin', 0, 0)"
+        )
+        db.execute("INSERT INTO groups (uri, name, created_at, created_by) VALUES (?, 'G', 1, 'root')", (GROUP,))
+        db.execute("INSERT INTO groups (uri, name, created_at, created_by) VALUES (?, 'O', 1, 'gone')", (OTHER,))
+        db.execute("INSERT INTO audit (at, actor, event, detail) VALUES (1, 'root', 'group-created', 'G')")
+        db.execute("INSERT INTO audit (at, actor, event, detail) VALUES (2, NULL, 'account-added', 'root')")
+    with GroupStore(path, DATA_KEY) as s:
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 2
+        assert s.dispatcher("root") == store_module.DispatcherAccount("root", "admin", False, "default")
+        assert (s.group(GROUP).org, s.group(GROUP).owner) == ("default", "root")  # type: ignore[union-attr]
+        assert s.group(OTHER).owner is None  # type: ignore[union-attr]  # its creator is no account
+        assert s.verify_audit().ok and s.verify_audit().records == 2
+        s.audit("test", actor="root", detail="after the upgrade", now=3)
+        check = s.verify_audit()
+        assert check.ok and check.records == 3
+        assert s.audit_log(1)[0].org == "default"  # the actor's organisation
