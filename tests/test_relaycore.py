@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -105,6 +108,30 @@ def test_join_packet_layout() -> None:
         join_packet(1 << 32, bytes(8), 1, key)
     with pytest.raises(ValueError):
         join_packet(1, bytes(8), 0, key)  # counters start at 1: the relay's last accepted starts at 0
+
+
+def test_tshark_decodes_pttj_as_rtcp_app(tmp_path: Path) -> None:
+    """The authenticated PTTJ is still a well-formed RTCP APP packet (RFC 5761 demultiplexing on the media port)."""
+    text2pcap, tshark = shutil.which("text2pcap"), shutil.which("tshark")
+    if text2pcap is None or tshark is None:
+        pytest.skip("tshark/text2pcap not installed (scripts/setup installs them)")
+    signer = JoinSigner(0x11223344, bytes(range(1, 9)), bytes(range(16)))
+    packet = signer.packet()
+    (tmp_path / "in.txt").write_text("0000 " + " ".join(f"{b:02x}" for b in packet) + "\n")
+    pcap = tmp_path / "pttj.pcap"
+    subprocess.run([text2pcap, "-q", "-u", "40000,8446", str(tmp_path / "in.txt"), str(pcap)], check=True)
+    fields = ["frame.protocols", "rtcp.pt", "rtcp.app.name", "rtcp.app.subtype", "rtcp.length", "rtcp.app.data"]
+    for decode_as in ("rtcp", "rtp"):  # as RTCP, and as RTP, whose dissector hands PT 204 to RTCP
+        out = subprocess.run(
+            [tshark, "-r", str(pcap), "-d", f"udp.port==8446,{decode_as}", "-T", "fields"]
+            + [a for f in fields for a in ("-e", f)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        protocols, pt, name, subtype, length, data = out.split("\t")
+        assert protocols.endswith(":rtcp") and (pt, name, subtype, length) == ("204", "PTTJ", "0", "10")
+        assert data.replace(":", "") == packet[12:].hex()
 
 
 def test_binding_key_is_the_3gpp_kdf_of_the_csk() -> None:
