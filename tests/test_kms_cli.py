@@ -23,7 +23,7 @@ from ptt.ts33180 import period_bounds, period_number, uid
 from server.kms import cli, material
 from server.kms.domain import certificate_validity
 from server.kms.secrets import is_encrypted, read_master_secrets, read_public_keys
-from server.kms.store import KmsStore
+from server.kms.store import KmsStore, LoginFailed
 
 KMS_URI = "kms.example.org"
 PERIOD = 3600  # short key periods keep "past period" close to now
@@ -223,6 +223,38 @@ def test_password_from_environment_and_passwd(
     assert code == 2 and "at least 8" in err
     with _store(data) as store:
         assert store.authenticate("carol", "newer one", now=time.time()).username == "carol"
+
+
+def test_service_account_gets_a_generated_token(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = ["--data", str(data)]
+    out_file = tmp_path / "server.token"
+    code, out, err = _run(capsys, *d, "user", "add", "ptt-server", "--uri", "sip:ptt-server@example.org", "--service",
+                          "--secret-out", str(out_file))  # fmt: skip
+    assert code == 0, err
+    token = out_file.read_text().strip()
+    assert len(token) == 43 and _mode(out_file) == 0o600 and token not in out and "service" in out
+    code, out, _ = _run(capsys, *d, "user", "list")
+    assert any(line.startswith("ptt-server") and "active,service" in line for line in out.splitlines())
+    # without --secret-out the token is printed once
+    code, out, _ = _run(capsys, *d, "user", "add", "bot", "--role", "admin", "--service")
+    printed = out.strip().splitlines()[-1]
+    assert code == 0 and len(printed) == 43
+    # passwd of a service account makes a new token; the old one stops working
+    code, out, err = _run(capsys, *d, "user", "passwd", "ptt-server", "--secret-out", str(out_file))
+    assert code == 0, err
+    new = out_file.read_text().strip()
+    with _store(data) as store:
+        assert store.authenticate("ptt-server", new, now=time.time()).service
+        with pytest.raises(LoginFailed):
+            store.authenticate("ptt-server", token, now=time.time())
+    # a person's password is not taken for a service account, nor --secret-out for a person's account
+    pw = _secret_file(tmp_path, "pw", "a person's password")
+    code, _, err = _run(capsys, *d, "user", "add", "svc", "--role", "admin", "--service", "--password-file", pw)
+    assert code == 2 and "--secret-out" in err
+    code, _, err = _run(capsys, *d, "user", "passwd", "ptt-server", "--password-file", pw)
+    assert code == 2 and "service account" in err
+    code, _, err = _run(capsys, *d, "user", "add", "eve", "--role", "admin", "--password-file", pw, "--secret-out", "x")
+    assert code == 2 and "--service" in err
 
 
 def test_user_disable_enable(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
