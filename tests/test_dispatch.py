@@ -154,6 +154,28 @@ def test_address_throttle_is_429(api: Api) -> None:
     assert api("GET", "/api/groups", auth=ROOT_AUTH, peer="198.51.100.7", now=later)[0] == 200
 
 
+def test_an_attacker_elsewhere_cannot_lock_the_dispatcher_out(api: Api) -> None:
+    assert api("GET", "/api/groups", auth=DANA_AUTH, peer="192.0.2.1")[0] == 200  # Dana's usual address
+    for i in range(3 * kms_store.LOCKOUT_AFTER):  # one guess per lock period keeps the attacker's lock going
+        api("GET", "/api/groups", auth=_basic("dana", "wrong password"), peer="203.0.113.66", now=NOW + 60 * i)
+    later = NOW + 60 * 3 * kms_store.LOCKOUT_AFTER
+    status, doc, headers = api("GET", "/api/groups", auth=DANA_AUTH, peer="203.0.113.66", now=later - 59)
+    assert status == 429 and "locked for logins from there" in doc["error"] and int(headers["Retry-After"]) > 0
+    assert api("GET", "/api/groups", auth=DANA_AUTH, peer="192.0.2.1", now=later)[0] == 200
+    assert api("GET", "/api/groups", auth=DANA_AUTH, peer="198.51.100.9", now=later)[0] == 200
+
+
+def test_a_spray_is_cut_by_the_global_budget(api: Api) -> None:
+    statuses = [  # one guess for each of 100 names from each of 1000 addresses, all at once
+        api("GET", "/api/groups", auth=_basic(f"user{i % 100}", "Winter2026!"), peer=f"10.0.{i // 250}.{i % 250}")[0]
+        for i in range(1000)
+    ]
+    assert statuses.count(401) == 30 and statuses.count(429) == 970  # only the budget's 30 were checked
+    status, doc, headers = api("GET", "/api/groups", auth=ROOT_AUTH, peer="198.51.100.9", now=NOW)
+    assert status == 429 and "on this server" in doc["error"] and headers["Retry-After"] == "1"
+    assert api("GET", "/api/groups", auth=ROOT_AUTH, peer="198.51.100.9", now=NOW + 1)[0] == 200
+
+
 def test_create_list_and_show(api: Api, world: KmsWorld) -> None:
     group = _create(api)
     assert group["uri"] == GROUP and group["created_by"] == "root" and group["max_burst"] == 30.0
