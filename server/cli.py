@@ -1,6 +1,6 @@
 """``ptt-server``: the group server's command line (the server itself is ``server.service.makeService``).
 
-  ptt-server --data DIR init --kms-enrolment E.json --kms-user NAME [--kms-password-file F]
+  ptt-server --data DIR init --kms-enrolment E.json --kms-user NAME [--kms-secret-file F]
              --server-uri sip:ptt-server@example.org [--domain example.org] [--host 127.0.0.1]
              [--dispatch-port 8444] [--control-port 8445] [--relay-port 8446]
   ptt-server --data DIR dispatcher add NAME [--role admin] [--org ORG] [--password-file F]
@@ -13,7 +13,9 @@
   ptt-server --data DIR serve [--workers N]
 
 The server is a KMS client: its account is keyed for the server's own URI (clients encrypt their CSK to it) and
-for every group URI it manages (it signs each GMK as the group).
+for every group URI it manages (it signs each GMK as the group). The account is a KMS service account
+(``ptt-kms user add NAME --service --secret-out F``): its credential is a generated token that cannot be guessed,
+and wrong guesses by others cannot lock it; ``init`` refuses anything shorter than a 128-bit token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ptt.control import b64
 from server.service import ConfigError, DataDir, ServerConfig
 
 CliError = ConfigError
+MIN_KMS_SECRET = 22  # characters: a token of 128 bits in URL-safe base64 (ptt-kms makes 256-bit ones, 43 characters)
 
 
 # --- command line --------------------------------------------------------------------------------------------------
@@ -62,7 +65,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if data.config.exists() and not args.force:
         raise CliError(f"{data.root} already holds a server (use --force to start over)")
     enrolment = Enrolment.from_json(Path(args.kms_enrolment).read_bytes())
-    password = _secret(args.kms_password_file, "PTT_KMS_PASSWORD", f"KMS password for {args.kms_user}")
+    password = _secret(args.kms_password_file, "PTT_KMS_PASSWORD", f"KMS service token for {args.kms_user}")
+    if len(password) < MIN_KMS_SECRET:
+        raise CliError(
+            f"the KMS credential of {args.kms_user} has {len(password)} characters: the group server needs a service "
+            f"account's generated token (ptt-kms user add {args.kms_user} --service --secret-out FILE), not a "
+            "password a person chose"
+        )
     data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data.root, 0o700)
     _write_private(data.kms_password, password.encode() + b"\n")
@@ -225,7 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create a server data directory")
     init.add_argument("--kms-enrolment", required=True)
     init.add_argument("--kms-user", required=True)
-    init.add_argument("--kms-password-file")
+    init.add_argument(
+        "--kms-secret-file",
+        "--kms-password-file",
+        dest="kms_password_file",
+        metavar="F",
+        help="the KMS service account's token (from ptt-kms user add NAME --service --secret-out F)",
+    )
     init.add_argument("--server-uri", required=True)
     init.add_argument("--domain")
     init.add_argument("--host", default="127.0.0.1")
