@@ -242,7 +242,7 @@ def control_harness() -> Harness:
 
 
 def dispatch_harness() -> Harness:
-    from server import accounts
+    from server.accounts import passwords
     from server.dispatch.api import DispatchApplication
     from server.dispatch.routes import ApiError
     from server.groups.manager import MemberSpec
@@ -296,7 +296,7 @@ def dispatch_harness() -> Harness:
         def _login(self, *args: Any, **kwargs: Any) -> DispatcherAccount:
             return DispatcherAccount("root", "admin", False)
 
-    accounts.SCRYPT_N = 2**8  # this process only: the account is created, never logged in with
+    passwords.SCRYPT_N = 2**8  # this process only: the account is created, never logged in with
     directory = tempfile.mkdtemp(prefix="ptt-fuzz-")
     atexit.register(shutil.rmtree, directory, True)
     store = GroupStore(Path(directory) / "groups.sqlite3", bytes(range(32)))  # a real, empty store

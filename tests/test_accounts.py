@@ -1,6 +1,6 @@
 """server.accounts: password hashes and service tokens, the lockout policy, the login rules (``LoginGuard``: per
 address, per (account, source), per account, global budget, known sources), the login procedure over a ledger, the
-per-address throttle. Time is always passed in; hashing is made cheap (``accounts.SCRYPT_N``)."""
+per-address throttle. Time is always passed in; hashing is made cheap (``passwords.SCRYPT_N``)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from server.accounts import (
     needs_rehash,
     new_service_token,
     password_problem,
+    passwords,
     retry_after_header,
     verify_password,
 )
@@ -42,19 +43,19 @@ PASSWORD = "correct horse"
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture
 def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real: Callable[[bytes, bytes, int, int, int], bytes] = accounts._scrypt
+    real: Callable[[bytes, bytes, int, int, int], bytes] = passwords._scrypt
 
     def counting(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
         calls.append(n)
         return real(password, salt, n, r, p)
 
-    monkeypatch.setattr(accounts, "_scrypt", counting)
+    monkeypatch.setattr(passwords, "_scrypt", counting)
     return calls
 
 
@@ -71,6 +72,9 @@ def test_existing_hashes_still_verify() -> None:
 def test_hash_is_self_describing_and_salted() -> None:
     first, second = hash_password(PASSWORD), hash_password(PASSWORD)
     assert first.startswith(f"scrypt${2**8}$8$1$") and first != second
+    # The cost is read in server.accounts.passwords (the fixture patches it there); the package does not
+    # re-export it, so a patch of ``server.accounts.SCRYPT_N`` fails instead of silently changing nothing.
+    assert not hasattr(accounts, "SCRYPT_N") and not hasattr(accounts, "_scrypt")
     assert verify_password(PASSWORD, first) and verify_password(PASSWORD, second)
     assert not verify_password("wrong horse", first)
     assert not needs_rehash(first)

@@ -24,7 +24,7 @@ import pytest
 from ptt.crypto.kms import generate_master_secrets
 from ptt.mikey.errors import DecryptionFailed, WrongRecipient
 from ptt.mikey.imessage import KmsDomain
-from server import accounts
+from server.accounts import passwords
 from server.dispatch import api as api_module
 from server.dispatch import cli
 from server.dispatch.api import DispatchApplication
@@ -47,7 +47,7 @@ NINA_PASSWORD = "nina password!"
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture(scope="module")
@@ -401,13 +401,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, world: KmsWorld) -> Iterato
     (root / "config.json").write_text(json.dumps(config))
     (root / "runner.py").write_text(RUNNER)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(accounts, "SCRYPT_N", 2**8)
+        patch.setattr(passwords, "SCRYPT_N", 2**8)
         with GroupStore(root / "groups.sqlite3", DATA_KEY) as store:
             store.add_dispatcher("root", ROOT_PASSWORD, role="admin", now=time.time())
             store.add_dispatcher("dana", DANA_PASSWORD, now=time.time())
             store.add_dispatcher("nina", NINA_PASSWORD, now=time.time())
-    passwords = (("root", ROOT_PASSWORD), ("dana", DANA_PASSWORD), ("nina", NINA_PASSWORD), ("wrong", "not the pw"))
-    for name, password in passwords:
+    credentials = (("root", ROOT_PASSWORD), ("dana", DANA_PASSWORD), ("nina", NINA_PASSWORD), ("wrong", "not the pw"))
+    for name, password in credentials:
         (root / f"{name}.password").write_text(password + "\n")
     env = {k: v for k, v in os.environ.items() if k != cli.PASSWORD_ENV}
     process = subprocess.Popen(

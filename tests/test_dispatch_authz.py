@@ -17,8 +17,8 @@ import pytest
 
 from ptt.crypto.kms import generate_master_secrets
 from ptt.mikey.imessage import KmsDomain
-from server import accounts
 from server import cli as server_cli
+from server.accounts import passwords
 from server.dispatch.api import DispatchApplication
 from server.groups.manager import GroupManager, MemberSpec
 from server.groups.store import DispatcherAccount, GroupStore, InvalidValue, make_data_key, read_data_key
@@ -39,7 +39,7 @@ ROLES = ("admin-a", "owner", "assigned", "other", "admin-b")
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture(scope="module")

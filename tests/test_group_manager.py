@@ -18,7 +18,7 @@ from ptt.groupkeys import GroupKey, make_group_key
 from ptt.mikey.errors import DecryptionFailed, WrongRecipient
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, ReceivedKey, ReplayCache, receive_i_message
 from ptt.ts33180 import KeyPurpose
-from server import accounts
+from server.accounts import passwords
 from server.groups import store as store_module
 from server.groups.manager import LARGE_GROUP, GroupManager, MemberSpec
 from server.groups.store import (
@@ -49,7 +49,7 @@ PASSWORD = "dispatch password"
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
 
 
 # --- a KMS domain in-process ----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A KMS is built in-process in a temporary directory (SQLite store, fresh master secrets, a self-signed XML-signing
 certificate). Every reply the helper ``call`` sees is checked to be a signed document that verifies with the pinned
-signing certificate and to carry no password. Password hashing is made cheap (``accounts.SCRYPT_N``) so that the many
+signing certificate and to carry no password. Password hashing is made cheap (``passwords.SCRYPT_N``) so that the many
 logins cost little.
 """
 
@@ -40,7 +40,7 @@ from ptt.kmsformat.model import (
 from ptt.kmsformat.signing import verify_signed_response
 from ptt.kmsformat.validation import check_init, check_key_prov
 from ptt.kmsformat.xml import certificate_to_xml, request_to_xml
-from server import accounts
+from server.accounts import passwords
 from server.kms import service, store
 from server.kms.cli import domain_certificate
 from server.kms.material import make_self_signed
@@ -99,7 +99,7 @@ def signer() -> Signer:
 
 @pytest.fixture(autouse=True)
 def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture
@@ -393,13 +393,13 @@ def test_disabled_account(app: KmsApplication, kms_store: KmsStore) -> None:
 def _count_scrypt(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each password check (scrypt evaluation) appends its cost N."""
     checks: list[int] = []
-    real = accounts._scrypt
+    real = passwords._scrypt
 
     def counting(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
         checks.append(n)
         return real(password, salt, n, r, p)
 
-    monkeypatch.setattr(accounts, "_scrypt", counting)
+    monkeypatch.setattr(passwords, "_scrypt", counting)
     return checks
 
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ptt.crypto.kms import MasterSecrets, generate_master_secrets
-from server import accounts
+from server.accounts import passwords
 from server.kms import material, secrets, store
 from server.kms.material import MaterialError
 from server.kms.secrets import SecretsFileError
@@ -43,13 +43,13 @@ def kms(db_path: Path) -> Iterator[KmsStore]:
 def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the password scrypt evaluations (their cost parameter N, one entry each)."""
     calls: list[int] = []
-    real: Callable[[bytes, bytes, int, int, int], bytes] = accounts._scrypt
+    real: Callable[[bytes, bytes, int, int, int], bytes] = passwords._scrypt
 
     def counting(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
         calls.append(n)
         return real(password, salt, n, r, p)
 
-    monkeypatch.setattr(accounts, "_scrypt", counting)
+    monkeypatch.setattr(passwords, "_scrypt", counting)
     return calls
 
 
@@ -139,7 +139,7 @@ def test_authenticate_ok_wrong_and_unknown(kms: KmsStore, scrypt_calls: list[int
         kms.authenticate("mallory", PASSWORD, now=4.0)
     # The same message and the same scrypt work (one evaluation at the same cost) whether or not the name exists.
     assert str(wrong.value) == str(unknown.value) == "wrong username or password"
-    assert scrypt_calls == [accounts.SCRYPT_N] * 3
+    assert scrypt_calls == [passwords.SCRYPT_N] * 3
 
 
 def test_password_is_unicode_normalised(kms: KmsStore) -> None:
@@ -236,7 +236,7 @@ def test_hash_is_self_describing_and_upgraded_on_login(
             return str(db.execute("SELECT password_hash FROM accounts").fetchone()[0])
 
     assert stored().startswith(f"scrypt${2**14}$8$1$")
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**12)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**12)
     kms.authenticate("alice", PASSWORD, now=1.0)  # the old hash still verifies ...
     assert stored().startswith(f"scrypt${2**12}$8$1$")  # ... and is replaced by one at the current cost
     assert kms.authenticate("alice", PASSWORD, now=2.0).username == "alice"

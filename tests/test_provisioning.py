@@ -68,7 +68,7 @@ from ptt.mikey.errors import WrongRecipient
 from ptt.mikey.imessage import IdentityKeys, ReplayCache, receive_i_message
 from ptt.sealed import seal
 from ptt.ts33180 import KeyPurpose
-from server import accounts
+from server.accounts import passwords
 from server.kms import service
 from server.kms.cli import domain_certificate
 from server.kms.material import certificate_pem, make_self_signed
@@ -127,7 +127,7 @@ def tls_pem() -> bytes:
 
 @pytest.fixture(autouse=True)
 def cheap_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
     monkeypatch.setattr(keystore_module, "seal", functools.partial(seal, cost=2**10))
 
 
@@ -515,7 +515,7 @@ def test_agent_backs_off_and_recovers(alice: Client, monkeypatch: pytest.MonkeyP
 
     # recovered: keys stored, error cleared, the back-off starts from the beginning next time
     monkeypatch.undo()
-    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
     alice.clock.advance(RETRY_MAX)
     assert alice.agent.last_error is None
     assert alice.keystore.periods(ALICE) == [PERIOD_N, PERIOD_N + 1]
