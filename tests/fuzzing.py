@@ -296,11 +296,14 @@ def dispatch_harness() -> Harness:
         def _login(self, *args: Any, **kwargs: Any) -> DispatcherAccount:
             return DispatcherAccount("root", "admin", False)
 
-    passwords.SCRYPT_N = 2**8  # this process only: the account is created, never logged in with
     directory = tempfile.mkdtemp(prefix="ptt-fuzz-")
     atexit.register(shutil.rmtree, directory, True)
     store = GroupStore(Path(directory) / "groups.sqlite3", bytes(range(32)))  # a real, empty store
-    store.add_dispatcher("root", "fuzzing password", role="admin", now=0)
+    cost, passwords.SCRYPT_N = passwords.SCRYPT_N, 2**8  # the account is created, never logged in with
+    try:
+        store.add_dispatcher("root", "fuzzing password", role="admin", now=0)
+    finally:  # the tests that run after this in the same process expect the real cost
+        passwords.SCRYPT_N = cost
     app = App(Manager(store), domain="example.org")  # type: ignore[arg-type]
     auth = "Basic " + base64.b64encode(b"root:secret").decode()
     members = "/api/groups/sip%3Afire-ops%40example.org/members"
@@ -540,6 +543,13 @@ def fuzz(parser: str, count: int, seed: int = 1) -> Report:
     import logging
 
     logging.disable(logging.CRITICAL)  # the dispatcher logs every refusal; findings are reported here
+    try:
+        return _fuzz(parser, count, seed)
+    finally:  # tests that run after this in the same process read the logs
+        logging.disable(logging.NOTSET)
+
+
+def _fuzz(parser: str, count: int, seed: int) -> Report:
     harness = TARGETS[parser]()
     report = Report(parser)
     rng = random.Random(f"{parser}:{seed}")
