@@ -79,6 +79,7 @@ class ServerKeys:
     def __init__(self, reactor: Any, keystore: Any, agent: Any, domain: KmsDomain, server_uri: str) -> None:
         self.reactor, self.keystore, self.agent = reactor, keystore, agent
         self._domain, self.server_uri = domain, server_uri
+        self._failures: dict[str, str] = {}  # group URI -> the KMS's answer when its keys could not be fetched
 
     def domain(self) -> KmsDomain:
         return self._domain
@@ -97,10 +98,16 @@ class ServerKeys:
         if not isInIOThread():
             try:
                 blockingCallFromThread(self.reactor, self._provision, group_uri)
+                self._failures.pop(group_uri, None)
             except Exception as exc:
                 log.warning("keys for %s not provisioned: %s", group_uri, exc)
+                self._failures[group_uri] = str(exc)
         keys = self.keystore.current_keys(group_uri, now)
         return keys
+
+    def missing_reason(self, group_uri: str) -> str | None:
+        """Why the last attempt to fetch the group identity's keys from the KMS failed (its error), if it did."""
+        return self._failures.get(group_uri)
 
     def _provision(self, identity: str) -> Any:
         if identity not in self.agent.identities:

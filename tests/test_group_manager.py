@@ -536,6 +536,17 @@ def test_missing_group_keys_are_a_clear_error(db: GroupStore, world: KmsWorld) -
         manager.rekey(GROUP, by="dana", now=NOW)
 
 
+def test_the_kmss_refusal_is_the_error_not_a_guess(db: GroupStore, world: KmsWorld) -> None:
+    class Refusing(KeySource):
+        def missing_reason(self, group_uri: str) -> str | None:
+            return "HTTP 429: too many failed logins to this account from your address"
+
+    manager = GroupManager(db, Refusing(world, provisioned=set()))
+    with pytest.raises(KeysUnavailable, match="its KMS refused or failed them: HTTP 429: too many") as error:
+        manager.create_group(GROUP, "Fire ops", [MemberSpec(ALICE)], created_by="dana", now=NOW)
+    assert "ptt-kms grant" not in str(error.value)
+
+
 def test_wrong_keys_from_the_source_are_refused(db: GroupStore, world: KmsWorld) -> None:
     class Confused(KeySource):
         def keys_for(self, group_uri: str, now: float) -> IdentityKeys | None:

@@ -281,6 +281,12 @@ class GroupManager:
         period = self.keys.domain().period_number(now)
         keys = self.keys.keys_for(group, now)
         if keys is None:
+            reason = getattr(self.keys, "missing_reason", lambda uri: None)(group)
+            if reason:  # the KMS said why (refused login, no grant, unreachable): say that, not a guess
+                raise KeysUnavailable(
+                    f"the group server holds no keys of the group identity {group} for key period {period}: its "
+                    f"KMS refused or failed them: {reason}"
+                )
             raise KeysUnavailable(
                 f"the group server holds no keys of the group identity {group} for key period {period}: grant the "
                 f"server's KMS account that identity (ptt-kms grant ACCOUNT {group}) and let the server provision"
