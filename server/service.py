@@ -157,7 +157,6 @@ class GroupServer(service.MultiService):
 
     def startService(self) -> None:
         service.Service.startService(self)  # the children start once the keys are there
-        self.gc_watch.install()
         d = defer.ensureDeferred(self._start())
         d.addCallbacks(self.ready.callback, self.ready.errback)
 
@@ -170,6 +169,7 @@ class GroupServer(service.MultiService):
         self._checker.start(KEY_PERIOD_CHECK, now=False)
         frozen = freeze_start_up_objects()
         log.info("%d start-up objects moved out of the garbage collector's way", frozen)
+        self.gc_watch.install()  # after the freeze's own full collection, which is part of start-up
         c = self.config
         print(
             f"ptt-server {c.server_uri} listening: dispatch https://{c.host}:{c.dispatch_port}, control "
