@@ -34,6 +34,7 @@ from twisted.internet import defer, stdio, task
 from twisted.protocols.basic import LineReceiver
 
 from client.control import ControlClient, ControlError, connect_control
+from client.tls import trust_from_info
 from ptt.crypto.kms import issue_signing_key
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.mikey.imessage import IdentityKeys, KmsDomain, build_i_message
@@ -98,7 +99,7 @@ class LoadGenerator:
         info = json.loads((root / "server.json").read_text())
         self.host = str(info["host"])
         self.port = int(info["control_port"])
-        self.cert = str(info["cert_pem"]).encode()
+        self.cert = trust_from_info(str(info["cert_pem"]).encode(), info.get("tls_ca"))
         self.server_uri = str(info["server_uri"])
         now = time.time()
         started = time.perf_counter()

@@ -252,8 +252,7 @@ def run_script(reactor: Any, client: Client, script: str) -> Any:
 def main(args: Any) -> int:
     """Entry from ``ptt-client talk`` (args: keystore, passphrase, uri, server_info, group, monitor, devices…)."""
     keystore = Keystore.open(Path(args.keystore), args.passphrase)
-    info = json.loads(Path(args.server_info).read_text())
-    server = ServerInfo(info["host"], int(info["control_port"]), info["cert_pem"].encode(), info["server_uri"])
+    server = ServerInfo.from_json(Path(args.server_info).read_text())
     groups = [args.group, *(args.monitor or [])]
     outcome: dict[str, Any] = {"code": 0}
     interactive = not args.script and sys.stdin.isatty()

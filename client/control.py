@@ -149,7 +149,7 @@ def connect_control(
     reactor: Any,
     host: str,
     port: int,
-    server_cert_pem: bytes,
+    server_cert_pem: bytes | None,
     keys: Callable[[float], IdentityKeys],
     handler: ControlHandler,
     *,

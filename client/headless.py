@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ptt-headless: give --passphrase-file or PTT_KEYSTORE_PASSPHRASE", file=sys.stderr)
         return 2
     keystore = Keystore.open(Path(args.keystore), passphrase)
-    info = json.loads(Path(args.server_info).read_text())
-    server = ServerInfo(info["host"], int(info["control_port"]), info["cert_pem"].encode(), info["server_uri"])
+    server = ServerInfo.from_json(Path(args.server_info).read_text())
     tag = (args.tag or args.uri.partition(":")[2].partition("@")[0]).encode()
     outcome: dict[str, Any] = {"code": 0}
 

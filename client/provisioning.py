@@ -105,7 +105,7 @@ class KmsHttpClient:
     def __init__(self, reactor: Any, enrolment: Enrolment, username: str, password: str) -> None:
         self.reactor = reactor
         self.enrolment = enrolment
-        self.agent = Agent(reactor, contextFactory=PinnedCertificatePolicy(enrolment.tls_cert_pem), connectTimeout=15)
+        self.agent = Agent(reactor, contextFactory=PinnedCertificatePolicy(enrolment.tls_trust_pem), connectTimeout=15)
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._auth = f"Basic {token}".encode("ascii")
 

@@ -8,6 +8,7 @@ control channel, group keys and CSK, joining, reconnecting and the relay's datag
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -16,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, protocol, task, threads
+from twisted.internet import abstract, defer, protocol, task, threads
 from twisted.python.failure import Failure
 
 from client.control import ControlClient, connect_control
 from client.keystore import DebouncedSave, Keystore
 from client.session_floor import SessionFloor
 from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
+from client.tls import trust_from_info
 from ptt.control import ControlProtocolError, unb64
 from ptt.floor.events import FloorEvent
 from ptt.floor.messages import is_rtcp
@@ -80,10 +82,21 @@ def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferre
 
 @dataclass(frozen=True)
 class ServerInfo:
+    """How to reach a group server (from ``ptt-server client-info``): its public name or address, the control
+    port, what to trust for TLS (the pinned certificate, the operator's CA bundle, or None: the system's CAs;
+    the certificate must name ``host`` in every case) and the server's URI."""
+
     host: str
     control_port: int
-    cert_pem: bytes
+    cert_pem: bytes | None
     server_uri: str
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ServerInfo:
+        """Parse a client-info file; ``ValueError`` (or ``KeyError``) if a field is missing or malformed."""
+        info = json.loads(text)
+        trust = trust_from_info(str(info["cert_pem"]).encode("ascii"), info.get("tls_ca"))
+        return cls(str(info["host"]), int(info["control_port"]), trust, str(info["server_uri"]))
 
 
 class _Media(protocol.DatagramProtocol):
@@ -340,7 +353,10 @@ class PttSession(SessionFloor):
         # Our PTTJ packets are MACed under a key from our CSK: the ID in the reply is public, the key is not sent.
         state.binding = JoinSigner(state.ssrc, binding_id, self.csk.csk)
         relay = reply["relay"]
-        self.relay = (str(relay["host"]), int(relay["port"]))
+        host = str(relay["host"])
+        if not (abstract.isIPAddress(host) or abstract.isIPv6Address(host)):
+            host = yield self.reactor.resolve(host)  # the relay's public name: datagrams go to an address
+        self.relay = (host, int(relay["port"]))
         if state.port is None:
             local = "127.0.0.1" if self.relay[0] in ("127.0.0.1", "localhost") else ""
             state.port = self.reactor.listenUDP(0, _Media(self, group), interface=local)

@@ -2,10 +2,12 @@
 (``TLS12_CIPHERS``: AES-GCM, ChaCha20-Poly1305; no CBC, no SHA-1 MAC, no static RSA key exchange), trusting only
 what the caller pins. ``server.tls`` builds the servers' contexts with the same suites.
 
-- ``pinned_client_options``: Twisted client options that trust exactly one certificate (the KMS's TLS certificate
-  from the enrolment, the group server's from ``ptt-server client-info``; self-signed is fine) and check the host
-  name against it. Used by the control channel client.
+- ``pinned_client_options``: Twisted client options that trust exactly the certificates given (the KMS's TLS
+  certificate from the enrolment or the group server's from ``ptt-server client-info``, self-signed: pinned; or the
+  operator's CA bundle from the same files), or the system's trusted CAs (``None``), and always check that the
+  certificate names the host the client connects to (its public name). Used by the control channel client.
 - ``PinnedCertificatePolicy``: the same for ``twisted.web.client.Agent`` (the KMS provisioning client).
+- ``trust_from_info``: which certificates a client-info or enrolment file tells a client to trust.
 - ``stdlib_client_context``: a standard-library context for the synchronous ``ptt-dispatch`` CLI, trusting a given
   CA/certificate file (else the system's CAs).
 """
@@ -15,12 +17,25 @@ from __future__ import annotations
 import ssl
 from typing import Any, cast
 
+from cryptography import x509
+from OpenSSL import crypto
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.interfaces import IAcceptableCiphers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-__all__ = ["TLS12_CIPHERS", "PinnedCertificatePolicy", "pinned_client_options", "stdlib_client_context"]
+__all__ = [
+    "SYSTEM_TRUST",
+    "TLS12_CIPHERS",
+    "PinnedCertificatePolicy",
+    "pinned_client_options",
+    "stdlib_client_context",
+    "trust_from_info",
+]
+
+SYSTEM_TRUST = "system"
+"""The ``tls_ca`` value of a client-info or enrolment file meaning "the system's trusted CAs" (as
+``ptt.kmsformat.enrolment.SYSTEM_TRUST``)."""
 
 TLS12_CIPHERS = ":".join(
     (
@@ -41,12 +56,36 @@ def acceptable_ciphers() -> IAcceptableCiphers:
     return cast(IAcceptableCiphers, twisted_ssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS))
 
 
-def pinned_client_options(hostname: str, certificate_pem: bytes) -> Any:
-    """Twisted client connection options (TLS 1.3, or 1.2 with ``TLS12_CIPHERS``) trusting only
-    ``certificate_pem`` for ``hostname``."""
+def trust_from_info(cert_pem: bytes, tls_ca: object) -> bytes | None:
+    """The trust anchors a client-info or enrolment file gives: its ``tls_ca`` (a PEM CA bundle: the operator's
+    own certificate from a CA), ``None`` for the system's CAs (``tls_ca`` = ``"system"``), else the pinned
+    certificate ``cert_pem`` (self-signed; files without ``tls_ca``). ``ValueError`` for anything else."""
+    if tls_ca is None:
+        return cert_pem
+    if tls_ca == SYSTEM_TRUST:
+        return None
+    if isinstance(tls_ca, str) and "-----BEGIN CERTIFICATE-----" in tls_ca:
+        return tls_ca.encode("ascii")
+    raise ValueError(f"tls_ca must be a PEM CA bundle or {SYSTEM_TRUST!r}")
+
+
+def _trust_root(trust_pem: bytes | None) -> Any:
+    if trust_pem is None:
+        return twisted_ssl.platformTrust()
+    certificates = [
+        twisted_ssl.Certificate(crypto.X509.from_cryptography(c)) for c in x509.load_pem_x509_certificates(trust_pem)
+    ]
+    return twisted_ssl.trustRootFromCertificates(certificates)
+
+
+def pinned_client_options(hostname: str, trust_pem: bytes | None) -> Any:
+    """Twisted client connection options (TLS 1.3, or 1.2 with ``TLS12_CIPHERS``) trusting only the certificates
+    in ``trust_pem`` (a pinned self-signed certificate or a CA bundle; the system's CAs if None), the server's
+    certificate naming ``hostname`` (a DNS name or an IP address). ``ValueError`` if ``trust_pem`` holds no
+    certificate."""
     return twisted_ssl.optionsForClientTLS(
         hostname,
-        trustRoot=twisted_ssl.Certificate.loadPEM(certificate_pem),
+        trustRoot=_trust_root(trust_pem),
         extraCertificateOptions={
             "raiseMinimumTo": twisted_ssl.TLSVersion.TLSv1_2,
             "acceptableCiphers": acceptable_ciphers(),
@@ -56,12 +95,11 @@ def pinned_client_options(hostname: str, certificate_pem: bytes) -> Any:
 
 @implementer(IPolicyForHTTPS)
 class PinnedCertificatePolicy:
-    """An ``Agent`` policy trusting exactly one certificate (self-signed is fine), the same TLS as
-    ``pinned_client_options``."""
+    """An ``Agent`` policy with the trust and host-name check of ``pinned_client_options``."""
 
-    def __init__(self, certificate_pem: bytes) -> None:
-        twisted_ssl.Certificate.loadPEM(certificate_pem)  # a malformed certificate fails here, not at first use
-        self._pem = certificate_pem
+    def __init__(self, trust_pem: bytes | None) -> None:
+        _trust_root(trust_pem)  # a malformed certificate fails here, not at first use
+        self._pem = trust_pem
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return pinned_client_options(hostname.decode("ascii"), self._pem)

@@ -1,15 +1,17 @@
 """``ptt-server``: the group server's command line (the server itself is ``server.service.makeService``).
 
   ptt-server --data DIR init --kms-enrolment E.json --kms-user NAME [--kms-secret-file F]
-             --server-uri sip:ptt-server@example.org [--domain example.org] [--host 127.0.0.1]
+             --server-uri sip:ptt-server@example.org [--domain example.org]
+             [--listen 127.0.0.1] [--public-name NAME] [--relay-public HOST[:PORT]]
              [--dispatch-port 8444] [--control-port 8445] [--relay-port 8446]
+             [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--tls-name NAME]
   ptt-server --data DIR dispatcher add NAME [--role admin] [--org ORG] [--password-file F]
                                    (the default role is 'dispatcher', the least privileged)
   ptt-server --data DIR dispatcher list | role NAME ROLE | remove NAME
   ptt-server --data DIR dispatcher assign|unassign NAME GROUP      let NAME manage GROUP's members
   ptt-server --data DIR dispatcher ceiling [N]        the highest priority a non-admin may give (default 100)
   ptt-server --data DIR audit verify [--anchor ID:HASH] | audit show [--limit N] [--org ORG]
-  ptt-server --data DIR client-info [--out FILE]      what clients need: address, server URI, TLS certificate
+  ptt-server --data DIR client-info [--out FILE]      what clients need: public name, ports, server URI, TLS trust
   ptt-server --data DIR serve [--workers N]
 
 The server is a KMS client: its account is keyed for the server's own URI (clients encrypt their CSK to it) and
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from client.tls import SYSTEM_TRUST
 from ptt.control import b64
 from server.service import ConfigError, DataDir, ServerConfig
 
@@ -55,15 +58,53 @@ def _write_private(path: Path, data: bytes) -> None:
     write_private_file(path, data)
 
 
+def _addresses_and_tls(args: argparse.Namespace) -> tuple[ServerConfig, Any]:
+    """The configuration and TLS material ``init`` writes, checked before anything is written."""
+    from server.kms.material import WILDCARD_ADDRESSES, MaterialError, tls_material
+
+    public = args.public_name or ""
+    if not public:
+        if args.listen in WILDCARD_ADDRESSES:
+            raise CliError(f"--listen {args.listen} is no address clients can use: give --public-name NAME")
+        public = args.listen
+    if any(c.isspace() for c in public) or public.startswith("["):
+        raise CliError(f"--public-name must be a DNS name or an address, not {public!r}")
+    domain = args.domain or args.server_uri.partition("@")[2] or "example.org"
+    config = ServerConfig(
+        server_uri=args.server_uri,
+        domain=domain,
+        listen=args.listen,
+        dispatch_port=args.dispatch_port,
+        control_port=args.control_port,
+        relay_port=args.relay_port,
+        kms_user=args.kms_user,
+        public_name=public,
+        relay_public=args.relay_public or "",
+        tls_trust="pinned" if not args.tls_cert else "ca" if args.tls_ca else "system",
+    )
+    try:
+        tls = tls_material(
+            list(dict.fromkeys([public, *(args.tls_name or [])])),
+            args.listen,
+            cert_path=args.tls_cert,
+            key_path=args.tls_key,
+            ca_path=args.tls_ca,
+        )
+    except MaterialError as exc:
+        raise CliError(str(exc)) from None
+    return config, tls
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from client.keystore import Keystore
     from ptt.kmsformat.enrolment import Enrolment
     from server.groups.store import GroupStore, make_data_key
-    from server.kms.material import make_self_signed, write_key_and_certificate
 
     data = DataDir(Path(args.data))
     if data.config.exists() and not args.force:
         raise CliError(f"{data.root} already holds a server (use --force to start over)")
+    config, tls = _addresses_and_tls(args)
+    domain = config.domain
     enrolment = Enrolment.from_json(Path(args.kms_enrolment).read_bytes())
     password = _secret(args.kms_password_file, "PTT_KMS_PASSWORD", f"KMS service token for {args.kms_user}")
     if len(password) < MIN_KMS_SECRET:
@@ -81,18 +122,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     keystore.save()
     if not data.data_key.exists():
         make_data_key(data.data_key)
-    key, cert = make_self_signed(args.host, san_dns=["localhost"], san_ips=["127.0.0.1"])
-    write_key_and_certificate(key, cert, data.tls_key, data.tls_cert)
-    domain = args.domain or args.server_uri.partition("@")[2] or "example.org"
-    config = ServerConfig(
-        server_uri=args.server_uri,
-        domain=domain,
-        host=args.host,
-        dispatch_port=args.dispatch_port,
-        control_port=args.control_port,
-        relay_port=args.relay_port,
-        kms_user=args.kms_user,
-    )
+    tls.write(data.tls_key, data.tls_cert)
+    if tls.ca not in (None, SYSTEM_TRUST):
+        assert tls.ca is not None
+        data.tls_ca.write_text(tls.ca)
+    else:
+        data.tls_ca.unlink(missing_ok=True)
     config.save(data.config)
     from server.groups.store import read_data_key
 
@@ -183,13 +218,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_client_info(args: argparse.Namespace) -> int:
     data = DataDir(Path(args.data))
     config = ServerConfig.load(data.config)
-    info = {
-        "host": config.host,
+    from server.kms.material import certificate_pem, load_certificate
+
+    info: dict[str, Any] = {
+        "host": config.public_name,
         "control_port": config.control_port,
         "dispatch_port": config.dispatch_port,
         "server_uri": config.server_uri,
-        "cert_pem": data.tls_cert.read_text(),
+        "cert_pem": certificate_pem(load_certificate(data.tls_cert)).decode("ascii"),
     }
+    if config.tls_trust == "ca":
+        info["tls_ca"] = data.tls_ca.read_text()
+    elif config.tls_trust == "system":
+        info["tls_ca"] = SYSTEM_TRUST
     text = json.dumps(info, indent=1) + "\n"
     if args.out:
         Path(args.out).write_text(text)
@@ -231,9 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptt-server", description="PTT group server")
     parser.add_argument("--data", default="var/server", help="data directory (default var/server)")
     sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init", help="create a server data directory")
-    init.add_argument("--kms-enrolment", required=True)
-    init.add_argument("--kms-user", required=True)
+    init = sub.add_parser(
+        "init",
+        help="create a server data directory",
+        description="Create a server data directory: its KMS account, keystore, data key, TLS key and certificate, "
+        "and server.json.",
+    )
+    init.add_argument("--kms-enrolment", required=True, metavar="FILE", help="the KMS's enrolment file (ptt-kms "
+                      "export-enrolment)")  # fmt: skip
+    init.add_argument("--kms-user", required=True, metavar="NAME", help="the server's KMS service account")
     init.add_argument(
         "--kms-secret-file",
         "--kms-password-file",
@@ -241,13 +288,53 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="the KMS service account's token (from ptt-kms user add NAME --service --secret-out F)",
     )
-    init.add_argument("--server-uri", required=True)
-    init.add_argument("--domain")
-    init.add_argument("--host", default="127.0.0.1")
-    init.add_argument("--dispatch-port", type=int, default=8444)
-    init.add_argument("--control-port", type=int, default=8445)
-    init.add_argument("--relay-port", type=int, default=8446)
-    init.add_argument("--force", action="store_true")
+    init.add_argument("--server-uri", required=True, metavar="URI", help="the server's identity, e.g. "
+                      "sip:ptt-server@example.org (its KMS account must be keyed for it)")  # fmt: skip
+    init.add_argument("--domain", help="the domain of group URIs (default: the server URI's domain)")
+    init.add_argument(
+        "--listen",
+        "--host",
+        dest="listen",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the dispatcher API, control channel and relay listen on (default 127.0.0.1; 0.0.0.0 or :: "
+        "for every interface)",
+    )
+    init.add_argument(
+        "--public-name",
+        metavar="NAME",
+        help="DNS name or address clients connect to, handed out by client-info and named by the TLS certificate "
+        "(default: the listen address; required when listening on a wildcard address)",
+    )
+    init.add_argument(
+        "--relay-public",
+        metavar="HOST[:PORT]",
+        help="where clients send media if not the public name and the relay port (e.g. behind a NAT)",
+    )
+    init.add_argument("--dispatch-port", type=int, default=8444, metavar="PORT", help="dispatcher API, HTTPS "
+                      "(default 8444)")  # fmt: skip
+    init.add_argument("--control-port", type=int, default=8445, metavar="PORT", help="clients' control channel, TLS "
+                      "(default 8445)")  # fmt: skip
+    init.add_argument("--relay-port", type=int, default=8446, metavar="PORT", help="relay, UDP (default 8446)")
+    init.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="the operator's own TLS certificate (from a CA; leaf first, then intermediates), which must name the "
+        "public name; default: a generated self-signed one, which clients pin",
+    )
+    init.add_argument("--tls-key", metavar="PEM", help="the private key (EC) of --tls-cert")
+    init.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="the CA bundle clients trust for --tls-cert (default: the system's trusted CAs)",
+    )
+    init.add_argument(
+        "--tls-name",
+        action="append",
+        metavar="NAME",
+        help="another name the certificate must name (repeatable), e.g. a second DNS name of the server",
+    )
+    init.add_argument("--force", action="store_true", help="start over in a directory that holds a server")
     init.set_defaults(func=cmd_init)
     dispatcher = sub.add_parser("dispatcher", help="dispatcher accounts")
     dsub = dispatcher.add_subparsers(dest="action", required=True)

@@ -43,21 +43,72 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """``server.json``. ``listen`` is the address the server binds (all three services); ``public_name`` the DNS
+    name or address clients use (what ``client-info`` hands out, what the TLS certificate names); ``relay_public``
+    the relay's ``HOST:PORT`` as clients must send to it, if not the public name and the relay port (a NAT or a
+    separate address); ``tls_trust`` what clients trust: ``pinned`` (the generated self-signed certificate),
+    ``ca`` (the operator's CA bundle, ``tls-ca.pem``) or ``system`` (the system's CAs)."""
+
     server_uri: str
     domain: str
-    host: str
+    listen: str
     dispatch_port: int
     control_port: int
     relay_port: int
     kms_user: str
+    public_name: str = ""
+    relay_public: str = ""
+    tls_trust: str = "pinned"
+
+    def __post_init__(self) -> None:
+        if not self.public_name:  # files written before issue 13: clients were told the listen address
+            object.__setattr__(self, "public_name", self.listen)
+        if self.tls_trust not in ("pinned", "ca", "system"):
+            raise ConfigError(f"tls_trust must be pinned, ca or system, not {self.tls_trust!r}")
+        self.relay_address()
 
     @classmethod
     def load(cls, path: Path) -> ServerConfig:
+        """Read ``server.json``; an older file (``host``, no public name) loads with its old meaning."""
         data = json.loads(path.read_text())
-        return cls(**data)
+        if "host" in data and "listen" not in data:
+            data["listen"] = data.pop("host")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=1) + "\n")
+
+    def relay_address(self) -> RelayAddress:
+        """Where clients send their datagrams: ``relay_public``, else the public name and the relay port."""
+        if not self.relay_public:
+            return RelayAddress(self.public_name, self.relay_port)
+        return RelayAddress(*parse_host_port(self.relay_public, self.relay_port))
+
+
+def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` (a bare IPv6 address has no port); ``ConfigError``."""
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"not HOST[:PORT]: {text!r}")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = _port(number, text)
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(f"not HOST[:PORT]: {text!r}")
+    return host, port
+
+
+def _port(number: str, text: str) -> int:
+    if not number.isdigit() or not 0 < int(number) < 65536:
+        raise ConfigError(f"bad port in {text!r}")
+    return int(number)
 
 
 class DataDir:
@@ -68,6 +119,7 @@ class DataDir:
         self.data_key = root / "data.key"
         self.tls_key = root / "tls-key.pem"
         self.tls_cert = root / "tls-cert.pem"
+        self.tls_ca = root / "tls-ca.pem"
         self.keystore = root / "keystore"
         self.keystore_pass = root / "keystore.pass"
         self.kms_password = root / "kms-password"
@@ -128,7 +180,7 @@ class RelayService(service.Service):
             self.reactor,
             self.core,
             self.config.relay_port,
-            self.config.host,
+            self.config.listen,
             on_floor=self.shell.relay_floor,
             on_dead=self.shell.relay_dead,
             on_joined=self.shell.relay_joined,
@@ -171,9 +223,11 @@ class GroupServer(service.MultiService):
         log.info("%d start-up objects moved out of the garbage collector's way", frozen)
         self.gc_watch.install()  # after the freeze's own full collection, which is part of start-up
         c = self.config
+        relay = c.relay_address()
         print(
-            f"ptt-server {c.server_uri} listening: dispatch https://{c.host}:{c.dispatch_port}, control "
-            f"{c.host}:{c.control_port}, relay udp {c.host}:{c.relay_port} ({parts['pool'].workers} crypto workers)",
+            f"ptt-server {c.server_uri} listening: {c.listen} dispatch {c.dispatch_port}, control {c.control_port}, "
+            f"relay udp {c.relay_port}; clients use {c.public_name} (relay {relay.host}:{relay.port}) "
+            f"({parts['pool'].workers} crypto workers)",
             flush=True,
         )
 
@@ -237,7 +291,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     store_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-server-store")
     store_pool.start()
     relay_core = relay_core_from_environment(os.environ)
-    call = GroupCall(relay_core, RelayAddress(config.host, config.relay_port))
+    call = GroupCall(relay_core, config.relay_address())
     call.load(group_info(record, store.members(record.uri)) for record in records)
     manager = GroupManager(store, keys, distributor=pool.distributor)
     shell = CallShell(
@@ -264,11 +318,11 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     }
     top = GroupServer(reactor, config, parts)
     RelayService(reactor, shell, relay_core, config).setServiceParent(top)
-    control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.host)
+    control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.listen)
     _endpoint_service(control, shell.control).setServiceParent(top)
     reserved = (config.server_uri, keystore.enrolment.kms_uri)  # wildcards are refused whatever this says
     app = DispatchApplication(manager, status=shell.status, domain=config.domain, reserved=reserved)
-    dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.host)
+    dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.listen)
     _endpoint_service(dispatch, make_dispatch_site(app, store_pool, reactor.seconds)).setServiceParent(top)
     return top
 

@@ -1,6 +1,8 @@
 """What a client needs to trust a KMS, in one file (exported by ``ptt-kms export-enrolment``).
 
-The KMS's URI and HTTPS base URL, the TLS certificate to pin for that connection, the certificate whose key signs
+The KMS's URI and HTTPS base URL (its host is the KMS's public name, which its TLS certificate must name), the TLS
+certificate to pin for that connection or, if the operator's certificate is a CA's (``tls_ca``), the CA bundle to
+trust instead (``"system"``: the system's trusted CAs), the certificate whose key signs
 the KMS responses (XML-DSig over a TS 33.180 D.2.3 SignedKmsResponse), and the KMS certificate (D.3.2.2). The file is
 JSON; the KMS certificate is kept in its Annex D XML form (``certificate_to_xml``).
 """
@@ -17,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ptt.kmsformat.model import KmsCertificate, MalformedEnrolment
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 
-__all__ = ["ENROLMENT_FORMAT", "MAX_ENROLMENT_SIZE", "Enrolment"]
+__all__ = ["ENROLMENT_FORMAT", "MAX_ENROLMENT_SIZE", "SYSTEM_TRUST", "Enrolment"]
+
+SYSTEM_TRUST = "system"
 
 ENROLMENT_FORMAT = "ptt-kms-enrolment/1"
 MAX_ENROLMENT_SIZE = 1024 * 1024
@@ -39,6 +43,7 @@ class Enrolment:
     tls_cert_pem: bytes
     signing_cert_pem: bytes
     certificate: KmsCertificate
+    tls_ca: str | None = None  # None: pin tls_cert_pem; a PEM CA bundle; or "system" (the system's CAs)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kms_uri, str) or self.kms_uri != self.certificate.kms_uri:
@@ -51,6 +56,12 @@ class Enrolment:
         ):
             raise MalformedEnrolment(f"base_url must be an https:// URL, got {self.base_url!r}")
         _load_pem("tls_cert_pem", self.tls_cert_pem)
+        if self.tls_ca is not None and self.tls_ca != SYSTEM_TRUST:
+            try:
+                if not isinstance(self.tls_ca, str) or not x509.load_pem_x509_certificates(self.tls_ca.encode("ascii")):
+                    raise ValueError("no certificate")
+            except (ValueError, UnicodeEncodeError) as exc:
+                raise MalformedEnrolment(f"tls_ca must be a PEM CA bundle or {SYSTEM_TRUST!r}") from exc
         if not isinstance(_load_pem("signing_cert_pem", self.signing_cert_pem).public_key(), ec.EllipticCurvePublicKey):
             raise MalformedEnrolment("signing certificate must hold an elliptic-curve key (ECDSA-SHA256)")
 
@@ -58,6 +69,14 @@ class Enrolment:
     def tls_cert(self) -> x509.Certificate:
         """The certificate the KMS's HTTPS server presents (pinned, not checked against any CA)."""
         return _load_pem("tls_cert_pem", self.tls_cert_pem)
+
+    @property
+    def tls_trust_pem(self) -> bytes | None:
+        """What the client trusts for the KMS's HTTPS: the pinned certificate, the CA bundle, or None (the system's
+        CAs); the certificate must name the host of ``base_url`` in every case."""
+        if self.tls_ca is None:
+            return self.tls_cert_pem
+        return None if self.tls_ca == SYSTEM_TRUST else self.tls_ca.encode("ascii")
 
     @property
     def signing_cert(self) -> x509.Certificate:
@@ -73,6 +92,8 @@ class Enrolment:
             "signing_cert_pem": self.signing_cert_pem.decode("ascii"),
             "certificate": certificate_to_xml(self.certificate).decode("utf-8"),
         }
+        if self.tls_ca is not None:
+            document["tls_ca"] = self.tls_ca
         return json.dumps(document, indent=2).encode("utf-8") + b"\n"
 
     @classmethod
@@ -91,6 +112,9 @@ class Enrolment:
         missing = [name for name in fields if name not in values]
         if missing:
             raise MalformedEnrolment(f"enrolment lacks string fields: {', '.join(missing)}")
+        tls_ca = document.get("tls_ca")
+        if tls_ca is not None and not isinstance(tls_ca, str):
+            raise MalformedEnrolment("tls_ca must be a string")
         try:
             tls_pem = values["tls_cert_pem"].encode("ascii")
             signing_pem = values["signing_cert_pem"].encode("ascii")
@@ -102,4 +126,5 @@ class Enrolment:
             tls_cert_pem=tls_pem,
             signing_cert_pem=signing_pem,
             certificate=parse_certificate(values["certificate"].encode("utf-8")),
+            tls_ca=tls_ca,
         )
