@@ -135,7 +135,7 @@ def test_init_with_given_tls_material(tmp_path: Path, capsys: pytest.CaptureFixt
     material.write_key_and_certificate(key, cert, tmp_path / "k.pem", tmp_path / "c.pem")
     (tmp_path / "k.pem").chmod(0o640)  # e.g. group ssl-cert: accepted as input, stored 0600
     directory = tmp_path / "d"
-    args = ["--data", str(directory), "init", "--domain", "d", "--kms-uri", KMS_URI]
+    args = ["--data", str(directory), "init", "--domain", "d", "--kms-uri", KMS_URI, "--public-name", "kms.corp"]
     code, _, _ = _run(capsys, *args, "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem"))
     assert code == 0
     assert material.load_certificate(directory / "tls-cert.pem") == cert

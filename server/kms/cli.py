@@ -65,14 +65,37 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--kms-uri", required=True, help="the KMS URI, e.g. kms.example.org")
     init.add_argument("--key-period", type=int, default=DEFAULT_KEY_PERIOD, metavar="S", help="key period, seconds")
     init.add_argument("--key-offset", type=int, default=0, metavar="S", help="key period offset, seconds")
-    init.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    init.add_argument(
+        "--listen",
+        "--host",
+        dest="host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for every interface)",
+    )
     init.add_argument("--port", type=int, default=8443, help="port to listen on (default 8443)")
-    init.add_argument("--base-url", help="URL clients use (default https://HOST:PORT)")
-    init.add_argument("--tls-name", action="append", metavar="DNS", help="another DNS name for the TLS certificate")
+    init.add_argument(
+        "--public-name",
+        metavar="NAME",
+        help="DNS name or address clients connect to (the enrolment's base URL https://NAME:PORT, named by the TLS "
+        "certificate; default: the listen address, required when listening on a wildcard address)",
+    )
+    init.add_argument("--base-url", help="URL clients use, if not https://PUBLIC-NAME:PORT (e.g. behind a proxy)")
+    init.add_argument(
+        "--tls-name", action="append", metavar="DNS", help="another name the TLS certificate must name (repeatable)"
+    )
     init.add_argument("--days", type=int, default=3650, help="validity of generated certificates (default 3650)")
     init.add_argument("--passphrase-file", metavar="F", help="encrypt the master secrets under this passphrase")
-    init.add_argument("--tls-cert", metavar="PEM", help="use this TLS certificate instead of a self-signed one")
-    init.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    init.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="the operator's own TLS certificate (from a CA; leaf first, then intermediates), which must name the "
+        "public name; default: a generated self-signed one, which clients pin",
+    )
+    init.add_argument("--tls-key", metavar="PEM", help="the private key (EC) of --tls-cert")
+    init.add_argument(
+        "--tls-ca", metavar="PEM", help="the CA bundle clients trust for --tls-cert (default: the system's CAs)"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing domain's secrets and keys")
     init.set_defaults(func=cmd_init)
 

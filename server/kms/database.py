@@ -15,7 +15,7 @@ from typing import Self
 
 __all__ = ["SCHEMA_VERSION", "SETTINGS", "AuditRecord", "KmsDatabase", "StoreError"]
 
-SETTINGS = ("domain", "kms_uri", "key_period", "key_period_offset", "base_url", "host", "port")
+SETTINGS = ("domain", "kms_uri", "key_period", "key_period_offset", "base_url", "host", "port", "tls_trust")
 """The setting keys the CLI writes and the service reads."""
 
 

@@ -74,6 +74,11 @@ class DataDir:
         return self.root / "tls-cert.pem"
 
     @property
+    def tls_ca(self) -> Path:
+        """The CA bundle clients trust for an operator's TLS certificate (absent: pinned or system CAs)."""
+        return self.root / "tls-ca.pem"
+
+    @property
     def signing_key(self) -> Path:
         return self.root / "signing-key.pem"
 

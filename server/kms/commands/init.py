@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from ptt.crypto.kms import generate_master_secrets
+from ptt.kmsformat.enrolment import SYSTEM_TRUST
 from server.kms.commands import common
 from server.kms.commands.common import (
     CliError,
@@ -25,10 +22,11 @@ from server.kms.commands.common import (
 )
 from server.kms.domain import CERTIFICATE_YEARS
 from server.kms.material import (
+    WILDCARD_ADDRESSES,
+    MaterialError,
     certificate_fingerprint,
-    load_certificate,
-    load_private_key,
     make_self_signed,
+    tls_material,
     write_key_and_certificate,
 )
 from server.kms.secrets import write_master_secrets
@@ -37,26 +35,18 @@ from server.kms.store import KmsStore
 __all__ = ["cmd_init", "cmd_serve"]
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def _public_name(host: str, public_name: str | None) -> str:
+    if public_name:
+        if any(c.isspace() for c in public_name) or "/" in public_name or public_name.startswith("["):
+            raise CliError(f"--public-name must be a DNS name or an address, not {public_name!r}")
+        return public_name
+    if host in WILDCARD_ADDRESSES:
+        raise CliError(f"--listen {host} is no address clients can use: give --public-name NAME (or --base-url)")
+    return host
 
 
 def _default_base_url(host: str, port: int) -> str:
-    if host in ("", "0.0.0.0", "::"):
-        host = "localhost"  # a wildcard is no address to connect to; the operator should give --base-url
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-
-
-def _given_tls(cert_path: str, key_path: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = load_private_key(Path(key_path), check_mode=False)  # copied to a 0600 file below
-    cert = load_certificate(Path(cert_path))
-    if cert.public_key() != key.public_key():
-        raise CliError(f"the certificate {cert_path} is not for the key {key_path}")
-    return key, cert
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -70,13 +60,21 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CliError("--key-offset must not be negative")
     if not 0 < args.port < 65536:
         raise CliError("--port must be 1-65535")
-    base_url = args.base_url or _default_base_url(args.host, args.port)
+    base_url = args.base_url or _default_base_url(_public_name(args.host, args.public_name), args.port)
     url = urlsplit(base_url)
     if url.scheme != "https" or not url.hostname:
         raise CliError(f"--base-url must be an https URL with a host, got {base_url!r}")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise CliError("--tls-cert and --tls-key go together")
-    given_tls = _given_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
+    try:
+        tls = tls_material(
+            unique([url.hostname, *(args.tls_name or [])]),
+            args.host,
+            cert_path=args.tls_cert,
+            key_path=args.tls_key,
+            ca_path=args.tls_ca,
+            days=args.days,
+        )
+    except MaterialError as exc:
+        raise CliError(str(exc)) from None
     passphrase = read_secret_file(args.passphrase_file, "passphrase") if args.passphrase_file else None
 
     existing = dd.secrets.exists()
@@ -95,16 +93,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     master = generate_master_secrets()
     write_master_secrets(dd.secrets, master, passphrase)
 
-    if given_tls is None:
-        host = url.hostname
-        dns = unique(["localhost"] + ([] if _is_ip(host) else [host]) + list(args.tls_name or []))
-        ips = unique(["127.0.0.1"] + ([host] if _is_ip(host) else []))
-        if _is_ip(args.host) and args.host not in ("0.0.0.0", "::"):
-            ips = unique([*ips, args.host])
-        tls_key, tls_cert = make_self_signed(host, san_dns=dns, san_ips=ips, days=args.days)
+    tls.write(dd.tls_key, dd.tls_cert)
+    tls_cert = tls.chain[0]
+    if tls.ca not in (None, SYSTEM_TRUST):
+        assert tls.ca is not None
+        dd.tls_ca.write_text(tls.ca)
     else:
-        tls_key, tls_cert = given_tls
-    write_key_and_certificate(tls_key, tls_cert, dd.tls_key, dd.tls_cert)
+        dd.tls_ca.unlink(missing_ok=True)
     signing_key, signing_cert = make_self_signed(
         f"{args.kms_uri} response signing", san_dns=[], san_ips=[], days=args.days, tls_server=False
     )
@@ -123,6 +118,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             ("cert_valid_to", str(int(now) + CERTIFICATE_YEARS * 365 * 86400)),
         ):
             store.set_setting(key, value)
+        trust = "pinned" if tls.ca is None else "system" if tls.ca == SYSTEM_TRUST else "ca"
+        if trust != "pinned" or store.get_setting("tls_trust"):  # absent: pinned, as before issue 13
+            store.set_setting("tls_trust", trust)
         store.audit(
             "domain-reinitialised" if existing else "domain-initialised",
             username=None,
@@ -132,7 +130,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     os.chmod(dd.db, 0o600)
     print(f"KMS domain {args.domain} initialised in {dd.root}")
     print(f"  KMS URI                 {args.kms_uri}")
-    print(f"  base URL                {base_url}")
+    print(f"  base URL                {base_url}  (listening on {args.host}:{args.port})")
     print(f"  KPAK SHA-256            {fingerprint(master.kpak)}")
     print(f"  TLS certificate SHA-256 {certificate_fingerprint(tls_cert)}")
     print(f"  master secrets          {'encrypted' if passphrase else 'NOT encrypted (no --passphrase-file)'}")

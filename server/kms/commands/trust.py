@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ptt.kmsformat.enrolment import Enrolment
+from ptt.kmsformat.enrolment import SYSTEM_TRUST, Enrolment
 from ptt.kmsformat.model import KmsCertificate, KmsFormatError
 from ptt.kmsformat.trust import user_domains
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
@@ -22,11 +22,20 @@ from server.kms.secrets import read_public_keys
 __all__ = ["cmd_export_enrolment", "cmd_trust_domain", "cmd_untrust_domain", "describe_trust"]
 
 
+def _tls_trust(dd: DataDir, setting: str | None) -> str | None:
+    """What the enrolment tells clients to trust for the KMS's HTTPS: None (pin its self-signed certificate), the
+    operator's CA bundle, or "system"."""
+    if setting == "ca":
+        return dd.tls_ca.read_text()
+    return SYSTEM_TRUST if setting == "system" else None
+
+
 def cmd_export_enrolment(args: argparse.Namespace) -> int:
     dd = DataDir(Path(args.data))
     with open_store(dd) as store:
         domain = stored_domain(store)
         valid_from, valid_to = certificate_validity(store.settings())
+        tls_ca = _tls_trust(dd, store.get_setting("tls_trust"))
     kpak, z = read_public_keys(dd.secrets)
     base_url = args.base_url or domain.base_url
     if not base_url:
@@ -39,6 +48,7 @@ def cmd_export_enrolment(args: argparse.Namespace) -> int:
         certificate=domain_certificate(
             domain.kms_uri, domain.key_period, domain.key_period_offset, kpak, z, valid_from, valid_to
         ),
+        tls_ca=tls_ca,
     )
     data = enrolment.to_json()
     if args.out:
