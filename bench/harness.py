@@ -170,10 +170,13 @@ def start_system(
     outsiders: tuple[str, ...] = (),
     server_env: dict[str, str] | None = None,
     group_grants: tuple[str, ...] = (),
+    kms_init: tuple[str, ...] = (),
+    server_init: tuple[str, ...] = (),
 ) -> System:
     """Initialise and start a KMS and a group server under ``root``, provision USERS (and ``outsiders``: domain
     users who are not in the group) and create GROUP. ``server_env`` adds environment for the server process;
-    ``group_grants`` are more group URIs the server's KMS account may be keyed for (groups a bench creates)."""
+    ``group_grants`` are more group URIs the server's KMS account may be keyed for (groups a bench creates);
+    ``kms_init``/``server_init`` more options of ``ptt-kms init``/``ptt-server init`` (addresses and names)."""
     kms_port, dispatch_port, control_port, relay_port = free_ports(4)
     root.mkdir(parents=True, exist_ok=True)
     everyone = (*USERS, *outsiders)
@@ -182,9 +185,10 @@ def start_system(
     (root / "ks.pw").write_text("keystore-passphrase\n")
     kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
     assert (
-        run(*kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port)).returncode
+        run(*kms, "init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(kms_port),
+            *kms_init).returncode
         == 0
-    )
+    )  # fmt: skip
     for user in everyone:
         assert (
             run(
@@ -226,6 +230,7 @@ def start_system(
         str(control_port),
         "--relay-port",
         str(relay_port),
+        *server_init,
     )
     assert out.returncode == 0, out.stderr
     assert run(*server, "dispatcher", "add", "admin", "--password-file", str(root / "admin.pw")).returncode == 0
