@@ -188,7 +188,7 @@ def test_trust_from_info() -> None:
 
 
 def test_an_old_server_json_loads_with_its_old_meaning(tmp_path: Path) -> None:
-    old = Path(__file__).parents[1] / "deploy" / "server.json.example"
+    example = Path(__file__).parents[1] / "deploy" / "server.json.example"
     path = tmp_path / "server.json"
     document = {"server_uri": "sip:ptt-server@example.org", "domain": "groups.example.org", "host": "192.0.2.9",
                 "dispatch_port": 8444, "control_port": 8445, "relay_port": 8446, "kms_user": "ptt-server"}  # fmt: skip
@@ -198,7 +198,7 @@ def test_an_old_server_json_loads_with_its_old_meaning(tmp_path: Path) -> None:
     assert (config.relay_address().host, config.relay_address().port) == ("192.0.2.9", 8446)
     config.save(path)
     assert ServerConfig.load(path) == config
-    assert ServerConfig.load(old).public_name  # the example of deploy/ loads
+    assert ServerConfig.load(example).public_name == "ptt.example.org"  # the example of deploy/ loads
     path.write_text(json.dumps({**document, "surprise": 1}))
     with pytest.raises(ConfigError):
         ServerConfig.load(path)
