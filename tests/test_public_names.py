@@ -278,3 +278,40 @@ def test_client_info_hands_out_the_public_name_and_what_to_trust(
     assert ServerInfo.from_json(json.dumps(info)).cert_pem == operator_ca["ca"].read_bytes()
     info = _client_info(data, ServerConfig(**{**config.__dict__, "tls_trust": "system"}), capsys)
     assert info["tls_ca"] == SYSTEM_TRUST and ServerInfo.from_json(json.dumps(info)).cert_pem is None
+
+
+# --- ptt-kms init and the enrolment ------------------------------------------------------------------------------
+
+
+def test_kms_enrolment_carries_the_public_name_and_the_operator_ca(
+    tmp_path: Path, operator_ca: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ptt.kmsformat.enrolment import Enrolment
+    from server.kms import cli as kms_cli
+
+    base = ["--data", str(tmp_path / "kms"), "init", "--domain", "example.test", "--kms-uri", "kms.example.test"]
+    assert kms_cli.main([*base, "--listen", "0.0.0.0"]) == 2
+    assert "give --public-name" in capsys.readouterr().err
+    tls = ["--tls-cert", str(operator_ca["chain"]), "--tls-key", str(operator_ca["key"])]
+    assert (
+        kms_cli.main([*base, "--listen", "0.0.0.0", "--public-name", PUBLIC, *tls, "--tls-ca", str(operator_ca["ca"])])
+        == 0
+    )
+    assert (tmp_path / "kms" / "tls-cert.pem").read_bytes() == operator_ca["chain"].read_bytes()  # chain kept
+    capsys.readouterr()
+    assert kms_cli.main(["--data", str(tmp_path / "kms"), "export-enrolment"]) == 0
+    enrolment = Enrolment.from_json(capsys.readouterr().out.encode())
+    assert enrolment.base_url == f"https://{PUBLIC}:8443"
+    assert enrolment.tls_ca == operator_ca["ca"].read_text()
+    assert enrolment.tls_trust_pem == operator_ca["ca"].read_bytes()
+    assert Enrolment.from_json(enrolment.to_json()) == enrolment
+
+    # re-initialised with a generated certificate: pinned again, no tls_ca in the file
+    assert kms_cli.main([*base, "--listen", "0.0.0.0", "--public-name", PUBLIC, "--force"]) == 0
+    capsys.readouterr()
+    assert kms_cli.main(["--data", str(tmp_path / "kms"), "export-enrolment"]) == 0
+    out = capsys.readouterr().out
+    assert "tls_ca" not in out
+    enrolment = Enrolment.from_json(out.encode())
+    assert enrolment.tls_trust_pem == enrolment.tls_cert_pem
+    assert names_host(enrolment.tls_cert, PUBLIC) and names_host(enrolment.tls_cert, "127.0.0.1")
