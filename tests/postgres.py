@@ -1,0 +1,155 @@
+"""A real PostgreSQL for the tests: Debian's ``initdb``/``pg_ctl`` in a temporary directory, one server per test
+session (per xdist worker), a fresh database per test module, stopped at the end.
+
+The server listens on a unix socket in its directory only (no TCP port), trusts local connections and runs as a
+non-root user: the current one, or ``postgres`` (else ``nobody``) through ``runuser`` when the tests run as root,
+since PostgreSQL refuses to run as root. Without the binaries the tests that need it are skipped with the reason.
+
+Use: ``from tests.postgres import postgres_server, postgres_url`` in a test module (both are fixtures), then take
+``postgres_url`` (a ``postgresql://`` URL of the module's own database).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = ["PostgresServer", "find_binaries", "postgres_server", "postgres_url", "start_postgres"]
+
+_SUPERUSER = "ptt"
+_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")  # a throwaway server: speed only
+
+
+def find_binaries() -> Path | None:
+    """The newest ``/usr/lib/postgresql/*/bin`` holding ``initdb`` and ``pg_ctl`` (``$PTT_PG_BIN`` first)."""
+    candidates = [os.environ.get("PTT_PG_BIN", "")]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: [int(x) for x in re.findall(r"\d+", p)])[
+        ::-1
+    ]
+    for candidate in candidates:
+        if candidate and all(os.access(Path(candidate, b), os.X_OK) for b in ("initdb", "pg_ctl")):
+            return Path(candidate)
+    return None
+
+
+def _run_as() -> list[str]:
+    """The command prefix that runs PostgreSQL as a non-root user ([] when we are not root)."""
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        raise RuntimeError("the tests run as root and there is no runuser to start PostgreSQL as another user")
+    for user in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return [runuser, "-u", user, "--"]
+    raise RuntimeError("the tests run as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
+
+
+@dataclass
+class PostgresServer:
+    """A running server: its directory (data in ``data/``, the socket in ``run/``) and how to reach it."""
+
+    root: Path
+    bin: Path
+    prefix: list[str]
+    databases: list[str] = field(default_factory=list)
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "run"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{_SUPERUSER}@/{database}?host={self.socket_dir}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise ValueError(f"bad database name {name!r}")
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        self.databases.append(name)
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.prefix, str(self.bin / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", "immediate", "-s"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """Initialise and start a server in a new temporary directory (``pytest.skip`` if PostgreSQL is missing)."""
+    binaries = find_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg (3) is not installed")
+    prefix = _run_as()
+    root = Path(tempfile.mkdtemp(prefix="ptt-pg-"))
+    os.chmod(root, 0o755)
+    (root / "run").mkdir()
+    if prefix:
+        user = prefix[2]
+        entry = pwd.getpwnam(user)
+        for path in (root, root / "run"):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    server = PostgresServer(root, binaries, prefix)
+    data = root / "data"
+    log = root / "postgres.log"
+    try:
+        subprocess.run(
+            [*prefix, str(binaries / "initdb"), "-D", str(data), "-U", _SUPERUSER, "--auth=trust", "--no-sync"]
+            + ["--encoding=UTF8", "--locale=C"],
+            check=True,
+            capture_output=True,
+        )
+        settings = ("listen_addresses=''", f"unix_socket_directories='{root / 'run'}'", *_SETTINGS)
+        options = " ".join(f"-c {s}" for s in settings)
+        subprocess.run(
+            [*prefix, str(binaries / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-s", "-o", options],
+            check=True,
+            capture_output=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or b"").decode(errors="replace").strip()
+        if log.exists():
+            detail += "\n" + log.read_text(errors="replace")[-2000:]
+        server.stop()
+        raise RuntimeError(f"PostgreSQL did not start: {detail}") from None
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh database for the test module."""
+    name = re.sub(r"[^a-z0-9_]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    return postgres_server.create_database(name)
