@@ -5,8 +5,10 @@ The server listens on a unix socket in its directory only (no TCP port), trusts 
 non-root user: the current one, or ``postgres`` (else ``nobody``) through ``runuser`` when the tests run as root,
 since PostgreSQL refuses to run as root. Without the binaries the tests that need it are skipped with the reason.
 
-Use: ``from tests.postgres import postgres_server, postgres_url`` in a test module (both are fixtures), then take
-``postgres_url`` (a ``postgresql://`` URL of the module's own database).
+Use: ``from tests.postgres import database_url, postgres_server, postgres_url`` in a test module (fixtures), then
+take ``database_url``: each test runs twice, on a new SQLite file and on an emptied PostgreSQL database (the
+server starts only when a PostgreSQL test first needs it). ``raw(url)`` reaches the tables behind the store's back
+(tampering tests), ``dump(url)`` is every stored octet, ``integrity_errors(url)`` what a violated constraint raises.
 """
 
 from __future__ import annotations
@@ -18,15 +20,28 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["PostgresServer", "find_binaries", "postgres_server", "postgres_url", "start_postgres"]
+__all__ = [
+    "PostgresServer",
+    "database_url",
+    "dump",
+    "find_binaries",
+    "integrity_errors",
+    "postgres_server",
+    "postgres_url",
+    "raw",
+    "start_postgres",
+]
 
 _SUPERUSER = "ptt"
+_INIT = ("--encoding=UTF8", "--locale=C")
 _SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")  # a throwaway server: speed only
 
 
@@ -118,8 +133,7 @@ def start_postgres() -> PostgresServer:
     log = root / "postgres.log"
     try:
         subprocess.run(
-            [*prefix, str(binaries / "initdb"), "-D", str(data), "-U", _SUPERUSER, "--auth=trust", "--no-sync"]
-            + ["--encoding=UTF8", "--locale=C"],
+            [*prefix, str(binaries / "initdb"), "-D", str(data), "-U", _SUPERUSER, "--auth=trust", "--no-sync", *_INIT],
             check=True,
             capture_output=True,
         )
@@ -153,3 +167,72 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
     """A fresh database for the test module."""
     name = re.sub(r"[^a-z0-9_]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
     return postgres_server.create_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store database: a SQLite file, or the module's PostgreSQL database emptied."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return url
+
+
+class _Raw:
+    def __init__(self, conn: Any, postgres: bool) -> None:
+        self.conn, self.postgres = conn, postgres
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        from server.sqldb import Dialect
+
+        return self.conn.execute(Dialect.postgres(sql) if self.postgres else sql, tuple(parameters))
+
+
+@contextmanager
+def raw(url: str) -> Iterator[_Raw]:
+    """A connection of its own to the database at ``url`` (``?`` placeholders); commits at the end."""
+    from server.sqldb import is_postgres_url
+
+    if is_postgres_url(url):
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            yield _Raw(conn, True)
+        return
+    import sqlite3
+
+    db = sqlite3.connect(url)
+    try:
+        with db:
+            yield _Raw(db, False)
+    finally:
+        db.close()
+
+
+def integrity_errors(url: str) -> tuple[type[Exception], ...]:
+    import sqlite3
+
+    import psycopg
+
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+def dump(url: str) -> bytes:
+    """Every octet stored: the SQLite files (main and WAL), or every value of every table in PostgreSQL."""
+    from server.sqldb import is_postgres_url
+
+    if not is_postgres_url(url):
+        path = Path(url)
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    out = []
+    with raw(url) as db:
+        tables = [t for (t,) in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                out += [v if isinstance(v, bytes) else str(v).encode() for v in row if v is not None]
+    return b"\x00".join(out)

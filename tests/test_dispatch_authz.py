@@ -22,6 +22,7 @@ from server.accounts import passwords
 from server.dispatch.api import DispatchApplication
 from server.groups.manager import GroupManager, MemberSpec
 from server.groups.store import DispatcherAccount, GroupStore, InvalidValue, make_data_key, read_data_key
+from tests.postgres import raw
 from tests.test_group_manager import PERIOD, KeySource, KmsWorld
 
 NOW = 1_790_000_000.0
@@ -81,8 +82,8 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, world: KmsWorld) -> Iterator[Env]:
-    store = GroupStore(tmp_path / "groups.sqlite3", DATA_KEY)
+def env(database_url: str, world: KmsWorld) -> Iterator[Env]:
+    store = GroupStore(database_url, DATA_KEY)
     for name, role, org in (
         ("admin-a", "admin", "org-a"),
         ("admin-a2", "admin", "org-a"),
@@ -380,7 +381,7 @@ def test_member_changes_are_audited_who_when_what(env: Env) -> None:
 def test_the_audit_chain_detects_a_tampered_row(env: Env, tamper: str, reason: str) -> None:
     check = env.store.verify_audit()
     assert check.ok and check.records > 6 and check.broken_at is None
-    with sqlite3.connect(env.store.path) as db:
+    with raw(env.store.url) as db:
         db.execute(tamper)
     check = env.store.verify_audit()
     assert not check.ok and check.reason == reason and check.broken_at in (5, 6, 1000)
@@ -390,7 +391,7 @@ def test_the_audit_chain_detects_a_tampered_row(env: Env, tamper: str, reason: s
 
 
 def test_the_chain_continues_across_processes_and_reopening(env: Env, tmp_path: Path) -> None:
-    with GroupStore(env.store.path, DATA_KEY) as second:  # another process on the same file (e.g. ptt-server CLI)
+    with GroupStore(env.store.url, DATA_KEY) as second:  # another process on the same file (e.g. ptt-server CLI)
         second.set_priority_ceiling(120, now=NOW)
     env.ok("POST", _path(G, "members"), {"uri": DAVE}, user="owner")
     check = env.store.verify_audit()

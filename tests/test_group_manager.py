@@ -37,6 +37,7 @@ from server.groups.store import (
 )
 from server.keydistribution import GroupKeyDistributor
 from server.kms import store as kms_store
+from tests.postgres import dump, integrity_errors, raw
 
 NOW = 1_790_000_000.0
 PERIOD = 30 * 24 * 3600
@@ -102,8 +103,8 @@ def world() -> KmsWorld:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[GroupStore]:
-    s = GroupStore(tmp_path / "groups.sqlite3", DATA_KEY)
+def db(database_url: str) -> Iterator[GroupStore]:
+    s = GroupStore(database_url, DATA_KEY)
     yield s
     s.close()
 
@@ -129,26 +130,23 @@ def manager(db: GroupStore, world: KmsWorld, pushes: Pushes) -> GroupManager:
     return GroupManager(db, KeySource(world), on_imessage=pushes)
 
 
-def _dump(path: Path) -> bytes:
-    """Every octet of the database files (main and WAL)."""
-    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
-
-
 # --- store: groups and members --------------------------------------------------------------------------------
 
 
 def test_schema_is_versioned_and_wal(db: GroupStore) -> None:
     assert db.schema_version() == store_module.SCHEMA_VERSION
-    assert db.journal_mode() == "wal"
+    assert db.journal_mode() == ("wal" if db.backend == "sqlite" else "postgresql")
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "groups.sqlite3"
-    GroupStore(path, DATA_KEY).close()
-    with sqlite3.connect(path) as raw:
-        raw.execute("PRAGMA user_version = 99")
+def test_newer_schema_is_refused(database_url: str) -> None:
+    GroupStore(database_url, DATA_KEY).close()
+    with raw(database_url) as db:
+        if "://" in database_url:
+            db.execute("UPDATE schema_version SET version = 99")
+        else:
+            db.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="newer"):
-        GroupStore(path, DATA_KEY)
+        GroupStore(database_url, DATA_KEY)
 
 
 def test_group_crud(db: GroupStore) -> None:
@@ -248,7 +246,7 @@ def test_transaction_is_all_or_nothing(db: GroupStore) -> None:
 # --- store: accounts and lockout ------------------------------------------------------------------------------
 
 
-def test_dispatcher_accounts(db: GroupStore) -> None:
+def test_dispatcher_accounts(database_url: str, db: GroupStore) -> None:
     db.add_dispatcher("dana", PASSWORD, now=NOW)
     db.add_dispatcher("root", PASSWORD, role="admin", now=NOW)
     assert db.authenticate("dana", PASSWORD, now=NOW) == store_module.DispatcherAccount("dana", "dispatcher", False)
@@ -269,7 +267,7 @@ def test_dispatcher_accounts(db: GroupStore) -> None:
     db.remove_dispatcher("root", now=NOW)
     assert [a.username for a in db.dispatchers()] == ["dana"]
     # the password is kept only as a scrypt hash
-    assert PASSWORD.encode() not in _dump(db.path)
+    assert PASSWORD.encode() not in dump(database_url)
 
 
 def test_lockout_policy_is_the_kms_one(db: GroupStore) -> None:
@@ -297,38 +295,38 @@ def test_lockout_policy_is_the_kms_one(db: GroupStore) -> None:
 # --- store: keys and I_MESSAGEs -------------------------------------------------------------------------------
 
 
-def test_gmk_is_sealed_and_superseded_keys_erased(db: GroupStore) -> None:
+def test_gmk_is_sealed_and_superseded_keys_erased(database_url: str, db: GroupStore) -> None:
     db.create_group(GROUP, "Fire ops", created_by="admin", now=NOW)
     assert db.active_key(GROUP) is None and db.key_info(GROUP) is None
     first, second = make_group_key(), make_group_key()
     db.set_active_key(GROUP, first, 7, now=NOW)
     active = db.active_key(GROUP)
     assert active is not None and active[0] == first and active[1] == 7
-    assert first.gmk not in _dump(db.path)
+    assert first.gmk not in dump(database_url)
     db.set_active_key(GROUP, second, 8, now=NOW + 5)
     assert db.active_key(GROUP) == (second, 8)
     assert db.key_info(GROUP) == store_module.KeyInfo(second.gmk_id, 8, NOW + 5)
     assert [k.gmk_id for k in db.key_history(GROUP)] == [first.gmk_id, second.gmk_id]
-    with sqlite3.connect(db.path) as raw:
-        rows = raw.execute("SELECT gmk_id, sealed_gmk, active FROM group_keys ORDER BY id").fetchall()
+    with raw(database_url) as tables:
+        rows = tables.execute("SELECT gmk_id, sealed_gmk, active FROM group_keys ORDER BY id").fetchall()
         assert rows[0][1] is None and rows[0][2] == 0 and rows[1][2] == 1  # the superseded GMK is erased
-        with pytest.raises(sqlite3.IntegrityError):  # at most one active key per group
-            raw.execute(
+        with pytest.raises(integrity_errors(database_url)):  # at most one active key per group
+            tables.execute(
                 "INSERT INTO group_keys (group_uri, gmk_id, rand, sealed_gmk, period_no, created_at, active) "
-                "VALUES (?, ?, x'00', x'00', 1, 1, 1)",
-                (GROUP, first.gmk_id),
+                "VALUES (?, ?, ?, ?, 1, 1, 1)",
+                (GROUP, first.gmk_id, b"\x00", b"\x00"),
             )
-    assert second.gmk not in _dump(db.path)
+    assert second.gmk not in dump(database_url)
 
 
-def test_altered_sealed_gmk_is_refused(db: GroupStore) -> None:
+def test_altered_sealed_gmk_is_refused(database_url: str, db: GroupStore) -> None:
     db.create_group(GROUP, "Fire ops", created_by="admin", now=NOW)
     db.create_group(OTHER, "Rescue", created_by="admin", now=NOW)
     db.set_active_key(GROUP, make_group_key(), 1, now=NOW)
     db.set_active_key(OTHER, make_group_key(), 1, now=NOW)
-    with sqlite3.connect(db.path) as raw:  # move one group's sealed key to the other: bound to its group, refused
-        sealed = raw.execute("SELECT sealed_gmk FROM group_keys WHERE group_uri = ?", (GROUP,)).fetchone()[0]
-        raw.execute("UPDATE group_keys SET sealed_gmk = ? WHERE group_uri = ?", (sealed, OTHER))
+    with raw(database_url) as tables:  # move one group's sealed key to the other: bound to its group, refused
+        sealed = tables.execute("SELECT sealed_gmk FROM group_keys WHERE group_uri = ?", (GROUP,)).fetchone()[0]
+        tables.execute("UPDATE group_keys SET sealed_gmk = ? WHERE group_uri = ?", (sealed, OTHER))
     with pytest.raises(StoreError, match="does not decrypt"):
         db.active_key(OTHER)
 
@@ -460,7 +458,7 @@ def test_added_member_gets_the_current_gmk(
 
 
 def test_removal_rekeys_and_the_removed_member_gets_nothing(
-    manager: GroupManager, db: GroupStore, world: KmsWorld, pushes: Pushes
+    database_url: str, manager: GroupManager, db: GroupStore, world: KmsWorld, pushes: Pushes
 ) -> None:
     manager.create_group(
         GROUP, "Fire ops", [MemberSpec(ALICE), MemberSpec(BOB), MemberSpec(CAROL)], created_by="dana", now=NOW
@@ -483,7 +481,7 @@ def test_removal_rekeys_and_the_removed_member_gets_nothing(
         with pytest.raises((WrongRecipient, DecryptionFailed)):
             world.receive(BOB, data, now=NOW + 120)
     assert [k.gmk_id for k in db.key_history(GROUP)] == [old.gmk_id, new.gmk_id]
-    assert old.gmk not in _dump(db.path) and new.gmk not in _dump(db.path)
+    assert old.gmk not in dump(database_url) and new.gmk not in dump(database_url)
     events = [(a.actor, a.event) for a in db.audit_log()]
     assert ("dana", "member-removed") in events and ("dana", "rekey") in events
     with pytest.raises(NoSuchMember):

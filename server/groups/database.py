@@ -1,19 +1,18 @@
 """The group store's database: the versioned schema, one connection shared by threads, transactions, the data key
 check and the audit log.
 
-The schema is versioned by ``PRAGMA user_version`` (``_UPGRADES[v]`` takes version v to v + 1: SQL statements, or
-a function of the connection for a step SQL cannot do). One connection,
-usable from several threads: every public method holds the store's lock, and ``transaction()`` lets a caller
-group several changes into one atomic SQLite transaction (the group manager stores a group, its members, its
-key and their I_MESSAGEs all or nothing).
+The database is SQLite (one file, the embedded default) or PostgreSQL, chosen by a URL (``server.sqldb``). The
+schema is versioned (``_UPGRADES[v]`` takes version v to v + 1: SQL statements, or a function of the connection for
+a step SQL cannot do). The store is usable from several threads, and ``transaction()`` lets a caller group several
+changes into one atomic transaction (the group manager stores a group, its members, its key and their I_MESSAGEs
+all or nothing); writers are serialised, so the audit hash chain's head is read and extended by one writer at a
+time.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -31,6 +30,7 @@ from server.groups.records import (
     audit_digest,
     verify_audit_chain,
 )
+from server.sqldb import Connection, DatabaseError, Upgrade, open_database
 
 __all__ = ["SCHEMA_VERSION", "StoreDatabase"]
 
@@ -50,7 +50,7 @@ def _audit_record(row: Sequence[Any]) -> AuditRecord:
     )
 
 
-def _chain_existing_audit(db: sqlite3.Connection) -> None:
+def _chain_existing_audit(db: Connection) -> None:
     """Version 1 → 2: the records written before the chain existed are chained as they are."""
     previous = AUDIT_GENESIS
     rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id").fetchall()
@@ -60,7 +60,7 @@ def _chain_existing_audit(db: sqlite3.Connection) -> None:
         db.execute("UPDATE audit SET hash = ? WHERE id = ?", (previous, record.id))
 
 
-_UPGRADES: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
+_UPGRADES: dict[int, list[Upgrade]] = {
     0: [
         "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
         """CREATE TABLE dispatchers (
@@ -141,29 +141,31 @@ class StoreDatabase:
     """The connection, transactions, schema upgrades, data key check and audit log every part of the group store
     shares; ``GroupStore`` adds the tables' operations."""
 
-    def __init__(self, path: Path, data_key: bytes) -> None:
+    def __init__(self, url: Path | str, data_key: bytes) -> None:
+        """Open (creating and upgrading as needed) the store at ``url``: a SQLite path (or ``sqlite:///path``), or
+        ``postgresql://…`` (``server.sqldb.open_database``)."""
         if not isinstance(data_key, bytes) or len(data_key) != DATA_KEY_LENGTH:
             raise StoreError(f"the data key must be {DATA_KEY_LENGTH} octets")
-        self.path = Path(path)
         self._aead = AESGCM(data_key)
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
+        self.url = str(url)
         try:
-            self._db.execute("PRAGMA foreign_keys = ON")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal" and str(self.path) != ":memory:":
-                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._upgrade()
+            self._database = open_database(url, lock_name="ptt.groups")
+        except DatabaseError as exc:
+            raise StoreError(str(exc)) from None
+        self.location = self._database.location
+        self.backend = self._database.backend
+        try:
+            self._database.upgrade(_UPGRADES, program="server")
             self._check_data_key()
+        except DatabaseError as exc:
+            self._database.close()
+            raise StoreError(str(exc)) from None
         except BaseException:
-            self._db.close()
+            self._database.close()
             raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._database.close()
 
     def __enter__(self) -> Self:
         return self
@@ -176,51 +178,19 @@ class StoreDatabase:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything done through this store inside the block is one atomic transaction (nesting is allowed:
-        only the outermost block commits). Holds the store's lock for the whole block."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._depth = 0
-                self._db.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self._db.execute("COMMIT")
+        only the outermost block commits); writers are serialised (``server.sqldb``)."""
+        with self._database.transaction():
+            yield
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.transaction():
-            yield self._db
+    def _tx(self) -> Iterator[Connection]:
+        with self._database.transaction() as db:
+            yield db
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
-
-    def _upgrade(self) -> None:
-        with self._tx() as db:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this server ({SCHEMA_VERSION}); upgrade ptt"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for statement in _UPGRADES[step]:
-                    if callable(statement):
-                        statement(db)
-                    else:
-                        db.execute(statement)
-            if version != SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+    def _read(self) -> Iterator[Connection]:
+        with self._database.read() as db:
+            yield db
 
     def _check_data_key(self) -> None:
         """The first open records a value sealed under the data key; later opens check it, so a wrong key file is
@@ -236,21 +206,20 @@ class StoreDatabase:
                 value = bytes(row[0])
                 self._aead.decrypt(value[:12], value[12:], CHECK_AD)
             except (InvalidTag, ValueError, TypeError):
-                raise StoreError(f"{self.path}: the data key does not belong to this database") from None
+                raise StoreError(f"{self.location}: the data key does not belong to this database") from None
 
     def schema_version(self) -> int:
-        with self._read() as db:
-            return int(db.execute("PRAGMA user_version").fetchone()[0])
+        return self._database.schema_version()
 
     def journal_mode(self) -> str:
-        with self._read() as db:
-            return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+        """SQLite's journal mode ('wal'), or 'postgresql'."""
+        return self._database.journal_mode()
 
     # --- audit log ---
 
     @staticmethod
     def _audit(
-        db: sqlite3.Connection, now: float, actor: str | None, event: str, detail: str, *, org: str | None = None
+        db: Connection, now: float, actor: str | None, event: str, detail: str, *, org: str | None = None
     ) -> None:
         """Append a chained record (call inside a write transaction). ``org`` defaults to the actor's."""
         now = float(now)  # hashed as it reads back (an int 0 would hash as "0", and read back as 0.0)
@@ -259,12 +228,12 @@ class StoreDatabase:
             org = None if row is None else str(row[0])
         last = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         previous = AUDIT_GENESIS if last is None or last[0] is None else bytes(last[0])
-        cursor = db.execute(
-            "INSERT INTO audit (at, actor, event, detail, org) VALUES (?, ?, ?, ?, ?)", (now, actor, event, detail, org)
-        )
-        assert cursor.lastrowid is not None
-        record = AuditRecord(now, actor, event, detail, cursor.lastrowid, org)
-        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_digest(previous, record), cursor.lastrowid))
+        (row_id,) = db.execute(
+            "INSERT INTO audit (at, actor, event, detail, org) VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (now, actor, event, detail, org),
+        ).fetchone()
+        record = AuditRecord(now, actor, event, detail, int(row_id), org)
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_digest(previous, record), row_id))
 
     def audit(self, event: str, *, actor: str | None, detail: str, now: float, org: str | None = None) -> None:
         """Append an event. Callers must never put passwords or keys in ``detail``."""
@@ -276,7 +245,8 @@ class StoreDatabase:
         where, args = ("WHERE org = ?", (org, limit)) if org is not None else ("", (limit,))
         with self._read() as db:
             rows = db.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM (SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+                f"SELECT {_AUDIT_COLUMNS} FROM (SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?) AS latest "
+                "ORDER BY id",
                 args,
             ).fetchall()
         return [_audit_record(r) for r in rows]

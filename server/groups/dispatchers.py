@@ -8,7 +8,6 @@ side of ``server.accounts.LoginLedger`` for the dispatcher API, and its ``LoginG
 from __future__ import annotations
 
 import re
-import sqlite3
 from functools import cached_property
 
 from server import accounts
@@ -23,6 +22,7 @@ from server.groups.records import (
     StoreError,
     check_org,
 )
+from server.sqldb import Connection
 
 __all__ = ["DispatcherAccounts"]
 
@@ -66,7 +66,7 @@ class DispatcherAccounts(StoreDatabase):
         if problem is not None:
             raise AccountError(problem)
 
-    def _require_account(self, db: sqlite3.Connection, username: str) -> None:
+    def _require_account(self, db: Connection, username: str) -> None:
         if not db.execute("SELECT 1 FROM dispatchers WHERE username = ?", (username,)).fetchone():
             raise AccountError(f"no account {username!r}")
 
@@ -81,7 +81,7 @@ class DispatcherAccounts(StoreDatabase):
             self._audit(db, now, None, "account-removed", username, org=org)
 
     @staticmethod
-    def _org_of(db: sqlite3.Connection, username: str) -> str | None:
+    def _org_of(db: Connection, username: str) -> str | None:
         row = db.execute("SELECT org FROM dispatchers WHERE username = ?", (username,)).fetchone()
         return None if row is None else str(row[0])
 

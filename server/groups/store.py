@@ -13,7 +13,6 @@ and dates stay for the record. Time is always passed in (``now``, Unix seconds).
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +53,7 @@ from server.groups.records import (
     check_role,
     check_uri,
 )
+from server.sqldb import Connection
 
 __all__ = [
     "DATA_KEY_LENGTH",
@@ -118,7 +118,7 @@ class GroupStore(DispatcherAccounts):
             None if owner is None else str(owner),
         )
 
-    def _require_group(self, db: sqlite3.Connection, uri: str) -> str:
+    def _require_group(self, db: Connection, uri: str) -> str:
         """The group's organisation (``NoSuchGroup`` if there is no such group)."""
         row = db.execute("SELECT org FROM groups WHERE uri = ?", (uri,)).fetchone()
         if row is None:
@@ -184,7 +184,9 @@ class GroupStore(DispatcherAccounts):
         check_priority(ceiling)
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO settings (key, value) VALUES ('priority_ceiling', ?)", (str(ceiling).encode(),)
+                "INSERT INTO settings (key, value) VALUES ('priority_ceiling', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(ceiling).encode(),),
             )
             self._audit(db, now, by, "priority-ceiling", f"non-admin dispatchers may give up to {ceiling}")
 
@@ -260,7 +262,7 @@ class GroupStore(DispatcherAccounts):
         return MemberRecord(group, uri, new_priority, new_role, current.added_at)
 
     @staticmethod
-    def _member(db: sqlite3.Connection, group: str, uri: str) -> MemberRecord | None:
+    def _member(db: Connection, group: str, uri: str) -> MemberRecord | None:
         row = db.execute(
             "SELECT priority, role, added_at FROM members WHERE group_uri = ? AND uri = ?", (group, uri)
         ).fetchone()
