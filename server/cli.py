@@ -81,6 +81,7 @@ def _addresses_and_tls(args: argparse.Namespace) -> tuple[ServerConfig, Any]:
         public_name=public,
         relay_public=args.relay_public or "",
         tls_trust="pinned" if not args.tls_cert else "ca" if args.tls_ca else "system",
+        database=args.database or "",
     )
     try:
         tls = tls_material(
@@ -128,10 +129,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         data.tls_ca.write_text(tls.ca)
     else:
         data.tls_ca.unlink(missing_ok=True)
-    config.save(data.config)
-    from server.groups.store import read_data_key
+    from server.groups.store import StoreError, read_data_key
 
-    GroupStore(data.db, read_data_key(data.data_key)).close()
+    try:
+        GroupStore(config.database or data.db, read_data_key(data.data_key)).close()
+    except StoreError as exc:
+        raise CliError(f"the group store: {exc}") from None
+    config.save(data.config)
     print(f"ptt-server {args.server_uri} initialised in {data.root} (KMS {enrolment.kms_uri}, account {args.kms_user})")
     print(f"  the KMS account must be keyed for {args.server_uri} and for every group URI it manages:")
     print(f"  ptt-kms grant {args.kms_user} sip:GROUP@{domain}")
@@ -144,7 +148,7 @@ def _open_store(args: argparse.Namespace) -> Any:
     data = DataDir(Path(args.data))
     if not data.config.exists():
         raise CliError(f"{data.root} holds no server (run init)")
-    return GroupStore(data.db, read_data_key(data.data_key))
+    return GroupStore(data.database(), read_data_key(data.data_key))
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
@@ -333,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME",
         help="another name the certificate must name (repeatable), e.g. a second DNS name of the server",
+    )
+    init.add_argument(
+        "--database",
+        metavar="URL",
+        help="the group store: postgresql://USER@HOST/DB (a pool of connections; several servers may share it) or "
+        "sqlite:///PATH (default: server.sqlite3 in the data directory)",
     )
     init.add_argument("--force", action="store_true", help="start over in a directory that holds a server")
     init.set_defaults(func=cmd_init)

@@ -59,6 +59,9 @@ class ServerConfig:
     public_name: str = ""
     relay_public: str = ""
     tls_trust: str = "pinned"
+    database: str = ""
+    """The group store: '' for the SQLite file in the data directory, else a URL (``postgresql://…``,
+    ``sqlite:///path``; ``server.sqldb``)."""
 
     def __post_init__(self) -> None:
         if not self.public_name:  # files written before issue 13: clients were told the listen address
@@ -123,6 +126,11 @@ class DataDir:
         self.keystore = root / "keystore"
         self.keystore_pass = root / "keystore.pass"
         self.kms_password = root / "kms-password"
+
+    def database(self) -> str | Path:
+        """Where the group store is: server.json's ``database`` URL, or the SQLite file here."""
+        url = json.loads(self.config.read_text()).get("database") if self.config.exists() else None
+        return url or self.db
 
 
 class ServerKeys:
@@ -273,7 +281,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     if keystore.enrolment is None:
         raise ConfigError("the server's keystore is not enrolled with a KMS (run init)")
     domain = keystore.enrolment.certificate.domain()
-    store = GroupStore(data.db, read_data_key(data.data_key))
+    store = GroupStore(data.database(), read_data_key(data.data_key))
     records = store.groups()
     identities = [config.server_uri, *[g.uri for g in records]]
     keys_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-server-keys")  # KMS responses' checks, sealing

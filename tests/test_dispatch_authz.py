@@ -396,3 +396,12 @@ def test_the_chain_continues_across_processes_and_reopening(env: Env, tmp_path: 
     env.ok("POST", _path(G, "members"), {"uri": DAVE}, user="owner")
     check = env.store.verify_audit()
     assert check.ok and check.head == env.store.audit_log(1)[0].hash
+
+
+def test_the_cli_uses_the_configured_database(data_dir: Path, database_url: str) -> None:
+    (data_dir / "server.json").write_text(json.dumps({"database": database_url}))
+    assert _server_cli(data_dir, "dispatcher", "add", "dana", "--password-file", str(data_dir / "password")) == 0
+    with GroupStore(database_url, read_data_key(data_dir / "data.key")) as store:
+        assert store.dispatcher("dana") == DispatcherAccount("dana", "dispatcher", False, "default")
+        assert store.verify_audit().ok
+    assert not (data_dir / "server.sqlite3").exists() or database_url.endswith("server.sqlite3")

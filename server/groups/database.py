@@ -30,7 +30,7 @@ from server.groups.records import (
     audit_digest,
     verify_audit_chain,
 )
-from server.sqldb import Connection, DatabaseError, Upgrade, open_database
+from server.sqldb import Connection, DatabaseError, SqliteDatabase, Upgrade, open_database
 
 __all__ = ["SCHEMA_VERSION", "StoreDatabase"]
 
@@ -154,6 +154,8 @@ class StoreDatabase:
             raise StoreError(str(exc)) from None
         self.location = self._database.location
         self.backend = self._database.backend
+        self.path: Path | None = self._database.path if isinstance(self._database, SqliteDatabase) else None
+        """The SQLite file (the CSK replay file goes next to it: ``server.replaystore``); None for PostgreSQL."""
         try:
             self._database.upgrade(_UPGRADES, program="server")
             self._check_data_key()
