@@ -645,3 +645,30 @@ def test_a_version_1_database_is_upgraded_with_owners_orgs_and_a_chained_audit_l
         check = s.verify_audit()
         assert check.ok and check.records == 3
         assert s.audit_log(1)[0].org == "default"  # the actor's organisation
+
+
+def test_concurrent_writers_keep_one_audit_chain(database_url: str) -> None:
+    """Two stores on one database (two processes' worth of connections), each written from two threads: the
+    writers are serialised, so every record chains onto the one before it."""
+    stores = [GroupStore(database_url, DATA_KEY) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def write(store: GroupStore, n: int) -> None:
+        try:
+            for i in range(15):
+                store.audit("test", actor=None, detail=f"writer {n} record {i}", now=NOW + i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(stores[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        check = stores[0].verify_audit()
+        assert check.ok and check.records == 60
+    finally:
+        for s in stores:
+            s.close()
