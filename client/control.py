@@ -101,6 +101,10 @@ class ControlClient(Int32StringReceiver):
             self.handler.on_groups(self.groups)
         elif kind == "event":
             self.handler.on_event(message)
+        elif kind == "moved":
+            on_moved = getattr(self.handler, "on_moved", None)
+            if on_moved is not None and isinstance(message.get("group"), str):
+                on_moved(message["group"])
         elif kind == "ping":
             self.send({"type": "pong", "id": message["id"]})
         elif kind in ("joined", "csk_ok", "pong"):

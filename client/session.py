@@ -71,6 +71,8 @@ server rekeys every group at each period change) plus this much old. Its future 
 (``ptt.mikey.imessage.MAX_CLOCK_SKEW``), minutes only."""
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 30.0
+REJOIN_DELAY = 1.0
+REJOIN_ATTEMPTS = 30
 
 CryptoRunner = Callable[..., "defer.Deferred[Any]"]
 """Runs ``f(*args, **kwargs)`` and returns a Deferred of its result (a thread in the app, inline in tests)."""
@@ -90,13 +92,28 @@ class ServerInfo:
     control_port: int
     cert_pem: bytes | None
     server_uri: str
+    others: tuple[tuple[str, int, bytes | None], ...] = ()
+    """The other server nodes sharing the same groups (host, control port, trust), tried in turn when the
+    connected one is lost."""
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ServerInfo:
         """Parse a client-info file; ``ValueError`` (or ``KeyError``) if a field is missing or malformed."""
         info = json.loads(text)
         trust = trust_from_info(str(info["cert_pem"]).encode("ascii"), info.get("tls_ca"))
-        return cls(str(info["host"]), int(info["control_port"]), trust, str(info["server_uri"]))
+        host, port = str(info["host"]), int(info["control_port"])
+        others = []
+        for node in info.get("nodes") or []:
+            entry = (str(node["host"]), int(node["control_port"]))
+            if entry != (host, port):
+                node_trust = trust_from_info(
+                    str(node.get("cert_pem") or info["cert_pem"]).encode("ascii"), info.get("tls_ca")
+                )
+                others.append((*entry, node_trust))
+        return cls(host, port, trust, str(info["server_uri"]), tuple(others))
+
+    def endpoints(self) -> list[tuple[str, int, bytes | None]]:
+        return [(self.host, self.control_port, self.cert_pem), *self.others]
 
 
 class _Media(protocol.DatagramProtocol):
@@ -143,6 +160,7 @@ class PttSession(SessionFloor):
         self.connected = False
         self._stopping = False
         self._backoff = RECONNECT_MIN
+        self._endpoint = 0  # which of the server's nodes (ServerInfo.endpoints) to connect to
         self._keepalive: task.LoopingCall | None = None
         # listeners the application sets
         self.floor_listener: Callable[[str, FloorEvent], None] = lambda group, event: None
@@ -279,9 +297,39 @@ class PttSession(SessionFloor):
         self.control = None
         if self._stopping:
             return
-        log.warning("%s: control channel lost (%s): reconnecting", self.uri, reason)
         self.connected = False
+        self._next_endpoint()
+        log.warning("%s: control channel lost (%s): reconnecting to %s", self.uri, reason, self._endpoint_name())
         self._schedule_reconnect()
+
+    def _next_endpoint(self) -> None:
+        """Another node of the server, if it has several (the lost one may be down for good)."""
+        self._endpoint = (self._endpoint + 1) % len(self.server.endpoints())
+
+    def _endpoint_name(self) -> str:
+        host, port, _ = self.server.endpoints()[self._endpoint]
+        return f"{host}:{port}"
+
+    def on_moved(self, group: str) -> None:
+        """Another server node serves the group's call now: join again (the reply names its relay)."""
+        state = self.groups.get(group)
+        if state is not None and state.joined and self.control is not None:
+            log.info("%s: the call of %s moved to another server node: joining again", self.uri, group)
+            self._rejoin(group)
+
+    def _rejoin(self, group: str, attempt: int = 0) -> None:
+        def failed(failure: Failure) -> None:
+            state = self.groups.get(group)
+            if self._stopping or self.control is None or state is None or not state.joined:
+                return
+            if attempt >= REJOIN_ATTEMPTS:
+                log.warning("%s: cannot join %s again: %s", self.uri, group, failure.getErrorMessage())
+                return
+            log.info("%s: join %s again failed (%s): retrying", self.uri, group, failure.getErrorMessage())
+            self.reactor.callLater(REJOIN_DELAY, self._rejoin, group, attempt + 1)
+
+        d = defer.maybeDeferred(self.join, group)
+        d.addErrback(failed)
 
     def _schedule_reconnect(self) -> None:
         delay = self._backoff
@@ -296,12 +344,13 @@ class PttSession(SessionFloor):
         try:
             yield self.start()
             for group in rejoin:
-                yield self.join(group)
+                self._rejoin(group)  # each on its own: a group whose node is failing over is retried alone
         except Exception as exc:
             log.warning("%s: reconnect failed (%s); retrying in %.0f s", self.uri, exc, self._backoff)
             if self.control is not None:
                 self.control.link.loseConnection()  # its loss schedules the next attempt
             else:
+                self._next_endpoint()
                 self._schedule_reconnect()
             return
         self._backoff = RECONNECT_MIN
@@ -312,9 +361,8 @@ class PttSession(SessionFloor):
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Log in, take the stored group keys, and send a fresh CSK for floor control."""
-        self.control = yield connect_control(
-            self.reactor, self.server.host, self.server.control_port, self.server.cert_pem, self.identity_keys, self
-        )
+        host, port, trust = self.server.endpoints()[self._endpoint]
+        self.control = yield connect_control(self.reactor, host, port, trust, self.identity_keys, self)
         assert self.control is not None
         self.on_groups(self.control.groups)
         self.relay = self.control.relay
@@ -356,9 +404,9 @@ class PttSession(SessionFloor):
         host = str(relay["host"])
         if not (abstract.isIPAddress(host) or abstract.isIPv6Address(host)):
             host = yield self.reactor.resolve(host)  # the relay's public name: datagrams go to an address
-        self.relay = (host, int(relay["port"]))
+        self.relay = state.relay = (host, int(relay["port"]))
         if state.port is None:
-            local = "127.0.0.1" if self.relay[0] in ("127.0.0.1", "localhost") else ""
+            local = "127.0.0.1" if state.relay[0] in ("127.0.0.1", "localhost") else ""
             state.port = self.reactor.listenUDP(0, _Media(self, group), interface=local)
         state.joined = True
         # A new SSRC is a new floor participant; it listens before the relay binds us (late entry: Taken or Idle).
@@ -404,11 +452,9 @@ class PttSession(SessionFloor):
     # --- incoming ------------------------------------------------------------------------------------------------
 
     def _datagram(self, group: str, data: bytes, addr: Any) -> None:
-        if self.relay is not None and (addr[0], addr[1]) != self.relay:
-            return  # only the relay talks to us
         state = self.groups.get(group)
-        if state is None or not state.joined:
-            return
+        if state is None or not state.joined or (addr[0], addr[1]) != state.relay:
+            return  # only the group's relay talks to us
         if is_rtcp(data):
             self._floor_in(group, state, data)
             return

@@ -49,6 +49,7 @@ class GroupState:
     call_talker: str | None = None  # who talks, as the control channel's call events say
     port: Any = None  # the group's UDP socket (IListeningPort)
     binding: JoinSigner | None = None  # our side of the relay binding: fresh PTTJ packets (join and keepalive)
+    relay: tuple[str, int] | None = None  # the relay serving this group's call (its server node's), from the join
     pending: AwaitingKey = field(default_factory=AwaitingKey)  # media under a GMK not received yet
 
     @property
@@ -92,8 +93,8 @@ class SessionMedia:
 
     def _send(self, group: str, data: bytes) -> None:
         state = self.groups.get(group)
-        if state is not None and state.port is not None and self.relay is not None:
-            state.port.write(data, self.relay)
+        if state is not None and state.port is not None and state.relay is not None:
+            state.port.write(data, state.relay)
 
     def send_media(self, group: str, payload: bytes, *, marker: bool = False, samples: int = 960) -> None:
         state = self.groups[group]

@@ -21,6 +21,7 @@ The media fast path is not here: the shell hands media datagrams straight to :me
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,9 +86,13 @@ class _Joined:
 class GroupCall:
     """Every group call of one group server."""
 
-    def __init__(self, relay: RelayCore, relay_address: RelayAddress) -> None:
+    def __init__(self, relay: RelayCore, relay_address: RelayAddress, *, server_ssrc: int | None = None) -> None:
         self.relay = relay
         self.relay_address = relay_address
+        # The floor control server's SSRC is this call's own: SRTCP's keystream depends on it, so two nodes that
+        # serve a member in turn (after a failover) under the same CSK never reuse one, and the member's SRTCP
+        # keeps one replay window per node.
+        self.server_ssrc = server_ssrc if server_ssrc is not None else int.from_bytes(os.urandom(4)) | 1
         self._groups: dict[str, GroupInfo] = {}
         self._groups_of: dict[str, set[str]] = {}  # member URI -> group URIs
         self._arbiters: dict[str, FloorArbiter] = {}
@@ -133,7 +138,7 @@ class GroupCall:
             self._push_groups(uri)
         arbiter = self._arbiters.get(info.uri)
         if arbiter is not None and arbiter.config.max_burst != info.max_burst:
-            arbiter.config = ArbiterConfig(max_burst=info.max_burst)
+            arbiter.config = ArbiterConfig(max_burst=info.max_burst, server_ssrc=self.server_ssrc)
 
     def drop_group(self, group: str, now: float) -> None:
         """The group was deleted: everyone leaves it and is told."""
@@ -156,6 +161,20 @@ class GroupCall:
     def group(self, uri: str) -> GroupInfo | None:
         return self._groups.get(uri)
 
+    def group_uris(self) -> list[str]:
+        return list(self._groups)
+
+    def release(self, group: str) -> None:
+        """Another node serves the group's call from now on (this one lost its lease): its bindings, arbiter and
+        talker go without a word to anyone (the new node speaks to the members; this one must not)."""
+        for key in [key for key in self._joined if key[0] == group]:
+            del self._joined[key]
+        for member in self.members(group):
+            self.relay.unbind(group, member)
+        self._arbiters.pop(group, None)
+        self._deadlines.pop(group, None)
+        self.relay.set_talker(group, None)
+
     def groups_of(self, member: str) -> list[dict[str, Any]]:
         """The member's groups as the welcome and ``groups`` messages list them."""
         result = []
@@ -173,6 +192,13 @@ class GroupCall:
         return list(info.members) if info else []
 
     # -- control requests ----------------------------------------------------------------------------------------
+
+    def csk_keys(self, member: str) -> CskKeys | None:
+        channel = self._channels.get(member)
+        return channel.keys if channel is not None else None
+
+    def joined_groups(self, member: str) -> list[str]:
+        return [group for group, uri in self._joined if uri == member]
 
     def csk_keyed(self, member: str, keys: CskKeys) -> None:
         """The member's CSK (opened and checked by the caller): its floor control is keyed from now on."""
@@ -202,7 +228,9 @@ class GroupCall:
         )
         self._joined[(group, member)] = _Joined(participant)
         if group not in self._arbiters:
-            self._arbiters[group] = FloorArbiter(group, ArbiterConfig(max_burst=info.max_burst))
+            self._arbiters[group] = FloorArbiter(
+                group, ArbiterConfig(max_burst=info.max_burst, server_ssrc=self.server_ssrc)
+            )
         return {"type": "joined", "group": group, "token": b64(binding_id), "relay": self._relay_json()}
 
     def leave(self, member: str, group: str, now: float) -> None:

@@ -117,6 +117,7 @@ class RelayCore:
         self._unbound_buckets: dict[Address, Bucket] = {}
         self._overflow_bucket = Bucket(self._burst, 0.0)
         self._last_sweep: float | None = None
+        self.serving_until = float("inf")  # a cluster node's lease deadline (ptt.cluster): past it, serve nothing
 
     # -- control plane -------------------------------------------------------------------------------------
 
@@ -163,6 +164,9 @@ class RelayCore:
         RTCP is processed by :meth:`handle_rtcp` (and None returned); a shell that needs the result of an RTCP
         datagram (join, floor control) demultiplexes itself and calls :meth:`handle_rtcp` directly.
         """
+        if now > self.serving_until:
+            self.stats["dropped_fenced"] += 1
+            return None
         member = self._by_addr.get(addr)
         if member is None:
             self._route_unbound(data, addr, now)
@@ -215,6 +219,9 @@ class RelayCore:
 
     def handle_rtcp(self, data: bytes, addr: Address, now: float) -> RtcpResult:
         """An RTCP datagram from ``addr``: a join or keepalive (``PTTJ``), floor control, or dropped."""
+        if now > self.serving_until:
+            self.stats["dropped_fenced"] += 1
+            return DROPPED
         member = self._by_addr.get(addr)
         if member is None:
             if not self._admit_unbound(addr, now):

@@ -64,6 +64,7 @@ STAT_NAMES = (
     "dropped_ssrc",  # media from the talker's address with another SSRC
     "dropped_rate",  # over the per-source rate limit
     "dropped_malformed",  # not RTP/RTCP version 2, or too short
+    "dropped_fenced",  # anything after a cluster node's lease deadline (RelayCore.serving_until)
     "dropped_token",  # PTTJ with an unknown or expired binding ID, or an SSRC other than the binding's
     "dropped_join_limit",  # PTTJ for a binding from elsewhere than its address, over the binding's check limit
     "dropped_join_mac",  # PTTJ whose MAC does not verify under the binding's key (forged, or another CSK)

@@ -72,6 +72,7 @@ class CallShell:
         self.store_pool = store_pool
         self.relay: Any = None  # the RelayProtocol, once listening
         self.control: Any = None  # the ControlServerFactory
+        self.cluster: Any = None  # the ClusterNode when several nodes share the store (server.cluster.node)
         self._csk_replay = CskReplay(reactor, csk_replay_path(manager))  # kept across restarts
         self.csk_replay = self._csk_replay.cache
         self._timer: Any = None
@@ -87,6 +88,8 @@ class CallShell:
         return self.pool.run(verify_login, message, nonce, self.server_uri, self._domain, now)
 
     def welcome(self, uri: str) -> dict[str, Any]:
+        if self.cluster is not None:
+            self.cluster.session_started(uri)
         return self.call.welcome(uri)
 
     def stored_imessages(self, uri: str) -> defer.Deferred[list[dict[str, Any]]]:
@@ -132,18 +135,25 @@ class CallShell:
 
         return d.addCallbacks(opened, refused)
 
-    def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any]:
-        reply = self.call.join(uri, group, ssrc, os.urandom(BINDING_ID_LENGTH), now)
+    def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]:
+        reply: dict[str, Any] | defer.Deferred[Any]
+        if self.cluster is not None:
+            reply = self.cluster.join(uri, group, ssrc, now)  # here, or forwarded to the node serving the group
+        else:
+            reply = self.call.join(uri, group, ssrc, os.urandom(BINDING_ID_LENGTH), now)
         self._flush()
         return reply
 
     def on_leave(self, uri: str, group: str, now: float) -> None:
-        self.call.leave(uri, group, now)
+        if self.cluster is None or not self.cluster.leave(uri, group, now):
+            self.call.leave(uri, group, now)
         self._flush()
 
     def on_disconnected(self, uri: str, now: float) -> None:
         if self.control is not None and self.control.online(uri):
             return  # another session of the same identity is still connected
+        if self.cluster is not None:
+            self.cluster.session_ended(uri)
         self.call.disconnected(uri, now)
         self._flush()
 
@@ -167,7 +177,12 @@ class CallShell:
     # --- inputs from the group manager (its thread) ----------------------------------------------------------------
 
     def change_from_thread(self, change: GroupChange) -> None:
-        self.reactor.callFromThread(self.group_changed, change)
+        self.reactor.callFromThread(self._changed_here, change)
+
+    def _changed_here(self, change: GroupChange) -> None:
+        self.group_changed(change)
+        if self.cluster is not None:
+            self.cluster.changed_here(change)  # the other nodes re-read the group from the store
 
     def group_changed(self, change: GroupChange) -> None:
         now = self.reactor.seconds()
@@ -186,12 +201,51 @@ class CallShell:
         """Called on the dispatcher API's thread: read on the reactor (cheap: no store, no crypto)."""
         from twisted.internet.threads import blockingCallFromThread
 
-        return dict(blockingCallFromThread(self.reactor, self._status, group))
+        if self.cluster is not None:
+            return dict(
+                blockingCallFromThread(self.reactor, self.cluster.status, group, lambda: self.local_status(group))
+            )
+        return dict(blockingCallFromThread(self.reactor, self.local_status, group))
 
-    def _status(self, group: str) -> dict[str, Any]:
+    def local_status(self, group: str) -> dict[str, Any]:
         members = self.call.members(group)
         online = [m for m in members if self.control is not None and self.control.online(m)]
         return self.call.status(group, online)
+
+    # --- for the cluster node ---------------------------------------------------------------------------------------
+
+    def push_to_members(self, group: str, message: dict[str, Any]) -> None:
+        """To the group's members connected here (a call event or a move from another node)."""
+        if self.control is not None:
+            for member in self.call.members(group):
+                self.control.push(member, message)
+
+    def push_event(self, group: str, event: dict[str, Any]) -> None:
+        if event.get("type") == "event" and event.get("group") == group:
+            self.push_to_members(group, event)
+
+    def reload_groups(self) -> defer.Deferred[Any]:
+        """Every group and its members as the store has them now (after cluster notifications were missed)."""
+
+        def read() -> list[GroupInfo]:
+            return [group_info(record, self.manager.members(record.uri)) for record in self.manager.groups()]
+
+        def apply(infos: list[GroupInfo]) -> None:
+            now = self.reactor.seconds()
+            known = {info.uri for info in infos}
+            for uri in [u for u in self.call.group_uris() if u not in known]:
+                self.call.drop_group(uri, now)
+            for info in infos:
+                self.call.set_group(info, now)
+            self._flush()
+
+        d = deferToThreadPool(self.reactor, self.store_pool, read)
+        d.addCallback(apply)
+        d.addErrback(lambda failure: log.error("groups not re-read: %s", failure.getErrorMessage()))
+        return d
+
+    def flush(self) -> None:
+        self._flush()
 
     # --- outputs ----------------------------------------------------------------------------------------------------
 
@@ -200,11 +254,16 @@ class CallShell:
         if self.relay is not None:
             for data, address in call.datagrams_to_send():
                 self.relay.send(data, address)
+        pushes = call.pushes()
+        if self.cluster is not None:
+            spread: set[int] = set()
+            for _member, message in pushes:
+                if message.get("type") == "event" and id(message) not in spread:
+                    spread.add(id(message))  # one message object per event, pushed to each member
+                    self.cluster.call_event(message["group"], message)
         if self.control is not None:
-            for member, message in call.pushes():
+            for member, message in pushes:
                 self.control.push(member, message)
-        else:
-            call.pushes()
         for dropped in call.dropped():
             self._log(dropped.member, "%s", dropped.reason)
         self._arm()

@@ -67,6 +67,13 @@ def _addresses_and_tls(args: argparse.Namespace) -> tuple[ServerConfig, Any]:
         if args.listen in WILDCARD_ADDRESSES:
             raise CliError(f"--listen {args.listen} is no address clients can use: give --public-name NAME")
         public = args.listen
+    if args.node:
+        from ptt.cluster import ClusterError, check_node_name
+
+        try:
+            check_node_name(args.node)
+        except ClusterError as exc:
+            raise CliError(f"--node: {exc}") from None
     if any(c.isspace() for c in public) or public.startswith("["):
         raise CliError(f"--public-name must be a DNS name or an address, not {public!r}")
     domain = args.domain or args.server_uri.partition("@")[2] or "example.org"
@@ -82,6 +89,7 @@ def _addresses_and_tls(args: argparse.Namespace) -> tuple[ServerConfig, Any]:
         relay_public=args.relay_public or "",
         tls_trust="pinned" if not args.tls_cert else "ca" if args.tls_ca else "system",
         database=args.database or "",
+        node=args.node or "",
     )
     try:
         tls = tls_material(
@@ -121,7 +129,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     keystore = Keystore(data.keystore, data.keystore_pass.read_bytes())
     keystore.enrolment = enrolment
     keystore.save()
-    if not data.data_key.exists():
+    if args.data_key:  # another node of the same cluster: the shared store's secrets open under the same key
+        from server.groups.store import read_data_key as _read
+
+        try:
+            shared = _read(Path(args.data_key))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--data-key {args.data_key}: {exc}") from None
+        _write_private(data.data_key, shared)
+    elif not data.data_key.exists():
         make_data_key(data.data_key)
     tls.write(data.tls_key, data.tls_cert)
     if tls.ca not in (None, SYSTEM_TRUST):
@@ -235,6 +251,9 @@ def cmd_client_info(args: argparse.Namespace) -> int:
         info["tls_ca"] = data.tls_ca.read_text()
     elif config.tls_trust == "system":
         info["tls_ca"] = SYSTEM_TRUST
+    nodes = _cluster_nodes(data, config)
+    if nodes:  # several nodes share the store: clients may connect to any (the first one that answers)
+        info["nodes"] = nodes
     text = json.dumps(info, indent=1) + "\n"
     if args.out:
         Path(args.out).write_text(text)
@@ -242,6 +261,27 @@ def cmd_client_info(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def _cluster_nodes(data: DataDir, config: ServerConfig) -> list[dict[str, Any]]:
+    """Every node registered in a PostgreSQL store (this one first), as client-info lists them."""
+    from server.sqldb import is_postgres_url
+
+    url = str(data.database())
+    if not is_postgres_url(url):
+        return []
+    from server.cluster.database import registered_nodes
+    from server.cluster.setup import node_info
+
+    try:
+        nodes = registered_nodes(url)
+    except Exception as exc:
+        raise CliError(f"cannot read the server nodes from the database: {exc}") from None
+    me = node_info(config, data)
+    nodes = [me, *[n for n in nodes if n.name != me.name]]
+    return [
+        {"name": n.name, "host": n.control_host, "control_port": n.control_port, "cert_pem": n.cert_pem} for n in nodes
+    ]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -343,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the group store: postgresql://USER@HOST/DB (a pool of connections; several servers may share it) or "
         "sqlite:///PATH (default: server.sqlite3 in the data directory)",
+    )
+    init.add_argument(
+        "--node",
+        metavar="NAME",
+        help="this node's name among the server nodes sharing a PostgreSQL --database (default: the public name "
+        "and the control port)",
+    )
+    init.add_argument(
+        "--data-key",
+        metavar="FILE",
+        help="the data key (data.key) of the first node, for another node of the same cluster: the store's secrets "
+        "are sealed under it (default: a new key)",
     )
     init.add_argument("--force", action="store_true", help="start over in a directory that holds a server")
     init.set_defaults(func=cmd_init)

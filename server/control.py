@@ -72,7 +72,7 @@ class ControlBackend(Protocol):
         """The CSK-ID in hex (or a Deferred of it); RequestRefused if the CSK is refused."""
         ...
 
-    def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any]: ...
+    def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]: ...
     def on_leave(self, uri: str, group: str, now: float) -> None: ...
     def on_disconnected(self, uri: str, now: float) -> None: ...
 
@@ -255,7 +255,10 @@ class ControlSession(Int32StringReceiver):
             return d
         elif kind == "join":
             self._admit("join", self._join_bucket, now)
-            self.send(backend.on_join(self.uri, message["group"], message["ssrc"], now))
+            d = defer.maybeDeferred(backend.on_join, self.uri, message["group"], message["ssrc"], now)
+            d.addCallback(self.send)
+            d.addErrback(self._failed, "join")
+            return d
         elif kind == "leave":
             backend.on_leave(self.uri, message["group"], now)
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from ptt.relaycore import RelayCore
 from server.callshell import CallShell, group_info
 from server.gcwatch import GcWatch, freeze_start_up_objects
+from server.sqldb import is_postgres_url
 
 log = logging.getLogger("ptt.server")
 
@@ -62,10 +64,14 @@ class ServerConfig:
     database: str = ""
     """The group store: '' for the SQLite file in the data directory, else a URL (``postgresql://…``,
     ``sqlite:///path``; ``server.sqldb``)."""
+    node: str = ""
+    """This node's name among the nodes sharing a PostgreSQL store (default: public name and control port)."""
 
     def __post_init__(self) -> None:
         if not self.public_name:  # files written before issue 13: clients were told the listen address
             object.__setattr__(self, "public_name", self.listen)
+        if not self.node:  # unique per host and port: several nodes may run on one host
+            object.__setattr__(self, "node", re.sub(r"[^A-Za-z0-9._-]", "-", f"{self.public_name}-{self.control_port}"))
         if self.tls_trust not in ("pinned", "ca", "system"):
             raise ConfigError(f"tls_trust must be pinned, ca or system, not {self.tls_trust!r}")
         self.relay_address()
@@ -226,6 +232,8 @@ class GroupServer(service.MultiService):
         parts["agent"].start()
         for child in self:
             child.startService()
+        if parts.get("cluster") is not None:
+            await parts["cluster"].start()  # leases, heartbeat and notifications once the ports are open
         self._checker.start(KEY_PERIOD_CHECK, now=False)
         frozen = freeze_start_up_objects()
         log.info("%d start-up objects moved out of the garbage collector's way", frozen)
@@ -243,6 +251,8 @@ class GroupServer(service.MultiService):
         if self._checker.running:
             self._checker.stop()
         self.gc_watch.uninstall()
+        if self.parts.get("cluster") is not None:
+            self.parts["cluster"].stop()  # the leases expire now: the other nodes take the groups at once
         d = super().stopService() if self.running else defer.succeed(None)
 
         def close(result: object) -> object:
@@ -255,8 +265,10 @@ class GroupServer(service.MultiService):
         return defer.maybeDeferred(lambda: d).addBoth(close)
 
     def _check_key_period(self) -> Any:
-        manager, pool = self.parts["manager"], self.parts["store_pool"]
-        d = deferToThreadPool(self.reactor, pool, manager.check_key_period, self.reactor.seconds())
+        manager, pool, cluster = self.parts["manager"], self.parts["store_pool"], self.parts.get("cluster")
+        # With several nodes, each rekeys the groups it serves (else every node would make a new GMK for each).
+        serves = (lambda group: group in cluster.ownership.held) if cluster is not None else None
+        d = deferToThreadPool(self.reactor, pool, manager.check_key_period, self.reactor.seconds(), serves)
         d.addErrback(lambda failure: log.error("key period check failed: %s", failure.getErrorMessage()))
         return d
 
@@ -314,6 +326,12 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     )
     manager.on_change = shell.change_from_thread
     shell.control = ControlServerFactory(shell, reactor)
+    cluster = None
+    if is_postgres_url(str(data.database())):
+        from server.cluster.setup import make_cluster_node
+
+        cluster = make_cluster_node(reactor, config, data, shell, store)
+        shell.cluster = cluster
     tls = server_tls_options(data.tls_key, data.tls_cert)
     parts = {
         "agent": agent,
@@ -323,6 +341,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
         "store": store,
         "manager": manager,
         "shell": shell,
+        "cluster": cluster,
     }
     top = GroupServer(reactor, config, parts)
     RelayService(reactor, shell, relay_core, config).setServiceParent(top)

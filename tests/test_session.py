@@ -132,7 +132,8 @@ def test_media_under_a_gmk_not_yet_received_waits_for_it(
     session.media_listener = lambda group, mki, rtp: heard.append(rtp)
     sender = SrtpSender(new, BOB)
     packet = sender.protect(struct.pack(">BBHII", 0x80, 96, 7, 960, 1) + b"voice")
-    session._datagram(GROUP, packet, ("127.0.0.1", 1))  # no relay set: accepted from anywhere in this test
+    state.relay = ("127.0.0.1", 1)  # what the join reply named
+    session._datagram(GROUP, packet, ("127.0.0.1", 1))
     assert heard == [] and len(state.pending) == 1
     session.on_imessage(GROUP, new.gmk_id, build_gmk_messages(group_keys, new, [ALICE], now=NOW + 1)[ALICE])
     assert len(heard) == 1 and heard[0].endswith(b"voice") and len(state.pending) == 0

@@ -239,14 +239,17 @@ class GroupManager:
         self._push(push)
         return info
 
-    def check_key_period(self, now: float) -> list[str]:
-        """Rekey every group whose active GMK was made in an earlier key period; returns their URIs. A group
-        whose keys are missing is logged and skipped (the others are still rekeyed)."""
+    def check_key_period(self, now: float, serves: Callable[[str], bool] | None = None) -> list[str]:
+        """Rekey every group whose active GMK was made in an earlier key period (only those ``serves`` says
+        this server serves, if given); returns their URIs. A group whose keys are missing is logged and skipped
+        (the others are still rekeyed)."""
         rekeyed: list[str] = []
         pushes: list[_Push] = []
         with self._lock:
             period = self.keys.domain().period_number(now)
             for group in self.store.groups():
+                if serves is not None and not serves(group.uri):
+                    continue
                 info = self.store.key_info(group.uri)
                 if info is not None and info.period_no >= period:
                     continue
