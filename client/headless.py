@@ -6,7 +6,8 @@
 Script steps (separated by ';'): ``join GROUP``, ``leave GROUP``, ``wait SECONDS``, ``wait-key GROUP N`` (until N
 GMKs are held), ``talk SECONDS`` (request the floor of the joined group, wait for Granted, send 50 packets/s of
 synthetic audio, release), ``send SECONDS`` (send media without asking for the floor), ``request``, ``release``,
-``forge-floor`` (send an unprotected Floor Request), ``quit``. The report (JSON) lists what was received.
+``talk-loop SECONDS`` (short bursts again and again, through failovers), ``forge-floor`` (send an unprotected Floor
+Request), ``quit``. The report (JSON) lists what was received.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Runner:
         self.group: str | None = None
         self.sent = 0
         self.received: dict[str, list[int]] = {}
+        self.arrivals: dict[str, list[float]] = {}  # sender -> wall-clock time of each packet (failover timing)
         self.floor: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.floor_latency_ms: list[float] = []
@@ -58,6 +60,7 @@ class Runner:
         if payload.startswith(b"SYN"):
             sender = payload[3:11].rstrip(b"\0").decode("ascii", "replace")
             self.received.setdefault(sender, []).append(struct.unpack(">I", payload[11:15])[0])
+            self.arrivals.setdefault(sender, []).append(round(time.time(), 3))
 
     def _floor(self, group: str, event: FloorEvent) -> None:
         # "subtype": the older name of "kind" in the report, kept for its readers (GRANTED and TAKEN are the same)
@@ -102,6 +105,8 @@ class Runner:
                 self.session.release_floor(self.group)
             elif word == "talk":
                 yield self._talk(float(arg), ask=True)
+            elif word == "talk-loop":  # SECONDS: press, talk 0.6 s, release, pause 0.2 s, again, whatever happens
+                yield self._talk_loop(float(arg))
             elif word == "send":
                 yield self._talk(float(arg), ask=False)
             elif word == "forge-floor":
@@ -136,6 +141,19 @@ class Runner:
             yield task.deferLater(self.reactor, PACKET_INTERVAL, lambda: None)
         if ask:
             self.session.release_floor(self.group)
+
+    @defer.inlineCallbacks
+    def _talk_loop(self, seconds: float) -> Any:
+        """Talks in short bursts for ``seconds``, through failovers and rejoins (while not joined, it waits)."""
+        assert self.group is not None
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            state = self.session.groups.get(self.group)
+            if state is None or state.participant is None or state.sender is None:
+                yield task.deferLater(self.reactor, 0.1, lambda: None)
+                continue
+            yield self._talk(0.6, ask=True)
+            yield task.deferLater(self.reactor, 0.2, lambda: None)
 
     @defer.inlineCallbacks
     def _floor_latency(self, rounds: int, hold: str = "0.2-0.4", pause: str = "0.1-0.3") -> Any:
@@ -183,6 +201,7 @@ class Runner:
             "uri": self.session.uri,
             "sent": self.sent,
             "received": {sender: len(seqs) for sender, seqs in self.received.items()},
+            "arrivals": self.arrivals,
             "floor": self.floor,
             "events": self.events,
             "stats": self.session.stats,

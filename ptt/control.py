@@ -47,6 +47,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "imessage": {"group": str, "gmk_id": str, "data": str},
     "groups": {"groups": list},
     "event": {"group": str, "kind": str},
+    "moved": {"group": str},  # another server node serves the group's call now: join it again
     "csk": {"data": str},
     "csk_ok": {"csk_id": str},
     "join": {"group": str, "ssrc": int},

@@ -2,7 +2,8 @@
 reactor waits on none:
 
 * **rounds** (one thread): heartbeat, lease renewal and claims, the leases read back (``database.run_round``);
-* **out** (one thread): NOTIFY to one node or to all, presence updates, dispatchers' presence queries;
+* **out** (one thread): NOTIFY to one node or to all, presence updates;
+* **queries** (one thread): dispatchers' presence queries;
 * **in** (a daemon thread): LISTEN on the broadcast channel and this node's own, handing each payload to the
   reactor; it reconnects on its own and says so (``on_listening``), because notifications sent while it was
   away are lost and the node must re-read what they would have told it.
@@ -75,6 +76,7 @@ class ClusterLink:
         self._query = _Connection(url, f"ptt-server {me.name} queries")
         self._round_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-cluster-rounds")
         self._out_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-cluster-out")
+        self._query_pool = ThreadPool(minthreads=1, maxthreads=1, name="ptt-cluster-queries")
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
         self._last_log: dict[str, float] = {}
@@ -83,8 +85,8 @@ class ClusterLink:
 
     def start(self) -> defer.Deferred[None]:
         """Create the tables if needed and clear this node's stale presence (on the round thread), then listen."""
-        self._round_pool.start()
-        self._out_pool.start()
+        for pool in (self._round_pool, self._out_pool, self._query_pool):
+            pool.start()
 
         def prepare() -> None:
             self._rounds.run(database.create_schema)
@@ -106,8 +108,8 @@ class ClusterLink:
             self._out.run(database.leave_cluster, self.me.name)
         except Exception as exc:
             log.warning("could not leave the cluster cleanly (%s): the others take over when the leases expire", exc)
-        self._round_pool.stop()
-        self._out_pool.stop()
+        for pool in (self._round_pool, self._out_pool, self._query_pool):
+            pool.stop()
         for connection in (self._rounds, self._out, self._query):
             connection.close()
 
@@ -141,13 +143,17 @@ class ClusterLink:
         d = deferToThreadPool(self.reactor, self._out_pool, self._out.run, database.forget_group, group)
         d.addErrback(lambda failure: self._log("forget", "lease not removed: %s", failure.getErrorMessage()))
 
-    def present(self, members: Sequence[str]) -> set[str]:
-        """Blocking, for the dispatcher API's thread: which members are online at any live node."""
-        try:
-            return set(self._query.run(database.present, list(members)))
-        except Exception as exc:
-            self._log("present", "presence not read: %s", exc)
-            return set()
+    def present(self, members: Sequence[str]) -> defer.Deferred[set[str]]:
+        """Which members are online at any live node (empty if the database cannot say)."""
+
+        def read() -> set[str]:
+            try:
+                return set(self._query.run(database.present, list(members)))
+            except Exception as exc:
+                self._log("present", "presence not read: %s", exc)
+                return set()
+
+        return deferToThreadPool(self.reactor, self._query_pool, read)
 
     # -- in ------------------------------------------------------------------------------------------------------------
 

@@ -127,8 +127,12 @@ class ClusterNode:
             self._round_running = False
             self._apply(self.ownership.apply(result, self.reactor.seconds()))
 
+        def failed(failure: Any) -> None:
+            self._round_running = False  # whatever failed, the next round runs (or the node fences itself)
+            log.error("cluster round: %s", failure.getTraceback())
+
         d.addCallback(done)
-        d.addErrback(lambda failure: log.error("cluster round: %s", failure.getTraceback()))
+        d.addErrback(failed)
 
     def _check_fence(self) -> None:
         self._apply(self.ownership.fence(self.reactor.seconds()))
@@ -137,18 +141,24 @@ class ClusterNode:
         call = self.shell.call
         call.relay.serving_until = self.ownership.valid_until if self.ownership.held else float("-inf")
         for event in events:
-            if isinstance(event, Lost):
-                log.warning("%s: group %s is no longer served here", self.me.name, event.group)
-                call.release(event.group)
-                for key in [k for k in self._origin if k[0] == event.group]:
-                    del self._origin[key]
-            elif isinstance(event, Adopted):
-                log.info("%s: serving group %s (lease generation %d)", self.me.name, event.group, event.generation)
-                self.link.send(BROADCAST_CHANNEL, bytes(GroupMoved(self.me.name, event.group, event.generation)))
-                self._moved(event.group, event.generation)
-            elif isinstance(event, Moved):
-                self._moved(event.group, event.lease.generation)
+            try:
+                self._apply_one(event)
+            except Exception:
+                log.exception("%s: ownership change %s not fully applied", self.me.name, event)
         self.shell.flush()
+
+    def _apply_one(self, event: Any) -> None:
+        if isinstance(event, Lost):
+            log.warning("%s: group %s is no longer served here", self.me.name, event.group)
+            self.shell.call.release(event.group)
+            for key in [k for k in self._origin if k[0] == event.group]:
+                del self._origin[key]
+        elif isinstance(event, Adopted):
+            log.info("%s: serving group %s (lease generation %d)", self.me.name, event.group, event.generation)
+            self.link.send(BROADCAST_CHANNEL, bytes(GroupMoved(self.me.name, event.group, event.generation)))
+            self._moved(event.group, event.generation)
+        elif isinstance(event, Moved):
+            self._moved(event.group, event.lease.generation)
 
     def _moved(self, group: str, generation: int) -> None:
         """The group is served by another node (or newly by this one): members joined here through the old one
@@ -252,7 +262,8 @@ class ClusterNode:
                 status["node"] = owner.name if owner is not None else None
                 return status
 
-            return deferToThreadPool(self.reactor, self.shell.store_pool, self.link.present, members).addCallback(merge)
+            present: defer.Deferred[Any] = self.link.present(members)
+            return present.addCallback(merge)
 
         return d.addCallback(with_presence)
 

@@ -1,0 +1,74 @@
+"""Two group-server nodes over one PostgreSQL on 127.0.0.1 (real processes; harness in bench/clusterharness.py):
+members connected to different nodes talk in one group; the node serving the group is killed (kill -9) and the
+call goes on at the other node within the failover time."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.clusterharness import Cluster, arrivals_after, start_cluster
+from tests.postgres import PostgresServer, postgres_server  # noqa: F401  (fixture)
+
+GROUP = "sip:fire@example.org"
+FAILOVER_LIMIT = 5.0
+
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer) -> Iterator[Cluster]:  # noqa: F811
+    url = postgres_server.create_database("cluster_e2e")
+    running = start_cluster(tmp_path_factory.mktemp("cluster"), url, nodes=2, groups=(GROUP,))
+    try:
+        members = [a for u in ("alice", "bob", "carol") for a in ("--member", f"sip:{u}@example.org")]
+        created = running.dispatch("group", "create", "fire", *members, node=1)  # at the node that will not serve it
+        assert created.returncode == 0, created.stderr
+        yield running
+    finally:
+        running.stop()
+
+
+def report(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict(json.loads(Path(cluster.root / f"{name}.json").read_text()))
+
+
+def test_client_info_lists_every_node(cluster: Cluster) -> None:
+    info = json.loads(cluster.server_info(0).read_text())
+    assert [n["name"] for n in info["nodes"]][0] == "node1"
+    assert {n["name"] for n in info["nodes"]} == {"node1", "node2"}
+    assert all(n["cert_pem"].startswith("-----BEGIN CERTIFICATE") for n in info["nodes"])
+
+
+def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Cluster) -> None:
+    owner = cluster.wait_owned([GROUP])[GROUP]
+    owner_index = [n.name for n in cluster.nodes].index(owner)
+    other_index = 1 - owner_index
+    # alice talks from the node that will survive; bob listens at the node that will die, carol at the other one
+    alice = cluster.client("alice", f"join {GROUP}; wait 2; talk-loop 22", node=other_index)
+    bob = cluster.client("bob", f"join {GROUP}; wait 26", node=owner_index)
+    carol = cluster.client("carol", f"join {GROUP}; wait 26", node=other_index)
+    time.sleep(10)
+    killed_at = time.time()
+    cluster.node(owner).kill()
+    outputs = {}
+    for name, process in (("alice", alice), ("bob", bob), ("carol", carol)):
+        outputs[name], _ = process.communicate(timeout=60)
+        assert process.returncode == 0, outputs[name]
+    a, b, c = (report(cluster, u) for u in ("alice", "bob", "carol"))
+    assert cluster.owner(GROUP) == cluster.nodes[other_index].name
+    for listener in (b, c):
+        heard_before = [t for t in listener["arrivals"].get("alice", []) if t < killed_at]
+        assert len(heard_before) >= 25, listener["received"]  # the call worked across the nodes
+        after = arrivals_after(listener, "alice", killed_at)
+        name = listener["uri"][4:].partition("@")[0]
+        assert after, f"{name} heard nothing after the kill:\n{outputs[name]}\n{cluster.nodes[other_index].daemon.output()[-3000:]}"
+        gap = after[0] - killed_at
+        assert gap < FAILOVER_LIMIT + 1.0, f"{listener['uri']} heard alice again {gap:.1f} s after the kill"
+        assert len(after) >= 100  # and kept hearing her
+    assert a["sent"] > 0
