@@ -4,7 +4,6 @@ a CA bundle, old ``server.json`` files still loading, and ``client-info`` handin
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,9 +11,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from client.session import ServerInfo
@@ -25,12 +21,12 @@ from server.kms.material import (
     certificate_names,
     certificate_pem,
     names_host,
-    private_key_pem,
     tls_material,
 )
 from server.service import ConfigError, DataDir, ServerConfig
 from server.tls import server_tls_options
 from tests.test_tls import _openssl_server, _Server, _twisted_client_handshake
+from tests.testca import CertificateAuthority
 
 PUBLIC = "ptt.example.test"
 
@@ -49,50 +45,16 @@ def tls_server() -> Iterator[Callable[[Any], _Server]]:
         server.join()
 
 
-# --- a small CA: root → intermediate → leaf -------------------------------------------------------------------------
-
-
-def _cert(
-    subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool, dns: list[str] | None = None
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns or []]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
+# --- an operator's certificate: root → intermediate → leaf ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def operator_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An operator's certificate from a (test) CA: ``chain`` = leaf + intermediate, ``key``, ``ca`` = the root."""
     d = tmp_path_factory.mktemp("ca")
-    root_key, mid_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    root = _cert("Test Root CA", root_key, "Test Root CA", root_key, ca=True)
-    mid = _cert("Test Intermediate", mid_key, "Test Root CA", root_key, ca=True)
-    leaf = _cert(PUBLIC, leaf_key, "Test Intermediate", mid_key, ca=False, dns=[PUBLIC, "*.nodes.example.test"])
-    (d / "chain.pem").write_bytes(certificate_pem(leaf) + certificate_pem(mid))
-    (d / "key.pem").write_bytes(private_key_pem(leaf_key))
-    (d / "key.pem").chmod(0o600)
-    (d / "ca.pem").write_bytes(certificate_pem(root))
-    return {"chain": d / "chain.pem", "key": d / "key.pem", "ca": d / "ca.pem"}
+    intermediate = CertificateAuthority("Test Root CA").intermediate("Test Intermediate")
+    chain, key = intermediate.issue([PUBLIC, "*.nodes.example.test"]).write(d, "operator")
+    return {"chain": chain, "key": key, "ca": intermediate.write_root(d / "ca.pem")}
 
 
 # --- names and certificates -----------------------------------------------------------------------------------------
