@@ -37,6 +37,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -51,6 +52,7 @@ MULTICAST_NETWORK = "224.0.0.0/4"
 FIRST_HOST = 11  # the first peer's address is <subnet>.11
 IFNAME_MAX = 15  # the longest interface name Linux accepts
 NETNS_DIR = Path("/run/netns")
+ETC_NETNS = Path("/etc/netns")  # ip netns exec bind-mounts /etc/netns/NAME/FILE over /etc/FILE (hosts, resolv.conf)
 CLONE_NEWNET = 0x40000000
 IP_TIMEOUT = 30.0
 PORT_GROUP = 77  # the device group of the bridge's ports, to delete them all at once
@@ -215,7 +217,8 @@ class Lan:
             _ip([], netns=peer.name, batch="\n".join(peer_batch) + "\n")
 
     def close(self) -> None:
-        """Stop what ``popen`` started, delete the veths and every namespace this LAN created; idempotent.
+        """Stop what ``popen`` started, kill whatever else still runs in the LAN's namespaces, delete the veths,
+        every namespace this LAN created and their files in ``/etc/netns``; idempotent.
 
         The veths are deleted explicitly first: a namespace outlives ``ip netns delete`` while anything still holds
         it (a socket made under ``enter``, a process started some other way), and its veth would live on with it.
@@ -232,9 +235,11 @@ class Lan:
                 process.kill()
                 process.wait()
         existing = [name for name in self._created if (NETNS_DIR / name).exists()]
+        remove_etc_files(self._created)
         self._created = []
         if not existing:
             return
+        kill_processes_in(existing)  # what popen did not start: daemons that forked away, their children
         if self.switch in existing:
             # One request for all ports (deleting them one by one costs ~20 ms each); a port's peer end goes with it.
             with contextlib.suppress(IpCommandError):
@@ -314,16 +319,66 @@ def thread_in_netns(path: str | Path) -> Iterator[None]:
 
 
 def cleanup_stale(prefix: str = "ptt") -> None:
-    """Delete namespaces left by runs of this harness whose process has died (the PID is in the name)."""
+    """Delete namespaces left by runs of this harness whose process has died (the PID is in the name), after killing
+    the processes still running in them, and their files in ``/etc/netns``."""
     pattern = re.compile(rf"{re.escape(prefix)}-(\d+)-\d+(-[A-Za-z0-9_]+)?\Z")
-    listing = _ip(["netns", "list"])
-    for line in listing.splitlines():
-        name = line.split(" ", 1)[0]
+
+    def stale(name: str) -> bool:
         match = pattern.match(name)
-        if match is None or _process_alive(int(match.group(1))):
-            continue
+        return match is not None and not _process_alive(int(match.group(1)))
+
+    names = [line.split(" ", 1)[0] for line in _ip(["netns", "list"]).splitlines()]
+    dead = [name for name in names if stale(name)]
+    if dead:
+        kill_processes_in(dead)
+    for name in dead:
         with contextlib.suppress(IpCommandError):
             _ip(["netns", "delete", name])
+    if ETC_NETNS.is_dir():
+        remove_etc_files([entry.name for entry in ETC_NETNS.iterdir() if stale(entry.name)])
+
+
+def kill_processes_in(names: list[str]) -> None:
+    """SIGKILL every process whose network namespace is one of ``names`` (one pass over /proc), and wait until they
+    are gone, so that deleting the namespaces frees them."""
+    inodes = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(NETNS_DIR / name).st_ino)
+    victims = [pid for pid in _pids_in(inodes) if pid != os.getpid()]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_GRACE
+    while victims and time.monotonic() < deadline:
+        victims = [pid for pid in victims if _pid_in(pid, inodes)]
+        if victims:
+            time.sleep(0.01)
+
+
+def _pids_in(inodes: set[int]) -> list[int]:
+    if not inodes:
+        return []
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _pid_in(int(entry), inodes)]
+
+
+def _pid_in(pid: int, inodes: set[int]) -> bool:
+    """Whether the live (not zombie) process ``pid`` is in a namespace of ``inodes``."""
+    try:
+        if os.stat(f"/proc/{pid}/ns/net").st_ino not in inodes:
+            return False
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
+def remove_etc_files(names: list[str]) -> None:
+    """Remove ``/etc/netns/NAME`` of each namespace name, and ``/etc/netns`` itself once empty."""
+    for name in names:
+        shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        ETC_NETNS.rmdir()  # only if empty
 
 
 def _process_alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,16 @@ from typing import Literal
 import pytest
 
 import tests.netns as harness
-from tests.netns import MULTICAST_NETWORK, NETNS_DIR, IpCommandError, Lan, cleanup_stale, netns_available
+from tests.netns import (
+    ETC_NETNS,
+    MULTICAST_NETWORK,
+    NETNS_DIR,
+    IpCommandError,
+    Lan,
+    cleanup_stale,
+    netns_available,
+    remove_etc_files,
+)
 
 GROUP = "239.255.77.1"
 PORT = 47701
@@ -258,6 +268,15 @@ def test_a_failed_set_up_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) -
     assert_gone(lan)
 
 
+def test_close_kills_processes_that_left_popen_behind() -> None:
+    with Lan(["alice"]) as lan:
+        daemon = lan.run("alice", ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, check=True)
+        pid = int(daemon.stdout)
+        namespace = {os.stat(NETNS_DIR / lan.peers["alice"].name).st_ino}
+        assert harness._pid_in(pid, namespace)
+    assert not harness._pid_in(pid, namespace)
+
+
 def test_an_ip_failure_names_the_command_and_its_error() -> None:
     with Lan(1) as lan, pytest.raises(IpCommandError) as caught:
         harness._ip(["link", "set", "nosuchlink", "up"], netns=lan.switch)
@@ -271,12 +290,22 @@ def test_cleanup_stale_deletes_only_namespaces_of_dead_processes() -> None:
     stale, live, other = f"pttst-{dead.pid}-1", f"pttst-{os.getpid()}-1-alice", f"pttstx-{dead.pid}-1"
     for name in (stale, f"{stale}-bob", live, other):
         subprocess.run(["ip", "netns", "add", name], check=True)
+    # what a dead run leaves behind besides its namespaces: a daemon still running in one, its /etc/netns files
+    orphan = subprocess.Popen(["ip", "netns", "exec", f"{stale}-bob", "sleep", "60"])
+    (ETC_NETNS / f"{stale}-bob").mkdir(parents=True, exist_ok=True)
+    (ETC_NETNS / f"{stale}-bob" / "hosts").write_text("10.77.0.11 bob\n")
+    (ETC_NETNS / live).mkdir(exist_ok=True)
     try:
         cleanup_stale("pttst")
         left = set(namespaces())
         assert stale not in left and f"{stale}-bob" not in left
         assert live in left and other in left
+        assert orphan.wait(TIMEOUT) == -signal.SIGKILL
+        assert not (ETC_NETNS / f"{stale}-bob").exists() and (ETC_NETNS / live).is_dir()
     finally:
+        orphan.kill()
+        orphan.wait()
+        remove_etc_files([live])
         for name in (stale, f"{stale}-bob", live, other):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
