@@ -42,9 +42,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in this tree with ``clean_env()``, through ``prefix`` if given (``ip netns exec NS``)."""
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or clean_env()
+        [*prefix, sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or clean_env(),
     )
 
 
@@ -56,11 +64,12 @@ class Daemon:
     process: subprocess.Popen[str] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
+    prefix: tuple[str, ...] = ()  # a wrapper the command runs through, e.g. ("ip", "netns", "exec", NS)
     _drainer: threading.Thread | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, *self.args],
+            [*self.prefix, sys.executable, *self.args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -91,6 +100,12 @@ class Daemon:
         if self._drainer is not None and self._drainer.is_alive():
             time.sleep(0.2)  # lines already written reach the log (the drainer reads them as they come)
         return "".join(self.log)
+
+    def kill(self) -> None:
+        """SIGKILL, as when the host dies: no clean shutdown."""
+        if self.process is not None:
+            self.process.kill()
+        self.stop()
 
     def stop(self) -> None:
         if self.process is not None:
