@@ -1,7 +1,8 @@
 """A real PostgreSQL for the tests: Debian's ``initdb``/``pg_ctl`` in a temporary directory, one server per test
 session (per xdist worker), a fresh database per test module, stopped at the end.
 
-The server listens on a unix socket in its directory only (no TCP port), trusts local connections and runs as a
+The server listens on a unix socket in its directory only (no TCP port; ``start_postgres(listen=...)`` adds one with
+password logins, for the simulated site of ``tests/site.py``), trusts local connections and runs as a
 non-root user: the current one, or ``postgres`` (else ``nobody``) through ``runuser`` when the tests run as root,
 since PostgreSQL refuses to run as root. Without the binaries the tests that need it are skipped with the reason.
 
@@ -89,17 +90,27 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{_SUPERUSER}@/{database}?host={self.socket_dir}"
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database; its URL."""
+    def create_database(self, name: str, *, owner: str | None = None) -> str:
+        """A new, empty database (owned by the role ``owner`` if given); its URL."""
         import psycopg
 
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
-            raise ValueError(f"bad database name {name!r}")
+        for identifier in (name, owner or _SUPERUSER):
+            _check_identifier(identifier)
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name}")
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(f"CREATE DATABASE {name}" + (f" OWNER {owner}" if owner else ""))
         self.databases.append(name)
         return self.url(name)
+
+    def create_role(self, name: str, password: str) -> None:
+        """A login role with a password (stored as a SCRAM-SHA-256 verifier), for logins over TCP."""
+        import psycopg
+        from psycopg import sql
+
+        _check_identifier(name)
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            statement = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(password))
+            conn.execute(statement)
 
     def stop(self) -> None:
         subprocess.run(
@@ -110,8 +121,20 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_postgres() -> PostgresServer:
-    """Initialise and start a server in a new temporary directory (``pytest.skip`` if PostgreSQL is missing)."""
+def _check_identifier(name: str) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"bad database or role name {name!r}")
+
+
+def start_postgres(
+    *, listen: str | None = None, password_network: str | None = None, netns: str | None = None
+) -> PostgresServer:
+    """Initialise and start a server in a new temporary directory (``pytest.skip`` if PostgreSQL is missing).
+
+    By default it listens on its unix socket only. With ``listen`` (an address) it also listens on TCP port 5432
+    there, started inside the network namespace ``netns`` if given (the address is that namespace's), and takes
+    password logins (scram-sha-256) from the network ``password_network`` (``10.78.0.0/24``). Logins on the unix
+    socket stay trusted: the test administers the server through it."""
     binaries = find_binaries()
     if binaries is None:
         pytest.skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
@@ -131,19 +154,26 @@ def start_postgres() -> PostgresServer:
     server = PostgresServer(root, binaries, prefix)
     data = root / "data"
     log = root / "postgres.log"
+    authentication = ["--auth-local=trust", "--auth-host=scram-sha-256"] if listen else ["--auth=trust"]
+    in_netns = ["ip", "netns", "exec", netns] if netns else []
     try:
         subprocess.run(
-            [*prefix, str(binaries / "initdb"), "-D", str(data), "-U", _SUPERUSER, "--auth=trust", "--no-sync", *_INIT],
+            [*prefix, str(binaries / "initdb"), "-D", str(data), "-U", _SUPERUSER, *authentication, "--no-sync",
+             *_INIT],
             check=True,
             capture_output=True,
-        )
-        settings = ("listen_addresses=''", f"unix_socket_directories='{root / 'run'}'", *_SETTINGS)
+        )  # fmt: skip
+        if listen and password_network:
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {password_network} scram-sha-256\n")
+        settings = (f"listen_addresses='{listen or ''}'", f"unix_socket_directories='{root / 'run'}'", *_SETTINGS)
         options = " ".join(f"-c {s}" for s in settings)
         subprocess.run(
-            [*prefix, str(binaries / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-s", "-o", options],
+            [*in_netns, *prefix, str(binaries / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-s", "-o",
+             options],
             check=True,
             capture_output=True,
-        )
+        )  # fmt: skip
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or b"").decode(errors="replace").strip()
         if log.exists():
