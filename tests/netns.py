@@ -374,11 +374,10 @@ def _pid_in(pid: int, inodes: set[int]) -> bool:
 
 
 def remove_etc_files(names: list[str]) -> None:
-    """Remove ``/etc/netns/NAME`` of each namespace name, and ``/etc/netns`` itself once empty."""
+    """Remove ``/etc/netns/NAME`` of each namespace name. ``/etc/netns`` itself stays (iproute2's own directory):
+    removing it once empty would race with another test process creating its namespace's directory in it."""
     for name in names:
         shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        ETC_NETNS.rmdir()  # only if empty
 
 
 def _process_alive(pid: int) -> bool:
