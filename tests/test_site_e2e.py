@@ -244,6 +244,14 @@ def test_clients_on_two_hosts_talk_through_the_node_by_its_public_name(ptt: PttS
     assert a["received"].get("bob", 0) >= 0.9 * b["sent"], (a, b)
 
 
+def test_the_database_takes_only_password_logins_from_the_site(ptt: PttSite) -> None:
+    without_password = "postgresql://ptt_site@" + ptt.database_url.partition("@")[2]
+    connect = "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=5).close()"
+    ptt.site.check("node1", "-c", connect, ptt.database_url)
+    refused = ptt.site.run("node1", "-c", connect, without_password)
+    assert refused.returncode != 0 and "password" in refused.stderr, refused.stderr
+
+
 def test_a_client_refuses_a_node_whose_certificate_does_not_name_the_host_it_dialled(ptt: PttSite) -> None:
     # imposter.site.test resolves to node1's address, whose certificate (from the trusted CA) names node1 only
     ptt.site.add_name("imposter.site.test", "node1")
