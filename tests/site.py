@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bench.harness import ROOT, Daemon, clean_env, run
-from tests.netns import ETC_NETNS, Lan, cleanup_stale, netns_available
+from tests.netns import ETC_NETNS, Lan, cleanup_stale, kill_processes_in, netns_available
 
 DOMAIN = "site.test"
 SUBNET = "10.78.0"  # the LAN's /24
@@ -184,6 +184,19 @@ class Site:
         )
         self._processes.append(process)
         return process
+
+    # --- failures --------------------------------------------------------------------------------------------------
+
+    def kill_host(self, host: str) -> None:
+        """Every process on ``host`` dies at once (SIGKILL), as in a power cut; its address stays on the LAN."""
+        kill_processes_in([self.hosts[host].netns])
+
+    def disconnect(self, host: str) -> None:
+        """Pull ``host``'s cable: its processes run on and see carrier loss; nothing reaches it or leaves it."""
+        self.lan.disconnect(host.replace("-", "_"))
+
+    def reconnect(self, host: str) -> None:
+        self.lan.reconnect(host.replace("-", "_"))
 
     def logs(self) -> str:
         """Every daemon's output so far, for a failure report."""

@@ -1,6 +1,6 @@
 """The simulated site of tests/site.py: every host resolves every other by name (and only inside the site), names
-added later reach new processes, and closing the site — after a failure too — leaves no process, namespace or
-/etc/netns file behind."""
+added later reach new processes, a host can die or lose its cable, and closing the site — after a failure too —
+leaves no process, namespace or /etc/netns file behind."""
 
 from __future__ import annotations
 
@@ -53,3 +53,17 @@ def test_closing_after_a_failure_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not _pid_in(pid, inode) and not _pid_in(int(escaped), inode)
     assert not (NETNS_DIR / namespace).exists() and not (ETC_NETNS / namespace).exists()
     assert not [name for name in os.listdir(NETNS_DIR) if name.startswith(site.lan.name)]
+
+
+def test_a_host_dies_or_loses_its_cable(tmp_path: Path) -> None:
+    connect = "import socket, sys; socket.create_connection((sys.argv[1], 8000), timeout=2).close(); print('ok')"
+    with Site(["node1", "node2", "alice-pc"], tmp_path) as site:
+        first = site.start("node1", ["-c", SERVE], ready="listening")
+        site.start("node2", ["-c", SERVE], ready="listening")
+        site.disconnect("node2")
+        assert site.run("alice-pc", "-c", connect, "node2.site.test").returncode != 0
+        site.reconnect("node2")
+        assert site.check("alice-pc", "-c", connect, "node2.site.test").strip() == "ok"
+        site.kill_host("node1")
+        assert first.process is not None and first.process.wait(5) == -9
+        assert site.run("alice-pc", "-c", connect, "node1.site.test").returncode != 0

@@ -4,15 +4,18 @@ of its own reached by its public name with certificates from the site's CA (veri
     kms.site.test       ptt-kms (https://kms.site.test:8443)
     db.site.test        PostgreSQL on TCP, password logins (scram-sha-256) from the site's network
     node1.site.test     ptt-server --listen 0.0.0.0 --public-name node1.site.test --database postgresql://…@db…
+    node2.site.test     (the host of a second node, when ptt-server has several)
     console.site.test   ptt-dispatch (a dispatcher's desk)
     alice-pc, bob-pc    ptt-client provisions from the KMS by enrolment, ptt-headless joins and talks
 
 Alice and Bob provision, get the node's client-info, join a group the dispatcher created and each hears the other;
 a client dialling a name the node's (or the KMS's) certificate does not carry refuses it at once.
 
-Several nodes: ``init_node`` (the data directory) and ``start_node`` (serve) are apart, so a test can add node2 on
-its own host with ``start_node(site, "node2", "node2", node_name="node2")``, kill the node owning the group
-(``site.nodes["node1"].daemon.kill()``) and check the call goes on.
+Several nodes: ``init_node`` (the data directory) and ``start_node`` (serve) are apart, and the site already has a
+host node2.site.test, so a test can add a second node with ``start_node(ptt, "node2", "node2", node_name="node2")``
+(its data directory from the planned multi-node ``ptt-server init --node NAME --data-key FILE``), kill the host of
+the node owning the group (``ptt.site.kill_host("node1")``, or cut its cable: ``ptt.site.disconnect("node1")``) and
+check from the clients' reports that the call goes on.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ pytestmark = [
     pytest.mark.xdist_group("site"),  # the tests share one site: keep them on one worker
 ]
 
-HOSTS = ["kms", "db", "node1", "console", "alice-pc", "bob-pc"]
+HOSTS = ["kms", "db", "node1", "node2", "console", "alice-pc", "bob-pc"]  # node2: for a second node (idle here)
 DOMAIN = "site.test"
 USERS = {"alice": "alice-pc", "bob": "bob-pc"}
 SERVER_URI = f"sip:ptt-server@{DOMAIN}"
@@ -120,18 +123,25 @@ def start_kms(ptt: PttSite) -> None:
 
 
 def init_node(
-    ptt: PttSite, name: str, host: str, *, node_name: str | None = None, extra_init_args: tuple[str, ...] = ()
+    ptt: PttSite,
+    name: str,
+    host: str,
+    *,
+    node_name: str | None = None,
+    tls_names: tuple[str, ...] = (),
+    extra_init_args: tuple[str, ...] = (),
 ) -> Node:
     """The data directory of a group server node on ``host`` (run there, as it reaches the database): listening on
-    every address, public name the host's, a certificate from the site's CA, the site's database.
+    every address, public name the host's, a certificate from the site's CA naming it and ``tls_names`` (e.g. a
+    name all nodes share), the site's database.
 
     Every node shares the KMS account, server URI and database. ``node_name`` gives ``--node NAME`` and, from the
     second node on, ``--data-key`` (the first node's data key): the planned multi-node ``ptt-server init``."""
     data = ptt.site.root / "nodes" / name
-    chain, key = ptt.certificate(host)
-    cluster: list[str] = []
+    chain, key = ptt.certificate(host, *tls_names)
+    cluster = [option for tls_name in tls_names for option in ("--tls-name", tls_name)]
     if node_name is not None:
-        cluster = ["--node", node_name]
+        cluster += ["--node", node_name]
         if ptt.nodes:
             cluster += ["--data-key", str(next(iter(ptt.nodes.values())).data / "data.key")]
     ptt.site.check(
@@ -147,10 +157,18 @@ def init_node(
 
 
 def start_node(
-    ptt: PttSite, name: str, host: str, *, node_name: str | None = None, extra_init_args: tuple[str, ...] = ()
+    ptt: PttSite,
+    name: str,
+    host: str,
+    *,
+    node_name: str | None = None,
+    tls_names: tuple[str, ...] = (),
+    extra_init_args: tuple[str, ...] = (),
 ) -> Node:
     """``init_node`` unless done, then serve on ``host``; ready once it listens (it has its keys from the KMS)."""
-    node = ptt.nodes.get(name) or init_node(ptt, name, host, node_name=node_name, extra_init_args=extra_init_args)
+    node = ptt.nodes.get(name) or init_node(
+        ptt, name, host, node_name=node_name, tls_names=tls_names, extra_init_args=extra_init_args
+    )
     node.daemon = ptt.site.start(host, ["-m", SERVER, "--data", str(node.data), "serve", "--workers", "1"],
                                  ready="listening:")  # fmt: skip
     return node
