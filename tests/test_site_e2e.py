@@ -227,11 +227,14 @@ def ptt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PttSite]:
         deployment.ca.write_root(deployment.ca_file)
         start_database(deployment)
         start_kms(deployment)
-        node = start_node(deployment, "node1", "node1")
+        node = start_node(deployment, "node1", "node1", node_name="node1")
+        start_node(deployment, "node2", "node2", node_name="node2")  # the same store: the same groups
         (files / "admin.pw").write_text("admin-password-x\n")
         site.check("node1", "-m", SERVER, "--data", str(node.data), "dispatcher", "add", "admin", "--role", "admin",
                    "--password-file", str(files / "admin.pw"))  # fmt: skip
-        site.check("node1", "-m", SERVER, "--data", str(node.data), "client-info", "--out", str(files / "node1.json"))
+        for name, other in deployment.nodes.items():
+            site.check(other.host, "-m", SERVER, "--data", str(other.data), "client-info", "--out",
+                       str(files / f"{name}.json"))  # fmt: skip
         provision(deployment)
         members = [a for user in USERS for a in ("--member", f"sip:{user}@{DOMAIN}")]
         dispatch(deployment, node, "group", "create", "fire", *members)
@@ -243,16 +246,35 @@ def ptt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PttSite]:
             raise
 
 
-def test_clients_on_two_hosts_talk_through_the_node_by_its_public_name(ptt: PttSite) -> None:
+def owner(ptt: PttSite, group: str) -> str:
+    """The node holding the group's lease, as the database says (asked from node2's host, which reaches it)."""
+    query = (
+        "import psycopg, sys; c = psycopg.connect(sys.argv[1]); r = c.execute('SELECT node FROM ptt_leases "
+        "WHERE group_uri = %s AND expires > clock_timestamp()', (sys.argv[2],)).fetchone(); print(r[0] if r else '')"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        name = ptt.site.check("node2", "-c", query, ptt.database_url, group).strip()
+        if name:
+            return name
+        time.sleep(0.5)
+    raise AssertionError(f"nobody serves {group}")
+
+
+def test_clients_on_two_hosts_talk_through_the_nodes_by_their_public_names(ptt: PttSite) -> None:
     info = json.loads((ptt.files / "node1.json").read_text())
     assert info["host"] == "node1.site.test"
     assert info["tls_ca"] == ptt.ca_file.read_text()  # verified against the site's CA, not a pinned certificate
+    assert [(n["name"], n["host"]) for n in info["nodes"]] == [
+        ("node1", "node1.site.test"),
+        ("node2", "node2.site.test"),
+    ]
     enrolment = json.loads((ptt.files / "enrol.json").read_text())
     assert enrolment["base_url"] == "https://kms.site.test:8443"
 
-    server_info = ptt.files / "node1.json"
-    alice = headless(ptt, "alice", server_info, f"join {GROUP}; wait 1; talk 2; wait 5")
-    bob = headless(ptt, "bob", server_info, f"join {GROUP}; wait 4.5; talk 2; wait 1.5")
+    # alice logs in at node1, bob at node2: one of them reaches the group's call through the other node
+    alice = headless(ptt, "alice", ptt.files / "node1.json", f"join {GROUP}; wait 2; talk 2; wait 4")
+    bob = headless(ptt, "bob", ptt.files / "node2.json", f"join {GROUP}; wait 4.5; talk 2; wait 1.5")
     for user, process in (("alice", alice), ("bob", bob)):
         code, output = finish(process, CLIENT_TIMEOUT)
         assert code == 0, f"{user}: {output}"
@@ -298,3 +320,28 @@ def test_a_client_refuses_a_kms_whose_certificate_does_not_name_the_host_it_dial
     # "ptt-client: provisioning failed: [<…Failure service_identity.exceptions.VerificationError: …DNSMismatch…>]"
     assert done.returncode != 0 and "DNSMismatch" in done.stderr and "imposter.site.test" in done.stderr, done.stderr
     assert took < 15, f"refusing took {took:.1f} s"
+
+
+def test_the_call_goes_on_when_the_host_of_its_node_dies(ptt: PttSite) -> None:
+    """Last (it kills a node): bob is logged in at the node serving the group, alice at the other one and talks in
+    short bursts; the serving node's host loses every process (kill -9); bob reconnects to the other node, the
+    other node takes the lease, and both hear each other again within the failover time."""
+    serving = owner(ptt, GROUP)
+    other = next(name for name in ptt.nodes if name != serving)
+    alice = headless(ptt, "alice", ptt.files / f"{other}.json", f"join {GROUP}; wait 1; talk-loop 20; wait 1")
+    bob = headless(ptt, "bob", ptt.files / f"{serving}.json", f"join {GROUP}; wait 16; talk 2; wait 4")
+    time.sleep(9)
+    killed_at = time.time()
+    ptt.site.kill_host(ptt.nodes[serving].host)
+    outputs = {}
+    for user, process in (("alice", alice), ("bob", bob)):
+        code, outputs[user] = finish(process, CLIENT_TIMEOUT)
+        assert code == 0, f"{user}: {outputs[user]}"
+    a, b = report(ptt, "alice"), report(ptt, "bob")
+    assert owner(ptt, GROUP) == other
+    heard = b["arrivals"].get("alice", [])
+    assert [t for t in heard if t < killed_at], f"bob heard nothing before the kill: {b['received']}"
+    after = [t for t in heard if t > killed_at]
+    assert after, f"bob heard nothing after the kill:\n{outputs['bob']}"
+    assert after[0] - killed_at < 6.0, f"bob heard alice again {after[0] - killed_at:.1f} s after the kill"
+    assert a["received"].get("bob", 0) >= 80, (a["received"], b["sent"])  # and alice hears bob's burst
