@@ -22,6 +22,7 @@ not take it within :data:`CLAIM_GRACE`, any live node may.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ CLAIM_GRACE = 1.0
 """How long a free group waits for its preferred node before any live node may take it."""
 
 NAME_LIMIT = 64
+_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{NAME_LIMIT}}}")
 
 
 class ClusterError(ValueError):
@@ -43,7 +45,7 @@ class ClusterError(ValueError):
 
 
 def check_node_name(name: str) -> str:
-    if not name or len(name) > NAME_LIMIT or not all(c.isalnum() or c in "-_." for c in name):
+    if not _NAME.fullmatch(name):
         raise ClusterError(f"a node name is 1-{NAME_LIMIT} letters, digits, '-', '_' or '.': {name!r}")
     return name
 

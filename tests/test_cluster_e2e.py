@@ -5,6 +5,7 @@ call goes on at the other node within the failover time."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,9 +41,44 @@ def report(cluster: Cluster, name: str) -> dict[str, Any]:
 
 def test_client_info_lists_every_node(cluster: Cluster) -> None:
     info = json.loads(cluster.server_info(0).read_text())
-    assert [n["name"] for n in info["nodes"]][0] == "node1"
+    assert info["nodes"][0]["name"] == "node1"
     assert {n["name"] for n in info["nodes"]} == {"node1", "node2"}
     assert all(n["cert_pem"].startswith("-----BEGIN CERTIFICATE") for n in info["nodes"])
+
+
+def test_a_node_that_is_only_slow_never_makes_two_servers_of_a_call(cluster: Cluster) -> None:
+    """The serving node is frozen (SIGSTOP) past its lease: the other node takes the group over (a new lease
+    generation) and the members rejoin there; when the frozen node wakes up it has fenced itself (its relay
+    serves nothing past its deadline) and gives the group up at its first round, without a word to the members."""
+    owner = cluster.wait_owned([GROUP])[GROUP]
+    frozen = cluster.node(owner)
+    other = next(n for n in cluster.nodes if n.name != owner)
+    other_index = cluster.nodes.index(other)
+    alice = cluster.client("alice", f"join {GROUP}; wait 2; talk-loop 18", node=other_index)
+    bob = cluster.client("bob", f"join {GROUP}; wait 22", node=other_index)
+    time.sleep(8)
+    process = frozen.daemon.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        time.sleep(6)
+        assert cluster.owner(GROUP) == other.name
+    finally:
+        process.send_signal(signal.SIGCONT)
+    outputs = {}
+    for name, client in (("alice", alice), ("bob", bob)):
+        outputs[name], _ = client.communicate(timeout=60)
+        assert client.returncode == 0, outputs[name]
+    a, b = report(cluster, "alice"), report(cluster, "bob")
+    heard = b["arrivals"].get("alice", [])
+    assert sum(b["received"].values()) <= a["sent"]  # nothing twice
+    after = arrivals_after(b, "alice", stopped_at)
+    assert after and after[0] - stopped_at < FAILOVER_LIMIT, (heard[-3:], stopped_at, outputs["bob"])
+    assert len(arrivals_after(b, "alice", stopped_at + 7)) >= 100  # after the frozen node woke up, still heard
+    woke = frozen.daemon.output()
+    assert f"group {GROUP} is no longer served here" in woke, woke[-3000:]
+    assert cluster.owner(GROUP) == other.name
 
 
 def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Cluster) -> None:

@@ -665,3 +665,20 @@ def test_floor_control_has_its_own_limit_within_the_members_rate() -> None:
     assert core.handle_rtcp(floor_packet, ("10.0.0.1", 5000), 0.5).kind == "floor"  # refilled at 2/s
     # keepalives are not floor control: never cut by the floor limit
     assert core.handle_rtcp(signer.packet(), ("10.0.0.1", 5000), 0.5).kind == "keepalive"
+
+
+def test_past_a_cluster_nodes_lease_deadline_nothing_is_served(core: RelayCore) -> None:
+    """A node that lost the certainty of its leases (``serving_until``, ptt.cluster) forwards no media and takes no
+    join or floor packet, even before its shell has dropped the groups: another node may serve them already."""
+    group = Group(core, "g", 2)
+    group.join(0)
+    group.join(1)
+    core.set_talker("g", group.bindings[0].ssrc)
+    core.serving_until = T0 + 1.0
+    media = rtp(group.bindings[0].ssrc)
+    assert core.route(media, group.addrs[0], T0 + 0.5) == [group.addrs[1]]
+    assert core.route(media, group.addrs[0], T0 + 1.5) is None
+    assert core.handle_rtcp(group.packet(1), group.addrs[1], T0 + 1.5).kind == "dropped"
+    assert core.stats["dropped_fenced"] == 2
+    core.serving_until = T0 + 10.0  # renewed
+    assert core.route(media, group.addrs[0], T0 + 2.0) == [group.addrs[1]]

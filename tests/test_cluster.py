@@ -1,0 +1,161 @@
+"""The cluster's pure parts: lease ownership and fencing (ptt/cluster.py), the messages between nodes
+(ptt/cluster_messages.py), the sealed CSK of forwarded joins."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+from ptt.cluster import (
+    Adopted,
+    ClusterError,
+    Lease,
+    Lost,
+    Moved,
+    NodeInfo,
+    Ownership,
+    RoundResult,
+    check_node_name,
+    preferred_node,
+)
+from ptt.cluster_messages import (
+    MAX_MESSAGE,
+    CallEvent,
+    GroupChanged,
+    GroupMoved,
+    JoinReply,
+    JoinRequest,
+    Left,
+    StatusReply,
+    StatusRequest,
+    parse,
+)
+from ptt.srtcp import CskKeys
+from server.cluster.node import open_csk, seal_csk
+
+GROUPS = [f"sip:g{i}@example.org" for i in range(200)]
+
+
+def node(name: str) -> NodeInfo:
+    return NodeInfo(name, f"{name}.example.org", 8445, f"{name}.example.org", 8446, 8444)
+
+
+def result(started: float, leases: dict[str, Lease], nodes: tuple[str, ...] = ("a", "b")) -> RoundResult:
+    return RoundResult(started, True, {n: node(n) for n in nodes}, leases)
+
+
+def test_preferred_nodes_spread_groups_evenly_and_losing_a_node_moves_only_its_groups() -> None:
+    three = Counter(preferred_node(g, ["a", "b", "c"]) for g in GROUPS)
+    assert set(three) == {"a", "b", "c"} and min(three.values()) >= 45
+    for group in GROUPS:
+        before = preferred_node(group, ["a", "b", "c"])
+        after = preferred_node(group, ["a", "b"])
+        assert after == before or before == "c"
+    assert preferred_node("g", []) is None
+
+
+def test_a_node_claims_its_preferred_free_groups_then_any_left_free_after_the_grace() -> None:
+    mine = Ownership("a", grace=1.0)
+    mine.nodes = {"a": node("a"), "b": node("b")}
+    claims = mine.to_claim(GROUPS, now=0.0)
+    assert claims == [g for g in GROUPS if preferred_node(g, ["a", "b"]) == "a"]
+    assert sorted(mine.to_claim(GROUPS, now=1.5)) == sorted(GROUPS)  # b never took its share
+    taken = {g: Lease(g, "b", 1) for g in GROUPS}
+    mine.apply(result(2.0, taken), now=2.0)
+    assert mine.to_claim(GROUPS, now=2.1) == []
+    expired = {g: Lease(g, "b", 1, expired=True) for g in GROUPS}
+    mine.apply(result(3.0, expired, nodes=("a",)), now=3.0)  # b died: its leases expired, it left the node list
+    assert sorted(mine.to_claim(GROUPS, now=3.1)) == sorted(GROUPS)
+
+
+def test_adopting_losing_and_seeing_moves() -> None:
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    events = mine.apply(result(10.0, {"g1": Lease("g1", "a", 1), "g2": Lease("g2", "b", 4)}), now=10.1)
+    assert Adopted("g1", 1) in events and Moved("g2", Lease("g2", "b", 4)) in events
+    assert mine.holds("g1", 12.0) and not mine.holds("g1", 12.01)  # started + lease - margin
+    assert mine.owner("g2") == node("b") and mine.generation("g2") == 4
+    # another node took g1 over (a was too slow): lost; b's g2 unchanged: no event
+    events = mine.apply(result(11.0, {"g1": Lease("g1", "b", 2), "g2": Lease("g2", "b", 4)}), now=11.1)
+    assert events == [Lost("g1"), Moved("g1", Lease("g1", "b", 2))]
+    assert not mine.holds("g1", 11.2)
+
+
+def test_a_node_whose_renewals_fail_stops_serving_before_its_lease_can_expire() -> None:
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    mine.apply(result(100.0, {"g": Lease("g", "a", 3)}), now=100.2)
+    assert mine.apply(RoundResult(100.5, False), now=101.9) == []  # renewal failed, still within the deadline
+    assert mine.holds("g", 101.9)
+    assert mine.fence(102.1) == [Lost("g")]  # 100.0 + 2.5 - 0.5: before the database's 100.0+ + 2.5
+    assert not mine.holds("g", 102.1) and mine.held == {}
+    # the database still had it (nobody took it): the next successful round adopts it again, same generation
+    assert mine.apply(result(103.0, {"g": Lease("g", "a", 3)}), now=103.1) == [Adopted("g", 3)]
+
+
+def test_node_names_and_descriptions_are_checked() -> None:
+    assert check_node_name("node-1.example_2") == "node-1.example_2"
+    for bad in ("", "a b", "x" * 65, "node;drop", "é"):
+        with pytest.raises(ClusterError):
+            check_node_name(bad)
+    assert NodeInfo.from_json(node("a").to_json()) == node("a")
+    for broken in ({}, {**node("a").to_json(), "relay_port": 0}, {**node("a").to_json(), "control_port": "x"}):
+        with pytest.raises(ClusterError):
+            NodeInfo.from_json(broken)
+
+
+MESSAGES = [
+    JoinRequest("a", 1, "sip:g@x", "sip:m@x", 7, "AAAAAAAA", "sealed"),
+    JoinReply("b", 1, 0, generation=3),
+    JoinReply("b", 2, 403, "not a member"),
+    Left("a", "sip:m@x"),
+    Left("a", "sip:m@x", "sip:g@x"),
+    CallEvent("b", "sip:g@x", 3, {"type": "event", "group": "sip:g@x", "kind": "talking", "uri": "sip:m@x"}),
+    GroupMoved("b", "sip:g@x", 4),
+    GroupChanged("a", "sip:g@x", "0a0b0c0d"),
+    StatusRequest("a", 5, "sip:g@x"),
+    StatusReply("b", 5, {"talker": None, "queue": []}),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: m.kind)
+def test_messages_round_trip(message: object) -> None:
+    assert parse(bytes(message)) == message  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"[]",
+        b'{"kind":"nope","sender":"a"}',
+        b'{"kind":"left","sender":"a"}',  # member missing
+        b'{"kind":"left","sender":"a","member":5}',
+        b'{"kind":"left","sender":"a","member":"m","extra":1}',
+        b'{"kind":"left","sender":"bad name","member":"m"}',
+        b'{"kind":"moved","sender":"a","group":"g","generation":true}',
+        b'{"kind":"left","sender":"a","member":"m","member":"n"}',
+        b'{"kind":"left","sender":"a","member":"' + b"x" * 9000 + b'"}',
+        b"\xff\xfe",
+    ],
+)
+def test_malformed_messages_are_refused(payload: bytes) -> None:
+    with pytest.raises(ClusterError):
+        parse(payload)
+
+
+def test_an_oversized_message_is_refused_when_built() -> None:
+    with pytest.raises(ClusterError):
+        bytes(StatusReply("b", 1, {"present": ["x" * 100] * 100}))
+    assert len(bytes(MESSAGES[0])) < MAX_MESSAGE
+
+
+def test_a_forwarded_csk_opens_only_under_the_data_key_and_for_its_member() -> None:
+    key, keys = os.urandom(32), CskKeys(os.urandom(16), os.urandom(4), os.urandom(16))
+    sealed = seal_csk(key, "sip:alice@x", keys)
+    opened = open_csk(key, "sip:alice@x", sealed)
+    assert (opened.csk, opened.csk_id, opened.rand) == (keys.csk, keys.csk_id, keys.rand)
+    with pytest.raises(ClusterError):
+        open_csk(os.urandom(32), "sip:alice@x", sealed)
+    with pytest.raises(ClusterError):
+        open_csk(key, "sip:mallory@x", sealed)  # bound to the member it was sealed for
