@@ -103,7 +103,8 @@ def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Clust
         assert len(heard_before) >= 25, listener["received"]  # the call worked across the nodes
         after = arrivals_after(listener, "alice", killed_at)
         name = listener["uri"][4:].partition("@")[0]
-        assert after, f"{name} heard nothing after the kill:\n{outputs[name]}\n{cluster.nodes[other_index].daemon.output()[-3000:]}"
+        survivor = cluster.nodes[other_index].daemon.output()[-3000:]
+        assert after, f"{name} heard nothing after the kill:\n{outputs[name]}\n{survivor}"
         gap = after[0] - killed_at
         assert gap < FAILOVER_LIMIT + 1.0, f"{listener['uri']} heard alice again {gap:.1f} s after the kill"
         assert len(after) >= 100  # and kept hearing her
