@@ -11,6 +11,9 @@ outer one) in which writers are serialised — SQLite's ``BEGIN IMMEDIATE``, and
 advisory lock taken before the first statement, so a read-then-write (the audit hash chain's head, "does this row
 exist") sees every earlier commit and no other writer can slip in between. ``read()`` gives a connection for reads
 (the current transaction's if there is one).
+
+``SqlStore`` is what every store built on this shares (the group store, the KMS store): opening by URL with its
+schema upgrades, its refusals as the store's own exception, transactions and reads, closing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, Self, cast
+from typing import Any, ClassVar, Protocol, Self, cast
 
 __all__ = [
     "Connection",
@@ -30,6 +33,7 @@ __all__ = [
     "DatabaseError",
     "Dialect",
     "PostgresDatabase",
+    "SqlStore",
     "SqliteDatabase",
     "Upgrade",
     "is_postgres_url",
@@ -83,7 +87,9 @@ class Dialect:
 
         def mark(m: re.Match[str]) -> str:
             token = m.group(0)
-            return {"?": "%s", "%": "%%"}.get(token, token)
+            if token.startswith("'"):  # psycopg reads '%' as a placeholder even inside a literal ('%*%')
+                return token.replace("%", "%%")
+            return {"?": "%s", "%": "%%"}[token]
 
         return cls._LITERAL_OR_MARK.sub(mark, sql)
 
@@ -308,3 +314,77 @@ def open_database(url: str | Path, *, lock_name: str, check_same_thread: bool = 
     elif isinstance(url, str) and re.match(r"[a-z][a-z0-9+.-]*://", url):
         raise DatabaseError(f"unsupported database URL {url!r} (sqlite:///path or postgresql://…)")
     return SqliteDatabase(url, check_same_thread=check_same_thread)
+
+
+class SqlStore:
+    """The base of a store on a ``Database``: opens ``url`` (``open_database``), takes the schema to the store's
+    version, and gives its methods ``_tx()`` (a serialised write transaction) and ``_read()``.
+
+    A store names ``LOCK_NAME`` (its writers' advisory lock in PostgreSQL: stores sharing a database serialise
+    only against themselves), ``PROGRAM`` (named when the schema is newer than it), ``UPGRADES`` and ``ERROR``
+    (its own exception, raised for every ``DatabaseError``); ``_after_upgrade`` runs once the schema is current."""
+
+    LOCK_NAME: ClassVar[str]
+    PROGRAM: ClassVar[str]
+    UPGRADES: ClassVar[Mapping[int, Sequence[Upgrade]]]
+    ERROR: ClassVar[type[Exception]] = DatabaseError
+
+    def __init__(self, url: Path | str, *, check_same_thread: bool = False) -> None:
+        """Open (creating and upgrading as needed) the store at ``url``: a SQLite path (or ``sqlite:///path``), or
+        ``postgresql://…``."""
+        self.url = str(url)
+        try:
+            self._database = open_database(url, lock_name=self.LOCK_NAME, check_same_thread=check_same_thread)
+        except DatabaseError as exc:
+            raise self.ERROR(str(exc)) from None
+        self.location = self._database.location
+        """Where the store is, for messages (a path, or the URL without a password)."""
+        self.backend = self._database.backend
+        self.path: Path | None = self._database.path if isinstance(self._database, SqliteDatabase) else None
+        """The SQLite file; None for PostgreSQL."""
+        try:
+            self._database.upgrade(self.UPGRADES, program=self.PROGRAM)
+            self._after_upgrade()
+        except DatabaseError as exc:
+            self._database.close()
+            raise self.ERROR(str(exc)) from None
+        except BaseException:
+            self._database.close()
+            raise
+
+    def _after_upgrade(self) -> None:
+        """A store's own check at opening, with the schema current."""
+
+    def close(self) -> None:
+        self._database.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """A write transaction (nested: the outer one), serialised against every other writer of the store."""
+        try:
+            with self._database.transaction() as db:
+                yield db
+        except DatabaseError as exc:
+            raise self.ERROR(str(exc)) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reads (the current transaction's if there is one)."""
+        try:
+            with self._database.read() as db:
+                yield db
+        except DatabaseError as exc:
+            raise self.ERROR(str(exc)) from None
+
+    def schema_version(self) -> int:
+        return self._database.schema_version()
+
+    def journal_mode(self) -> str:
+        """SQLite's journal mode ('wal'), or 'postgresql'."""
+        return self._database.journal_mode()

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,7 +30,7 @@ from server.groups.records import (
     audit_digest,
     verify_audit_chain,
 )
-from server.sqldb import Connection, DatabaseError, SqliteDatabase, Upgrade, open_database
+from server.sqldb import Connection, SqlStore, Upgrade
 
 __all__ = ["SCHEMA_VERSION", "StoreDatabase"]
 
@@ -137,43 +137,23 @@ _UPGRADES: dict[int, list[Upgrade]] = {
 SCHEMA_VERSION = len(_UPGRADES)
 
 
-class StoreDatabase:
-    """The connection, transactions, schema upgrades, data key check and audit log every part of the group store
-    shares; ``GroupStore`` adds the tables' operations."""
+class StoreDatabase(SqlStore):
+    """The database, transactions, schema upgrades, data key check and audit log every part of the group store
+    shares (``server.sqldb.SqlStore``); ``GroupStore`` adds the tables' operations."""
+
+    LOCK_NAME = "ptt.groups"
+    PROGRAM = "server"
+    UPGRADES = _UPGRADES
+    ERROR = StoreError
 
     def __init__(self, url: Path | str, data_key: bytes) -> None:
         """Open (creating and upgrading as needed) the store at ``url``: a SQLite path (or ``sqlite:///path``), or
-        ``postgresql://…`` (``server.sqldb.open_database``)."""
+        ``postgresql://…`` (``server.sqldb.open_database``). For SQLite, ``path`` is the file (the CSK replay
+        file goes next to it: ``server.replaystore``)."""
         if not isinstance(data_key, bytes) or len(data_key) != DATA_KEY_LENGTH:
             raise StoreError(f"the data key must be {DATA_KEY_LENGTH} octets")
         self._aead = AESGCM(data_key)
-        self.url = str(url)
-        try:
-            self._database = open_database(url, lock_name="ptt.groups")
-        except DatabaseError as exc:
-            raise StoreError(str(exc)) from None
-        self.location = self._database.location
-        self.backend = self._database.backend
-        self.path: Path | None = self._database.path if isinstance(self._database, SqliteDatabase) else None
-        """The SQLite file (the CSK replay file goes next to it: ``server.replaystore``); None for PostgreSQL."""
-        try:
-            self._database.upgrade(_UPGRADES, program="server")
-            self._check_data_key()
-        except DatabaseError as exc:
-            self._database.close()
-            raise StoreError(str(exc)) from None
-        except BaseException:
-            self._database.close()
-            raise
-
-    def close(self) -> None:
-        self._database.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(url)
 
     # --- transactions ---
 
@@ -181,18 +161,11 @@ class StoreDatabase:
     def transaction(self) -> Iterator[None]:
         """Everything done through this store inside the block is one atomic transaction (nesting is allowed:
         only the outermost block commits); writers are serialised (``server.sqldb``)."""
-        with self._database.transaction():
+        with self._tx():
             yield
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        with self._database.transaction() as db:
-            yield db
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._database.read() as db:
-            yield db
+    def _after_upgrade(self) -> None:
+        self._check_data_key()
 
     def _check_data_key(self) -> None:
         """The first open records a value sealed under the data key; later opens check it, so a wrong key file is
@@ -209,13 +182,6 @@ class StoreDatabase:
                 self._aead.decrypt(value[:12], value[12:], CHECK_AD)
             except (InvalidTag, ValueError, TypeError):
                 raise StoreError(f"{self.location}: the data key does not belong to this database") from None
-
-    def schema_version(self) -> int:
-        return self._database.schema_version()
-
-    def journal_mode(self) -> str:
-        """SQLite's journal mode ('wal'), or 'postgresql'."""
-        return self._database.journal_mode()
 
     # --- audit log ---
 
