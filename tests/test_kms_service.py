@@ -103,8 +103,9 @@ def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def kms_store(tmp_path: Any, cheap_passwords: None) -> Iterator[KmsStore]:
-    s = KmsStore(tmp_path / "kms.sqlite3")
+def kms_store(database_url: str, cheap_passwords: None) -> Iterator[KmsStore]:
+    """The store on each backend (SQLite, PostgreSQL): every test of the service runs on both."""
+    s = KmsStore(database_url)
     for name, password in PASSWORDS.items():
         s.add_account(name, password, uri=URIS[name], now=NOW - 1000)
     yield s

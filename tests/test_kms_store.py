@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import ssl
 import stat
 from collections.abc import Callable, Iterator
@@ -23,18 +22,15 @@ from server.kms import material, secrets, store
 from server.kms.material import MaterialError
 from server.kms.secrets import SecretsFileError
 from server.kms.store import AccountError, KmsStore, LockedOut, LoginFailed, StoreError
+from tests.postgres import dump, integrity_errors, raw
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "kms.sqlite3"
-
-
-@pytest.fixture
-def kms(db_path: Path) -> Iterator[KmsStore]:
-    s = KmsStore(db_path)
+def kms(database_url: str) -> Iterator[KmsStore]:
+    """A new store on each backend: a SQLite file, or an emptied PostgreSQL database."""
+    s = KmsStore(database_url)
     yield s
     s.close()
 
@@ -51,12 +47,6 @@ def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(passwords, "_scrypt", counting)
     return calls
-
-
-def _dump(path: Path) -> str:
-    """Everything in the database (and its WAL) as SQL text, read through a second connection."""
-    with sqlite3.connect(path) as db:
-        return "\n".join(db.iterdump())
 
 
 # --- accounts ---
@@ -176,8 +166,8 @@ def test_lockout_grows_and_does_not_check_the_password(kms: KmsStore, scrypt_cal
     assert kms.authenticate("alice", PASSWORD, now=t).username == "alice"
 
 
-def test_lock_is_per_source_and_set_password_lifts_it(db_path: Path) -> None:
-    with KmsStore(db_path) as kms:
+def test_lock_is_per_source_and_set_password_lifts_it(database_url: str) -> None:
+    with KmsStore(database_url) as kms:
         kms.add_account("alice", PASSWORD, uri=None, roles={"admin"}, now=0.0)
         for _ in range(store.LOCKOUT_AFTER):
             with pytest.raises(LoginFailed):
@@ -187,7 +177,7 @@ def test_lock_is_per_source_and_set_password_lifts_it(db_path: Path) -> None:
         assert kms.authenticate("alice", PASSWORD, now=20.0, source="192.0.2.1").username == "alice"
         # the failures are counted for the operator; the locks live in the login guard (in memory)
         assert ("login-failed", "alice") in {(r.event, r.username) for r in kms.audit_log(20)}
-        with KmsStore(db_path) as cli:  # another process (ptt-kms user passwd) sets a new password
+        with KmsStore(database_url) as cli:  # another process (ptt-kms user passwd) sets a new password
             cli.set_password("alice", "fresh password", now=21.0)
         assert kms.authenticate("alice", "fresh password", now=22.0, source="192.0.2.66").username == "alice"
 
@@ -197,7 +187,7 @@ def test_service_account(kms: KmsStore, scrypt_calls: list[int]) -> None:
     assert len(token) >= 43
     account = kms.account("ptt-server")
     assert account is not None and account.service and kms.may_key("ptt-server", "sip:ptt-server@example.org")
-    assert token.encode() not in b"".join(f.read_bytes() for f in kms.path.parent.glob(kms.path.name + "*"))
+    assert token.encode() not in dump(kms.url)
     for i in range(3 * store.LOCKOUT_AFTER):  # wrong guesses from one address never lock it (for anyone)
         with pytest.raises(LoginFailed):
             kms.authenticate("ptt-server", f"guess number {i}", now=1.0, source="192.0.2.66")
@@ -226,13 +216,11 @@ def test_disabled_account_cannot_log_in_or_key(kms: KmsStore) -> None:
     assert kms.may_key("alice", "sip:alice@example.org")
 
 
-def test_hash_is_self_describing_and_upgraded_on_login(
-    kms: KmsStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hash_is_self_describing_and_upgraded_on_login(kms: KmsStore, monkeypatch: pytest.MonkeyPatch) -> None:
     kms.add_account("alice", PASSWORD, uri=None, roles={"admin"}, now=0.0)
 
     def stored() -> str:
-        with sqlite3.connect(db_path) as db:
+        with raw(kms.url) as db:
             return str(db.execute("SELECT password_hash FROM accounts").fetchone()[0])
 
     assert stored().startswith(f"scrypt${2**14}$8$1$")
@@ -272,7 +260,7 @@ def test_grants(kms: KmsStore) -> None:
 # --- audit and issuance ---
 
 
-def test_audit_log_records_events_but_no_secrets(kms: KmsStore, db_path: Path) -> None:
+def test_audit_log_records_events_but_no_secrets(kms: KmsStore) -> None:
     kms.add_account("alice", PASSWORD, uri="sip:alice@example.org", now=1.0)
     kms.authenticate("alice", PASSWORD, now=2.0)
     with pytest.raises(LoginFailed):
@@ -299,9 +287,9 @@ def test_audit_log_records_events_but_no_secrets(kms: KmsStore, db_path: Path) -
     ]
     assert "eve" in log[3].detail
     assert [r.event for r in kms.audit_log(2)] == ["keyprov", "account-removed"]  # the latest, oldest first
-    everything = _dump(db_path)
+    everything = dump(kms.url)
     for secret in (PASSWORD, "wrong horse battery", "eves own password", "the second password"):
-        assert secret not in everything
+        assert secret.encode() not in everything
 
 
 def test_issuance_records(kms: KmsStore) -> None:
@@ -340,32 +328,43 @@ def test_settings(kms: KmsStore) -> None:
     assert kms.settings() == {"key_period": "2592000", "kms_uri": "kms2.example.org"}
 
 
-# --- the database file ---
+# --- the database ---
 
 
-def test_wal_mode_and_schema_version(kms: KmsStore, db_path: Path) -> None:
-    assert kms.journal_mode() == "wal"
+def test_wal_mode_and_schema_version(kms: KmsStore) -> None:
     assert kms.schema_version() == store.SCHEMA_VERSION
-    with sqlite3.connect(db_path) as db:
+    if kms.backend == "postgresql":
+        assert kms.journal_mode() == "postgresql" and kms.path is None
+        return
+    assert kms.journal_mode() == "wal"
+    with raw(kms.url) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent, seen by other connections
 
 
-def test_newer_schema_is_refused(db_path: Path) -> None:
-    KmsStore(db_path).close()
-    db = sqlite3.connect(db_path)
-    db.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
-    db.close()
+def test_newer_schema_is_refused(database_url: str) -> None:
+    KmsStore(database_url).close()
+    with raw(database_url) as db:
+        if "://" in database_url:
+            db.execute("UPDATE schema_version SET version = ?", (store.SCHEMA_VERSION + 1,))
+        else:
+            db.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer"):
-        KmsStore(db_path)
+        KmsStore(database_url)
 
 
 def test_foreign_keys_are_enforced(kms: KmsStore) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
-        kms._db.execute("INSERT INTO grants (username, identity_uri, kind, granted) VALUES ('ghost', 'u', 'self', 0)")
+    with pytest.raises(integrity_errors(kms.url)), kms._tx() as db:  # the store's own connection
+        db.execute("INSERT INTO grants (username, identity_uri, kind, granted) VALUES ('ghost', 'u', 'self', 0)")
 
 
-def test_reopening_loses_nothing(db_path: Path) -> None:
-    with KmsStore(db_path) as kms:
+def test_a_url_that_is_no_database_is_refused() -> None:
+    for url in ("mysql://kms@db/kms", "sqlite://"):
+        with pytest.raises(StoreError, match="sqlite:///"):
+            KmsStore(url)
+
+
+def test_reopening_loses_nothing(database_url: str) -> None:
+    with KmsStore(database_url) as kms:
         kms.set_setting("kms_uri", "kms.example.org")
         kms.add_account("alice", PASSWORD, uri="sip:alice@example.org", now=1.0)
         kms.grant("alice", "sip:group@example.org", now=2.0)
@@ -373,7 +372,7 @@ def test_reopening_loses_nothing(db_path: Path) -> None:
         kms.add_trusted_certificate("kms.other.org", b"<x/>", now=4.0)
         kms.audit("note", username=None, detail="before restart", now=5.0)
         before = (kms.accounts(), kms.grants("alice"), kms.issued(), kms.trusted_certificates(), kms.audit_log())
-    with KmsStore(db_path) as kms:
+    with KmsStore(database_url) as kms:
         after = (kms.accounts(), kms.grants("alice"), kms.issued(), kms.trusted_certificates(), kms.audit_log())
         assert after == before
         assert kms.get_setting("kms_uri") == "kms.example.org"
@@ -610,8 +609,8 @@ def test_tls_certificate_verifies_in_a_real_handshake(tmp_path: Path, server_nam
     assert client.getpeercert() is not None
 
 
-def test_group_namespace_grant(tmp_path: Path) -> None:
-    db = store.KmsStore(tmp_path / "kms.sqlite3")
+def test_group_namespace_grant(database_url: str) -> None:
+    db = store.KmsStore(database_url)
     db.add_account("server", "server-password", uri="sip:ptt-server@example.org", now=0)
     db.grant("server", "sip:*@groups.example.org", now=1)
     assert db.may_key("server", "sip:fire@groups.example.org")
@@ -631,3 +630,4 @@ def test_group_namespace_grant(tmp_path: Path) -> None:
         db.grant("server", "sip:*@groups.example.org", "self", now=2)
     db.revoke("server", "sip:*@groups.example.org", now=3)
     assert not db.may_key("server", "sip:fire@groups.example.org")
+    db.close()

@@ -5,13 +5,13 @@ ledger."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from functools import cached_property
 
 from server import accounts
 from server.accounts import LoginGuard, LoginRecord, hash_password, hash_service_token, new_service_token
 from server.kms.database import KmsDatabase, StoreError
+from server.sqldb import Connection
 
 __all__ = ["LOCKOUT_AFTER", "LOCKOUT_MAX", "LOCKOUT_MIN", "ROLES", "Account", "AccountError", "KmsAccounts"]
 
@@ -104,9 +104,8 @@ class KmsAccounts(KmsDatabase):
                 "INSERT INTO accounts (username, password_hash, uri, created, changed) VALUES (?, ?, ?, ?, ?)",
                 (username, stored, uri, now, now),
             )
-            db.executemany(
-                "INSERT INTO account_roles (username, role) VALUES (?, ?)", [(username, r) for r in sorted(roles)]
-            )
+            for role in sorted(roles):
+                db.execute("INSERT INTO account_roles (username, role) VALUES (?, ?)", (username, role))
             if uri is not None:
                 db.execute(
                     "INSERT INTO grants (username, identity_uri, kind, granted) VALUES (?, ?, 'self', ?)",
@@ -114,7 +113,7 @@ class KmsAccounts(KmsDatabase):
                 )
             self._audit(db, "account-added", username, f"uri={uri} roles={','.join(sorted(roles))}{kind}", now)
 
-    def _require(self, db: sqlite3.Connection, username: str) -> None:
+    def _require(self, db: Connection, username: str) -> None:
         if not db.execute("SELECT 1 FROM accounts WHERE username = ?", (username,)).fetchone():
             raise AccountError(f"no account {username!r}")
 
@@ -155,22 +154,24 @@ class KmsAccounts(KmsDatabase):
             )
             self._audit(db, "account-disabled" if disabled else "account-enabled", username, "", now)
 
-    def _account(self, db: sqlite3.Connection, username: str) -> Account | None:
+    def _account(self, db: Connection, username: str) -> Account | None:
         row = db.execute("SELECT uri, disabled, password_hash FROM accounts WHERE username = ?", (username,)).fetchone()
         if row is None:
             return None
         roles = frozenset(
-            str(r) for (r,) in db.execute("SELECT role FROM account_roles WHERE username = ?", (username,))
+            str(r) for (r,) in db.execute("SELECT role FROM account_roles WHERE username = ?", (username,)).fetchall()
         )
         service = accounts.is_service_hash(str(row[2]))
         return Account(username=username, uri=row[0], roles=roles, disabled=bool(row[1]), service=service)
 
     def account(self, username: str) -> Account | None:
-        return self._account(self._db, username)
+        with self._read() as db:
+            return self._account(db, username)
 
     def accounts(self) -> list[Account]:
-        names = [str(n) for (n,) in self._db.execute("SELECT username FROM accounts ORDER BY username")]
-        return [a for a in (self._account(self._db, n) for n in names) if a is not None]
+        with self._read() as db:
+            names = [str(n) for (n,) in db.execute("SELECT username FROM accounts ORDER BY username").fetchall()]
+            return [a for a in (self._account(db, n) for n in names) if a is not None]
 
     def authenticate(self, username: str, password: str, *, now: float, source: str = "") -> Account:
         """The account if ``password`` is right; ``LoginFailed`` or ``LockedOut`` otherwise (both audited), by the
@@ -183,7 +184,8 @@ class KmsAccounts(KmsDatabase):
     # ``server.accounts.LoginLedger``: the login procedure's reads and writes of this store.
 
     def login_record(self, username: str) -> LoginRecord | None:
-        row = self._db.execute("SELECT password_hash FROM accounts WHERE username = ?", (username,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT password_hash FROM accounts WHERE username = ?", (username,)).fetchone()
         return None if row is None else LoginRecord(str(row[0]))
 
     def login_audit(self, event: str, username: str | None, detail: str, now: float) -> None:

@@ -1,17 +1,17 @@
-"""The KMS store's database: the versioned schema, the connection and its transactions, settings, the audit log.
+"""The KMS store's database: the versioned schema, settings, the audit log.
 
-The schema is versioned by ``PRAGMA user_version``; ``_UPGRADES[v]`` takes a database from version v to v + 1,
-so a newer KMS upgrades an older file in place and an older KMS refuses a newer file.
+The database is SQLite (one file, the default) or PostgreSQL, chosen by a URL; connections, transactions and schema
+upgrades are ``server.sqldb``'s, shared with the group store. ``_UPGRADES[v]`` takes a database from version v to
+v + 1, so a newer KMS upgrades an older database in place and an older KMS refuses a newer one. Writers are
+serialised (SQLite's ``BEGIN IMMEDIATE`` with a busy timeout; a transaction-level advisory lock in PostgreSQL), so
+several KMS processes may share one database.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Self
+
+from server.sqldb import Connection, SqlStore, Upgrade
 
 __all__ = ["SCHEMA_VERSION", "SETTINGS", "AuditRecord", "KmsDatabase", "StoreError"]
 
@@ -31,7 +31,7 @@ class AuditRecord:
     detail: str
 
 
-_UPGRADES: dict[int, list[str]] = {
+_UPGRADES: dict[int, list[Upgrade]] = {
     0: [
         "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         """CREATE TABLE accounts (
@@ -79,63 +79,15 @@ _UPGRADES: dict[int, list[str]] = {
 SCHEMA_VERSION = len(_UPGRADES)
 
 
-class KmsDatabase:
-    """One SQLite connection. Several processes may share the file (the service and the CLI): WAL mode, a busy
-    timeout, and each change in its own ``BEGIN IMMEDIATE`` transaction."""
+class KmsDatabase(SqlStore):
+    """The KMS's database (``server.sqldb.SqlStore``): a SQLite path (or ``sqlite:///path``) or ``postgresql://…``.
+    Several processes may share it (the service, its workers, the CLI); each change is one serialised
+    transaction."""
 
-    def __init__(self, path: Path, *, check_same_thread: bool = True) -> None:
-        """Open (creating and upgrading as needed) the store at ``path``. ``check_same_thread=False`` lets one
-        worker thread other than the opening one use it (never two threads at once)."""
-        self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=check_same_thread)
-        try:
-            self._db.execute("PRAGMA foreign_keys = ON")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal" and str(self.path) != ":memory:":
-                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
-            self._db.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
-            self._upgrade()
-        except BaseException:
-            self._db.close()
-            raise
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def _upgrade(self) -> None:
-        with self._tx() as db:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this KMS ({SCHEMA_VERSION}); upgrade ptt"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for statement in _UPGRADES[step]:
-                    db.execute(statement)
-            if version != SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-
-    def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
-    def journal_mode(self) -> str:
-        return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+    LOCK_NAME = "ptt.kms"
+    PROGRAM = "KMS"
+    UPGRADES = _UPGRADES
+    ERROR = StoreError
 
     # --- settings ---
 
@@ -148,16 +100,19 @@ class KmsDatabase:
             )
 
     def get_setting(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def settings(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM settings ORDER BY key")}
+        with self._read() as db:
+            rows = db.execute("SELECT key, value FROM settings ORDER BY key").fetchall()
+        return {str(k): str(v) for k, v in rows}
 
     # --- audit log ---
 
     @staticmethod
-    def _audit(db: sqlite3.Connection, event: str, username: str | None, detail: str, now: float) -> None:
+    def _audit(db: Connection, event: str, username: str | None, detail: str, now: float) -> None:
         db.execute(
             "INSERT INTO audit (at, event, username, detail) VALUES (?, ?, ?, ?)", (now, event, username, detail)
         )
@@ -169,8 +124,10 @@ class KmsDatabase:
 
     def audit_log(self, limit: int = 100) -> list[AuditRecord]:
         """The last ``limit`` events, oldest first."""
-        rows = self._db.execute(
-            "SELECT at, event, username, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?) ORDER BY id",
-            (limit,),
-        )
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT at, event, username, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?) AS latest "
+                "ORDER BY id",
+                (limit,),
+            ).fetchall()
         return [AuditRecord(float(at), str(e), None if u is None else str(u), str(d)) for at, e, u, d in rows]

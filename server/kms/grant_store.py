@@ -74,22 +74,25 @@ class KmsGrants(KmsAccounts):
 
     def grants(self, username: str) -> dict[str, str]:
         """identity URI → kind."""
-        rows = self._db.execute(
-            "SELECT identity_uri, kind FROM grants WHERE username = ? ORDER BY identity_uri", (username,)
-        )
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT identity_uri, kind FROM grants WHERE username = ? ORDER BY identity_uri", (username,)
+            ).fetchall()
         return {str(u): str(k) for u, k in rows}
 
     def grant_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM grants").fetchone()[0])
+        with self._read() as db:
+            return int(db.execute("SELECT count(*) FROM grants").fetchone()[0])
 
     def may_key(self, username: str, identity_uri: str) -> bool:
         """Whether an enabled account ``username`` holds a grant for ``identity_uri``: exactly, or through a
         group-manager grant for a whole group namespace (``sip:*@groups.example.org``)."""
-        rows = self._db.execute(
-            "SELECT identity_uri, kind FROM grants JOIN accounts USING (username) "
-            "WHERE username = ? AND accounts.disabled = 0 AND (identity_uri = ? OR identity_uri LIKE '%*%')",
-            (username, identity_uri),
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT identity_uri, kind FROM grants JOIN accounts USING (username) "
+                "WHERE username = ? AND accounts.disabled = 0 AND (identity_uri = ? OR identity_uri LIKE '%*%')",
+                (username, identity_uri),
+            ).fetchall()
         return any(
             uri == identity_uri or (kind == "group-manager" and namespace_matches(uri, identity_uri))
             for uri, kind in rows
@@ -114,7 +117,6 @@ class KmsGrants(KmsAccounts):
         if identity_uri is not None:
             query += " WHERE identity_uri = ?"
             params = (identity_uri,)
-        return [
-            IssueRecord(float(at), str(u), str(i), int(p), bytes(uid), str(k))
-            for at, u, i, p, uid, k in self._db.execute(query + " ORDER BY id", params)
-        ]
+        with self._read() as db:
+            rows = db.execute(query + " ORDER BY id", params).fetchall()
+        return [IssueRecord(float(at), str(u), str(i), int(p), bytes(uid), str(k)) for at, u, i, p, uid, k in rows]

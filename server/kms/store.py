@@ -1,12 +1,14 @@
-"""The KMS's SQLite store: settings, accounts and their grants, issuance records, audit log, trusted domains.
+"""The KMS's store: settings, accounts and their grants, issuance records, audit log, trusted domains, in SQLite or
+PostgreSQL (``server.sqldb``).
 
 No keys live here: user keys are derived again on every request (``ptt.crypto.kms.derive_user_keys``) and the
 master secrets have their own file. Passwords are kept only as scrypt hashes. Time is always passed in
 (``now``, Unix seconds) so tests can drive lockouts without waiting.
 
-``KmsStore`` is the one object callers use. Its parts: the connection, schema, settings and audit log
-(``server.kms.database``), accounts and logins (``server.kms.account_store``), grants and issuance records
-(``server.kms.grant_store``); the trusted external domains are here.
+``KmsStore(url)`` is the one object callers use (a SQLite path, ``sqlite:///path`` or ``postgresql://…``). Its
+parts: the schema, settings and audit log (``server.kms.database``), accounts and logins
+(``server.kms.account_store``), grants and issuance records (``server.kms.grant_store``); the trusted external
+domains are here.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class TrustedDomain:
 
 
 class KmsStore(KmsGrants):
-    """One SQLite connection. Several processes may share the file (the service and the CLI): WAL mode, a busy
-    timeout, and each change in its own ``BEGIN IMMEDIATE`` transaction."""
+    """The KMS's store. Several processes may share it (the service and the CLI; later several KMS workers): each
+    change is one transaction, writers serialised (``server.kms.database``)."""
 
     # --- trusted external domains ---
 
@@ -66,10 +68,13 @@ class KmsStore(KmsGrants):
             self._audit(db, "trusted-domain-added", None, kms_uri, now)
 
     def trusted_certificates(self) -> list[bytes]:
-        return [bytes(x) for (x,) in self._db.execute("SELECT certificate_xml FROM trusted_domains ORDER BY kms_uri")]
+        with self._read() as db:
+            rows = db.execute("SELECT certificate_xml FROM trusted_domains ORDER BY kms_uri").fetchall()
+        return [bytes(x) for (x,) in rows]
 
     def trusted_domains(self) -> list[TrustedDomain]:
-        rows = self._db.execute("SELECT kms_uri, certificate_xml, added FROM trusted_domains ORDER BY kms_uri")
+        with self._read() as db:
+            rows = db.execute("SELECT kms_uri, certificate_xml, added FROM trusted_domains ORDER BY kms_uri").fetchall()
         return [TrustedDomain(str(u), bytes(x), float(a)) for u, x, a in rows]
 
     def remove_trusted_certificate(self, kms_uri: str, *, now: float | None = None) -> None:

@@ -156,12 +156,12 @@ class DomainSettings:
 def stored_domain(store: KmsStore) -> DomainSettings:
     kms_uri = store.get_setting("kms_uri")
     if not kms_uri:
-        raise CliError(f"{store.path} has no KMS domain (run '{PROG} init' first)")
+        raise CliError(f"{store.location} has no KMS domain (run '{PROG} init' first)")
     try:
         key_period = int(store.get_setting("key_period") or DEFAULT_KEY_PERIOD)
         offset = int(store.get_setting("key_period_offset") or 0)
     except ValueError:
-        raise CliError(f"{store.path}: the key period settings are not numbers") from None
+        raise CliError(f"{store.location}: the key period settings are not numbers") from None
     return DomainSettings(
         store.get_setting("domain") or "", kms_uri, key_period, offset, store.get_setting("base_url") or ""
     )
