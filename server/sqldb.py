@@ -161,7 +161,12 @@ class SqliteDatabase(Database):
         self.location = str(self.path)
         self._lock = threading.RLock()
         self._depth = 0
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=check_same_thread)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=10.0, check_same_thread=check_same_thread
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open the SQLite database {self.path}: {exc}") from None
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]

@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--tls-ca", metavar="PEM", help="the CA bundle clients trust for --tls-cert (default: the system's CAs)"
     )
+    init.add_argument(
+        "--database",
+        metavar="URL",
+        help="the KMS store (accounts, grants, records, audit log): postgresql://USER@HOST/DB (several KMS processes "
+        "may share it) or sqlite:///PATH (default: kms.sqlite3 in the data directory); kept in kms.json, used by "
+        "every command; the master secrets and keys stay in files here",
+    )
     init.add_argument("--force", action="store_true", help="replace an existing domain's secrets and keys")
     init.set_defaults(func=cmd_init)
 

@@ -256,10 +256,11 @@ def make_site(app: KmsApplication, pool: ThreadPool, clock: Callable[[], float] 
 
 
 def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsApplication, KmsStore]:
+    from server.kms.commands.common import DataDir
     from server.kms.material import load_certificate, load_private_key
     from server.kms.secrets import read_master_secrets
 
-    store = KmsStore(data_dir / "kms.sqlite3", check_same_thread=False)
+    store = KmsStore(DataDir(data_dir).database(), check_same_thread=False)  # kms.json's database, or the file here
     kms_uri = store.get_setting("kms_uri")
     if not kms_uri:
         raise SystemExit(f"{data_dir}: not an initialised KMS (run: ptt-kms --data {data_dir} init ...)")

@@ -45,6 +45,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"KPAK SHA-256    {fingerprint(kpak)}")
         print(f"TLS SHA-256     {certificate_fingerprint(load_certificate(dd.tls_cert))}")
         print(f"master secrets  {'encrypted' if is_encrypted(dd.secrets) else 'not encrypted'}")
+        print(f"database        {store.location}")
         print(f"key period      {domain.key_period} s, offset {domain.key_period_offset} s")
         print(f"current period  {current}, ends {utc(end)}")
         print(f"accounts        {len(store.accounts())}, grants {store.grant_count()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import os
 import sys
 import time
@@ -18,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ptt.ts33180 import DEFAULT_KEY_PERIOD
-from server.kms.secrets import is_encrypted
-from server.kms.store import KmsStore
+from server.kms.secrets import is_encrypted, write_private_file
+from server.kms.store import KmsStore, StoreError
 
 __all__ = [
     "DEFAULT_DATA",
@@ -63,7 +64,30 @@ class DataDir:
 
     @property
     def db(self) -> Path:
+        """The store's SQLite file, unless ``kms.json`` names another database."""
         return self.root / "kms.sqlite3"
+
+    @property
+    def config(self) -> Path:
+        """``kms.json``: where the store is (``{"database": URL}``), written by ``init --database``."""
+        return self.root / "kms.json"
+
+    def database(self) -> str | Path:
+        """Where the store is: ``kms.json``'s ``database`` URL, or the SQLite file here."""
+        if not self.config.exists():
+            return self.db
+        try:
+            config = json.loads(self.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read {self.config}: {exc}") from None
+        url = config.get("database") if isinstance(config, dict) else None
+        if url is not None and not isinstance(url, str):
+            raise StoreError(f"{self.config}: 'database' must be a URL string")
+        return url or self.db
+
+    def set_database(self, url: str) -> None:
+        """Name the store's database in ``kms.json`` (0600: a PostgreSQL URL may hold a password)."""
+        write_private_file(self.config, (json.dumps({"database": url}, indent=1) + "\n").encode())
 
     @property
     def tls_key(self) -> Path:
@@ -137,11 +161,13 @@ def read_passphrase(dd: DataDir, passphrase_file: str | None) -> bytes | None:
 
 
 def open_store(dd: DataDir) -> KmsStore:
+    """The store of an initialised data directory: its SQLite file, or the database ``kms.json`` names."""
     if not dd.root.is_dir():
         raise CliError(f"no KMS data directory {dd.root} (create one with '{PROG} --data {dd.root} init ...')")
-    if not dd.db.is_file():
+    database = dd.database()
+    if database == dd.db and not dd.db.is_file():
         raise CliError(f"{dd.root} holds no KMS database (create one with '{PROG} --data {dd.root} init ...')")
-    return KmsStore(dd.db)
+    return KmsStore(database)
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     passphrase = read_secret_file(args.passphrase_file, "passphrase") if args.passphrase_file else None
 
+    database = args.database or dd.database()  # re-initialising keeps the database (and its accounts)
     existing = dd.secrets.exists()
-    if dd.db.is_file():
-        with KmsStore(dd.db) as store:
+    if args.database or database != dd.db or dd.db.is_file():  # a bad URL or an unreachable server: refused here
+        with KmsStore(database) as store:
             existing = existing or store.get_setting("kms_uri") is not None
     if existing and not args.force:
         raise CliError(
@@ -105,7 +106,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     write_key_and_certificate(signing_key, signing_cert, dd.signing_key, dd.signing_cert)
 
-    with KmsStore(dd.db) as store:
+    if args.database:
+        dd.set_database(args.database)
+    with KmsStore(database) as store:
+        location = store.location
         for key, value in (
             ("domain", args.domain),
             ("kms_uri", args.kms_uri),
@@ -127,13 +131,15 @@ def cmd_init(args: argparse.Namespace) -> int:
             detail=f"{args.kms_uri} KPAK {fingerprint(master.kpak)[:23]}",
             now=now,
         )
-    os.chmod(dd.db, 0o600)
+        if store.path is not None:
+            os.chmod(store.path, 0o600)
     print(f"KMS domain {args.domain} initialised in {dd.root}")
     print(f"  KMS URI                 {args.kms_uri}")
     print(f"  base URL                {base_url}  (listening on {args.host}:{args.port})")
     print(f"  KPAK SHA-256            {fingerprint(master.kpak)}")
     print(f"  TLS certificate SHA-256 {certificate_fingerprint(tls_cert)}")
     print(f"  master secrets          {'encrypted' if passphrase else 'NOT encrypted (no --passphrase-file)'}")
+    print(f"  database                {location}")
     return 0
 
 
