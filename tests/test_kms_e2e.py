@@ -19,6 +19,8 @@ from client.keystore import Keystore
 from client.provisioning import accept_key_prov
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import SignatureInvalid, StaleResponse
+from server.kms.store import KmsStore
+from tests.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = b"keystore passphrase"
@@ -265,3 +267,38 @@ def test_restart_loses_nothing_and_clients_work_offline(kms: Kms) -> None:
         assert (old.ssk, old.pvt, old.rsk) == (new.ssk, new.pvt, new.rsk)
     log = kms.admin("audit", "log").stdout
     assert "keyprov" in log and "alice" in log
+
+
+def test_a_kms_on_postgresql_provisions_keys(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """``ptt-kms init --database postgresql://…``, then serve: the admin commands (also while it serves) and the
+    service share the PostgreSQL store, and clients provision their keys over HTTPS."""
+    url = postgres_server.create_database("kms_e2e_postgresql")
+    server = Kms(tmp_path, free_ports(1)[0])
+    out = server.admin("init", "--domain", "example.org", "--kms-uri", "kms.example.org", "--port", str(server.port),
+                       "--database", url)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert not (server.data / "kms.sqlite3").exists()
+    alice = _password_file(tmp_path, "alice", "alice-secret-password")
+    assert server.admin("user", "add", "alice", "--uri", USERS["alice"], "--password-file", str(alice)).returncode == 0
+    assert server.admin("export-enrolment", "--out", str(server.enrolment)).returncode == 0
+    (tmp_path / "passphrase").write_bytes(PASSPHRASE)
+    server.start()
+    try:
+        out = provision(server, "alice")
+        assert out.returncode == 0, out.stderr
+        bob = _password_file(tmp_path, "bob", "bob-secret-password")  # an account added while the KMS runs
+        assert server.admin("user", "add", "bob", "--uri", USERS["bob"], "--password-file", str(bob)).returncode == 0
+        out = provision(server, "bob")
+        assert out.returncode == 0, out.stderr
+    finally:
+        server.stop()
+    for user in ("alice", "bob"):
+        held = keystore(server, user)
+        assert held.enrolment is not None
+        current = held.enrolment.certificate.domain().period_number(time.time())
+        assert held.periods(USERS[user]) == [current, current + 1]
+    with KmsStore(url) as store:  # what the service recorded is in PostgreSQL
+        assert sorted((r.username, r.period_no) for r in store.issued()) == sorted(
+            (user, period) for user in ("alice", "bob") for period in (current, current + 1)
+        )
+        assert [e.event for e in store.audit_log() if e.username == "bob"][:2] == ["account-added", "login"]
