@@ -8,13 +8,11 @@ control channel, group keys and CSK, joining, reconnecting and the relay's datag
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import abstract, defer, protocol, task, threads
@@ -22,9 +20,10 @@ from twisted.python.failure import Failure
 
 from client.control import ControlClient, connect_control
 from client.keystore import DebouncedSave, Keystore
+from client.serverinfo import ServerInfo
 from client.session_floor import SessionFloor
 from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
-from client.tls import trust_from_info
+from client.session_reconnect import RECONNECT_MAX, RECONNECT_MIN, REJOIN_ATTEMPTS, REJOIN_DELAY, SessionReconnect
 from ptt.control import ControlProtocolError, unb64
 from ptt.floor.events import FloorEvent
 from ptt.floor.messages import is_rtcp
@@ -53,6 +52,8 @@ __all__ = [
     "PAYLOAD_TYPE",
     "RECONNECT_MAX",
     "RECONNECT_MIN",
+    "REJOIN_ATTEMPTS",
+    "REJOIN_DELAY",
     "STORED_MESSAGE_SLACK",
     "CryptoRunner",
     "GroupState",
@@ -69,10 +70,6 @@ STORED_MESSAGE_SLACK = 3600.0
 """A GMK I_MESSAGE stored for an offline member is legitimately old: it is accepted up to one key period (the
 server rekeys every group at each period change) plus this much old. Its future allowance is the clock skew
 (``ptt.mikey.imessage.MAX_CLOCK_SKEW``), minutes only."""
-RECONNECT_MIN = 1.0
-RECONNECT_MAX = 30.0
-REJOIN_DELAY = 1.0
-REJOIN_ATTEMPTS = 30
 
 CryptoRunner = Callable[..., "defer.Deferred[Any]"]
 """Runs ``f(*args, **kwargs)`` and returns a Deferred of its result (a thread in the app, inline in tests)."""
@@ -80,40 +77,6 @@ CryptoRunner = Callable[..., "defer.Deferred[Any]"]
 
 def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
     return threads.deferToThread(f, *args, **kwargs)
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """How to reach a group server (from ``ptt-server client-info``): its public name or address, the control
-    port, what to trust for TLS (the pinned certificate, the operator's CA bundle, or None: the system's CAs;
-    the certificate must name ``host`` in every case) and the server's URI."""
-
-    host: str
-    control_port: int
-    cert_pem: bytes | None
-    server_uri: str
-    others: tuple[tuple[str, int, bytes | None], ...] = ()
-    """The other server nodes sharing the same groups (host, control port, trust), tried in turn when the
-    connected one is lost."""
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ServerInfo:
-        """Parse a client-info file; ``ValueError`` (or ``KeyError``) if a field is missing or malformed."""
-        info = json.loads(text)
-        trust = trust_from_info(str(info["cert_pem"]).encode("ascii"), info.get("tls_ca"))
-        host, port = str(info["host"]), int(info["control_port"])
-        others = []
-        for node in info.get("nodes") or []:
-            entry = (str(node["host"]), int(node["control_port"]))
-            if entry != (host, port):
-                node_trust = trust_from_info(
-                    str(node.get("cert_pem") or info["cert_pem"]).encode("ascii"), info.get("tls_ca")
-                )
-                others.append((*entry, node_trust))
-        return cls(host, port, trust, str(info["server_uri"]), tuple(others))
-
-    def endpoints(self) -> list[tuple[str, int, bytes | None]]:
-        return [(self.host, self.control_port, self.cert_pem), *self.others]
 
 
 class _Media(protocol.DatagramProtocol):
@@ -127,7 +90,7 @@ class _Media(protocol.DatagramProtocol):
         self.session._datagram(self.group, data, addr)
 
 
-class PttSession(SessionFloor):
+class PttSession(SessionReconnect, SessionFloor):
     """One identity logged in to one server."""
 
     def __init__(
@@ -292,69 +255,6 @@ class PttSession(SessionFloor):
         elif state is not None and message["kind"] == "idle":
             state.call_talker = None
         self.event_listener(message)
-
-    def on_disconnected(self, reason: str) -> None:
-        self.control = None
-        if self._stopping:
-            return
-        self.connected = False
-        self._next_endpoint()
-        log.warning("%s: control channel lost (%s): reconnecting to %s", self.uri, reason, self._endpoint_name())
-        self._schedule_reconnect()
-
-    def _next_endpoint(self) -> None:
-        """Another node of the server, if it has several (the lost one may be down for good)."""
-        self._endpoint = (self._endpoint + 1) % len(self.server.endpoints())
-
-    def _endpoint_name(self) -> str:
-        host, port, _ = self.server.endpoints()[self._endpoint]
-        return f"{host}:{port}"
-
-    def on_moved(self, group: str) -> None:
-        """Another server node serves the group's call now: join again (the reply names its relay)."""
-        state = self.groups.get(group)
-        if state is not None and state.joined and self.control is not None:
-            log.info("%s: the call of %s moved to another server node: joining again", self.uri, group)
-            self._rejoin(group)
-
-    def _rejoin(self, group: str, attempt: int = 0) -> None:
-        def failed(failure: Failure) -> None:
-            state = self.groups.get(group)
-            if self._stopping or self.control is None or state is None or not state.joined:
-                return
-            if attempt >= REJOIN_ATTEMPTS:
-                log.warning("%s: cannot join %s again: %s", self.uri, group, failure.getErrorMessage())
-                return
-            log.info("%s: join %s again failed (%s): retrying", self.uri, group, failure.getErrorMessage())
-            self.reactor.callLater(REJOIN_DELAY, self._rejoin, group, attempt + 1)
-
-        d = defer.maybeDeferred(self.join, group)
-        d.addErrback(failed)
-
-    def _schedule_reconnect(self) -> None:
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, RECONNECT_MAX)
-        self.reactor.callLater(delay, self._reconnect)
-
-    @defer.inlineCallbacks
-    def _reconnect(self) -> Any:
-        if self._stopping or self.control is not None:
-            return
-        rejoin = [group for group, state in self.groups.items() if state.joined]
-        try:
-            yield self.start()
-            for group in rejoin:
-                self._rejoin(group)  # each on its own: a group whose node is failing over is retried alone
-        except Exception as exc:
-            log.warning("%s: reconnect failed (%s); retrying in %.0f s", self.uri, exc, self._backoff)
-            if self.control is not None:
-                self.control.link.loseConnection()  # its loss schedules the next attempt
-            else:
-                self._next_endpoint()
-                self._schedule_reconnect()
-            return
-        self._backoff = RECONNECT_MIN
-        log.info("%s: reconnected, rejoined %s", self.uri, rejoin)
 
     # --- start-up ----------------------------------------------------------------------------------------------
 
