@@ -89,6 +89,19 @@ class Cluster:
             time.sleep(0.2)
         raise AssertionError(f"groups not all served within {timeout} s: {owners}")
 
+    def start_together(self, name: str, group: str, users: tuple[str, ...], *, node: int, timeout: float = 60) -> None:
+        """Once the dispatcher (at node ``node``) sees every one of ``users`` joined in ``group``, create the file
+        ``root/name`` their scripts wait for (``wait-file``), so their next steps start together."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.dispatch("group", "show", group, node=node).stdout.splitlines()
+            joined = {line.split()[0] for line in shown if len(line.split()) >= 5 and line.split()[4] == "yes"}
+            if {f"sip:{u}@{DOMAIN}" for u in users} <= joined:
+                (self.root / name).touch()
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"{users} did not all join {group} within {timeout} s")
+
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 

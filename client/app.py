@@ -272,7 +272,7 @@ def main(args: Any) -> int:
             try:
                 yield session.start()
                 for group in groups:
-                    yield session.join(group)
+                    yield session.join_when_possible(group)
                 engine.start()
                 print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
                 if interactive:

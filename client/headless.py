@@ -4,10 +4,11 @@
       --server-info server.json --script "join sip:fire@example.org; wait 1; talk 2; wait 2" --report out.json
 
 Script steps (separated by ';'): ``join GROUP``, ``leave GROUP``, ``wait SECONDS``, ``wait-key GROUP N`` (until N
-GMKs are held), ``talk SECONDS`` (request the floor of the joined group, wait for Granted, send 50 packets/s of
-synthetic audio, release), ``send SECONDS`` (send media without asking for the floor), ``request``, ``release``,
-``talk-loop SECONDS`` (short bursts again and again, through failovers), ``forge-floor`` (send an unprotected Floor
-Request), ``quit``. The report (JSON) lists what was received.
+GMKs are held), ``wait-file PATH`` (until it exists, at most a minute), ``talk SECONDS`` (request the floor of the
+joined group, wait for Granted, send 50 packets/s of synthetic audio, release), ``talk-loop SECONDS`` (short bursts
+again and again, through failovers), ``send SECONDS`` (send media without asking for the floor), ``request``,
+``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``. The report (JSON) lists what was
+received.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ PAYLOAD_LENGTH = 160
 def synthetic_payload(tag: bytes, seq: int) -> bytes:
     """Recognisable 'audio': the sender's tag and a sequence number, padded to a voice frame's size."""
     return (b"SYN" + tag[:8].ljust(8, b"\0") + struct.pack(">I", seq)).ljust(PAYLOAD_LENGTH, b"\x55")
+
+
+WAIT_FILE_LIMIT = 60.0
 
 
 class Runner:
@@ -85,11 +89,15 @@ class Runner:
             arg = arg.strip()
             if word == "join":
                 self.group = arg
-                yield self.session.join(arg)
+                yield self.session.join_when_possible(arg)
             elif word == "leave":
                 self.session.leave(arg)
             elif word == "wait":
                 yield task.deferLater(self.reactor, float(arg), lambda: None)
+            elif word == "wait-file":  # PATH: until it exists (a test starts several clients' next step at once)
+                deadline = time.monotonic() + WAIT_FILE_LIMIT
+                while not os.path.exists(arg) and time.monotonic() < deadline:
+                    yield task.deferLater(self.reactor, 0.05, lambda: None)
             elif word == "wait-key":
                 group, _, count = arg.partition(" ")
                 for _ in range(200):

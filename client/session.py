@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, defer, protocol, task, threads
+from twisted.internet.error import ConnectError
 from twisted.python.failure import Failure
 
-from client.control import ControlClient, connect_control
+from client.control import ControlClient, ControlError, connect_control
 from client.keystore import DebouncedSave, Keystore
 from client.serverinfo import ServerInfo
 from client.session_floor import SessionFloor
@@ -261,8 +262,20 @@ class PttSession(SessionReconnect, SessionFloor):
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Log in, take the stored group keys, and send a fresh CSK for floor control."""
-        host, port, trust = self.server.endpoints()[self._endpoint]
-        self.control = yield connect_control(self.reactor, host, port, trust, self.identity_keys, self)
+        endpoints = self.server.endpoints()
+        for attempt in range(len(endpoints)):  # a node that cannot be reached: the next one (several nodes)
+            host, port, trust = endpoints[self._endpoint]
+            try:
+                self.control = yield connect_control(self.reactor, host, port, trust, self.identity_keys, self)
+                break
+            except ControlError as exc:
+                if exc.code != 0 or attempt == len(endpoints) - 1:
+                    raise  # refused by the server: another node would refuse too
+            except (ConnectError, defer.TimeoutError):
+                if attempt == len(endpoints) - 1:
+                    raise
+            log.warning("%s: %s:%d cannot be reached: trying the next server node", self.uri, host, port)
+            self._next_endpoint()
         assert self.control is not None
         self.on_groups(self.control.groups)
         self.relay = self.control.relay

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
@@ -83,6 +83,21 @@ class SessionReconnect:
 
         d = defer.maybeDeferred(self.join, group)
         d.addErrback(failed)
+
+    @defer.inlineCallbacks
+    def join_when_possible(self, group: str) -> Any:
+        """``join``, tried again every second while the server answers that the group is between two nodes (503)
+        or busy (429): what a user's first join of a group does, as a rejoin does."""
+        for attempt in range(REJOIN_ATTEMPTS + 1):
+            try:
+                state = yield self.join(group)
+                return state
+            except Exception as exc:
+                if attempt == REJOIN_ATTEMPTS or getattr(exc, "code", None) not in RETRIED_CODES[1:]:
+                    raise
+                log.info("%s: join %s failed (%s): retrying", self.uri, group, exc)
+                yield task.deferLater(self.reactor, REJOIN_DELAY, lambda: None)
+        return None
 
     def _schedule_reconnect(self) -> None:
         delay = self._backoff

@@ -250,7 +250,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     react: Any = reactor
     server = makeService(ServerConfig.load(data.config), react, data, workers=args.workers)
 
+    start_failed = False
+
     def failed(failure: Any) -> None:
+        nonlocal start_failed
+        start_failed = True
         print(f"ptt-server: cannot start: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
         react.stop()
 
@@ -261,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     react.callWhenRunning(start)
     react.addSystemEventTrigger("before", "shutdown", server.stopService)
     react.run()
-    return 0
+    return 1 if start_failed else 0  # a failed start is a failure (systemd's Restart=on-failure restarts it)
 
 
 def build_parser() -> argparse.ArgumentParser:

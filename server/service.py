@@ -88,7 +88,11 @@ class ServerConfig:
             raise ConfigError(f"{path}: {exc}") from None
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=1) + "\n")
+        """0600: the database URL may hold a password."""
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(json.dumps(self.__dict__, indent=1) + "\n")
 
     def relay_address(self) -> RelayAddress:
         """Where clients send their datagrams: ``relay_public``, else the public name and the relay port."""

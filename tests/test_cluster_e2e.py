@@ -54,9 +54,11 @@ def test_a_node_that_is_only_slow_never_makes_two_servers_of_a_call(cluster: Clu
     frozen = cluster.node(owner)
     other = next(n for n in cluster.nodes if n.name != owner)
     other_index = cluster.nodes.index(other)
-    alice = cluster.client("alice", f"join {GROUP}; wait 2; talk-loop 18", node=other_index)
-    bob = cluster.client("bob", f"join {GROUP}; wait 22", node=other_index)
-    time.sleep(8)
+    go = cluster.root / "go-slow"
+    alice = cluster.client("alice", f"join {GROUP}; wait-file {go}; talk-loop 16", node=other_index)
+    bob = cluster.client("bob", f"join {GROUP}; wait-file {go}; wait 18", node=other_index)
+    cluster.start_together(go.name, GROUP, ("alice", "bob"), node=other_index)
+    time.sleep(4)
     process = frozen.daemon.process
     assert process is not None
     process.send_signal(signal.SIGSTOP)
@@ -86,10 +88,12 @@ def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Clust
     owner_index = [n.name for n in cluster.nodes].index(owner)
     other_index = 1 - owner_index
     # alice talks from the node that will survive; bob listens at the node that will die, carol at the other one
-    alice = cluster.client("alice", f"join {GROUP}; wait 2; talk-loop 22", node=other_index)
-    bob = cluster.client("bob", f"join {GROUP}; wait 26", node=owner_index)
-    carol = cluster.client("carol", f"join {GROUP}; wait 26", node=other_index)
-    time.sleep(10)
+    go = cluster.root / "go-kill"
+    alice = cluster.client("alice", f"join {GROUP}; wait-file {go}; talk-loop 16", node=other_index)
+    bob = cluster.client("bob", f"join {GROUP}; wait-file {go}; wait 18", node=owner_index)
+    carol = cluster.client("carol", f"join {GROUP}; wait-file {go}; wait 18", node=other_index)
+    cluster.start_together(go.name, GROUP, ("alice", "bob", "carol"), node=other_index)
+    time.sleep(4)
     killed_at = time.time()
     cluster.node(owner).kill()
     outputs = {}
@@ -109,3 +113,14 @@ def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Clust
         assert gap < FAILOVER_LIMIT + 1.0, f"{listener['uri']} heard alice again {gap:.1f} s after the kill"
         assert len(after) >= 100  # and kept hearing her
     assert a["sent"] > 0
+    # the group as the store keeps it is intact at the survivor: members, key; a change is keyed there
+    shown = cluster.dispatch("group", "show", GROUP, node=other_index)
+    assert shown.returncode == 0 and all(f"sip:{u}@example.org" in shown.stdout for u in ("alice", "bob", "carol"))
+    removed = cluster.dispatch("group", "remove-member", GROUP, "sip:carol@example.org", node=other_index)
+    assert removed.returncode == 0, removed.stderr
+    # a member who was offline through all this logs in at the survivor and gets the new key (stored I_MESSAGE)
+    bob_later = cluster.client("bob", f"wait-key {GROUP} 1; quit", node=other_index, report="bob-later")
+    out, _ = bob_later.communicate(timeout=60)
+    assert bob_later.returncode == 0, out
+    keys = report(cluster, "bob-later")["keys"][GROUP]
+    assert keys and keys[-1] not in b["keys"][GROUP]  # the GMK made at the survivor after the removal

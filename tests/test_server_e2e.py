@@ -74,8 +74,9 @@ def test_removed_member_gets_no_new_key_and_no_media(system: System) -> None:
 
 
 def test_server_restart_mid_call_recovers(system: System) -> None:
-    alice = system.client("alice", f"join {GROUP}; wait 1; talk 1; wait 9; talk 1; wait 1")
-    carol = system.client("carol", f"join {GROUP}; wait 15")
+    # the second burst leaves time for a restart under load and the clients' 1 + 2 + 4 s reconnect backoff
+    alice = system.client("alice", f"join {GROUP}; wait 1; talk 1; wait 13; talk 1; wait 1")
+    carol = system.client("carol", f"join {GROUP}; wait 19")
     wait_joined(system, ("alice", "carol"))
     time.sleep(2.6)  # Alice's first burst (1 s after joining, 1 s long) is over: restart between the bursts
     system.server.stop()

@@ -47,8 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ptt.server.cluster")
 
-FORWARD_TIMEOUT = 2.0
-"""How long a forwarded join or status request waits for the serving node."""
+FORWARD_TIMEOUT = 5.0
+"""How long a forwarded join or status request waits for the serving node (a busy one answers in milliseconds;
+a dead one is replaced within the lease time, 2.5 s). Under the client's request timeout (15 s)."""
 FENCE_CHECK = 0.1
 """How often the reactor compares the clock with the lease deadline (the relay also checks every datagram)."""
 RETRY_HINT = "retry in 1 s"
