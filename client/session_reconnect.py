@@ -22,6 +22,8 @@ log = logging.getLogger("ptt.client.session")
 
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 30.0
+OTHER_NODE_DELAY = 0.1
+"""After losing one node of several, the first attempt at the next one comes this soon."""
 REJOIN_DELAY = 1.0
 REJOIN_ATTEMPTS = 30
 RETRIED_CODES = (0, 429, 503)
@@ -52,7 +54,11 @@ class SessionReconnect:
         self.connected = False
         self._next_endpoint()
         log.warning("%s: control channel lost (%s): reconnecting to %s", self.uri, reason, self._endpoint_name())
-        self._schedule_reconnect()
+        if len(self.server.endpoints()) > 1 and self._backoff == RECONNECT_MIN:
+            self.reactor.callLater(OTHER_NODE_DELAY, self._reconnect)  # another node: no reason to wait
+            self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+        else:
+            self._schedule_reconnect()
 
     def _next_endpoint(self) -> None:
         """Another node of the server, if it has several (the lost one may be down for good)."""

@@ -317,7 +317,8 @@ def test_a_client_refuses_a_node_whose_certificate_does_not_name_the_host_it_dia
     ptt.site.add_name("imposter.site.test", "node1")
     info = json.loads((ptt.files / "node1.json").read_text())
     wrong = ptt.files / "imposter.json"
-    wrong.write_text(json.dumps({**info, "host": "imposter.site.test"}))
+    # without the other nodes: a client that has them would log the refusal and go on at the next node
+    wrong.write_text(json.dumps({**{k: v for k, v in info.items() if k != "nodes"}, "host": "imposter.site.test"}))
     started = time.monotonic()
     code, output = finish(headless(ptt, "bob", wrong, f"join {GROUP}; wait 1"), CLIENT_TIMEOUT)
     took = time.monotonic() - started

@@ -55,6 +55,10 @@ FENCE_CHECK = 0.1
 RETRY_HINT = "retry in 1 s"
 
 
+class _Rerouted(Exception):
+    """The group moved while a join forwarded to its old node waited: it is routed again."""
+
+
 def seal_csk(data_key: bytes, member: str, keys: CskKeys) -> str:
     nonce = os.urandom(12)
     plain = keys.csk + keys.csk_id + keys.rand
@@ -88,7 +92,7 @@ class ClusterNode:
         self._data_key = data_key
         self._reload_group = reload_group  # on the store thread: a group's record, members and fresh I_MESSAGEs
         self._requests = itertools.count(1)
-        self._pending: dict[int, tuple[defer.Deferred[Any], str]] = {}
+        self._pending: dict[int, tuple[defer.Deferred[Any], str, str]] = {}  # request -> (reply, node, group)
         self._remote: dict[tuple[str, str], str] = {}  # (group, member) joined here, served at node
         self._origin: dict[tuple[str, str], str] = {}  # (group, member) served here, joined at node
         self._announced: dict[str, int] = {}  # group -> generation whose "moved" our members were told
@@ -169,6 +173,11 @@ class ClusterNode:
         self._announced[group] = generation
         for key in [k for k in self._remote if k[0] == group]:
             del self._remote[key]
+        owner = self.ownership.owner(group)
+        for request, (reply, node, pending_group) in list(self._pending.items()):
+            if pending_group == group and (owner is None or owner.name != node) and not reply.called:
+                del self._pending[request]
+                reply.errback(_Rerouted())  # a join waiting on the old node goes to the new one at once
         self.shell.push_to_members(group, {"type": "moved", "group": group})
 
     # -- the control channel's requests (CallShell delegates) ----------------------------------------------------------
@@ -195,7 +204,7 @@ class ClusterNode:
         message = JoinRequest(
             self.me.name, request, group, member, ssrc, b64(binding_id), seal_csk(self._data_key, member, keys)
         )
-        reply = self._ask(request, owner.name, message)
+        reply = self._ask(request, owner.name, message, group)
 
         def answered(answer: JoinReply) -> dict[str, Any]:
             if answer.code:
@@ -203,7 +212,11 @@ class ClusterNode:
             self._remote[(group, member)] = owner.name
             return {"type": "joined", "group": group, "token": b64(binding_id), "relay": owner.relay_json()}
 
-        return reply.addCallback(answered)
+        def rerouted(failure: Any) -> Any:
+            failure.trap(_Rerouted)
+            return self.join(member, group, ssrc, self.reactor.seconds())
+
+        return reply.addCallbacks(answered, rerouted)
 
     def leave(self, member: str, group: str, now: float) -> bool:
         """True if the group is served elsewhere (the serving node was told)."""
@@ -252,7 +265,8 @@ class ClusterNode:
             def unavailable(failure: Any) -> dict[str, Any]:
                 return {**local(), "unavailable": failure.getErrorMessage()}
 
-            asked: defer.Deferred[Any] = self._ask(request, owner.name, StatusRequest(self.me.name, request, group))
+            status_request = StatusRequest(self.me.name, request, group)
+            asked: defer.Deferred[Any] = self._ask(request, owner.name, status_request, "")
             d = asked.addCallback(lambda reply: dict(reply.status)).addErrback(unavailable)
         members = self.shell.call.members(group)
 
@@ -343,9 +357,9 @@ class ClusterNode:
             reply = JoinReply(self.me.name, message.request, exc.code, str(exc))
         self.link.send(node_channel(message.sender), bytes(reply))
 
-    def _ask(self, request: int, node: str, message: ClusterMessage) -> defer.Deferred[Any]:
+    def _ask(self, request: int, node: str, message: ClusterMessage, group: str) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
-        self._pending[request] = (d, node)
+        self._pending[request] = (d, node, group)
 
         def timed_out(failure: Any) -> Any:
             self._pending.pop(request, None)
