@@ -144,6 +144,19 @@ def lose_subtypes(*subtypes: Subtype, direction: str = "down", times: int = 1) -
     return lose
 
 
+def lose_nth(subtype: Subtype, n: int, direction: str = "up") -> Loss:
+    """Lose only the ``n``-th message of ``subtype`` going ``direction`` (counted from 1)."""
+    seen = {"n": 0}
+
+    def lose(way: str, ssrc: int, message: FloorMessage) -> bool:
+        if way == direction and message.subtype == subtype:
+            seen["n"] += 1
+            return seen["n"] == n
+        return False
+
+    return lose
+
+
 # -- one participant, by hand ---------------------------------------------------------------------------------
 
 
@@ -406,6 +419,42 @@ def test_queued_participant_releasing_leaves_the_queue() -> None:
     assert (p.state, p.queue_position) == (PENDING_RELEASE, None)
 
 
+@pytest.mark.parametrize(
+    ("answer", "event"),
+    [
+        (FloorMessage(Subtype.QUEUE_POSITION_INFO, SERVER, queue_info=QueueInfo(1, 0)), FloorEventKind.QUEUE_CANCELLED),
+        (FloorMessage(Subtype.GRANTED, SERVER, duration=30), FloorEventKind.REVOKED),
+    ],
+)
+def test_ack_of_our_release_after_a_stale_answer_asks_again(answer: FloorMessage, event: FloorEventKind) -> None:
+    # Request, Release, Request again: the answer to the first Request arrives, then the Ack of the Release, which
+    # says the server dropped what that answer gave us.
+    p = part()
+    p.press(0.0)
+    p.release(0.1)
+    p.press(0.2)
+    p.outgoing()
+    p.receive(FloorMessage.parse(bytes(answer)), 0.3)
+    assert p.state in (QUEUED, HAS_PERMISSION) and p.next_deadline() is None
+    p.events()
+    p.receive(server(Subtype.ACK, message_type=int(Subtype.RELEASE), source=2), 0.4)
+    assert [e.kind for e in p.events()] == [event]
+    assert [m.subtype for m in p.outgoing()] == [Subtype.REQUEST]
+    assert (p.state, p.queue_position, p.talker) == (PENDING_REQUEST, None, None)
+    assert p.next_deadline() == pytest.approx(0.9)
+
+
+def test_ack_of_our_release_while_pending_request_keeps_waiting() -> None:
+    p = part()
+    p.press(0.0)
+    p.release(0.1)
+    p.press(0.2)
+    p.outgoing()
+    p.receive(server(Subtype.ACK, message_type=int(Subtype.RELEASE), source=2), 0.3)
+    assert (p.state, p.outgoing(), p.events()) == (PENDING_REQUEST, [], [])
+    assert p.next_deadline() == pytest.approx(0.7)  # T101 of the new request still runs
+
+
 def test_pressing_again_while_releasing_asks_anew() -> None:
     p = part()
     p.press(0.0)
@@ -539,6 +588,40 @@ def test_pre_emption_revokes_the_talker() -> None:
     assert call[ALICE].state == HAS_NO_PERMISSION and call[ALICE].next_deadline() is None
 
 
+def test_stale_queue_place_from_a_withdrawn_request_is_not_kept() -> None:
+    # Alice asks, releases and asks again while Bob talks; her second Floor Request is lost. The Queue Position
+    # Info answering her first Request arrives after the second was sent and used to stop T101, leaving her in
+    # 'U: queued' for a place her Release had already taken out of the server's queue.
+    call = Call(ALICE, BOB)
+    call[BOB].press(call.now)
+    call.deliver()
+    call[ALICE].press(call.now)
+    call[ALICE].release(call.now)
+    call[ALICE].press(call.now)
+    call.deliver(lose_nth(Subtype.REQUEST, 2))
+    # the Ack of the Release sent a third Request, which put Alice back in the queue
+    assert call.arbiter.queue == [ALICE] and call[ALICE].state == QUEUED
+    assert [e.kind for e in call[ALICE].events()][-2:] == [FloorEventKind.QUEUE_CANCELLED, FloorEventKind.QUEUED]
+    call[BOB].release(call.now)
+    call.settle()
+    assert call.arbiter.holder == ALICE and call[ALICE].state == HAS_PERMISSION
+
+
+def test_stale_grant_from_a_withdrawn_request_is_asked_for_again() -> None:
+    # The same with the floor idle: Floor Granted answers the first Request, the Release frees the floor, the
+    # second Request is lost. Alice, still pressing PTT, must not be left without the floor.
+    call = Call(ALICE, BOB)
+    call.deliver()
+    call[ALICE].press(call.now)
+    call[ALICE].release(call.now)
+    call[ALICE].press(call.now)
+    call.deliver(lose_nth(Subtype.REQUEST, 2))
+    call.settle()
+    assert call.arbiter.holder == ALICE and call[ALICE].state == HAS_PERMISSION
+    kinds = call.kinds(ALICE)
+    assert kinds[-1] == FloorEventKind.GRANTED and FloorEventKind.REVOKED in kinds
+
+
 # -- stateful: the participants and the arbiter agree once the messages settle ---------------------------------
 
 MEMBERS = [ALICE, BOB, CAROL, DISPATCH]
@@ -632,3 +715,21 @@ class CallMachine(RuleBasedStateMachine):
 
 TestCallMachine = CallMachine.TestCase
 TestCallMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_regression_queued_participant_whose_release_was_acknowledged() -> None:
+    """The failing example the stateful test found, step by step (it ended with Alice queued, the server not)."""
+    machine = CallMachine()
+    machine.press(BOB, None, False)
+    machine.lose_next_up()
+    machine.advance(0.5)
+    machine.press(ALICE, None, False)
+    machine.press(CAROL, None, False)
+    machine.rejoin(DISPATCH)
+    machine.release(ALICE)
+    machine.press(ALICE, None, False)
+    machine.deliver_some(4)
+    machine.lose_next_up()
+    machine.settle_and_agree()
+    assert [p.ssrc for p in machine.call.arbiter.queue] == [ALICE.ssrc, CAROL.ssrc]
+    assert machine.call[ALICE].state == QUEUED

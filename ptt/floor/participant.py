@@ -50,6 +50,16 @@ Simplifications against TS 24.380 §6.2 (deliberate; the rest follows the standa
    broadcast call release on Floor Idle, no Floor Queued Cancel (Floor Release leaves the queue as well). The
    server does not retransmit (``ptt.floor.arbiter`` simplification 1): a Floor Granted pushed to a queued
    participant, or both Floor Revoke and Floor Taken to a holder, must arrive.
+8. **Pressing PTT again before the Release is acknowledged.** PTT pressed in ``U: pending Release`` (not a
+   transition of §6.2.4) sends a new Floor Request at once. The server's answers to the request the Release
+   withdrew may still be on their way, and nothing in Floor Granted or Floor Queue Position Info tells them from
+   the answer to the new request: taking a stale one stops T101 although the new request may have been lost.
+   The Floor Ack of the Release tells: the server sends it after every answer to the earlier request and before
+   any answer to the later one (messages in order), and once it sent it the server holds neither a floor nor a
+   queue place for us. So a Floor Ack of our Release that finds us in ``U: queued`` or ``U: has permission``
+   means that place or grant is gone: with PTT still pressed we ask again (``QUEUE_CANCELLED`` / ``REVOKED``,
+   then ``U: pending Request``, T101). If the new request did arrive (or messages came out of order), the server
+   only repeats its answer to it.
 """
 
 from __future__ import annotations
@@ -204,9 +214,8 @@ class FloorParticipant:
                 self._on_idle(now)
             case Subtype.QUEUE_POSITION_INFO:
                 self._on_position(message, now)
-            case Subtype.ACK if message.message_type == Subtype.RELEASE and self.state == PENDING_RELEASE:
-                self._stop_timer()
-                self.state = HAS_NO_PERMISSION
+            case Subtype.ACK if message.message_type == Subtype.RELEASE:
+                self._on_release_ack(now)
             case _:
                 pass  # other acks, and what only participants send
 
@@ -310,6 +319,21 @@ class FloorParticipant:
             self._event(FloorEventKind.QUEUE_POSITION, position=info.position)
         elif self.state == HAS_NO_PERMISSION:
             self._send_release(now)  # simplification 5: leave a queue we did not ask to stay in
+
+    def _on_release_ack(self, now: float) -> None:
+        if self.state == PENDING_RELEASE:
+            self._stop_timer()
+            self.state = HAS_NO_PERMISSION
+        elif self.state == QUEUED:
+            # simplification 8: the place we hold answered the request this Release withdrew
+            self._requeue(now, "our Floor Release left the queue: asking again")
+        elif self.state == HAS_PERMISSION:
+            # simplification 8: the grant we hold answered the request this Release withdrew
+            self.talker = self.talker_ssrc = None
+            self._event(FloorEventKind.REVOKED, text="our Floor Release ended that grant: asking again")
+            self._send_request()
+            self._start_timer("T101", now)
+            self.state = PENDING_REQUEST
 
     def _requeue(self, now: float, why: str) -> None:
         self._event(FloorEventKind.QUEUE_CANCELLED, text=why)
