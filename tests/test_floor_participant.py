@@ -269,16 +269,31 @@ def test_release_waits_for_the_ack_and_t100_retransmits_then_gives_up() -> None:
     [
         FloorMessage(Subtype.ACK, SERVER, message_type=int(Subtype.RELEASE), source=2),
         FloorMessage(Subtype.IDLE, SERVER, sequence=2),
-        FloorMessage(Subtype.TAKEN, SERVER, granted_party=BOB.uri, ssrc_field=BOB.ssrc),
     ],
 )
-def test_pending_release_ends_on_ack_idle_or_taken(answer: FloorMessage) -> None:
+def test_pending_release_ends_on_ack_or_idle(answer: FloorMessage) -> None:
     p = part()
     p.press(0.0)
     p.receive(server(Subtype.GRANTED), 0.1)
     p.release(0.2)
     p.receive(FloorMessage.parse(bytes(answer)), 0.3)
     assert (p.state, p.next_deadline()) == (HAS_NO_PERMISSION, None)
+
+
+def test_floor_taken_does_not_end_pending_release() -> None:
+    # Floor Taken says the floor went to Bob, not that the server got the Release that gives up our queue place.
+    p = part()
+    p.press(0.0)
+    p.receive(server(Subtype.QUEUE_POSITION_INFO, queue_info=QueueInfo(1, 0)), 0.1)
+    p.release(0.2)
+    p.outgoing()
+    p.events()
+    p.receive(server(Subtype.TAKEN, granted_party=BOB.uri, ssrc_field=BOB.ssrc), 0.3)
+    assert (p.state, p.talker, p.talker_ssrc) == (PENDING_RELEASE, BOB.uri, BOB.ssrc)
+    assert [e.kind for e in p.events()] == [FloorEventKind.TAKEN]
+    assert p.next_deadline() == pytest.approx(0.7)
+    p.on_timer(0.7)
+    assert [m.subtype for m in p.outgoing()] == [Subtype.RELEASE]
 
 
 def test_an_ack_of_something_else_does_not_end_pending_release() -> None:
@@ -715,6 +730,28 @@ class CallMachine(RuleBasedStateMachine):
 
 TestCallMachine = CallMachine.TestCase
 TestCallMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_lost_release_of_a_queue_place_is_retransmitted_although_the_floor_moves_on() -> None:
+    # Bob is queued behind Alice and lets go of PTT; his Floor Release is lost. The dispatcher pre-empts Alice, so
+    # Bob gets Floor Taken: it used to end 'U: pending Release' and stop T100, leaving Bob in the server's queue,
+    # to be granted the floor later although he no longer presses PTT.
+    call = Call(ALICE, BOB, DISPATCH)
+    call[ALICE].press(call.now)
+    call.deliver()
+    call[BOB].press(call.now)
+    call.deliver()
+    assert call.arbiter.queue == [BOB]
+    call[BOB].release(call.now)
+    call[DISPATCH].press(call.now)
+    call.deliver(lose_subtypes(Subtype.RELEASE, direction="up"))
+    assert call.arbiter.holder == DISPATCH and call.arbiter.queue == [BOB]
+    assert (call[BOB].state, call[BOB].talker) == (PENDING_RELEASE, DISPATCH.uri)
+    call.settle()
+    assert call.arbiter.queue == [] and call[BOB].state == HAS_NO_PERMISSION
+    call[DISPATCH].release(call.now)
+    call.settle()
+    assert call.arbiter.holder is None
 
 
 def test_regression_queued_participant_whose_release_was_acknowledged() -> None:

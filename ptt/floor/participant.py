@@ -14,8 +14,8 @@ States (``FloorParticipant.state``):
   retransmitted on T101; C101 counts the Floor Requests sent. Floor Granted, Floor Deny or Floor Queue Position
   Info answers it.
 * ``U: has permission`` -- we may send media until PTT is released or the floor is revoked.
-* ``U: pending Release`` -- Floor Release sent, retransmitted on T100; C100 counts them. Floor Idle, Floor Taken or
-  the server's Floor Ack of the Release ends it.
+* ``U: pending Release`` -- Floor Release sent, retransmitted on T100; C100 counts them. The server's Floor Ack of
+  the Release, or Floor Idle, ends it; Floor Taken does not (simplification 1).
 * ``U: queued`` -- the server queued our request (``queue_position``, 1 = next); Floor Granted makes us talk.
   :meth:`ask_queue_position` sends Floor Queue Position Request, retransmitted on T104 up to C104 times.
 
@@ -25,10 +25,13 @@ Source = floor participant) before it is acted on, in any state but ``U: start-s
 Simplifications against TS 24.380 §6.2 (deliberate; the rest follows the standard):
 
 1. **Floor Release asks for an acknowledgement.** The server answers a Release from a participant that neither
-   holds nor queues for the floor with nothing but that Floor Ack, so T100 stops on it, as on Floor Idle or Floor
-   Taken.
+   holds nor queues for the floor with nothing but that Floor Ack, so T100 stops on it, as on Floor Idle (sent
+   only when nobody holds the floor and nobody is queued). Floor Taken naming another participant does not stop
+   T100, unlike §6.2.4: it says the floor went to someone else, not that the server got our Release, and a Release
+   that withdraws a queued (or still pending) request must arrive, or the server keeps the place and later grants
+   the floor to a user who let go of PTT.
 2. **No media input**: the participant does not see RTP, so there is no T103 (end of RTP media) and received media
-   does not end ``U: pending Release``; the server's Floor Idle / Floor Taken / Floor Ack do.
+   does not end ``U: pending Release``; the server's Floor Ack / Floor Idle do.
 3. **Giving up.** When T101 runs out C101 times, the user is told (``DENIED``, no cause, "no answer") and a Floor
    Release is sent as in ``U: has permission`` (``U: pending Release``): a server that did grant us, its answers
    lost, frees the floor. When T100 runs out C100 times we return to ``U: has no permission``. C104 exhausted just
@@ -282,9 +285,7 @@ class FloorParticipant:
         if self.state == HAS_PERMISSION:
             self.state = HAS_NO_PERMISSION
             self._event(FloorEventKind.REVOKED, text="the floor was given to another participant")
-        elif self.state == PENDING_RELEASE:
-            self._stop_timer()
-            self.state = HAS_NO_PERMISSION
+        # U: pending Release goes on until the Floor Ack or Floor Idle (simplification 1)
         self._event(FloorEventKind.TAKEN)
 
     def _on_idle(self, now: float) -> None:
