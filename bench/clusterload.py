@@ -1,0 +1,455 @@
+"""The load generator of ``bench.cluster``: many group members in ONE process against several server nodes.
+
+Like ``bench.loadgen``, members need no KMS round trip: their ECCSI keys are issued here from the bench KMS's master
+secrets, and every CSK I_MESSAGE is built before anything connects. Member ``k`` of group ``g`` is
+``sip:m{g*size+k}@example.org``; members are spread round-robin over the nodes client-info lists (``nodes``), as
+real clients would spread, and their TCP connections come from several loopback addresses (127.0.1.x, 200 members
+each), since the server limits logins per address. Each member: TLS control connection, ECCSI login, CSK, ``join``
+of its group, then its own UDP socket bound at the relay the ``joined`` reply names (authenticated ``PTTJ``,
+``ptt.relaycore.JoinSigner``), with a keepalive every 5 s. Logins run ``--concurrency`` at a time (the server
+verifies at most 512 at once); a refused or failed member is retried twice.
+
+Talking: in every group one member at a time presses PTT (a TS 24.380 ``FloorParticipant``, its floor messages
+SRTCP under its CSK), and once granted sends RTP at RATE packets/s for ``--burst`` seconds, releases, and after
+``--pause`` seconds the next member of the group presses. Media is not SRTP-protected: the relay forwards opaque
+RTP from the floor holder (it checks only the RTP form and the holder's SSRC), and the listeners only count what
+arrives. Floor request -> Granted times are taken on this process's clock (its reactor lag included).
+
+Commands on stdin, one a line, each answered by one line on stdout:
+
+  setup              -> ``setup-done {json}``: every member logs in, sends its CSK, joins and binds
+  load SECONDS RATE  -> ``load-done {json}``: every group talks for SECONDS at RATE packets/s per talker; sent and
+                        received media packets, floor grants and their latencies (ms), requests never granted
+  quit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, endpoints, protocol, stdio, task
+from twisted.protocols.basic import LineReceiver
+
+from bench.loadgen import issue_identities, member_uri
+from client.control import ControlClient, ControlError
+from client.tls import pinned_client_options, trust_from_info
+from ptt.control import unb64
+from ptt.floor.events import FloorEventKind
+from ptt.floor.messages import FloorMessageError, parse_rtcp
+from ptt.floor.participant import FloorParticipant
+from ptt.mikey.imessage import IdentityKeys, build_i_message
+from ptt.relaycore import JoinSigner
+from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
+from ptt.ts33180 import KeyPurpose, new_key_id
+
+GROUP_HOST = "groups.example.org"
+PAYLOAD = b"\x55" * 160  # a 20 ms voice frame's size
+PAYLOAD_TYPE = 111
+KEEPALIVE = 5.0
+TICK = 0.02
+GRANT_TIMEOUT = 5.0
+MEMBERS_PER_ADDRESS = 200
+
+
+def group_uri(index: int) -> str:
+    return f"sip:c{index:04d}@{GROUP_HOST}"
+
+
+@dataclass
+class Counters:
+    sent: int = 0
+    received: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    lost: int = 0
+    denied: int = 0
+
+
+class _Quiet:
+    """What the server pushes (stored I_MESSAGEs, groups, call events) is not needed here."""
+
+    def on_imessage(self, group: str, gmk_id: bytes, data: bytes) -> object:
+        return None
+
+    def on_groups(self, groups: list[dict[str, Any]]) -> None:
+        pass
+
+    def on_event(self, message: dict[str, Any]) -> None:
+        pass
+
+    def on_disconnected(self, reason: str) -> None:
+        pass
+
+
+class _ControlFactory(protocol.Factory):
+    def __init__(self, reactor: Any, keys: IdentityKeys) -> None:
+        self.reactor = reactor
+        self.keys = keys
+
+    def buildProtocol(self, addr: Any) -> ControlClient:
+        return ControlClient(lambda now: self.keys, _Quiet(), self.reactor)
+
+
+class _MemberSocket(protocol.DatagramProtocol):
+    """A member's media socket: RTP is counted, RTCP (floor control) goes to the member if it is talking."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.counters = member.counters
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if len(data) > 1 and 192 <= data[1] <= 223:
+            call = self.member.talking_in
+            if call is not None:
+                call.floor_in(data)
+        else:
+            self.counters.received += 1
+
+
+@dataclass
+class Member:
+    uri: str
+    keys: IdentityKeys
+    csk: CskKeys
+    csk_message: bytes
+    node: int
+    source: str
+    counters: Counters
+    control: ControlClient | None = None
+    ssrc: int = 0
+    signer: JoinSigner | None = None
+    relay: tuple[str, int] | None = None
+    port: Any = None
+    channel: SrtcpChannel | None = None
+    talking_in: GroupCall | None = None
+
+    def send(self, data: bytes) -> None:
+        if self.port is not None and self.relay is not None:
+            self.port.write(data, self.relay)
+
+    def keepalive(self) -> None:
+        if self.signer is not None:
+            self.send(self.signer.packet())
+
+
+class GroupCall:
+    """One group's turns: press, talk ``burst`` seconds once granted, release, pause, the next member presses."""
+
+    def __init__(self, reactor: Any, uri: str, members: list[Member], counters: Counters) -> None:
+        self.reactor = reactor
+        self.uri = uri
+        self.members = members
+        self.counters = counters
+        self.turn = 0
+        self.talker: Member | None = None
+        self.participant: FloorParticipant | None = None
+        self.pressed_at = 0.0
+        self.sending = False
+        self.credit = 0.0
+        self.seq = 0
+        self.running = False
+        self._next: Any = None
+
+    def start(self, burst: float, pause: float) -> None:
+        self.burst, self.pause, self.running = burst, pause, True
+        self._next = self.reactor.callLater(pause * (self.turn % 7) / 7, self._press)
+
+    def stop(self) -> None:
+        self.running = False
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._release()
+
+    def _press(self) -> None:
+        self._next = None
+        if not self.running:
+            return
+        talker = self.members[self.turn % len(self.members)]
+        self.turn += 1
+        if talker.signer is None:
+            self._next = self.reactor.callLater(self.pause, self._press)
+            return
+        if talker.channel is None:
+            talker.channel = SrtcpChannel(talker.csk)
+        self.talker, talker.talking_in = talker, self
+        self.participant = FloorParticipant(talker.uri, talker.ssrc)
+        now = time.monotonic()
+        self.participant.join(now)
+        self.pressed_at = now
+        self.participant.press(now)
+        self._pump()
+
+    def floor_in(self, data: bytes) -> None:
+        talker, participant = self.talker, self.participant
+        if talker is None or participant is None or talker.channel is None:
+            return
+        try:
+            messages = parse_rtcp(talker.channel.unprotect(data))
+        except (SrtcpError, FloorMessageError):
+            return
+        now = time.monotonic()
+        for message in messages:
+            participant.receive(message, now)
+        self._pump()
+
+    def tick(self, now: float) -> None:
+        """Floor timers, the grant timeout, and the media this talker owes since the last tick."""
+        participant = self.participant
+        if participant is None:
+            return
+        deadline = participant.next_deadline()
+        if deadline is not None and deadline <= now:
+            participant.on_timer(now)
+            self._pump()
+        if not self.sending and self.participant is not None and now - self.pressed_at > GRANT_TIMEOUT:
+            self.counters.lost += 1
+            self._release()
+            self._schedule_press()
+
+    def send_media(self, elapsed: float, rate: float) -> None:
+        talker = self.talker
+        if not self.sending or talker is None:
+            return
+        self.credit = min(self.credit + elapsed * rate, rate * 0.1)
+        while self.credit >= 1.0:
+            self.credit -= 1.0
+            self.seq = (self.seq + 1) & 0xFFFF
+            header = struct.pack("!BBHII", 0x80, PAYLOAD_TYPE, self.seq, self.seq * 960, talker.ssrc)
+            talker.send(header + PAYLOAD)
+            self.counters.sent += 1
+
+    def _pump(self) -> None:
+        talker, participant = self.talker, self.participant
+        if talker is None or participant is None or talker.channel is None:
+            return
+        for message in participant.outgoing():
+            talker.send(talker.channel.protect(bytes(message)))
+        for event in participant.events():
+            if event.kind == FloorEventKind.GRANTED and not self.sending:
+                self.counters.latencies_ms.append((time.monotonic() - self.pressed_at) * 1000.0)
+                self.sending, self.credit = True, 1.0
+                self._next = self.reactor.callLater(self.burst, self._end_burst)
+            elif event.kind == FloorEventKind.DENIED and not self.sending:
+                self.counters.denied += 1
+                self._release()
+                self._schedule_press()
+
+    def _end_burst(self) -> None:
+        self._next = None
+        self._release()
+        self._schedule_press()
+
+    def _schedule_press(self) -> None:
+        if self.running and (self._next is None or not self._next.active()):
+            self._next = self.reactor.callLater(self.pause, self._press)
+
+    def _release(self) -> None:
+        self.sending = False
+        if self.participant is not None and self.talker is not None:
+            self.participant.release(time.monotonic())
+            self._pump()
+            self.participant.leave(time.monotonic())
+            self.talker.talking_in = None
+        self.participant = self.talker = None
+
+
+class ClusterLoad:
+    def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
+        self.reactor = reactor
+        self.args = args
+        info = json.loads(Path(args.server_info).read_text())
+        self.nodes = [
+            (str(n["host"]), int(n["control_port"]), trust_from_info(str(n["cert_pem"]).encode(), info.get("tls_ca")))
+            for n in info["nodes"]
+        ]
+        self.server_uri = str(info["server_uri"])
+        self.counters = Counters()
+        now = time.time()
+        started = time.perf_counter()
+        total = args.groups * args.size
+        _, identities = issue_identities(Path(args.root), [member_uri(i) for i in range(total)], now)
+        self.members = []
+        for index, keys in enumerate(identities):
+            csk = CskKeys(csk=os.urandom(16), csk_id=new_key_id(KeyPurpose.CSK), rand=os.urandom(16))
+            message = build_i_message(initiator=keys, responder_uri=self.server_uri, key=csk.csk,
+                                      key_id=csk.csk_id, now=now, rand=csk.rand)  # fmt: skip
+            source = f"127.0.1.{1 + index // MEMBERS_PER_ADDRESS}"
+            self.members.append(Member(keys.uri, keys, csk, message, index % len(self.nodes), source, self.counters))
+        self.calls = [
+            GroupCall(reactor, group_uri(g), self.members[g * args.size : (g + 1) * args.size], self.counters)
+            for g in range(args.groups)
+        ]
+        self.prepared = time.perf_counter() - started
+        self._keepalive = task.LoopingCall(self._keepalives)
+        self._pacer = task.LoopingCall(self._pace)
+        self._last_pace = 0.0
+        self.rate = 50.0
+        self._keepalive_slice = 0
+
+    @defer.inlineCallbacks
+    def _connect(self, member: Member) -> Any:
+        host, port, trust = self.nodes[member.node]
+        tcp: Any = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=15, bindAddress=(member.source, 0))
+        endpoint: Any = endpoints.wrapClientTLS(pinned_client_options(host, trust), tcp)
+        client = yield endpoint.connect(_ControlFactory(self.reactor, member.keys))
+        client.welcome.addTimeout(30, self.reactor)
+        yield client.welcome
+        member.control = client
+        yield client.send_csk(member.csk_message)
+
+    @defer.inlineCallbacks
+    def _join(self, member: Member, group: str) -> Any:
+        assert member.control is not None
+        member.ssrc = struct.unpack(">I", os.urandom(4))[0]
+        for attempt in range(20):
+            try:
+                reply = yield member.control.join(group, member.ssrc)
+                break
+            except ControlError as exc:
+                if exc.code != 503 or attempt == 19:
+                    raise
+                yield task.deferLater(self.reactor, 1.0, lambda: None)
+        member.signer = JoinSigner(member.ssrc, unb64(reply["token"], "token"), member.csk.csk)
+        member.relay = (str(reply["relay"]["host"]), int(reply["relay"]["port"]))
+        if member.port is None:
+            member.port = self.reactor.listenUDP(0, _MemberSocket(member), interface="127.0.0.1")
+        member.keepalive()
+
+    @defer.inlineCallbacks
+    def _setup_one(self, member: Member, group: str, errors: list[str]) -> Any:
+        for attempt in range(3):
+            try:
+                if member.control is None:
+                    yield self._connect(member)
+                yield self._join(member, group)
+                return True
+            except Exception as exc:  # reported, retried: one member's failure must not stop the others
+                errors.append(f"{type(exc).__name__}: {str(exc)[:80]}")
+                if member.control is not None:
+                    member.control.link.loseConnection()
+                    member.control = None
+                yield task.deferLater(self.reactor, 1.0 + attempt, lambda: None)
+        return False
+
+    @defer.inlineCallbacks
+    def setup(self) -> Any:
+        started = time.perf_counter()
+        limit = defer.DeferredSemaphore(self.args.concurrency)
+        errors: list[str] = []
+        work = [
+            limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members
+        ]
+        results = yield defer.gatherResults(work)
+        if not self._keepalive.running:
+            self._keepalive.start(KEEPALIVE / 5, now=False)
+        ok = sum(1 for r in results if r)
+        report = {"seconds": round(time.perf_counter() - started, 2), "ok": ok, "failed": len(results) - ok,
+                  "errors": sorted(set(errors))[:5], "retries": len(errors)}  # fmt: skip
+        return "setup-done " + json.dumps(report)
+
+    def _keepalives(self) -> None:
+        """A fifth of the members every second: each one every 5 s."""
+        slice_ = self._keepalive_slice % 5
+        self._keepalive_slice += 1
+        for member in self.members[slice_::5]:
+            member.keepalive()
+
+    def _pace(self) -> None:
+        now = time.monotonic()
+        elapsed, self._last_pace = now - self._last_pace, now
+        for call in self.calls:
+            call.tick(now)
+            call.send_media(elapsed, self.rate)
+
+    @defer.inlineCallbacks
+    def load(self, seconds: float, rate: float) -> Any:
+        self.counters.sent = self.counters.received = self.counters.lost = self.counters.denied = 0
+        self.counters.latencies_ms = []
+        self.rate = rate
+        cpu = time.process_time()
+        started = time.monotonic()
+        self._last_pace = started
+        for call in self.calls:
+            call.start(self.args.burst, self.args.pause)
+        self._pacer.start(TICK, now=False)
+        yield task.deferLater(self.reactor, seconds, lambda: None)
+        for call in self.calls:
+            call.stop()
+        self._pacer.stop()
+        sent, received = self.counters.sent, self.counters.received
+        yield task.deferLater(self.reactor, 0.3, lambda: None)  # what is still on its way
+        late = self.counters.received - received
+        report = {
+            "seconds": round(time.monotonic() - started - 0.3, 3), "sent": sent, "received": received + late,
+            "late": late, "latencies_ms": [round(x, 3) for x in self.counters.latencies_ms],
+            "lost": self.counters.lost, "denied": self.counters.denied, "cpu": round(time.process_time() - cpu, 3),
+        }  # fmt: skip
+        yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command
+        return "load-done " + json.dumps(report)
+
+    def quit(self) -> None:
+        for member in self.members:
+            if member.control is not None:
+                member.control.link.loseConnection()
+
+
+class _Commands(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, load: ClusterLoad, done: defer.Deferred[None]) -> None:
+        self.generator = load
+        self.done = done
+
+    def connectionMade(self) -> None:
+        self.answer(f"ready {self.generator.prepared:.2f}")
+
+    def answer(self, line: Any) -> None:
+        self.sendLine(str(line).replace("\n", " ").encode())  # type: ignore[no-untyped-call]
+
+    def lineReceived(self, line: bytes) -> None:
+        word, *args = line.decode().split()
+        if word == "setup":
+            self.generator.setup().addBoth(self.answer)
+        elif word == "load":
+            self.generator.load(float(args[0]), float(args[1])).addBoth(self.answer)
+        elif word == "quit":
+            self.connectionLost()
+        else:
+            self.answer(f"error unknown command {word!r}")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.generator.quit()
+            self.done.callback(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="the bench's data directory (bench.clusterharness)")
+    parser.add_argument("--server-info", required=True, help="a client-info file listing every node")
+    parser.add_argument("--groups", type=int, default=200)
+    parser.add_argument("--size", type=int, default=10, help="members per group")
+    parser.add_argument("--burst", type=float, default=2.0, help="seconds a talker talks once granted")
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds between a release and the next press")
+    parser.add_argument("--concurrency", type=int, default=200, help="members logging in at a time")
+    args = parser.parse_args(argv)
+
+    def run(reactor: Any) -> defer.Deferred[None]:
+        done: defer.Deferred[None] = defer.Deferred()
+        stdio.StandardIO(_Commands(ClusterLoad(reactor, args), done), reactor=reactor)  # type: ignore[no-untyped-call]
+        done.addCallback(lambda _: task.deferLater(reactor, 0.5, lambda: None))
+        return done
+
+    task.react(run, [])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
