@@ -1,0 +1,238 @@
+"""Cluster benchmark (issue 13): forwarded packets/s and floor access time over 1, 2 and 4 server nodes on this
+machine, with the ratio to one node, and the failover time when the node serving a call is killed.
+
+Run with ``.venv/bin/python -m bench.cluster [--quick] [--runs N] [--nodes 1,2,4] [--groups G]`` (or ``scripts/bench
+cluster``). A real PostgreSQL is started as in the tests (``tests.postgres.start_postgres``), then for each node
+count a fresh database and a fresh cluster (``bench.clusterharness``: a KMS, N ``ptt-server`` nodes with
+``--workers 1``). The G groups (``sip:cNNNN@groups.example.org``, 10 members each; the server's KMS account is
+granted the namespace) are created through the dispatcher HTTPS API of every node in turn after the nodes started,
+so their leases spread by rendezvous hashing; the bench waits until each group has a lease.
+
+Load: ``bench.clusterload``, one process (its docstring says what a member does): G x 10 members logged in, spread
+round-robin over the nodes, each joined and bound at the relay of the node serving its group. Each configuration is
+measured ``--runs`` times (3; 1 with ``--quick``) in two modes on the same cluster:
+
+  fixed      every group talks (one talker at a time, 2 s bursts, 0.2 s between them) at 50 packets/s: the offered
+             load is the same for every node count, so forwarded/s shows whether the nodes keep up with it
+  saturate   the same turns at ``--saturate-rate`` (150) packets/s per talker (under the relay's 200/s limit per
+             member): more than the nodes (and the generator) can forward on this machine, so forwarded/s is the
+             capacity of nodes + generator together
+
+Forwarded/s = media copies the listeners received / seconds (nothing is counted twice: each copy arrives at one
+member socket). Floor p95 = Floor Request -> Floor Granted at the talker (SRTCP under its CSK), measured on the
+generator's clock, so its own lag is included. Per run the CPU seconds used by the nodes (each with its crypto
+worker; /proc/PID/stat of the process tree) and by the generator are printed, with the 1-minute load average: on
+2 cores the nodes and the generator compete, and the CPU split shows where the cores went. The ratio is each
+configuration's median over the median of 1 node, measured in the same invocation.
+
+Failover (with 2 nodes, after the load runs, the generator stopped): in the group ``sip:fire@example.org``, alice
+talks in short bursts (``ptt-headless ... talk-loop``) from the node that will survive, bob listens at the same
+node and carol at the node serving the call; that node is killed (kill -9); the failover time of a listener is its
+first packet from alice after the kill minus the kill time (wall clock, the headless report's ``arrivals``). Then
+the killed node is restarted and the next kill hits whichever node serves the call then; ``--kills`` (5) of them,
+min/median/max per listener kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.clusterharness import Cluster, start_cluster
+from bench.clusterload import GROUP_HOST, group_uri
+from bench.clusterproc import LineProcess, loadavg, tree_cpu_seconds
+from bench.failover import measure_failovers
+from bench.floorload import percentile
+from bench.loadgen import member_uri
+from server.dispatch.apiclient import ApiClient
+
+FAILOVER_GROUP = "sip:fire@example.org"
+
+
+@dataclass
+class Run:
+    mode: str
+    forwarded_per_s: float
+    sent: int
+    received: int
+    latencies_ms: list[float]
+    lost: int
+    node_cpu: float
+    generator_cpu: float
+    seconds: float
+    load: float
+
+    def p95(self) -> float:
+        return percentile(self.latencies_ms, 0.95) if self.latencies_ms else float("nan")
+
+
+@dataclass
+class Configuration:
+    nodes: int
+    runs: list[Run] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
+    spread: dict[str, int] = field(default_factory=dict)
+    failovers: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, mode: str, key: str) -> float:
+        values = [_value(r, key) for r in self.runs if r.mode == mode]
+        return statistics.median(values) if values else float("nan")
+
+
+def _value(run: Run, key: str) -> float:
+    return run.p95() if key == "p95" else float(getattr(run, key))
+
+
+def create_groups(cluster: Cluster, groups: int, size: int) -> float:
+    """Every group through the dispatcher API, the nodes' APIs taken in turn (four requests at a time)."""
+    clients = [
+        ApiClient(f"https://127.0.0.1:{n.dispatch_port}", cacert=str(n.data / "tls-cert.pem"), user="admin",
+                  password=lambda: "admin-password-x", timeout=120)
+        for n in cluster.nodes
+    ]  # fmt: skip
+
+    def create(g: int) -> None:
+        members = [{"uri": member_uri(g * size + k)} for k in range(size)]
+        body = {"uri": group_uri(g), "name": f"c{g}", "members": members}
+        clients[g % len(clients)].request("POST", "/api/groups", body)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(create, range(groups)))
+    return time.perf_counter() - started
+
+
+def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, work: Path) -> Configuration:
+    config = Configuration(nodes)
+    url = postgres.create_database(f"cluster_bench_{nodes}")
+    root = work / f"nodes-{nodes}"
+    users = ("alice", "bob", "carol")
+    grants = (f"sip:*@{GROUP_HOST}", FAILOVER_GROUP)
+    cluster = start_cluster(root, url, nodes=nodes, users=users, groups=grants, workers=1)
+    generator: LineProcess | None = None
+    try:
+        created = create_groups(cluster, args.groups, args.size)
+        owners = cluster.wait_owned([group_uri(g) for g in range(args.groups)], timeout=120)
+        config.spread = {n.name: sum(1 for o in owners.values() if o == n.name) for n in cluster.nodes}
+        print(f"  {args.groups} groups created in {created:.1f} s, served by {config.spread}", flush=True)
+        generator = LineProcess(
+            ["-m", "bench.clusterload", "--root", str(root), "--server-info", str(cluster.server_info(0)),
+             "--groups", str(args.groups), "--size", str(args.size)], ready_timeout=600,
+        )  # fmt: skip
+        print(f"  generator: {generator.ready}", flush=True)
+        config.setup = json.loads(generator.command("setup", timeout=900).partition(" ")[2])
+        print(f"  setup: {config.setup}", flush=True)
+        for number in range(args.runs):
+            for mode, rate in (("fixed", 50.0), ("saturate", args.saturate_rate)):
+                run = measure_run(cluster, generator, mode, rate, args.seconds)
+                config.runs.append(run)
+                print(f"  run {number + 1} {mode:<8} forwarded {run.forwarded_per_s:9.0f}/s  floor p95 "
+                      f"{run.p95():7.1f} ms (n {len(run.latencies_ms)}, lost {run.lost})  cpu nodes "
+                      f"{run.node_cpu:5.1f} s, generator {run.generator_cpu:5.1f} s in {run.seconds:.1f} s  "
+                      f"load {run.load:.2f}", flush=True)  # fmt: skip
+        generator.stop()
+        generator = None
+        if nodes == 2 and args.kills:
+            config.failovers = measure_failovers(cluster, FAILOVER_GROUP, args.kills)
+    finally:
+        if generator is not None:
+            generator.stop()
+        cluster.stop()
+    return config
+
+
+def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float) -> Run:
+    node_pids = [n.daemon.process.pid for n in cluster.nodes if n.daemon.process is not None]
+    before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
+    report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
+    after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
+    elapsed = float(report["seconds"])
+    return Run(
+        mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
+        report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(),
+    )  # fmt: skip
+
+
+def triple(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "n/a"
+    return " / ".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def print_report(configs: list[Configuration], args: argparse.Namespace) -> None:
+    reference = next((c for c in configs if c.nodes == 1), None)
+    print(f"\n{args.groups} groups x {args.size} members, {args.runs} run(s) of {args.seconds:.0f} s per mode; "
+          "min / median / max over the runs; ratio = median / median of 1 node\n")  # fmt: skip
+    print("| nodes | mode | forwarded packets/s | ratio | floor p95 ms | lost | CPU s nodes | CPU s generator "
+          "| load1 |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for config in configs:
+        for mode in ("fixed", "saturate"):
+            runs = [r for r in config.runs if r.mode == mode]
+            if not runs:
+                continue
+            ratio = "n/a"
+            if reference is not None and reference.median(mode, "forwarded_per_s") > 0:
+                ratio = f"{config.median(mode, 'forwarded_per_s') / reference.median(mode, 'forwarded_per_s'):.2f}"
+            print(f"| {config.nodes} | {mode} | {triple([r.forwarded_per_s for r in runs])} | {ratio} | "
+                  f"{triple([r.p95() for r in runs], 1)} | {sum(r.lost for r in runs)} | "
+                  f"{triple([r.node_cpu for r in runs], 1)} | {triple([r.generator_cpu for r in runs], 1)} | "
+                  f"{triple([r.load for r in runs], 2)} |")  # fmt: skip
+    for config in configs:
+        if config.failovers:
+            print(f"\nfailover with {config.nodes} nodes, {args.kills} kills (kill -9 -> first packet heard), seconds:")
+            print("| listener | n | min / median / max |")
+            print("| --- | ---: | ---: |")
+            for kind, values in config.failovers.items():
+                print(f"| {kind} | {len(values)} | {triple(values, 2)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 run, 40 groups, 8 s per mode, 2 kills")
+    parser.add_argument("--runs", type=int, help="runs per configuration and mode (default 3, --quick 1)")
+    parser.add_argument("--nodes", default="1,2,4", help="node counts to measure (1 is the ratio's reference)")
+    parser.add_argument("--groups", type=int, help="groups (default 200, --quick 40)")
+    parser.add_argument("--size", type=int, default=10, help="members per group")
+    parser.add_argument("--seconds", type=float, help="seconds per run and mode (default 20, --quick 8)")
+    parser.add_argument("--saturate-rate", type=float, default=150.0, help="packets/s per talker in saturate mode")
+    parser.add_argument("--kills", type=int, help="failover kills with 2 nodes (default 5, --quick 2; 0: none)")
+    parser.add_argument("--json", help="write every run's figures to this file")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.groups = args.groups or (40 if args.quick else 200)
+    args.seconds = args.seconds or (8.0 if args.quick else 20.0)
+    args.kills = args.kills if args.kills is not None else (2 if args.quick else 5)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally blocks stop everything
+    from tests.postgres import start_postgres
+
+    print(f"cluster: {args.groups} groups x {args.size} over {args.nodes} node(s); {os.cpu_count()} cores, "
+          f"load {loadavg():.2f} at start", flush=True)  # fmt: skip
+    configs: list[Configuration] = []
+    postgres = start_postgres()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ptt-bench-cluster-") as tmp:
+            for nodes in [int(n) for n in args.nodes.split(",")]:
+                print(f"\n{nodes} node(s)", flush=True)
+                configs.append(measure_configuration(args, postgres, nodes, Path(tmp)))
+                if args.json:
+                    Path(args.json).write_text(json.dumps([c.__dict__ for c in configs], default=lambda o: o.__dict__))
+    finally:
+        postgres.stop()
+    print_report(configs, args)
+    print(f"\nload {loadavg():.2f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
