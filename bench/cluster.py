@@ -19,11 +19,14 @@ measured ``--runs`` times (3; 1 with ``--quick``) in two modes on the same clust
              capacity of nodes + generator together
 
 Forwarded/s = media copies the listeners received / seconds (nothing is counted twice: each copy arrives at one
-member socket). Floor p95 = Floor Request -> Floor Granted at the talker (SRTCP under its CSK), measured on the
-generator's clock, so its own lag is included. Per run the CPU seconds used by the nodes (each with its crypto
-worker; /proc/PID/stat of the process tree) and by the generator are printed, with the 1-minute load average: on
-2 cores the nodes and the generator compete, and the CPU split shows where the cores went. The ratio is each
-configuration's median over the median of 1 node, measured in the same invocation.
+member socket); beside it the packets/s the talkers really sent (a starved generator sends less than it offers:
+its pacing makes up at most 0.1 s of arrears) and "delivered", the copies received over sent x 9. Floor p95 =
+Floor Request -> Floor Granted at the talker (SRTCP under its CSK), measured on the generator's clock, so its own
+lag is included. Per run the CPU seconds used by the nodes (each with its crypto
+worker; /proc/PID/stat of the process tree), by the generator, and by the whole machine (/proc/stat: the other
+users of a shared machine) are printed, with the 1-minute load average: on 2 cores the nodes and the generator
+compete, and the CPU split shows where the cores went. The ratio is each configuration's median over the median
+of 1 node, measured in the same invocation.
 
 Failover (with 2 nodes, after the load runs, the generator stopped): in the group ``sip:fire@example.org``, alice
 talks in short bursts (``ptt-headless ... talk-loop``) from the node that will survive, bob listens at the same
@@ -50,7 +53,7 @@ from typing import Any
 
 from bench.clusterharness import Cluster, start_cluster
 from bench.clusterload import GROUP_HOST, group_uri
-from bench.clusterproc import LineProcess, loadavg, tree_cpu_seconds
+from bench.clusterproc import LineProcess, loadavg, machine_cpu_seconds, tree_cpu_seconds
 from bench.failover import measure_failovers
 from bench.floorload import percentile
 from bench.loadgen import member_uri
@@ -71,6 +74,12 @@ class Run:
     generator_cpu: float
     seconds: float
     load: float
+    size: int
+    machine_cpu: float
+
+    def delivered(self) -> float:
+        """Copies received over the copies the sent packets should have made (every other member of the group)."""
+        return self.received / (self.sent * (self.size - 1)) if self.sent else float("nan")
 
     def p95(self) -> float:
         return percentile(self.latencies_ms, 0.95) if self.latencies_ms else float("nan")
@@ -134,11 +143,13 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
         print(f"  setup: {config.setup}", flush=True)
         for number in range(args.runs):
             for mode, rate in (("fixed", 50.0), ("saturate", args.saturate_rate)):
-                run = measure_run(cluster, generator, mode, rate, args.seconds)
+                run = measure_run(cluster, generator, mode, rate, args.seconds, args.size)
                 config.runs.append(run)
-                print(f"  run {number + 1} {mode:<8} forwarded {run.forwarded_per_s:9.0f}/s  floor p95 "
+                print(f"  run {number + 1} {mode:<8} forwarded {run.forwarded_per_s:6.0f}/s (sent "
+                      f"{run.sent / run.seconds:5.0f}/s, delivered {run.delivered():.1%})  floor p95 "
                       f"{run.p95():7.1f} ms (n {len(run.latencies_ms)}, lost {run.lost})  cpu nodes "
-                      f"{run.node_cpu:5.1f} s, generator {run.generator_cpu:5.1f} s in {run.seconds:.1f} s  "
+                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s, machine {run.machine_cpu:4.1f} s "
+                      f"in {run.seconds:.1f} s  "
                       f"load {run.load:.2f}", flush=True)  # fmt: skip
         generator.stop()
         generator = None
@@ -151,15 +162,19 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
     return config
 
 
-def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float) -> Run:
+def measure_run(
+    cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float, size: int
+) -> Run:
     node_pids = [n.daemon.process.pid for n in cluster.nodes if n.daemon.process is not None]
+    machine = machine_cpu_seconds()
     before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
     after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
+    machine = machine_cpu_seconds() - machine
     elapsed = float(report["seconds"])
     return Run(
         mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
-        report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(),
+        report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(), size, machine,
     )  # fmt: skip
 
 
@@ -173,9 +188,9 @@ def print_report(configs: list[Configuration], args: argparse.Namespace) -> None
     reference = next((c for c in configs if c.nodes == 1), None)
     print(f"\n{args.groups} groups x {args.size} members, {args.runs} run(s) of {args.seconds:.0f} s per mode; "
           "min / median / max over the runs; ratio = median / median of 1 node\n")  # fmt: skip
-    print("| nodes | mode | forwarded packets/s | ratio | floor p95 ms | lost | CPU s nodes | CPU s generator "
-          "| load1 |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| nodes | mode | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
+          "| CPU s nodes | CPU s generator | CPU s machine | load1 |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in configs:
         for mode in ("fixed", "saturate"):
             runs = [r for r in config.runs if r.mode == mode]
@@ -184,9 +199,13 @@ def print_report(configs: list[Configuration], args: argparse.Namespace) -> None
             ratio = "n/a"
             if reference is not None and reference.median(mode, "forwarded_per_s") > 0:
                 ratio = f"{config.median(mode, 'forwarded_per_s') / reference.median(mode, 'forwarded_per_s'):.2f}"
-            print(f"| {config.nodes} | {mode} | {triple([r.forwarded_per_s for r in runs])} | {ratio} | "
+            sent = triple([r.sent / r.seconds for r in runs])
+            delivered = triple([100 * r.delivered() for r in runs], 1)
+            print(f"| {config.nodes} | {mode} | {triple([r.forwarded_per_s for r in runs])} | {ratio} | {sent} | "
+                  f"{delivered} | "
                   f"{triple([r.p95() for r in runs], 1)} | {sum(r.lost for r in runs)} | "
                   f"{triple([r.node_cpu for r in runs], 1)} | {triple([r.generator_cpu for r in runs], 1)} | "
+                  f"{triple([r.machine_cpu for r in runs], 1)} | "
                   f"{triple([r.load for r in runs], 2)} |")  # fmt: skip
     for config in configs:
         if config.failovers:

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.floorload import loadavg
 from bench.harness import ROOT, clean_env
 
-__all__ = ["LineProcess", "loadavg", "tree_cpu_seconds"]
+__all__ = ["LineProcess", "loadavg", "machine_cpu_seconds", "tree_cpu_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -23,6 +23,14 @@ def _stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text.rpartition(")")[2].split()
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process of the machine has used so far (all cores: user, nice, system, irq, softirq,
+    steal; not idle or iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 def tree_cpu_seconds(pid: int) -> float:
