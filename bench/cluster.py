@@ -178,6 +178,14 @@ def measure_run(
     )  # fmt: skip
 
 
+def load_configurations(path: Path) -> list[Configuration]:
+    configs = []
+    for entry in json.loads(path.read_text()):
+        runs = [Run(**run) for run in entry.pop("runs")]
+        configs.append(Configuration(**entry, runs=runs))
+    return configs
+
+
 def triple(values: list[float], digits: int = 0) -> str:
     if not values:
         return "n/a"
@@ -189,8 +197,8 @@ def print_report(configs: list[Configuration], args: argparse.Namespace) -> None
     print(f"\n{args.groups} groups x {args.size} members, {args.runs} run(s) of {args.seconds:.0f} s per mode; "
           "min / median / max over the runs; ratio = median / median of 1 node\n")  # fmt: skip
     print("| nodes | mode | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
-          "| CPU s nodes | CPU s generator | CPU s machine | load1 |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| CPU s nodes | copies per node CPU s | CPU s generator | CPU s machine | load1 |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in configs:
         for mode in ("fixed", "saturate"):
             runs = [r for r in config.runs if r.mode == mode]
@@ -204,7 +212,8 @@ def print_report(configs: list[Configuration], args: argparse.Namespace) -> None
             print(f"| {config.nodes} | {mode} | {triple([r.forwarded_per_s for r in runs])} | {ratio} | {sent} | "
                   f"{delivered} | "
                   f"{triple([r.p95() for r in runs], 1)} | {sum(r.lost for r in runs)} | "
-                  f"{triple([r.node_cpu for r in runs], 1)} | {triple([r.generator_cpu for r in runs], 1)} | "
+                  f"{triple([r.node_cpu for r in runs], 1)} | {triple([r.received / r.node_cpu for r in runs])} | "
+                  f"{triple([r.generator_cpu for r in runs], 1)} | "
                   f"{triple([r.machine_cpu for r in runs], 1)} | "
                   f"{triple([r.load for r in runs], 2)} |")  # fmt: skip
     for config in configs:
@@ -227,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturate-rate", type=float, default=150.0, help="packets/s per talker in saturate mode")
     parser.add_argument("--kills", type=int, help="failover kills with 2 nodes (default 5, --quick 2; 0: none)")
     parser.add_argument("--json", help="write every run's figures to this file")
+    parser.add_argument("--from-json", help="only print the report of a file --json wrote (same other options)")
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.groups = args.groups or (40 if args.quick else 200)
     args.seconds = args.seconds or (8.0 if args.quick else 20.0)
     args.kills = args.kills if args.kills is not None else (2 if args.quick else 5)
+    if args.from_json:
+        print_report(load_configurations(Path(args.from_json)), args)
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally blocks stop everything
     from tests.postgres import start_postgres
 
