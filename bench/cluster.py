@@ -162,9 +162,7 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
     return config
 
 
-def measure_run(
-    cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float, size: int
-) -> Run:
+def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float, size: int) -> Run:
     node_pids = [n.daemon.process.pid for n in cluster.nodes if n.daemon.process is not None]
     machine = machine_cpu_seconds()
     before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
@@ -196,8 +194,10 @@ def print_report(configs: list[Configuration], args: argparse.Namespace) -> None
     reference = next((c for c in configs if c.nodes == 1), None)
     print(f"\n{args.groups} groups x {args.size} members, {args.runs} run(s) of {args.seconds:.0f} s per mode; "
           "min / median / max over the runs; ratio = median / median of 1 node\n")  # fmt: skip
-    print("| nodes | mode | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
-          "| CPU s nodes | copies per node CPU s | CPU s generator | CPU s machine | load1 |")
+    print(
+        "| nodes | mode | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
+        "| CPU s nodes | copies per node CPU s | CPU s generator | CPU s machine | load1 |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in configs:
         for mode in ("fixed", "saturate"):

@@ -31,45 +31,30 @@ import os
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, endpoints, protocol, stdio, task
 from twisted.protocols.basic import LineReceiver
 
+from bench.clustermembers import Counters, GroupCall, Member, MemberSocket
 from bench.loadgen import issue_identities, member_uri
 from client.control import ControlClient, ControlError
 from client.tls import pinned_client_options, trust_from_info
 from ptt.control import unb64
-from ptt.floor.events import FloorEventKind
-from ptt.floor.messages import FloorMessageError, parse_rtcp
-from ptt.floor.participant import FloorParticipant
 from ptt.mikey.imessage import IdentityKeys, build_i_message
 from ptt.relaycore import JoinSigner
-from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
+from ptt.srtcp import CskKeys
 from ptt.ts33180 import KeyPurpose, new_key_id
 
 GROUP_HOST = "groups.example.org"
-PAYLOAD = b"\x55" * 160  # a 20 ms voice frame's size
-PAYLOAD_TYPE = 111
 KEEPALIVE = 5.0
 TICK = 0.02
-GRANT_TIMEOUT = 5.0
 MEMBERS_PER_ADDRESS = 200
 
 
 def group_uri(index: int) -> str:
     return f"sip:c{index:04d}@{GROUP_HOST}"
-
-
-@dataclass
-class Counters:
-    sent: int = 0
-    received: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    lost: int = 0
-    denied: int = 0
 
 
 class _Quiet:
@@ -95,169 +80,6 @@ class _ControlFactory(protocol.Factory):
 
     def buildProtocol(self, addr: Any) -> ControlClient:
         return ControlClient(lambda now: self.keys, _Quiet(), self.reactor)
-
-
-class _MemberSocket(protocol.DatagramProtocol):
-    """A member's media socket: RTP is counted, RTCP (floor control) goes to the member if it is talking."""
-
-    def __init__(self, member: Member) -> None:
-        self.member = member
-        self.counters = member.counters
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if len(data) > 1 and 192 <= data[1] <= 223:
-            call = self.member.talking_in
-            if call is not None:
-                call.floor_in(data)
-        else:
-            self.counters.received += 1
-
-
-@dataclass
-class Member:
-    uri: str
-    keys: IdentityKeys
-    csk: CskKeys
-    csk_message: bytes
-    node: int
-    source: str
-    counters: Counters
-    control: ControlClient | None = None
-    ssrc: int = 0
-    signer: JoinSigner | None = None
-    relay: tuple[str, int] | None = None
-    port: Any = None
-    channel: SrtcpChannel | None = None
-    talking_in: GroupCall | None = None
-
-    def send(self, data: bytes) -> None:
-        if self.port is not None and self.relay is not None:
-            self.port.write(data, self.relay)
-
-    def keepalive(self) -> None:
-        if self.signer is not None:
-            self.send(self.signer.packet())
-
-
-class GroupCall:
-    """One group's turns: press, talk ``burst`` seconds once granted, release, pause, the next member presses."""
-
-    def __init__(self, reactor: Any, uri: str, members: list[Member], counters: Counters) -> None:
-        self.reactor = reactor
-        self.uri = uri
-        self.members = members
-        self.counters = counters
-        self.turn = 0
-        self.talker: Member | None = None
-        self.participant: FloorParticipant | None = None
-        self.pressed_at = 0.0
-        self.sending = False
-        self.credit = 0.0
-        self.seq = 0
-        self.running = False
-        self._next: Any = None
-
-    def start(self, burst: float, pause: float) -> None:
-        self.burst, self.pause, self.running = burst, pause, True
-        self._next = self.reactor.callLater(pause * (self.turn % 7) / 7, self._press)
-
-    def stop(self) -> None:
-        self.running = False
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._release()
-
-    def _press(self) -> None:
-        self._next = None
-        if not self.running:
-            return
-        talker = self.members[self.turn % len(self.members)]
-        self.turn += 1
-        if talker.signer is None:
-            self._next = self.reactor.callLater(self.pause, self._press)
-            return
-        if talker.channel is None:
-            talker.channel = SrtcpChannel(talker.csk)
-        self.talker, talker.talking_in = talker, self
-        self.participant = FloorParticipant(talker.uri, talker.ssrc)
-        now = time.monotonic()
-        self.participant.join(now)
-        self.pressed_at = now
-        self.participant.press(now)
-        self._pump()
-
-    def floor_in(self, data: bytes) -> None:
-        talker, participant = self.talker, self.participant
-        if talker is None or participant is None or talker.channel is None:
-            return
-        try:
-            messages = parse_rtcp(talker.channel.unprotect(data))
-        except (SrtcpError, FloorMessageError):
-            return
-        now = time.monotonic()
-        for message in messages:
-            participant.receive(message, now)
-        self._pump()
-
-    def tick(self, now: float) -> None:
-        """Floor timers, the grant timeout, and the media this talker owes since the last tick."""
-        participant = self.participant
-        if participant is None:
-            return
-        deadline = participant.next_deadline()
-        if deadline is not None and deadline <= now:
-            participant.on_timer(now)
-            self._pump()
-        if not self.sending and self.participant is not None and now - self.pressed_at > GRANT_TIMEOUT:
-            self.counters.lost += 1
-            self._release()
-            self._schedule_press()
-
-    def send_media(self, elapsed: float, rate: float) -> None:
-        talker = self.talker
-        if not self.sending or talker is None:
-            return
-        self.credit = min(self.credit + elapsed * rate, rate * 0.1)
-        while self.credit >= 1.0:
-            self.credit -= 1.0
-            self.seq = (self.seq + 1) & 0xFFFF
-            header = struct.pack("!BBHII", 0x80, PAYLOAD_TYPE, self.seq, self.seq * 960, talker.ssrc)
-            talker.send(header + PAYLOAD)
-            self.counters.sent += 1
-
-    def _pump(self) -> None:
-        talker, participant = self.talker, self.participant
-        if talker is None or participant is None or talker.channel is None:
-            return
-        for message in participant.outgoing():
-            talker.send(talker.channel.protect(bytes(message)))
-        for event in participant.events():
-            if event.kind == FloorEventKind.GRANTED and not self.sending:
-                self.counters.latencies_ms.append((time.monotonic() - self.pressed_at) * 1000.0)
-                self.sending, self.credit = True, 1.0
-                self._next = self.reactor.callLater(self.burst, self._end_burst)
-            elif event.kind == FloorEventKind.DENIED and not self.sending:
-                self.counters.denied += 1
-                self._release()
-                self._schedule_press()
-
-    def _end_burst(self) -> None:
-        self._next = None
-        self._release()
-        self._schedule_press()
-
-    def _schedule_press(self) -> None:
-        if self.running and (self._next is None or not self._next.active()):
-            self._next = self.reactor.callLater(self.pause, self._press)
-
-    def _release(self) -> None:
-        self.sending = False
-        if self.participant is not None and self.talker is not None:
-            self.participant.release(time.monotonic())
-            self._pump()
-            self.participant.leave(time.monotonic())
-            self.talker.talking_in = None
-        self.participant = self.talker = None
 
 
 class ClusterLoad:
@@ -319,7 +141,7 @@ class ClusterLoad:
         member.signer = JoinSigner(member.ssrc, unb64(reply["token"], "token"), member.csk.csk)
         member.relay = (str(reply["relay"]["host"]), int(reply["relay"]["port"]))
         if member.port is None:
-            member.port = self.reactor.listenUDP(0, _MemberSocket(member), interface="127.0.0.1")
+            member.port = self.reactor.listenUDP(0, MemberSocket(member), interface="127.0.0.1")
         member.keepalive()
 
     @defer.inlineCallbacks
@@ -343,9 +165,7 @@ class ClusterLoad:
         started = time.perf_counter()
         limit = defer.DeferredSemaphore(self.args.concurrency)
         errors: list[str] = []
-        work = [
-            limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members
-        ]
+        work = [limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members]
         results = yield defer.gatherResults(work)
         if not self._keepalive.running:
             self._keepalive.start(KEEPALIVE / 5, now=False)
