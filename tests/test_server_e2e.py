@@ -74,14 +74,18 @@ def test_removed_member_gets_no_new_key_and_no_media(system: System) -> None:
 
 
 def test_server_restart_mid_call_recovers(system: System) -> None:
-    # the second burst leaves time for a restart under load and the clients' 1 + 2 + 4 s reconnect backoff
-    alice = system.client("alice", f"join {GROUP}; wait 1; talk 1; wait 13; talk 1; wait 1")
-    carol = system.client("carol", f"join {GROUP}; wait 19")
+    go = system.root / "go-after-restart"
+    go.unlink(missing_ok=True)
+    # the second burst waits until both clients are back (reconnected and rejoined), however long the restart took
+    alice = system.client("alice", f"join {GROUP}; wait 1; talk 1; wait-file {go}; wait 0.5; talk 1; wait 1")
+    carol = system.client("carol", f"join {GROUP}; wait-file {go}; wait 3")
     wait_joined(system, ("alice", "carol"))
     time.sleep(2.6)  # Alice's first burst (1 s after joining, 1 s long) is over: restart between the bursts
     system.server.stop()
     system.server.log.clear()
     system.server.start()
+    wait_joined(system, ("alice", "carol"), timeout=60)
+    go.touch()
     wait_all([alice, carol])
     a, c = system.report("alice"), system.report("carol")
     per_burst = a["sent"] // 2
