@@ -75,6 +75,18 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             certificate_xml BLOB NOT NULL,
             added REAL NOT NULL)""",
     ],
+    # issue 14: bulk issuance. Key sets computed ahead of their period by ``ptt-kms issue``, sealed (AES-256-GCM,
+    # server.kms.issuance); keyprov serves them when present. One row per identity and period (idempotent runs).
+    1: [
+        """CREATE TABLE precomputed_keys (
+            identity_uri TEXT NOT NULL,
+            period_no INTEGER NOT NULL,
+            uid BLOB NOT NULL,
+            sealed BLOB NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (identity_uri, period_no))""",
+        "CREATE INDEX precomputed_keys_by_period ON precomputed_keys (period_no)",
+    ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
 

@@ -3,6 +3,7 @@ of what was issued (never the keys)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from server.kms.account_store import AccountError, KmsAccounts
@@ -109,6 +110,29 @@ class KmsGrants(KmsAccounts):
                 "INSERT INTO issues (at, username, identity_uri, period_no, uid, kind) VALUES (?, ?, ?, ?, ?, ?)",
                 (now, username, identity_uri, period_no, bytes(uid), kind),
             )
+
+    def record_keyprov(
+        self,
+        username: str,
+        identity_uri: str,
+        issued: Sequence[tuple[int, bytes]],
+        *,
+        now: float,
+        during: Callable[[], None] | None = None,
+    ) -> None:
+        """Record a keyprov answer in one transaction: an issuance record per (period, UID) and its audit event, so
+        a worker that dies mid-request leaves all of them or none. ``during`` runs inside the transaction (a test
+        hook: ``server.kms.service`` stalls there when told to)."""
+        with self._tx() as db:
+            for period_no, user_id in issued:
+                db.execute(
+                    "INSERT INTO issues (at, username, identity_uri, period_no, uid, kind) "
+                    "VALUES (?, ?, ?, ?, ?, 'keyprov')",
+                    (now, username, identity_uri, period_no, bytes(user_id)),
+                )
+            if during is not None:
+                during()
+            self._audit(db, "keyprov", username, identity_uri, now)
 
     def issued(self, identity_uri: str | None = None) -> list[IssueRecord]:
         """Issuance records, oldest first, of one identity or of all."""

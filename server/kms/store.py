@@ -1,13 +1,15 @@
 """The KMS's store: settings, accounts and their grants, issuance records, audit log, trusted domains, in SQLite or
 PostgreSQL (``server.sqldb``).
 
-No keys live here: user keys are derived again on every request (``ptt.crypto.kms.derive_user_keys``) and the
-master secrets have their own file. Passwords are kept only as scrypt hashes. Time is always passed in
+No keys live here in clear: user keys are derived on request (``ptt.crypto.kms.derive_user_keys``) or precomputed
+by ``ptt-kms issue`` and kept sealed (``server.kms.precomputed_store``), and the master secrets have their own
+file. Passwords are kept only as scrypt hashes. Time is always passed in
 (``now``, Unix seconds) so tests can drive lockouts without waiting.
 
 ``KmsStore(url)`` is the one object callers use (a SQLite path, ``sqlite:///path`` or ``postgresql://…``). Its
 parts: the schema, settings and audit log (``server.kms.database``), accounts and logins
-(``server.kms.account_store``), grants and issuance records (``server.kms.grant_store``); the trusted external
+(``server.kms.account_store``), grants and issuance records (``server.kms.grant_store``), precomputed key sets
+(``server.kms.precomputed_store``); the trusted external
 domains are here.
 """
 
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from server.accounts import MIN_PASSWORD_LENGTH, LockedOut, LoginFailed
 from server.kms.account_store import LOCKOUT_AFTER, LOCKOUT_MAX, LOCKOUT_MIN, ROLES, Account, AccountError
 from server.kms.database import SCHEMA_VERSION, SETTINGS, AuditRecord, StoreError
-from server.kms.grant_store import GRANT_KINDS, IssueRecord, KmsGrants, namespace_matches
+from server.kms.grant_store import GRANT_KINDS, IssueRecord, namespace_matches
+from server.kms.precomputed_store import KmsPrecomputed
 
 __all__ = [
     "GRANT_KINDS",
@@ -49,9 +52,9 @@ class TrustedDomain:
     added: float
 
 
-class KmsStore(KmsGrants):
-    """The KMS's store. Several processes may share it (the service and the CLI; later several KMS workers): each
-    change is one transaction, writers serialised (``server.kms.database``)."""
+class KmsStore(KmsPrecomputed):
+    """The KMS's store. Several processes may share it (the service's workers, the CLI): each change is one
+    transaction, writers serialised (``server.kms.database``)."""
 
     # --- trusted external domains ---
 
