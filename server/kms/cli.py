@@ -8,7 +8,8 @@
     ptt-kms untrust-domain KMS-URI                              stop serving it
     ptt-kms status                                              domain, key period, counts, recent audit events
     ptt-kms audit export-rsk | log                              compliance access to past keys; the audit log
-    ptt-kms serve                                               run the HTTPS service
+    ptt-kms issue [--period next] [--workers N]                  precompute a period's key sets for every identity
+    ptt-kms serve [--workers N]                                 run the HTTPS service (N worker processes)
 
 User errors print one line on stderr and exit with status 2; no tracebacks.
 """
@@ -34,6 +35,7 @@ from server.kms.commands.accounts import (
 from server.kms.commands.audit import cmd_audit_log, cmd_export_rsk, cmd_status
 from server.kms.commands.common import DEFAULT_DATA, PASSWORD_ENV, PROG, CliError, DataDir, fingerprint, utc
 from server.kms.commands.init import cmd_init, cmd_serve
+from server.kms.commands.issue import cmd_issue, cmd_user_add_many
 from server.kms.commands.trust import cmd_export_enrolment, cmd_trust_domain, cmd_untrust_domain
 from server.kms.domain import domain_certificate
 from server.kms.material import MaterialError
@@ -131,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
         toggle.add_argument("name")
         toggle.set_defaults(func=cmd_user_disable)
     user.add_parser("list", help="list accounts").set_defaults(func=cmd_user_list)
+    many = user.add_parser("add-many", help="add many service accounts at once (tests, benchmarks)")
+    many.add_argument("--prefix", required=True, help="account names are PREFIX0, PREFIX1, ...")
+    many.add_argument("--count", required=True, type=_non_negative, metavar="N")
+    many.add_argument("--start", type=_non_negative, default=0, metavar="I", help="the first number (default 0)")
+    many.add_argument("--uri-template", metavar="T", help="each account's URI (default 'sip:{name}@DOMAIN')")
+    many.add_argument("--tokens-out", metavar="F", help="write 'NAME TOKEN' lines here (0600)")
+    many.set_defaults(func=cmd_user_add_many)
 
     grant = sub.add_parser("grant", help="let an account fetch the keys of an identity (e.g. a group)")
     grant.add_argument("name")
@@ -178,8 +187,29 @@ def _parser() -> argparse.ArgumentParser:
     log.add_argument("--limit", type=_non_negative, default=100)
     log.set_defaults(func=cmd_audit_log)
 
+    issue = sub.add_parser(
+        "issue", help="precompute a period's key sets for every identity (resumable), so keyprov need not derive"
+    )
+    issue.add_argument("--period", metavar="P", help="next (default), current, or a period number")
+    issue.add_argument("--workers", type=_non_negative, metavar="N", help="processes (default: one per core)")
+    issue.add_argument("--batch", type=_non_negative, default=250, metavar="N", help="identities per transaction")
+    issue.add_argument(
+        "--purge-before",
+        metavar="P",
+        help="delete precomputed key sets of periods before P (each run deletes those before the current one); "
+        "alone, only purge",
+    )
+    issue.add_argument("--passphrase-file", metavar="F", help="the master secrets passphrase")
+    issue.set_defaults(func=cmd_issue)
+
     serve = sub.add_parser("serve", help="run the KMS HTTPS service")
     serve.add_argument("--passphrase-file", metavar="F", help="the master secrets passphrase")
+    serve.add_argument(
+        "--workers",
+        type=_non_negative,
+        metavar="N",
+        help="worker processes on the one port (SO_REUSEPORT; default: one per core; 1: a single process)",
+    )
     serve.set_defaults(func=cmd_serve)
     return p
 

@@ -2,7 +2,13 @@
 
 ``KmsApplication.handle`` is the whole request logic (plain values in, an ``HttpReply`` out, time passed in);
 ``KmsResource`` adapts it to twisted.web and runs it on one worker thread (scrypt and SQLite must not stall the
-reactor); ``main`` loads a data directory made by ``ptt-kms init`` and listens.
+reactor); ``build_application`` loads a data directory made by ``ptt-kms init``; ``server.kms.serving`` listens,
+in one process or in N worker processes on the one port (each its own reactor, thread and store connection).
+
+What each worker keeps to itself: the login rules' counters (``server.accounts.LoginGuard``, in memory), so with
+N workers an address gets up to N times the failures before a lockout or throttle (the kernel spreads its
+connections over the workers). Everything else a request reads or writes is in the shared store: accounts,
+grants, issuance records, the audit log, precomputed key sets.
 
 Endpoints (POST, optional <KmsRequest> body naming the identity wanted, default the account's own URI):
   /keymanagement/identity/v1/init       the domain certificate (KmsInit)
@@ -14,14 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,7 +52,6 @@ from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.kms.domain import certificate_validity, domain_certificate
 from server.kms.issuance import IssuanceDomain, KeySetSealer
 from server.kms.store import KmsStore
-from server.tls import server_tls_options
 from server.web import (
     MAX_BODY,
     HttpReply,
@@ -291,15 +294,21 @@ def make_site(app: KmsApplication, pool: ThreadPool, clock: Callable[[], float] 
 
 
 def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsApplication, KmsStore]:
+    from server.kms.secrets import read_master_secrets
+
+    return build_application(data_dir, read_master_secrets(Path(data_dir) / "master-secrets.json", passphrase))
+
+
+def build_application(data_dir: Path, master: MasterSecrets) -> tuple[KmsApplication, KmsStore]:
+    """The application of a data directory, with its store opened here (each worker process opens its own)."""
     from server.kms.commands.common import DataDir
     from server.kms.material import load_certificate, load_private_key
-    from server.kms.secrets import read_master_secrets
 
     store = KmsStore(DataDir(data_dir).database(), check_same_thread=False)  # kms.json's database, or the file here
     kms_uri = store.get_setting("kms_uri")
     if not kms_uri:
+        store.close()
         raise SystemExit(f"{data_dir}: not an initialised KMS (run: ptt-kms --data {data_dir} init ...)")
-    master = read_master_secrets(data_dir / "master-secrets.json", passphrase)
     config = DomainConfig(
         kms_uri=kms_uri,
         key_period=int(store.get_setting("key_period") or 2592000),
@@ -312,44 +321,7 @@ def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsAppli
         store,
         master,
         config,
-        load_private_key(data_dir / "signing-key.pem"),
-        load_certificate(data_dir / "signing-cert.pem"),
+        load_private_key(Path(data_dir) / "signing-key.pem"),
+        load_certificate(Path(data_dir) / "signing-cert.pem"),
     )
     return app, store
-
-
-def main(data_dir: Path, passphrase: bytes | None = None, *, host: str | None = None, port: int | None = None) -> int:
-    """Run the KMS in the foreground until SIGINT/SIGTERM."""
-    from twisted.internet import endpoints
-    from twisted.internet import reactor as _reactor
-
-    reactor: Any = _reactor
-    from twisted.python import log as twisted_log
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    twisted_log.PythonLoggingObserver("twisted").start()
-    app, store = load_application(Path(data_dir), passphrase)
-    listen_host = host or store.get_setting("host") or "127.0.0.1"
-    listen_port = port if port is not None else int(store.get_setting("port") or 8443)
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="kms-worker")
-    pool.start()
-    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
-    reactor.addSystemEventTrigger("after", "shutdown", store.close)
-    endpoint = endpoints.SSL4ServerEndpoint(
-        reactor,
-        listen_port,
-        server_tls_options(Path(data_dir) / "tls-key.pem", Path(data_dir) / "tls-cert.pem"),
-        interface=listen_host,
-    )
-
-    def listening(port_obj: Any) -> None:
-        address = port_obj.getHost()
-        print(f"KMS {app.config.kms_uri} listening on https://{address.host}:{address.port}", flush=True)
-
-    def failed(failure: object) -> None:
-        print(f"KMS could not listen on {listen_host}:{listen_port}: {failure}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    endpoint.listen(make_site(app, pool)).addCallbacks(listening, failed)
-    reactor.run()
-    return 0

@@ -148,6 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with open_store(dd) as store:
         stored_domain(store)
     passphrase = read_passphrase(dd, args.passphrase_file)
-    from server.kms import service  # Twisted only for this command
+    from server.kms import serving  # Twisted only for this command
 
-    return service.main(dd.root, passphrase)
+    workers = args.workers or os.cpu_count() or 1
+    return serving.main(dd.root, passphrase, workers=workers)
