@@ -621,20 +621,24 @@ def test_export_rsk_with_encrypted_secrets(tmp_path: Path, capsys: pytest.Captur
 def test_serve_wires_the_service(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.kms import service
+    import os
 
-    calls: list[tuple[Path, bytes | None]] = []
+    from server.kms import serving
 
-    def fake_main(data_dir: Path, passphrase: bytes | None = None) -> int:
-        calls.append((data_dir, passphrase))
+    calls: list[tuple[Path, bytes | None, int]] = []
+
+    def fake_main(data_dir: Path, passphrase: bytes | None = None, *, workers: int = 1) -> int:
+        calls.append((data_dir, passphrase, workers))
         return 0
 
-    monkeypatch.setattr(service, "main", fake_main)
+    monkeypatch.setattr(serving, "main", fake_main)
     assert _run(capsys, "--data", str(data), "serve")[0] == 0
-    assert calls == [(data, None)]
+    assert calls == [(data, None, os.cpu_count() or 1)]  # one worker per core by default
     code, _, _ = _run(capsys, "--data", str(data), "serve", "--passphrase-file", _secret_file(tmp_path, "pp", "x" * 12))
     assert code == 0  # the service itself refuses a passphrase for plain secrets; the CLI only passes it on
-    assert calls[-1] == (data, b"x" * 12)
+    assert calls[-1][:2] == (data, b"x" * 12)
+    assert _run(capsys, "--data", str(data), "serve", "--workers", "1")[0] == 0
+    assert calls[-1] == (data, None, 1)
 
 
 def test_missing_data_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

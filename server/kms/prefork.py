@@ -1,6 +1,7 @@
 """Several KMS worker processes on one port: a supervisor pre-forks N workers, each with its own reactor and its
-own listening socket bound to the same address with SO_REUSEPORT (the kernel spreads new connections over them),
-each opening the store itself (SQLite WAL with a busy timeout, or PostgreSQL).
+own listening socket bound to the same address with SO_REUSEPORT, each opening the store itself (SQLite WAL with a
+busy timeout, or PostgreSQL). A new connection goes to the worker its source address chooses
+(``steer_by_source_address``), so the login rules each worker keeps in memory see every attempt from an address.
 
 The supervisor holds no reactor, no store and no thread: it forks, reads the workers' "ready" lines on a pipe,
 prints the KMS's one ready line once all listen, restarts a worker that dies (logged; at most ``RestartLimit``
@@ -21,12 +22,13 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["RestartLimit", "Supervisor", "reuseport_socket"]
+__all__ = ["RestartLimit", "Supervisor", "reuseport_socket", "steer_by_source_address"]
 
 log = logging.getLogger("ptt.kms.supervisor")
 
@@ -46,6 +48,32 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+_SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, <asm-generic/socket.h>
+_SKF_NET_OFF = -0x100000  # classic BPF: load relative to the network header
+
+
+def steer_by_source_address(sock: socket.socket, workers: int) -> bool:
+    """Linux: choose the worker of a new connection by its source address (source address mod ``workers``) rather
+    than by the address and port, so every connection from one address reaches the same worker and the login rules
+    that count per address (``server.accounts.LoginGuard``, in each worker's memory) see all of its attempts. A
+    classic BPF program attached to the port's SO_REUSEPORT group; whether it could be attached."""
+    offset = 12 if sock.family == socket.AF_INET else 20  # IPv4 source address; the last word of IPv6's
+    program = [
+        (0x20, 0, 0, (_SKF_NET_OFF + offset) & 0xFFFFFFFF),  # BPF_LD | BPF_W | BPF_ABS: A = source address
+        (0x94, 0, 0, workers),  # BPF_ALU | BPF_MOD | BPF_K: A %= workers
+        (0x16, 0, 0, 0),  # BPF_RET | BPF_A: the index of the socket in the group
+    ]
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HxxxxxxQ", len(program), ctypes.addressof(buffer))  # struct sock_fprog (64-bit)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        log.warning("KMS: cannot steer connections by source address (%s); the kernel spreads them", exc)
+        return False
+    return True
 
 
 def die_with_parent() -> None:

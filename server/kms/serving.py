@@ -101,7 +101,7 @@ def _main_workers(data_dir: Path, passphrase: bytes | None, host: str | None, po
 
     def worker_main(index: int, ready_fd: int) -> int:
         reservation.close()
-        return _serve_worker(data_dir, master, listen_host, bound, index, ready_fd)
+        return _serve_worker(data_dir, master, listen_host, bound, workers, index, ready_fd)
 
     supervisor = Supervisor(
         workers, worker_main, f"KMS {kms_uri} listening on https://{shown}:{bound} ({workers} workers)"
@@ -112,12 +112,14 @@ def _main_workers(data_dir: Path, passphrase: bytes | None, host: str | None, po
         reservation.close()
 
 
-def _serve_worker(data_dir: Path, master: MasterSecrets, host: str, port: int, index: int, ready_fd: int) -> int:
+def _serve_worker(
+    data_dir: Path, master: MasterSecrets, host: str, port: int, workers: int, index: int, ready_fd: int
+) -> int:
     """One worker process: its own reactor, store, thread and SO_REUSEPORT socket; 'ready' on ``ready_fd``."""
     from twisted.internet import reactor as _reactor
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from server.kms.prefork import reuseport_socket
+    from server.kms.prefork import reuseport_socket, steer_by_source_address
 
     reactor: Any = _reactor
     _start_twisted_logging()
@@ -129,6 +131,7 @@ def _serve_worker(data_dir: Path, master: MasterSecrets, host: str, port: int, i
     sock = reuseport_socket(host, port)
     sock.listen(128)
     sock.setblocking(False)
+    steer_by_source_address(sock, workers)
     tls = server_tls_options(data_dir / "tls-key.pem", data_dir / "tls-cert.pem")
     tls_factory: Any = TLSMemoryBIOFactory  # what listenSSL wraps a site in (zope interfaces defeat mypy)
     reactor.adoptStreamPort(sock.fileno(), sock.family, tls_factory(tls, False, make_site(app, pool)))
