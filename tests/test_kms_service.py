@@ -114,7 +114,11 @@ def kms_store(database_url: str, cheap_passwords: None) -> Iterator[KmsStore]:
 
 @pytest.fixture
 def app(kms_store: KmsStore, master: kms.MasterSecrets, signer: Signer) -> KmsApplication:
-    config = DomainConfig(kms_uri=KMS_URI, key_period=KEY_PERIOD, key_period_offset=0, base_url=BASE_URL)
+    # HTTP Basic (the login of clients from before issue 14) is on here: these tests are about its rules, which the
+    # IdMS's password grant shares (tests/test_kms_token.py)
+    config = DomainConfig(
+        kms_uri=KMS_URI, key_period=KEY_PERIOD, key_period_offset=0, base_url=BASE_URL, allow_basic_login=True
+    )
     return KmsApplication(kms_store, master, config, signer.key, signer.cert)
 
 
@@ -338,7 +342,8 @@ def test_malformed_request_body(app: KmsApplication, kms_store: KmsStore, body: 
 
 def _assert_unauthorised(reply: HttpReply, app: KmsApplication) -> None:
     assert reply.status == 401
-    assert reply.headers["WWW-Authenticate"].startswith('Basic realm="ptt-kms"')
+    challenge = reply.headers["WWW-Authenticate"]  # Bearer first (the IdMS's tokens), Basic as it is allowed here
+    assert challenge.startswith('Bearer realm="ptt-kms"') and 'Basic realm="ptt-kms"' in challenge
     code, _, user_uri = error_of(reply, app)
     assert code == 401 and user_uri == service.ANONYMOUS
     assert b"UserDecryptKey" not in reply.body and b"KmsCertificate" not in reply.body
@@ -570,7 +575,9 @@ def test_key_rollover(app: KmsApplication) -> None:
 
 def test_key_period_offset(master: kms.MasterSecrets, signer: Signer, kms_store: KmsStore) -> None:
     offset = 7200
-    config = DomainConfig(kms_uri=KMS_URI, key_period=86400, key_period_offset=offset, base_url=BASE_URL)
+    config = DomainConfig(
+        kms_uri=KMS_URI, key_period=86400, key_period_offset=offset, base_url=BASE_URL, allow_basic_login=True
+    )
     app = KmsApplication(kms_store, master, config, signer.key, signer.cert)
     assert app.certificate.user_key_offset == offset and app.certificate.user_key_period == 86400
     reply = call(app, KEYPROV, login("alice"))
@@ -714,7 +721,7 @@ def test_site_answers_a_request(app: KmsApplication, synchronous_pool: list[Call
 def test_site_passes_errors_on(app: KmsApplication, synchronous_pool: list[Callable[[], Any]]) -> None:
     exchange = _http(app, _request(KEYPROV, None))
     assert exchange.status == 401
-    assert exchange.headers["www-authenticate"].startswith("Basic")
+    assert exchange.headers["www-authenticate"].startswith("Bearer")
     verify_signed_response(exchange.body, app.signing_cert)
     exchange = _http(app, b"GET " + INIT.encode() + b" HTTP/1.0\r\n\r\n")
     assert exchange.status == 405

@@ -9,7 +9,8 @@
     ptt-kms status                                              domain, key period, counts, recent audit events
     ptt-kms audit export-rsk | log                              compliance access to past keys; the audit log
     ptt-kms issue [--period next] [--workers N]                  precompute a period's key sets for every identity
-    ptt-kms serve [--workers N]                                 run the HTTPS service (N worker processes)
+    ptt-kms basic-login on|off                                  allow HTTP Basic login (clients before access tokens)
+    ptt-kms serve [--workers N]                                 run the HTTPS service and its IdMS (N worker processes)
 
 User errors print one line on stderr and exit with status 2; no tracebacks.
 """
@@ -34,7 +35,7 @@ from server.kms.commands.accounts import (
 )
 from server.kms.commands.audit import cmd_audit_log, cmd_export_rsk, cmd_status
 from server.kms.commands.common import DEFAULT_DATA, PASSWORD_ENV, PROG, CliError, DataDir, fingerprint, utc
-from server.kms.commands.init import cmd_init, cmd_serve
+from server.kms.commands.init import cmd_basic_login, cmd_init, cmd_serve
 from server.kms.commands.issue import cmd_issue, cmd_user_add_many
 from server.kms.commands.trust import cmd_export_enrolment, cmd_trust_domain, cmd_untrust_domain
 from server.kms.domain import domain_certificate
@@ -104,6 +105,19 @@ def _parser() -> argparse.ArgumentParser:
         help="the KMS store (accounts, grants, records, audit log): postgresql://USER@HOST/DB (several KMS processes "
         "may share it) or sqlite:///PATH (default: kms.sqlite3 in the data directory); kept in kms.json, used by "
         "every command; the master secrets and keys stay in files here",
+    )
+    init.add_argument(
+        "--allow-basic-login",
+        action="store_true",
+        help="also accept HTTP Basic login on every KMS request (clients from before IdMS access tokens; off by "
+        "default; later: ptt-kms basic-login on|off)",
+    )
+    init.add_argument(
+        "--access-token-lifetime",
+        type=int,
+        default=600,
+        metavar="S",
+        help="lifetime of the IdMS's access tokens, seconds (default 600)",
     )
     init.add_argument("--force", action="store_true", help="replace an existing domain's secrets and keys")
     init.set_defaults(func=cmd_init)
@@ -201,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     issue.add_argument("--passphrase-file", metavar="F", help="the master secrets passphrase")
     issue.set_defaults(func=cmd_issue)
+
+    basic = sub.add_parser("basic-login", help="allow or refuse HTTP Basic login (clients before access tokens)")
+    basic.add_argument("state", choices=["on", "off"])
+    basic.set_defaults(func=cmd_basic_login)
 
     serve = sub.add_parser("serve", help="run the KMS HTTPS service")
     serve.add_argument("--passphrase-file", metavar="F", help="the master secrets passphrase")

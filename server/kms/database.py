@@ -15,7 +15,18 @@ from server.sqldb import Connection, SqlStore, Upgrade
 
 __all__ = ["SCHEMA_VERSION", "SETTINGS", "AuditRecord", "KmsDatabase", "StoreError"]
 
-SETTINGS = ("domain", "kms_uri", "key_period", "key_period_offset", "base_url", "host", "port", "tls_trust")
+SETTINGS = (
+    "domain",
+    "kms_uri",
+    "key_period",
+    "key_period_offset",
+    "base_url",
+    "host",
+    "port",
+    "tls_trust",
+    "basic_login",
+    "access_token_lifetime",
+)
 """The setting keys the CLI writes and the service reads."""
 
 
@@ -86,6 +97,24 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             created REAL NOT NULL,
             PRIMARY KEY (identity_uri, period_no))""",
         "CREATE INDEX precomputed_keys_by_period ON precomputed_keys (period_no)",
+    ],
+    # issue 14: token login. The IdMS's refresh tokens (only their SHA-256; rotated on use, a used one kept
+    # marked until it expires so that its reuse is noticed) and, for a domain initialised before, HTTP Basic login
+    # kept on so that its clients keep working until the operator turns it off (``ptt-kms basic-login off``).
+    2: [
+        """CREATE TABLE refresh_tokens (
+            token_hash TEXT PRIMARY KEY,
+            username TEXT NOT NULL REFERENCES accounts(username) ON DELETE CASCADE,
+            family TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            credential TEXT NOT NULL,
+            issued REAL NOT NULL,
+            expires REAL NOT NULL,
+            used INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family)",
+        "CREATE INDEX refresh_tokens_by_user ON refresh_tokens (username)",
+        "INSERT INTO settings (key, value) SELECT 'basic_login', 'on' "
+        "WHERE EXISTS (SELECT 1 FROM settings WHERE key = 'kms_uri')",
     ],
 }
 SCHEMA_VERSION = len(_UPGRADES)

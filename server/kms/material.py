@@ -241,6 +241,22 @@ def load_private_key(path: Path, *, check_mode: bool = True) -> ec.EllipticCurve
     return key
 
 
+def load_or_create_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The P-256 key at ``path``, made (0600) if there is none yet. Several processes starting at once make one
+    key between them: the file is linked into place only if absent, and the loser loads the winner's."""
+    path = Path(path)
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+        write_private_file(tmp, private_key_pem(ec.generate_private_key(ec.SECP256R1())))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return load_private_key(path)
+
+
 def load_certificate_chain(path: Path) -> list[x509.Certificate]:
     """Every certificate of a PEM file (at least one), in file order."""
     path = Path(path)

@@ -1,4 +1,4 @@
-"""The KMS web service: TS 33.180 Annex D endpoints over HTTPS (TLS 1.2+), HTTP Basic login, signed XML.
+"""The KMS web service: TS 33.180 Annex D endpoints over HTTPS (TLS 1.2+), access tokens from the IdMS, signed XML.
 
 ``KmsApplication.handle`` is the whole request logic (plain values in, an ``HttpReply`` out, time passed in);
 ``KmsResource`` adapts it to twisted.web and runs it on one worker thread (scrypt and SQLite must not stall the
@@ -14,6 +14,10 @@ Endpoints (POST, optional <KmsRequest> body naming the identity wanted, default 
   /keymanagement/identity/v1/init       the domain certificate (KmsInit)
   /keymanagement/identity/v1/keyprov    the identity's key sets for the current and the next key period
   /keymanagement/identity/v1/certcache  certificates of other domains this KMS vouches for
+  /idms/token                           the IdMS's OAuth 2.0 token endpoint (``server.kms.idms``)
+
+Each Annex D request carries ``Authorization: Bearer ACCESS-TOKEN`` (RFC 6750); HTTP Basic with the password on
+every request is refused unless the domain allows it (``ptt-kms basic-login on``, for clients from before issue 14).
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
 from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.kms.domain import certificate_validity, domain_certificate
 from server.kms.issuance import IssuanceDomain, KeySetSealer
+from server.kms.idms import (
+    DEFAULT_ACCESS_TOKEN_LIFETIME,
+    DEFAULT_REFRESH_TOKEN_LIFETIME,
+    REALM,
+    TOKEN_PATH,
+    AccessToken,
+    IdentityManagement,
+    TokenRefused,
+    bearer_challenge,
+)
 from server.kms.store import KmsStore
 from server.web import (
     MAX_BODY,
@@ -85,6 +99,13 @@ class DomainConfig:
     base_url: str
     valid_from: float | None = None  # the domain certificate's validity (recorded by ptt-kms init)
     valid_to: float | None = None
+    allow_basic_login: bool = False  # HTTP Basic on every request (before issue 14); off: IdMS access tokens only
+    access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME
+    refresh_token_lifetime: int = DEFAULT_REFRESH_TOKEN_LIFETIME
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url.rstrip("/") + TOKEN_PATH
 
 
 class KmsApplication:
@@ -97,7 +118,10 @@ class KmsApplication:
         config: DomainConfig,
         signing_key: ec.EllipticCurvePrivateKey,
         signing_cert: x509.Certificate,
+        idms_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> None:
+        """``idms_key`` signs the access tokens (``load_application`` reads it from the data directory; without
+        one, a key of this object's own, so its tokens are good for it alone)."""
         self.store = store
         self.master = master
         self.config = config
@@ -105,6 +129,14 @@ class KmsApplication:
         self.signing_cert = signing_cert
         self.guard = store.login_guard  # the rules that refuse logins (server.accounts.LoginGuard)
         self.sealer = KeySetSealer(master, IssuanceDomain(config.kms_uri, config.key_period, config.key_period_offset))
+        self.idms = IdentityManagement(
+            store,
+            idms_key or ec.generate_private_key(ec.SECP256R1()),
+            issuer=config.base_url.rstrip("/") + "/idms",
+            audience=config.kms_uri,
+            access_token_lifetime=config.access_token_lifetime,
+            refresh_token_lifetime=config.refresh_token_lifetime,
+        )
 
     @property
     def certificate(self) -> KmsCertificate:
@@ -131,6 +163,8 @@ class KmsApplication:
     def _handle(
         self, method: str, path: str, authorization: str | None, body: bytes, peer: str, now: float
     ) -> HttpReply:
+        if path == TOKEN_PATH:
+            return self.idms.token_endpoint(method, body, peer, now)
         endpoint = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
         if endpoint not in ENDPOINTS:
             return self._error(ERR_NOT_FOUND, f"no such endpoint: {self._url(path)}", "", path, now, status=404)
@@ -140,25 +174,12 @@ class KmsApplication:
             return reply
         if len(body) > MAX_BODY:
             return self._error(ERR_BAD_REQUEST, "request body too large", "", path, now, status=413)
-        credentials = basic_credentials(authorization)
-        if credentials is None:
-            return self._unauthorised("login required", path, now)
-        username, password = credentials
-        try:
-            account = self.store.authenticate(username, password, now=now, source=peer)
-        except LockedOut as exc:
-            # what happened and when to try again; logged at most every 10 s per account (per address, budget)
-            self.guard.log_refusal(log, "KMS", username, peer, exc, now)
-            reply = self._error(ERR_LOCKED, str(exc), "", path, now, status=429)
-            reply.headers["Retry-After"] = retry_after_header(exc.retry_after)
-            return reply
-        except LoginFailed:
-            self.guard.log_failure(log, "KMS", username, peer, now)
-            return self._unauthorised("wrong username or password", path, now)
-        if account.disabled:
-            return self._unauthorised("account disabled", path, now)
+        login = self._login(authorization, path, peer, now)
+        if isinstance(login, HttpReply):
+            return login
+        username, own_uri, token = login
 
-        identity = account.uri or ""
+        identity = own_uri or ""
         if body.strip():
             try:
                 request = parse_request(body)
@@ -171,6 +192,12 @@ class KmsApplication:
             identity = request.user_uri
         if not identity:
             return self._error(ERR_BAD_REQUEST, "no identity requested", "", path, now, status=400)
+        if token is not None and not token.covers(identity):
+            log.warning("KMS: %r asked for keys of %r with a token not for it", username, identity)
+            text = f"the access token is not for {identity}"
+            reply = self._error(ERR_FORBIDDEN, text, identity, path, now, status=403)
+            reply.headers["WWW-Authenticate"] = bearer_challenge("insufficient_scope", text)
+            return reply
         # The account's own identity too needs its grant ('self'): an operator may revoke it.
         if not self.store.may_key(username, identity):
             self.store.audit("refused", username=username, detail=f"{endpoint} for {identity}", now=now)
@@ -191,6 +218,45 @@ class KmsApplication:
                 message = KmsCertCache(tuple(parse_certificate(c) for c in self.store.trusted_certificates()))
             self.store.audit(endpoint, username=username, detail=identity, now=now)
         return self._signed(KmsResponse(identity, self.config.kms_uri, _utc(now), self._url(path), message=message))
+
+    def _login(
+        self, authorization: str | None, path: str, peer: str, now: float
+    ) -> tuple[str, str | None, AccessToken | None] | HttpReply:
+        """(account name, its own URI, the access token if one was used), or the reply refusing the request."""
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            try:
+                token = self.idms.check(credentials.strip(), now)
+            except TokenRefused as exc:
+                return self._unauthorised(str(exc), path, now, error="invalid_token")
+            # the account as it is now: a disabled or removed account's token stops at once
+            account = self.store.account(token.username)
+            if account is None or account.disabled:
+                state = "removed" if account is None else "disabled"
+                text = f"the account of this access token is {state}"
+                return self._unauthorised(text, path, now, error="invalid_token")
+            return token.username, account.uri, token
+        if scheme.lower() == "basic" and not self.config.allow_basic_login:
+            text = f"HTTP Basic login is off: get an access token at {self.config.token_url} and send it as Bearer"
+            return self._unauthorised(text, path, now, error="invalid_request")
+        basic = basic_credentials(authorization)
+        if basic is None:
+            return self._unauthorised("login required", path, now)
+        username, password = basic
+        try:
+            account = self.store.authenticate(username, password, now=now, source=peer)
+        except LockedOut as exc:
+            # what happened and when to try again; logged at most every 10 s per account (per address, budget)
+            self.guard.log_refusal(log, "KMS", username, peer, exc, now)
+            reply = self._error(ERR_LOCKED, str(exc), "", path, now, status=429)
+            reply.headers["Retry-After"] = retry_after_header(exc.retry_after)
+            return reply
+        except LoginFailed:
+            self.guard.log_failure(log, "KMS", username, peer, now)
+            return self._unauthorised("wrong username or password", path, now)
+        if account.disabled:
+            return self._unauthorised("account disabled", path, now)
+        return username, account.uri, None
 
     def _key_sets(self, identity: str, now: float) -> list[KmsKeySet]:
         """The key sets of the current and the next period: precomputed (``ptt-kms issue``) when the store holds
@@ -261,9 +327,14 @@ class KmsApplication:
             log.exception("KMS: cannot sign an error response")
             return HttpReply(500, b"internal error\n", {"Content-Type": "text/plain"})
 
-    def _unauthorised(self, text: str, path: str, now: float) -> HttpReply:
+    def _unauthorised(self, text: str, path: str, now: float, *, error: str | None = None) -> HttpReply:
+        """401 with a Bearer challenge (RFC 6750 §3: an error code only when a token was sent and refused), and a
+        Basic one too when Basic login is allowed."""
         reply = self._error(ERR_UNAUTHORISED, text, "", path, now, status=401)
-        reply.headers["WWW-Authenticate"] = 'Basic realm="ptt-kms", charset="UTF-8"'
+        challenges = [bearer_challenge(error, text if error else None)]
+        if self.config.allow_basic_login:
+            challenges.append(f'Basic realm="{REALM}", charset="UTF-8"')
+        reply.headers["WWW-Authenticate"] = ", ".join(challenges)
         return reply
 
 
@@ -302,9 +373,10 @@ def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsAppli
 def build_application(data_dir: Path, master: MasterSecrets) -> tuple[KmsApplication, KmsStore]:
     """The application of a data directory, with its store opened here (each worker process opens its own)."""
     from server.kms.commands.common import DataDir
-    from server.kms.material import load_certificate, load_private_key
+    from server.kms.material import load_certificate, load_or_create_private_key, load_private_key
 
-    store = KmsStore(DataDir(data_dir).database(), check_same_thread=False)  # kms.json's database, or the file here
+    dd = DataDir(data_dir)
+    store = KmsStore(dd.database(), check_same_thread=False)  # kms.json's database, or the file here
     kms_uri = store.get_setting("kms_uri")
     if not kms_uri:
         store.close()
@@ -316,6 +388,8 @@ def build_application(data_dir: Path, master: MasterSecrets) -> tuple[KmsApplica
         base_url=store.get_setting("base_url") or "",
         valid_from=certificate_validity(store.settings())[0],
         valid_to=certificate_validity(store.settings())[1],
+        allow_basic_login=store.get_setting("basic_login") == "on",
+        access_token_lifetime=int(store.get_setting("access_token_lifetime") or DEFAULT_ACCESS_TOKEN_LIFETIME),
     )
     app = KmsApplication(
         store,
@@ -323,5 +397,8 @@ def build_application(data_dir: Path, master: MasterSecrets) -> tuple[KmsApplica
         config,
         load_private_key(Path(data_dir) / "signing-key.pem"),
         load_certificate(Path(data_dir) / "signing-cert.pem"),
+        load_or_create_private_key(dd.idms_key),  # a domain from before issue 14 gets its key here
     )
+    if config.allow_basic_login:
+        log.warning("HTTP Basic login is on (clients from before access tokens); 'ptt-kms basic-login off' ends it")
     return app, store

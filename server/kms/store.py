@@ -9,7 +9,7 @@ file. Passwords are kept only as scrypt hashes. Time is always passed in
 ``KmsStore(url)`` is the one object callers use (a SQLite path, ``sqlite:///path`` or ``postgresql://…``). Its
 parts: the schema, settings and audit log (``server.kms.database``), accounts and logins
 (``server.kms.account_store``), grants and issuance records (``server.kms.grant_store``), precomputed key sets
-(``server.kms.precomputed_store``); the trusted external
+(``server.kms.precomputed_store``), the IdMS's refresh tokens (``server.kms.token_store``); the trusted external
 domains are here.
 """
 
@@ -22,6 +22,7 @@ from server.kms.account_store import LOCKOUT_AFTER, LOCKOUT_MAX, LOCKOUT_MIN, RO
 from server.kms.database import SCHEMA_VERSION, SETTINGS, AuditRecord, StoreError
 from server.kms.grant_store import GRANT_KINDS, IssueRecord, namespace_matches
 from server.kms.precomputed_store import KmsPrecomputed
+from server.kms.token_store import KmsRefreshTokens, RefreshGrant, RefreshRefused
 
 __all__ = [
     "GRANT_KINDS",
@@ -39,6 +40,8 @@ __all__ = [
     "KmsStore",
     "LockedOut",
     "LoginFailed",
+    "RefreshGrant",
+    "RefreshRefused",
     "StoreError",
     "TrustedDomain",
     "namespace_matches",
@@ -52,7 +55,7 @@ class TrustedDomain:
     added: float
 
 
-class KmsStore(KmsPrecomputed):
+class KmsStore(KmsPrecomputed, KmsRefreshTokens):
     """The KMS's store. Several processes may share it (the service's workers, the CLI): each change is one
     transaction, writers serialised (``server.kms.database``)."""
 

@@ -110,6 +110,11 @@ class DataDir:
     def signing_cert(self) -> Path:
         return self.root / "signing-cert.pem"
 
+    @property
+    def idms_key(self) -> Path:
+        """The IdMS's P-256 key (0600): signs the access tokens (made at init, or by serve if missing)."""
+        return self.root / "idms-key.pem"
+
 
 def fingerprint(data: bytes) -> str:
     return ":".join(f"{b:02X}" for b in hashlib.sha256(data).digest())

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from ptt.crypto.kms import generate_master_secrets
 from ptt.kmsformat.enrolment import SYSTEM_TRUST
 from server.kms.commands import common
@@ -26,13 +28,14 @@ from server.kms.material import (
     MaterialError,
     certificate_fingerprint,
     make_self_signed,
+    private_key_pem,
     tls_material,
     write_key_and_certificate,
 )
-from server.kms.secrets import write_master_secrets
+from server.kms.secrets import write_master_secrets, write_private_file
 from server.kms.store import KmsStore
 
-__all__ = ["cmd_init", "cmd_serve"]
+__all__ = ["cmd_basic_login", "cmd_init", "cmd_serve"]
 
 
 def _public_name(host: str, public_name: str | None) -> str:
@@ -60,6 +63,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CliError("--key-offset must not be negative")
     if not 0 < args.port < 65536:
         raise CliError("--port must be 1-65535")
+    if not 60 <= args.access_token_lifetime <= 86400:
+        raise CliError("--access-token-lifetime must be 60-86400 seconds")
     base_url = args.base_url or _default_base_url(_public_name(args.host, args.public_name), args.port)
     url = urlsplit(base_url)
     if url.scheme != "https" or not url.hostname:
@@ -105,6 +110,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"{args.kms_uri} response signing", san_dns=[], san_ips=[], days=args.days, tls_server=False
     )
     write_key_and_certificate(signing_key, signing_cert, dd.signing_key, dd.signing_cert)
+    write_private_file(dd.idms_key, private_key_pem(ec.generate_private_key(ec.SECP256R1())))
 
     if args.database:
         dd.set_database(args.database)
@@ -120,6 +126,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             ("port", str(args.port)),
             ("cert_valid_from", str(int(now))),
             ("cert_valid_to", str(int(now) + CERTIFICATE_YEARS * 365 * 86400)),
+            ("basic_login", "on" if args.allow_basic_login else "off"),
+            ("access_token_lifetime", str(args.access_token_lifetime)),
         ):
             store.set_setting(key, value)
         trust = "pinned" if tls.ca is None else "system" if tls.ca == SYSTEM_TRUST else "ca"
@@ -140,6 +148,20 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  TLS certificate SHA-256 {certificate_fingerprint(tls_cert)}")
     print(f"  master secrets          {'encrypted' if passphrase else 'NOT encrypted (no --passphrase-file)'}")
     print(f"  database                {location}")
+    print(f"  login                   IdMS access tokens ({args.access_token_lifetime} s)"
+          f"{', HTTP Basic too' if args.allow_basic_login else ''}")  # fmt: skip
+    return 0
+
+
+def cmd_basic_login(args: argparse.Namespace) -> int:
+    """Allow or refuse HTTP Basic login on the KMS endpoints (clients from before access tokens); the running
+    service reads it at its next start."""
+    dd = DataDir(Path(args.data))
+    with open_store(dd) as store:
+        stored_domain(store)
+        store.set_setting("basic_login", args.state)
+        store.audit("basic-login", username=None, detail=args.state, now=common.clock())
+    print(f"HTTP Basic login {args.state} (restart 'ptt-kms serve' to apply)")
     return 0
 
 
