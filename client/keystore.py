@@ -3,8 +3,9 @@
 One file, mode 0600, written atomically; its content is JSON sealed with a passphrase (``ptt.sealed``: scrypt +
 AES-256-GCM). Everything the client needs offline is here: the domain certificate and, per identity, the keys of
 the current and next key periods, the time of the last KMS response accepted (to refuse replays of older
-responses), and the External KMS certificates from the KMS's signed certificate cache (which other domains' users
-this client may key and be keyed by, ``trust``).
+responses), the External KMS certificates from the KMS's signed certificate cache (which other domains' users
+this client may key and be keyed by, ``trust``), the IdMS's refresh token per account (a secret: sealed here, never
+logged) and this keystore's point in each key period at which it renews (``renewal_slot``).
 
 Beside it, per identity, the I_MESSAGE replay cache (``ReplayFile``: digests and times, no secrets, so not
 sealed; 0600, atomic), saved a moment after it changes (``DebouncedSave``) and loaded at start, so that an
@@ -99,6 +100,9 @@ class StoredKeySet:
 
 
 class Keystore:
+    def __repr__(self) -> str:  # never the refresh tokens
+        return f"Keystore({str(self.path)!r})"
+
     def __init__(self, path: Path, passphrase: bytes) -> None:
         self.path = Path(path)
         self.passphrase = passphrase
@@ -107,6 +111,8 @@ class Keystore:
         self.last_response: dict[str, float] = {}  # identity URI -> Time of the last accepted keyprov
         self.external: dict[str, KmsCertificate] = {}  # KMS URI -> External certificate from the cert cache
         self.external_time: float | None = None  # Time of the last accepted cert cache (refuses older ones)
+        self.refresh_tokens: dict[str, str] = {}  # KMS account -> the IdMS's latest refresh token
+        self.renewal_slot: float | None = None  # in [0, 1): where in each key period keys are renewed
 
     @classmethod
     def open(cls, path: Path, passphrase: bytes) -> Keystore:
@@ -132,6 +138,13 @@ class Keystore:
                 store.external[certificate.kms_uri] = certificate
             if document.get("external_time") is not None:
                 store.external_time = float(document["external_time"])
+            # absent in keystores written before issue 14 (HTTP Basic login, renewal at the rollover)
+            store.refresh_tokens = {str(k): str(v) for k, v in document.get("refresh_tokens", {}).items()}
+            if document.get("renewal_slot") is not None:
+                slot = float(document["renewal_slot"])
+                if not 0.0 <= slot < 1.0:
+                    raise ValueError("renewal_slot out of range")
+                store.renewal_slot = slot
         except SealError as exc:
             raise KeystoreError(f"{path}: {exc}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # KmsFormatError is a ValueError
@@ -145,6 +158,8 @@ class Keystore:
             "last_response": self.last_response,
             "external": [certificate_to_xml(c).decode() for _, c in sorted(self.external.items())],
             "external_time": self.external_time,
+            "refresh_tokens": self.refresh_tokens,
+            "renewal_slot": self.renewal_slot,
         }
         try:
             sealed = seal(json.dumps(document).encode(), self.passphrase, label=LABEL)

@@ -2,14 +2,15 @@
 renewed automatically before the key period ends.
 
 ``accept_init`` / ``accept_key_prov`` / ``accept_cert_cache`` are the trust decisions (pure: bytes and ``now`` in);
-``KmsHttpClient`` does HTTPS with Twisted's Agent, trusting only the TLS certificate from the enrolment;
-``ProvisioningAgent`` drives them for one or more identities, refreshes the External KMS certificates from the
-KMS's certificate cache, and keeps the keystore topped up with a ``callLater`` timer.
+``KmsHttpClient`` does HTTPS with Twisted's Agent, trusting only the TLS certificate from the enrolment, with an
+access token from the IdMS (``client.idms.TokenLogin``: refreshed before it expires, and once more when the KMS
+says it is no good); ``ProvisioningAgent`` drives them for one or more identities, refreshes the External KMS
+certificates from the KMS's certificate cache, keeps the refresh token sealed in the keystore, and keeps the
+keystore topped up with a ``callLater`` timer: once per key period, at a time of this keystore's own within it.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from twisted.internet.error import ConnectError
 from twisted.web.client import Agent, FileBodyProducer, ResponseNeverReceived, readBody
 from twisted.web.http_headers import Headers
 
+from client.idms import FormResult, IdmsError, TokenLogin, form_body, token_refused
 from client.keystore import Keystore, KeystoreError
 from client.tls import PinnedCertificatePolicy
 from ptt.kmsformat.enrolment import Enrolment
@@ -48,6 +50,10 @@ CERTCACHE = "/keymanagement/identity/v1/certcache"
 REQUEST_TIMEOUT = 30
 RETRY_MIN = 30.0
 RETRY_MAX = 3600.0
+RENEWAL_WINDOW = (0.1, 0.9)
+"""Where in each key period a keystore renews (its own point in this part, ``Keystore.renewal_slot``): a domain's
+clients spread over the period instead of all calling at the rollover, and a failed renewal has the rest of the
+period to retry before the next period's keys are needed."""
 
 
 class ProvisioningError(Exception):
@@ -99,21 +105,64 @@ def accept_cert_cache(
 class HttpResult:
     status: int
     body: bytes
+    www_authenticate: str = ""
 
 
 class KmsHttpClient:
-    def __init__(self, reactor: Any, enrolment: Enrolment, username: str, password: str) -> None:
+    """POSTs to the KMS with an access token from its IdMS (``token_url``, default the enrolment's)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        enrolment: Enrolment,
+        username: str,
+        password: str,
+        *,
+        refresh_token: str | None = None,
+        keep_refresh: Callable[[str | None], Any] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.enrolment = enrolment
         self.agent = Agent(reactor, contextFactory=PinnedCertificatePolicy(enrolment.tls_trust_pem), connectTimeout=15)
-        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-        self._auth = f"Basic {token}".encode("ascii")
+        self.login = TokenLogin(
+            reactor,
+            self.post_form,
+            enrolment.token_url,
+            username,
+            password,
+            refresh_token=refresh_token,
+            keep_refresh=keep_refresh,
+        )
 
     @defer.inlineCallbacks
     def post(self, path: str, body: bytes) -> Any:
-        url = (self.enrolment.base_url.rstrip("/") + path).encode("ascii")
-        headers = Headers({b"Authorization": [self._auth], b"Content-Type": [b"application/xml"]})
-        request = self.agent.request(b"POST", url, headers, FileBodyProducer(BytesIO(body)))  # type: ignore[arg-type]
+        """POST a KMS request; a 401 saying the access token is no good is retried once with a fresh token."""
+        for attempt in (1, 2):
+            try:
+                authorization = yield self.login.authorization()
+            except IdmsError as exc:
+                raise ProvisioningError(f"KMS login: {exc}") from None
+            headers = {b"Authorization": [authorization.encode("ascii")], b"Content-Type": [b"application/xml"]}
+            url = self.enrolment.base_url.rstrip("/") + path
+            result = yield self._request(url, headers, body)
+            if result.status == 401 and token_refused(result.www_authenticate) and attempt == 1:
+                log.info("the KMS refused the access token (%s): getting a new one", result.www_authenticate[:120])
+                self.login.invalidate()
+                continue
+            return result
+        raise AssertionError("unreachable")
+
+    @defer.inlineCallbacks
+    def post_form(self, url: str, fields: dict[str, str]) -> Any:
+        """POST an OAuth 2.0 form (to the IdMS) over the same pinned TLS."""
+        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"], b"Accept": [b"application/json"]}
+        result = yield self._request(url, headers, form_body(fields))
+        return FormResult(result.status, result.body)
+
+    @defer.inlineCallbacks
+    def _request(self, url: str, headers: dict[bytes, list[bytes]], body: bytes) -> Any:
+        producer = FileBodyProducer(BytesIO(body))
+        request = self.agent.request(b"POST", url.encode("ascii"), Headers(headers), producer)  # type: ignore[arg-type]
         request.addTimeout(REQUEST_TIMEOUT, self.reactor)
         try:
             response = yield request
@@ -132,7 +181,8 @@ class KmsHttpClient:
         reading = readBody(response)
         reading.addTimeout(REQUEST_TIMEOUT, self.reactor)
         content = yield reading
-        return HttpResult(response.code, content)
+        challenge = b", ".join(response.headers.getRawHeaders(b"www-authenticate", [])).decode("latin-1")
+        return HttpResult(response.code, content, challenge)
 
 
 class _Discard:
@@ -182,13 +232,23 @@ class ProvisioningAgent:
         self.clock: Any = reactor  # IReactorTime (zope interfaces do not type-check)
         self.keystore = keystore
         self.identities = list(identities)
-        self.http = http or KmsHttpClient(reactor, keystore.enrolment, username, password)
+        self.username = username
+        self.http = http or KmsHttpClient(
+            reactor,
+            keystore.enrolment,
+            username,
+            password,
+            refresh_token=keystore.refresh_tokens.get(username),
+            keep_refresh=self._keep_refresh_token,
+        )
         self.offload: Callable[..., Any] = offload or defer.maybeDeferred
         self._save_lock = defer.DeferredLock()  # one sealing at a time: a save must see a settled keystore
         self._timer: Any = None  # IDelayedCall
         self._running = False  # between start() and stop(): a renewal finishing after stop() must not re-arm
         self._retry = RETRY_MIN
-        self._spread = random.random()
+        if keystore.renewal_slot is None:  # saved with the keys: a restart keeps this keystore's renewal time
+            keystore.renewal_slot = random.random()
+        self._spread = keystore.renewal_slot
         self.last_error: str | None = None
 
     @property
@@ -223,6 +283,21 @@ class ProvisioningAgent:
         yield self._save_lock.run(self._store, key_sets, when, identity)
         log.info("provisioned %s for key periods %s", identity, [k.key_period_no for k in key_sets])
         return key_sets
+
+    def _keep_refresh_token(self, token: str | None) -> Any:
+        """Seal the IdMS's newest refresh token (None: forget it) in the keystore, at once if it is already a file
+        (else with the first keys); a failure is only logged (the password logs in again)."""
+
+        def store() -> Any:
+            if token is None:
+                self.keystore.refresh_tokens.pop(self.username, None)
+            else:
+                self.keystore.refresh_tokens[self.username] = token
+            return self.offload(self.keystore.save) if self.keystore.path.exists() else None
+
+        d = self._save_lock.run(store)
+        d.addErrback(lambda failure: log.warning("cannot keep the refresh token: %s", failure.getErrorMessage()))
+        return d
 
     @defer.inlineCallbacks
     def _store(self, key_sets: Any, when: datetime, identity: str) -> Any:
@@ -306,16 +381,19 @@ class ProvisioningAgent:
         return any(not {current, current + 1} <= set(self.keystore.periods(identity)) for identity in self.identities)
 
     def next_renewal(self, now: float) -> float:
-        """Seconds until the next renewal. Keys for the current and the next period are held after each
-        provisioning, so the next period's keys always arrive before the current period ends; the KMS issues
-        period N+2 once N+1 has begun, so renew then (at once if anything is missing), spread over a small
-        fraction of the period so that a domain's clients do not all call at the same second."""
-        if self.needs_renewal(now):
-            return 0.0
+        """Seconds until the next renewal. The KMS issues a period's keys and the next one's, so period N+1's
+        keys can be had from the start of period N: renew once in each period, at this keystore's own point in
+        ``RENEWAL_WINDOW`` (``Keystore.renewal_slot``), so that a domain's clients spread over the period instead
+        of all calling at the rollover; at once if the current period's keys are missing."""
         domain = self.enrolment.certificate.domain()
-        _, end = _bounds(domain.period_number(now), domain.key_period, domain.key_period_offset)
-        spread = min(domain.key_period / 50, 6 * 3600) * self._spread
-        return max(0.0, end - now) + spread
+        current = domain.period_number(now)
+        held = [set(self.keystore.periods(identity)) for identity in self.identities]
+        if any(current not in periods for periods in held):
+            return 0.0
+        period = current if any(current + 1 not in periods for periods in held) else current + 1
+        start, _ = _bounds(period, domain.key_period, domain.key_period_offset)
+        low, high = RENEWAL_WINDOW
+        return max(0.0, start + domain.key_period * (low + (high - low) * self._spread) - now)
 
     def start(self) -> None:
         self._running = True

@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from cryptography import x509
@@ -28,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 import client.keystore as keystore_module
+from client.idms import TokenLogin
 from client.keystore import KEEP_PAST_PERIODS, Keystore, KeystoreError, StoredKeySet
 from client.provisioning import (
     CERTCACHE,
@@ -46,7 +49,7 @@ from client.provisioning import (
 from ptt import ts33180
 from ptt.crypto import kms
 from ptt.groupkeys import build_gmk_messages, make_group_key
-from ptt.kmsformat.enrolment import Enrolment
+from ptt.kmsformat.enrolment import TOKEN_PATH, Enrolment
 from ptt.kmsformat.model import (
     DomainMismatch,
     InvalidKeys,
@@ -90,7 +93,7 @@ PERIOD_N = ts33180.period_number(1_790_000_000, KEY_PERIOD, 0)
 START, END = ts33180.period_bounds(PERIOD_N, KEY_PERIOD, 0)
 NOW = float(START + 86400)  # a day into period N
 SPREAD = 0.25
-SPREAD_SECONDS = min(KEY_PERIOD / 50, 6 * 3600) * SPREAD
+SPREAD_SECONDS = KEY_PERIOD * (0.1 + 0.8 * SPREAD)  # renewal: this far into each period (RENEWAL_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -152,15 +155,21 @@ def enrolment(app: KmsApplication, signer: Signer, tls_pem: bytes) -> Enrolment:
     return Enrolment(KMS_URI, BASE_URL, tls_pem, certificate_pem(signer.cert), certificate=app.certificate)
 
 
-def _auth(name: str) -> str:
-    return "Basic " + base64.b64encode(f"{name}:{PASSWORDS[name]}".encode()).decode()
+def _auth(app: KmsApplication, name: str, now: float = NOW) -> str:
+    """A Bearer access token of ``name`` from the application's IdMS."""
+    body = urlencode({"grant_type": "password", "username": name, "password": PASSWORDS[name]}).encode()
+    reply = app.handle(method="POST", path=TOKEN_PATH, authorization=None, body=body, peer="127.0.0.1", now=now)
+    assert reply.status == 200, reply.body
+    return "Bearer " + json.loads(reply.body)["access_token"]
 
 
 def kms_reply(app: KmsApplication, path: str, name: str, *, now: float = NOW, identity: str | None = None) -> bytes:
     body = b""
     if identity is not None:
         body = request_to_xml(KmsRequest(identity, KMS_URI, datetime.fromtimestamp(now, UTC), BASE_URL + path))
-    reply = app.handle(method="POST", path=path, authorization=_auth(name), body=body, peer="127.0.0.1", now=now)
+    reply = app.handle(
+        method="POST", path=path, authorization=_auth(app, name, now), body=body, peer="127.0.0.1", now=now
+    )
     assert reply.status == 200, reply.body
     return reply.body
 
@@ -355,31 +364,42 @@ def test_replayed_key_prov(app: KmsApplication, enrolment: Enrolment) -> None:
 # --- ProvisioningAgent ---------------------------------------------------------------------------------------
 
 
-class FakeKms:
-    """The agent's HTTP client: ``post`` hands the request to the KMS application at the clock's time."""
+class FakeKms(KmsHttpClient):
+    """The agent's real HTTP client (IdMS login, token refresh, the retry on 401) over an in-memory transport: each
+    request goes to the KMS application (its IdMS too) at the clock's time."""
 
     def __init__(self, app: KmsApplication, clock: Clock, name: str, password: str | None = None) -> None:
         self.app = app
         self.clock = clock
-        self.authorization = (
-            _auth(name) if password is None else "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
-        )
-        self.calls: list[tuple[str, float]] = []
+        self.reactor = clock
+        self.enrolment = cast(Enrolment, SimpleNamespace(base_url=BASE_URL))
+        self.login = TokenLogin(clock, self.post_form, BASE_URL + TOKEN_PATH, name, password or PASSWORDS[name])
+        self.calls: list[tuple[str, float]] = []  # KMS requests (path, time)
+        self.token_calls: list[tuple[str, float]] = []  # IdMS requests (grant type, time)
+        self.authorizations: list[str] = []  # the Authorization header of each KMS request
         self.unreachable = False
         self.hold: list[defer.Deferred[Any]] = []
         self.holding = False
         self.tamper = False
         self.rewrite: dict[str, Callable[[HttpResult], HttpResult]] = {}  # path -> what the client gets instead
 
-    def post(self, path: str, body: bytes) -> defer.Deferred[HttpResult]:
+    def _request(self, url: str, headers: dict[bytes, list[bytes]], body: bytes) -> defer.Deferred[HttpResult]:
         now = self.clock.seconds()
-        self.calls.append((path, now))
+        path = url[len(BASE_URL) :]
         if self.unreachable:
             return defer.fail(ProvisioningError("cannot reach the KMS at https://127.0.0.1:8443: refused"))
+        authorization = headers[b"Authorization"][0].decode() if b"Authorization" in headers else None
+        if path == TOKEN_PATH:
+            self.token_calls.append((dict(parse_qsl(body.decode()))["grant_type"], now))
+        else:
+            self.calls.append((path, now))
+            self.authorizations.append(authorization or "")
         reply = self.app.handle(
-            method="POST", path=path, authorization=self.authorization, body=body, peer="127.0.0.1", now=now
+            method="POST", path=path, authorization=authorization, body=body, peer="127.0.0.1", now=now
         )
-        result = HttpResult(reply.status, reply.body)
+        result = HttpResult(reply.status, reply.body, reply.headers.get("WWW-Authenticate", ""))
+        if path == TOKEN_PATH:
+            return defer.succeed(result)
         if self.tamper and path == KEYPROV:
             result = HttpResult(reply.status, _flip_key_character(reply.body, b"UserDecryptKey"))
         if path in self.rewrite:
@@ -409,7 +429,9 @@ def _client(app: KmsApplication, enrolment: Enrolment, path: Path, name: str = "
     fake = FakeKms(app, clock, name, **kw)
     keystore = Keystore.open(path, PASSPHRASE)
     keystore.enrolment = enrolment
-    agent = ProvisioningAgent(clock, keystore, name, "unused", [URIS[name]], http=cast(KmsHttpClient, fake))
+    agent = ProvisioningAgent(clock, keystore, name, "unused", [URIS[name]], http=fake)
+    fake.login._refresh = keystore.refresh_tokens.get(name)  # as the agent wires its own client
+    fake.login._keep_refresh = agent._keep_refresh_token
     agent._spread = SPREAD
     return Client(clock, fake, keystore, agent)
 
@@ -530,18 +552,20 @@ def test_agent_keeps_keys_of_a_bad_response_out(alice: Client) -> None:
     result_of(alice.agent.provision())
     before = dict(alice.keystore.key_sets)
     saved = alice.keystore.path.read_bytes()
-    alice.kms.tamper = True
+    alice.kms.tamper = True  # a period later: the access token expired, the refresh token gets another
     alice.agent.start()
     alice.clock.advance(END - NOW + SPREAD_SECONDS)
     assert alice.agent.last_error is not None
     assert alice.keystore.key_sets == before
-    assert alice.keystore.path.read_bytes() == saved
+    # the file changed only by the IdMS's rotated refresh token (the renewal logged in again), never its keys
+    assert Keystore.open(alice.keystore.path, PASSPHRASE).key_sets == before
+    assert alice.keystore.path.read_bytes() != saved
     assert _delays(alice.clock) == [RETRY_MIN]
 
 
 def test_agent_explains_refusals(app: KmsApplication, enrolment: Enrolment, tmp_path: Path) -> None:
     wrong = _client(app, enrolment, tmp_path / "k1", password="not alice's password")
-    with pytest.raises(ProvisioningError, match=r"401 \(login failed\)"):
+    with pytest.raises(ProvisioningError, match=r"KMS login: IdMS answered 400 \(login failed, invalid_grant\)"):
         result_of(wrong.agent.provision())
     nosy = _client(app, enrolment, tmp_path / "k2")
     nosy.agent.identities = [BOB]

@@ -2,7 +2,8 @@
 
 The KMS's URI and HTTPS base URL (its host is the KMS's public name, which its TLS certificate must name), the TLS
 certificate to pin for that connection or, if the operator's certificate is a CA's (``tls_ca``), the CA bundle to
-trust instead (``"system"``: the system's trusted CAs), the certificate whose key signs
+trust instead (``"system"``: the system's trusted CAs), the IdMS's token endpoint (``idms_token_url``, absent in
+files from before issue 14: the base URL + ``/idms/token``), the certificate whose key signs
 the KMS responses (XML-DSig over a TS 33.180 D.2.3 SignedKmsResponse), and the KMS certificate (D.3.2.2). The file is
 JSON; the KMS certificate is kept in its Annex D XML form (``certificate_to_xml``).
 """
@@ -19,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ptt.kmsformat.model import KmsCertificate, MalformedEnrolment
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
 
-__all__ = ["ENROLMENT_FORMAT", "MAX_ENROLMENT_SIZE", "SYSTEM_TRUST", "Enrolment"]
+__all__ = ["ENROLMENT_FORMAT", "MAX_ENROLMENT_SIZE", "SYSTEM_TRUST", "TOKEN_PATH", "Enrolment"]
 
 SYSTEM_TRUST = "system"
 
 ENROLMENT_FORMAT = "ptt-kms-enrolment/1"
+TOKEN_PATH = "/idms/token"  # the IdMS's token endpoint below the base URL, unless the enrolment names another
 MAX_ENROLMENT_SIZE = 1024 * 1024
 
 
@@ -44,6 +46,7 @@ class Enrolment:
     signing_cert_pem: bytes
     certificate: KmsCertificate
     tls_ca: str | None = None  # None: pin tls_cert_pem; a PEM CA bundle; or "system" (the system's CAs)
+    idms_token_url: str | None = None  # the IdMS's OAuth 2.0 token endpoint (None: base_url + /idms/token)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kms_uri, str) or self.kms_uri != self.certificate.kms_uri:
@@ -56,6 +59,12 @@ class Enrolment:
         ):
             raise MalformedEnrolment(f"base_url must be an https:// URL, got {self.base_url!r}")
         _load_pem("tls_cert_pem", self.tls_cert_pem)
+        if self.idms_token_url is not None and (
+            not isinstance(self.idms_token_url, str)
+            or not self.idms_token_url.startswith("https://")
+            or any(c.isspace() for c in self.idms_token_url)
+        ):
+            raise MalformedEnrolment(f"idms_token_url must be an https:// URL, got {self.idms_token_url!r}")
         if self.tls_ca is not None and self.tls_ca != SYSTEM_TRUST:
             try:
                 if not isinstance(self.tls_ca, str) or not x509.load_pem_x509_certificates(self.tls_ca.encode("ascii")):
@@ -64,6 +73,11 @@ class Enrolment:
                 raise MalformedEnrolment(f"tls_ca must be a PEM CA bundle or {SYSTEM_TRUST!r}") from exc
         if not isinstance(_load_pem("signing_cert_pem", self.signing_cert_pem).public_key(), ec.EllipticCurvePublicKey):
             raise MalformedEnrolment("signing certificate must hold an elliptic-curve key (ECDSA-SHA256)")
+
+    @property
+    def token_url(self) -> str:
+        """Where the client logs in (the IdMS's token endpoint, on the KMS's HTTPS port by default)."""
+        return self.idms_token_url or self.base_url.rstrip("/") + TOKEN_PATH
 
     @property
     def tls_cert(self) -> x509.Certificate:
@@ -94,6 +108,8 @@ class Enrolment:
         }
         if self.tls_ca is not None:
             document["tls_ca"] = self.tls_ca
+        if self.idms_token_url is not None:
+            document["idms_token_url"] = self.idms_token_url
         return json.dumps(document, indent=2).encode("utf-8") + b"\n"
 
     @classmethod
@@ -115,6 +131,9 @@ class Enrolment:
         tls_ca = document.get("tls_ca")
         if tls_ca is not None and not isinstance(tls_ca, str):
             raise MalformedEnrolment("tls_ca must be a string")
+        token_url = document.get("idms_token_url")
+        if token_url is not None and not isinstance(token_url, str):
+            raise MalformedEnrolment("idms_token_url must be a string")
         try:
             tls_pem = values["tls_cert_pem"].encode("ascii")
             signing_pem = values["signing_cert_pem"].encode("ascii")
@@ -127,4 +146,5 @@ class Enrolment:
             signing_cert_pem=signing_pem,
             certificate=parse_certificate(values["certificate"].encode("utf-8")),
             tls_ca=tls_ca,
+            idms_token_url=token_url,
         )

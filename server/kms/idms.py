@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ptt.kmsformat.enrolment import TOKEN_PATH
 from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.kms import jws
 from server.kms.grant_store import namespace_matches
@@ -41,7 +42,6 @@ __all__ = [
     "bearer_challenge",
 ]
 
-TOKEN_PATH = "/idms/token"
 KMS_SCOPE = "3gpp:mcptt:key_management_server"  # the scope of an access token meant for the KMS
 DEFAULT_ACCESS_TOKEN_LIFETIME = 600
 DEFAULT_REFRESH_TOKEN_LIFETIME = 90 * 86400

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ptt.kmsformat.enrolment import SYSTEM_TRUST, Enrolment
+from ptt.kmsformat.enrolment import SYSTEM_TRUST, TOKEN_PATH, Enrolment
 from ptt.kmsformat.model import KmsCertificate, KmsFormatError
 from ptt.kmsformat.trust import user_domains
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate
@@ -49,6 +49,7 @@ def cmd_export_enrolment(args: argparse.Namespace) -> int:
             domain.kms_uri, domain.key_period, domain.key_period_offset, kpak, z, valid_from, valid_to
         ),
         tls_ca=tls_ca,
+        idms_token_url=base_url.rstrip("/") + TOKEN_PATH,  # clients from before issue 14 ignore it
     )
     data = enrolment.to_json()
     if args.out:
