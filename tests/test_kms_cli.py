@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import base64
+import json
 import stat
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from cryptography import x509
@@ -73,7 +75,7 @@ def test_init_creates_files_with_private_modes(tmp_path: Path, capsys: pytest.Ca
     )  # fmt: skip
     assert code == 0
     assert _mode(directory) == 0o700
-    for name in ("master-secrets.json", "tls-key.pem", "signing-key.pem", "kms.sqlite3"):
+    for name in ("master-secrets.json", "tls-key.pem", "signing-key.pem", "idms-key.pem", "kms.sqlite3"):
         assert _mode(directory / name) == 0o600, name
     for name in ("tls-cert.pem", "signing-cert.pem"):
         assert (directory / name).is_file()
@@ -100,6 +102,8 @@ def test_init_creates_files_with_private_modes(tmp_path: Path, capsys: pytest.Ca
             "port": "9443",
             "cert_valid_from": store.settings()["cert_valid_from"],
             "cert_valid_to": str(int(store.settings()["cert_valid_from"]) + 10 * 365 * 86400),
+            "basic_login": "off",  # issue 14: IdMS access tokens only, unless --allow-basic-login
+            "access_token_lifetime": "600",
         }
         assert [e.event for e in store.audit_log()] == ["domain-initialised"]
 
@@ -440,6 +444,14 @@ def test_trust_domain_allows_long_valid_names(data: Path, partner: Path, capsys:
     assert _trusted(data) == [("kms.partner.org", "External", (longest,))]
 
 
+def _access_token(app: Any, user: str, password: str, now: float) -> str:
+    form = urlencode({"grant_type": "password", "username": user, "password": password}).encode()
+    reply = app.handle(method="POST", path="/idms/token", authorization=None, body=form, peer="127.0.0.1", now=now)
+    assert reply.status == 200, reply.body
+    token: str = json.loads(reply.body)["access_token"]
+    return token
+
+
 def test_cert_cache_serves_the_trusted_domain(
     data: Path, partner: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -460,7 +472,7 @@ def test_cert_cache_serves_the_trusted_domain(
         reply = app.handle(
             method="POST",
             path=service.PREFIX + "certcache",
-            authorization="Basic " + base64.b64encode(f"alice:{password}".encode()).decode(),
+            authorization="Bearer " + _access_token(app, "alice", password, now),
             body=request_to_xml(request),
             peer="127.0.0.1",
             now=now,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import socket
 import ssl
 import stat
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -31,6 +34,7 @@ USERS = {
     "dispatch": "sip:dispatch@example.org",
 }
 GROUP = "sip:fire-ops@example.org"
+FORM = "application/x-www-form-urlencoded"
 
 
 @dataclass
@@ -158,9 +162,13 @@ def test_trusted_domain_reaches_the_client_at_provisioning(kms: Kms) -> None:
 
 
 def test_wrong_password_is_refused(kms: Kms) -> None:
+    assert provision(kms, "bob").returncode == 0
+    # a keystore that logged in holds a refresh token (sealed under its passphrase): it logs in without the password
+    assert provision(kms, "bob", password="wrong").returncode == 0
+    (kms.root / "bob.keystore").unlink()  # a first login is the password's
     out = provision(kms, "bob", password="wrong")
     assert out.returncode == 2
-    assert "401" in out.stderr and "login failed" in out.stderr
+    assert "IdMS answered 400 (login failed, invalid_grant)" in out.stderr
 
 
 def test_lockout_after_repeated_failures(kms: Kms) -> None:
@@ -208,17 +216,45 @@ def test_tls_is_pinned_and_at_least_1_2(kms: Kms) -> None:
         old.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def _raw_keyprov(kms: Kms, user: str) -> bytes:
-    import base64
-
+def _https(kms: Kms, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     context = ssl.create_default_context(cafile=str(kms.data / "tls-cert.pem"))
     connection = http.client.HTTPSConnection("127.0.0.1", kms.port, context=context, timeout=30)
-    token = base64.b64encode(f"{user}:{user}-secret-password".encode()).decode()
-    connection.request("POST", "/keymanagement/identity/v1/keyprov", b"", {"Authorization": f"Basic {token}"})
+    connection.request("POST", path, body, headers)
     response = connection.getresponse()
-    body = response.read()
-    assert response.status == 200, body
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def _access_token(kms: Kms, user: str) -> str:
+    form = urlencode({"grant_type": "password", "username": user, "password": f"{user}-secret-password"})
+    status, headers, body = _https(kms, "/idms/token", form.encode(), {"Content-Type": FORM})
+    assert status == 200 and headers["cache-control"] == "no-store", body
+    token: str = json.loads(body)["access_token"]
+    return token
+
+
+def _raw_keyprov(kms: Kms, user: str) -> bytes:
+    headers = {"Authorization": f"Bearer {_access_token(kms, user)}"}
+    status, _, body = _https(kms, "/keymanagement/identity/v1/keyprov", b"", headers)
+    assert status == 200, body
     return body
+
+
+def test_token_login_over_https(kms: Kms) -> None:
+    """The IdMS on the KMS's port: a token fetches keys; HTTP Basic is off by default and says where to go; a
+    disabled user's token is refused at once (the running KMS reads the shared store)."""
+    basic = "Basic " + base64.b64encode(b"bob:bob-secret-password").decode()
+    status, headers, _ = _https(kms, "/keymanagement/identity/v1/keyprov", b"", {"Authorization": basic})
+    assert status == 401 and "/idms/token" in headers["www-authenticate"]
+    token = _access_token(kms, "bob")
+    keyprov = "/keymanagement/identity/v1/keyprov"
+    assert _https(kms, keyprov, b"", {"Authorization": f"Bearer {token}"})[0] == 200
+    assert kms.admin("user", "disable", "bob").returncode == 0
+    try:
+        status, headers, _ = _https(kms, keyprov, b"", {"Authorization": f"Bearer {token}"})
+        assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
+        assert "disabled" in headers["www-authenticate"]
+    finally:
+        assert kms.admin("user", "enable", "bob").returncode == 0
 
 
 def test_real_responses_tampered_or_replayed_are_refused(kms: Kms) -> None:

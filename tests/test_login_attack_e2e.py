@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import ssl
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -31,6 +33,7 @@ from bench.harness import System, run, start_system, stop_system
 from ptt.kmsformat.enrolment import Enrolment
 
 KEYPROV = "/keymanagement/identity/v1/keyprov"
+TOKEN = "/idms/token"
 ATTACKER = "127.0.0.2"
 PROBES = tuple(f"sip:probe{i}@example.org" for i in range(3))
 
@@ -64,6 +67,30 @@ def _post(address: tuple[str, int], path: str, user: str, password: str, *, sour
         connection.close()
 
 
+def _kms_post(
+    address: tuple[str, int], user: str, password: str, *, source: str = "127.0.0.1"
+) -> tuple[int, str, str | None]:
+    """A KMS login as clients make it since issue 14: the password grant at the IdMS (where passwords are checked
+    now: 400 invalid_grant for a wrong one, 429 when a rule refuses), then keyprov with the access token."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(*address, timeout=30, context=context, source_address=(source, 0))
+    form = urlencode({"grant_type": "password", "username": user, "password": password}).encode()
+    try:
+        connection.request("POST", TOKEN, body=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
+        response = connection.getresponse()
+        body = response.read().decode("utf-8", "replace")
+        if response.status != 200:
+            return response.status, body, response.getheader("Retry-After")
+        bearer = "Bearer " + json.loads(body)["access_token"]
+        connection.request("POST", KEYPROV, body=b"", headers={"Authorization": bearer})
+        response = connection.getresponse()
+        return response.status, response.read().decode("utf-8", "replace"), response.getheader("Retry-After")
+    finally:
+        connection.close()
+
+
 def _password(system: System, user: str) -> str:
     return (system.root / f"{user}.pw").read_text().strip()
 
@@ -72,17 +99,17 @@ def test_an_attacker_elsewhere_locks_nobody_out(system: System) -> None:
     kms = _kms_address(system)
     dispatch = ("127.0.0.1", system.dispatch_port)
     # Ten wrong passwords each: the group server's KMS account, a KMS user, the dispatcher admin.
-    server = [_post(kms, KEYPROV, "ptt-server", f"guess-{i}", source=ATTACKER)[0] for i in range(6)]
-    alice = [_post(kms, KEYPROV, "alice", f"guess-{i}", source=ATTACKER) for i in range(6)]
+    server = [_kms_post(kms, "ptt-server", f"guess-{i}", source=ATTACKER)[0] for i in range(6)]
+    alice = [_kms_post(kms, "alice", f"guess-{i}", source=ATTACKER) for i in range(6)]
     admin = [_post(dispatch, "/api/groups", "admin", f"guess-{i}", source=ATTACKER, method="GET") for i in range(6)]
-    assert server == [401] * 6  # a service account is never locked, not even for the attacker
-    assert [s for s, _, _ in alice] == [401] * 5 + [429]
+    assert server == [400] * 6  # a service account is never locked, not even for the attacker
+    assert [s for s, _, _ in alice] == [400] * 5 + [429]  # the IdMS: 400 invalid_grant (RFC 6749 §5.2)
     assert [s for s, _, _ in admin] == [401] * 5 + [429]
     for _, body, retry in (alice[-1], admin[-1]):  # the refusal says what happened and when to retry
         assert "locked for logins from there" in body and "try again in" in body and retry is not None
         assert 25 <= int(retry) <= 30
     # ... and the attacker is still locked out with the right password, from there
-    assert _post(kms, KEYPROV, "alice", _password(system, "alice"), source=ATTACKER)[0] == 429
+    assert _kms_post(kms, "alice", _password(system, "alice"), source=ATTACKER)[0] == 429
 
     # The owners, from their own address, are not: the admin creates a group, which has the group server fetch
     # the new group identity's keys from the KMS with its (service) account ...
@@ -110,7 +137,7 @@ def _latencies(address: tuple[str, int], password: str, count: int) -> list[floa
     times = []
     for _ in range(count):
         start = time.monotonic()
-        status, _, _ = _post(address, KEYPROV, "bob", password)
+        status, _, _ = _kms_post(address, "bob", password)
         assert status == 200
         times.append(time.monotonic() - start)
     return times
@@ -129,7 +156,7 @@ def test_a_spray_is_cut_by_the_global_budget(system: System) -> None:
             source = f"127.0.{1 + worker}.{10 + i % 200}"  # 200 addresses per worker
             user = ("alice", "bob", "carol", "admin", "root")[i % 5]
             try:
-                results.append(_post(kms, KEYPROV, user, f"Spring{2000 + i}!", source=source)[0])
+                results.append(_kms_post(kms, user, f"Spring{2000 + i}!", source=source)[0])
             except OSError:
                 results.append(0)
             i += 1
@@ -143,8 +170,8 @@ def test_a_spray_is_cut_by_the_global_budget(system: System) -> None:
     for w in workers:
         w.join()
     elapsed = time.monotonic() - started
-    checked, refused = results.count(401), results.count(429)
-    print(f"spray: {len(results)} guesses in {elapsed:.1f} s, {checked} checked (401), {refused} refused (429); "
+    checked, refused = results.count(400), results.count(429)
+    print(f"spray: {len(results)} guesses in {elapsed:.1f} s, {checked} checked (400), {refused} refused (429); "
           f"bob's keyprov median {statistics.median(before) * 1000:.0f} ms before, "
           f"{statistics.median(during) * 1000:.0f} ms during")  # fmt: skip
     assert results.count(0) == 0
@@ -153,7 +180,7 @@ def test_a_spray_is_cut_by_the_global_budget(system: System) -> None:
     # Bob's requests are not held up behind unbounded scrypt work (before: tenfold); loosely, on a shared machine
     assert statistics.median(during) <= statistics.median(before) + 1.0
     # the new rules keep the owner's own address working even now
-    assert _post(kms, KEYPROV, "bob", bob)[0] == 200
+    assert _kms_post(kms, "bob", bob)[0] == 200
     assert "on this server" in system.kms.output()
 
 
