@@ -162,7 +162,11 @@ def test_trusted_domain_reaches_the_client_at_provisioning(kms: Kms) -> None:
 
 
 def test_wrong_password_is_refused(kms: Kms) -> None:
+    (kms.root / "bob.keystore").unlink(missing_ok=True)
     assert provision(kms, "bob").returncode == 0
+    assert provision(kms, "bob").returncode == 0  # the second run refreshes instead of sending the password
+    grants = [e for e in kms.admin("audit", "log").stdout.splitlines() if "\ttoken\tbob\t" in e]
+    assert "refresh_token grant" in grants[-1] and "password grant" in grants[-2], grants
     # a keystore that logged in holds a refresh token (sealed under its passphrase): it logs in without the password
     assert provision(kms, "bob", password="wrong").returncode == 0
     (kms.root / "bob.keystore").unlink()  # a first login is the password's

@@ -160,7 +160,8 @@ def _auth(app: KmsApplication, name: str, now: float = NOW) -> str:
     body = urlencode({"grant_type": "password", "username": name, "password": PASSWORDS[name]}).encode()
     reply = app.handle(method="POST", path=TOKEN_PATH, authorization=None, body=body, peer="127.0.0.1", now=now)
     assert reply.status == 200, reply.body
-    return "Bearer " + json.loads(reply.body)["access_token"]
+    token: str = json.loads(reply.body)["access_token"]
+    return "Bearer " + token
 
 
 def kms_reply(app: KmsApplication, path: str, name: str, *, now: float = NOW, identity: str | None = None) -> bytes:
