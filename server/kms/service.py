@@ -54,7 +54,6 @@ from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported:
 from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
 from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.kms.domain import certificate_validity, domain_certificate
-from server.kms.issuance import IssuanceDomain, KeySetSealer
 from server.kms.idms import (
     DEFAULT_ACCESS_TOKEN_LIFETIME,
     DEFAULT_REFRESH_TOKEN_LIFETIME,
@@ -65,6 +64,7 @@ from server.kms.idms import (
     TokenRefused,
     bearer_challenge,
 )
+from server.kms.issuance import IssuanceDomain, KeySetSealer
 from server.kms.store import KmsStore
 from server.web import (
     MAX_BODY,
