@@ -524,6 +524,16 @@ def mikey_harness() -> Harness:
     return Harness([d for d, _ in mf.SEEDS], run, mutate=mf.mutate)
 
 
+def idms_harness() -> Harness:
+    from tests.fuzzing_idms import idms_harness as make
+
+    def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+        return mutate(rng, [data])
+
+    harness: Harness = make(mutate_bytes)
+    return harness
+
+
 TARGETS: dict[str, Callable[[], Harness]] = {
     "control": control_harness,
     "dispatch": dispatch_harness,
@@ -532,6 +542,7 @@ TARGETS: dict[str, Callable[[], Harness]] = {
     "kms": kms_harness,
     "adhoc": adhoc_harness,
     "mikey": mikey_harness,
+    "idms": idms_harness,
 }
 
 

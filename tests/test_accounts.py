@@ -219,6 +219,27 @@ def test_global_budget_stops_a_spray_and_spares_known_sources() -> None:
     guard.admit("owner", B, 10.5)
 
 
+def test_workers_share_the_account_and_global_budgets() -> None:
+    # N KMS workers each keep a guard; together they allow what one process allows (sources steered by address)
+    limits = LoginLimits(account_burst=10, account_rate=0.2, global_burst=30, global_rate=2.0)
+    assert limits.shared_by(1) is limits
+    half = limits.shared_by(2)
+    assert (half.account_burst, half.account_rate, half.global_burst, half.global_rate) == (5, 0.1, 15, 1.0)
+    assert limits.shared_by(64).global_burst == 1 and limits.shared_by(64).account_burst == 1
+    guards = [LoginGuard(limits=limits.shared_by(2)) for _ in range(2)]
+    admitted = 0
+    for i in range(1000):  # a spray from many addresses over 10 s, each address reaching "its" worker
+        now, user, source = i / 100, f"user{i % 97}", f"10.{i // 250}.{i % 250}.{1 + i % 2}"
+        guard = guards[i % 2]
+        try:
+            guard.admit(user, source, now)
+        except LockedOut:
+            continue
+        guard.failed(user, source, now)
+        admitted += 1
+    assert 30 + 2 * 10 - 4 <= admitted <= 30 + 2 * 10 + 2
+
+
 def test_service_failures_count_only_against_the_address() -> None:
     guard = LoginGuard()
     for _ in range(19):

@@ -119,7 +119,9 @@ def test_keyprov_serves_precomputed_keys_equal_to_derived_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key, cert = make_self_signed("signing", san_dns=[], san_ips=[], tls_server=False)
-    config = DomainConfig(kms_uri=KMS_URI, key_period=KEY_PERIOD, key_period_offset=0, base_url="https://k")
+    config = DomainConfig(
+        kms_uri=KMS_URI, key_period=KEY_PERIOD, key_period_offset=0, base_url="https://k", allow_basic_login=True
+    )
     app = KmsApplication(kms_store, master, config, key, cert)
     from ptt.kmsformat.signing import verify_signed_response
 

@@ -22,10 +22,11 @@ the login procedure) at most once per 10 s per account (``LogLimiter``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.accounts.errors import LockedOut
 
@@ -74,6 +75,20 @@ class LoginLimits:
     known_source_days: float = 30.0  # how long a successful login makes its (account, source) a known source
     forget_after: float = 86400.0  # an (account, source)'s failures are forgotten after this long without one
     max_entries: int = 10_000  # per table: (account, source) records, accounts, known sources
+
+    def shared_by(self, workers: int) -> LoginLimits:
+        """The limits of one of ``workers`` processes that each keep their own guard: the account-wide and global
+        budgets divided among them, so N workers together allow what one process does. (Connections are steered
+        to workers by source address, so the per-address and per-(account, address) rules need no division.)"""
+        if workers <= 1:
+            return self
+        return replace(
+            self,
+            account_burst=max(1, math.ceil(self.account_burst / workers)),
+            account_rate=self.account_rate / workers,
+            global_burst=max(1, math.ceil(self.global_burst / workers)),
+            global_rate=self.global_rate / workers,
+        )
 
 
 LIMITS = LoginLimits()

@@ -370,8 +370,10 @@ def load_application(data_dir: Path, passphrase: bytes | None) -> tuple[KmsAppli
     return build_application(data_dir, read_master_secrets(Path(data_dir) / "master-secrets.json", passphrase))
 
 
-def build_application(data_dir: Path, master: MasterSecrets) -> tuple[KmsApplication, KmsStore]:
-    """The application of a data directory, with its store opened here (each worker process opens its own)."""
+def build_application(data_dir: Path, master: MasterSecrets, workers: int = 1) -> tuple[KmsApplication, KmsStore]:
+    """The application of a data directory, with its store opened here (each worker process opens its own). One of
+    ``workers`` worker processes gets 1/N of the login rules' account-wide and global budgets, so the whole KMS
+    still allows what one process would (``LoginLimits.shared_by``)."""
     from server.kms.commands.common import DataDir
     from server.kms.material import load_certificate, load_or_create_private_key, load_private_key
 
@@ -381,6 +383,10 @@ def build_application(data_dir: Path, master: MasterSecrets) -> tuple[KmsApplica
     if not kms_uri:
         store.close()
         raise SystemExit(f"{data_dir}: not an initialised KMS (run: ptt-kms --data {data_dir} init ...)")
+    if workers > 1:
+        from server.accounts.guard import LIMITS, LoginGuard
+
+        store.login_guard = LoginGuard(limits=LIMITS.shared_by(workers))
     config = DomainConfig(
         kms_uri=kms_uri,
         key_period=int(store.get_setting("key_period") or 2592000),

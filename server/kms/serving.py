@@ -123,7 +123,7 @@ def _serve_worker(
 
     reactor: Any = _reactor
     _start_twisted_logging()
-    app, store = build_application(data_dir, master)
+    app, store = build_application(data_dir, master, workers)
     pool = ThreadPool(minthreads=1, maxthreads=1, name=f"kms-worker-{index}")
     pool.start()
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
