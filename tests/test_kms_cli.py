@@ -456,14 +456,14 @@ def test_cert_cache_serves_the_trusted_domain(
     data: Path, partner: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What the CLI stores is what the service signs into the certificate cache, and what a client accepts."""
-    from server.kms import service
+    from server.kms import service, site
 
     d = ["--data", str(data)]
     password = "alice password"
     pw = _secret_file(tmp_path, "alice-pw", password)
     assert _run(capsys, *d, "user", "add", "alice", "--uri", "sip:alice@example.org", "--password-file", pw)[0] == 0
     assert _run(capsys, *d, "trust-domain", str(partner), "--user-domain", "partner.org")[0] == 0
-    app, store = service.load_application(data, None)
+    app, store = site.load_application(data, None)
     try:
         now = time.time()
         request = KmsRequest(

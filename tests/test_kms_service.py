@@ -50,8 +50,8 @@ from server.kms.service import (
     PREFIX,
     DomainConfig,
     KmsApplication,
-    make_site,
 )
+from server.kms.site import make_site
 from server.kms.store import KmsStore
 from server.web import MAX_BODY, HttpReply, LimitedRequest
 

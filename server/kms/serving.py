@@ -13,7 +13,7 @@ from typing import Any
 from twisted.python.threadpool import ThreadPool
 
 from ptt.crypto.kms import MasterSecrets
-from server.kms.service import build_application, load_application, make_site
+from server.kms.site import build_application, load_application, make_site
 from server.kms.store import KmsStore
 from server.tls import server_tls_options
 
