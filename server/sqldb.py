@@ -18,6 +18,7 @@ schema upgrades, its refusals as the store's own exception, transactions and rea
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, cast
+
+from server.sqlite_writers import WRITER_WAIT, WriterLock, WriterLockTimeout
 
 __all__ = [
     "Connection",
@@ -152,7 +155,8 @@ class Database:
 
 class SqliteDatabase(Database):
     """One SQLite file in WAL mode and one connection shared by threads under a lock; writes in ``BEGIN
-    IMMEDIATE`` transactions (other processes, e.g. an admin CLI, may use the file too)."""
+    IMMEDIATE`` transactions, processes queued by ``WriterLock`` (other processes, e.g. an admin CLI or the
+    other KMS workers, use the file too)."""
 
     backend = "sqlite"
 
@@ -163,10 +167,17 @@ class SqliteDatabase(Database):
         self._depth = 0
         try:
             self._db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=10.0, check_same_thread=check_same_thread
+                self.path, isolation_level=None, timeout=WRITER_WAIT, check_same_thread=check_same_thread
             )
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open the SQLite database {self.path}: {exc}") from None
+        self._writers: WriterLock | None = None
+        if str(self.path) != ":memory:":
+            try:
+                self._writers = WriterLock(self.path)
+            except OSError as exc:
+                self._db.close()
+                raise DatabaseError(f"cannot open the lock file of {self.path}: {exc}") from None
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -176,11 +187,17 @@ class SqliteDatabase(Database):
             self._conn = cast(Connection, self._db)
         except BaseException:
             self._db.close()
+            if self._writers is not None:
+                self._writers.close()
             raise
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._writers is not None:
+                with contextlib.suppress(OSError):
+                    self._writers.close()
+                self._writers = None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -192,16 +209,26 @@ class SqliteDatabase(Database):
                 finally:
                     self._depth -= 1
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
+            writers = self._writers
+            if writers is not None:
+                try:
+                    writers.acquire()
+                except WriterLockTimeout as exc:
+                    raise DatabaseError(f"{self.path}: {exc}") from None
             try:
-                yield self._conn
-            except BaseException:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._depth = 1
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._depth = 0
+                    self._db.execute("ROLLBACK")
+                    raise
                 self._depth = 0
-                self._db.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self._db.execute("COMMIT")
+                self._db.execute("COMMIT")
+            finally:
+                if writers is not None:
+                    writers.release()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from server.sqldb import Dialect, open_database
 
 
@@ -19,3 +24,32 @@ def test_a_percent_inside_a_literal_is_no_placeholder(database_url: str) -> None
         row = db.execute("SELECT 'a%b' LIKE '%b', ?, 'x?'", (7,)).fetchone()
         assert (bool(row[0]), row[1], row[2]) == (True, 7, "x?")
         assert bool(db.execute("SELECT 'a%b' LIKE '%b'").fetchone()[0])
+
+
+def test_sqlite_writers_of_several_processes_queue_on_the_lock_file(tmp_path: Path, monkeypatch: Any) -> None:
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from server import sqlite_writers
+    from server.sqldb import DatabaseError, SqliteDatabase
+
+    path = tmp_path / "db.sqlite3"
+    database = SqliteDatabase(path)
+    with database.transaction() as db:
+        db.execute("CREATE TABLE t (x INTEGER)")
+    other = os.open(f"{path}-writers.lock", os.O_RDWR)  # another process's writer, as far as flock can tell
+    fcntl.flock(other, fcntl.LOCK_EX)
+    monkeypatch.setattr(sqlite_writers, "WRITER_WAIT", 0.3)
+    with pytest.raises(DatabaseError, match="locked by another process"), database.transaction() as db:
+        db.execute("INSERT INTO t VALUES (1)")
+    threading.Timer(0.1, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+    start = time.monotonic()
+    with database.transaction() as db:  # starts as soon as the other writer is done, not after SQLite's sleeps
+        db.execute("INSERT INTO t VALUES (2)")
+    assert 0.09 <= time.monotonic() - start < 0.2
+    with database.read() as db:
+        assert db.execute("SELECT x FROM t").fetchall() == [(2,)]
+    os.close(other)
+    database.close()
