@@ -11,7 +11,8 @@ precomputed (``ptt-kms issue``), then for each worker count a real ``ptt-kms ser
   keyprov   each user, already holding an access token, POSTs its KmsRequest to keyprov once: one response carries
             the key sets of the current and the next period (what a client fetches per user and period change)
   renewal   each user's whole monthly renewal as ``ptt-client provision --watch`` makes it: refresh_token grant at
-            the IdMS (a new access token), init (the domain certificate), keyprov
+            the IdMS (a new access token; the refresh token rotates), keyprov (a renewal needs no init: the key sets
+            are checked against the enrolled certificate, and init is asked only if they fail)
 
 Each run counts users/s (users / wall time from the start signal to the last answer), the latency of each
 keyprov (keyprov mode) or whole renewal (renewal mode) as p50/p95, and the CPU seconds the KMS (supervisor and

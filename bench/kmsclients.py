@@ -31,7 +31,6 @@ from ptt.kmsformat.xml import request_to_xml
 __all__ = ["ClientPool", "RunResult"]
 
 TOKEN = "/idms/token"
-INIT = "/keymanagement/identity/v1/init"
 KEYPROV = "/keymanagement/identity/v1/keyprov"
 TOKEN_REUSE = 250.0  # seconds an access token is reused across runs (the KMS issues them for 600 s)
 
@@ -167,10 +166,6 @@ class _Client:
                     )
                     if error:
                         errors.append(error)
-                        continue
-                    status, body = kms(connection, user, INIT)
-                    if status != 200:
-                        errors.append(f"{user.name}: init {status} {body[:200]!r}")
                         continue
                 status, body = kms(connection, user, KEYPROV)
                 latencies.append((time.perf_counter() - start) * 1e3)

@@ -481,9 +481,9 @@ def test_agent_renews_at_each_period_end(alice: Client) -> None:
     alice.agent.start()
     assert _delays(alice.clock) == [END - NOW + SPREAD_SECONDS]
     alice.clock.advance(END - NOW + SPREAD_SECONDS - 1)
-    assert len(alice.kms.calls) == 3  # not yet
+    assert len(alice.kms.calls) == 3  # not yet (init, keyprov, certcache)
     alice.clock.advance(1)
-    assert len(alice.kms.calls) == 6
+    assert [path for path, _ in alice.kms.calls[3:]] == [KEYPROV, CERTCACHE]  # a renewal needs no init
     assert alice.agent.last_error is None
     # N is kept as the one past period
     assert alice.keystore.periods(ALICE) == [PERIOD_N, PERIOD_N + 1, PERIOD_N + 2]
@@ -491,13 +491,13 @@ def test_agent_renews_at_each_period_end(alice: Client) -> None:
     now = alice.clock.seconds()
     assert _delays(alice.clock) == [END + KEY_PERIOD - now + SPREAD_SECONDS]
     alice.clock.advance(KEY_PERIOD)
-    assert len(alice.kms.calls) == 9
+    assert len(alice.kms.calls) == 7
     assert alice.keystore.periods(ALICE) == [PERIOD_N + 1, PERIOD_N + 2, PERIOD_N + 3]  # older dropped
     assert len(alice.clock.getDelayedCalls()) == 1
     alice.agent.stop()
     assert alice.clock.getDelayedCalls() == []
     alice.clock.advance(10 * KEY_PERIOD)
-    assert len(alice.kms.calls) == 9
+    assert len(alice.kms.calls) == 7
 
 
 def test_agent_starts_at_once_when_keys_are_missing(alice: Client) -> None:
@@ -557,6 +557,7 @@ def test_agent_keeps_keys_of_a_bad_response_out(alice: Client) -> None:
     alice.agent.start()
     alice.clock.advance(END - NOW + SPREAD_SECONDS)
     assert alice.agent.last_error is not None
+    assert [path for path, _ in alice.kms.calls[3:]] == [KEYPROV, INIT]  # init asked only to explain the failure
     assert alice.keystore.key_sets == before
     # the file changed only by the IdMS's rotated refresh token (the renewal logged in again), never its keys
     assert Keystore.open(alice.keystore.path, PASSPHRASE).key_sets == before
