@@ -56,6 +56,7 @@ ETC_NETNS = Path("/etc/netns")  # ip netns exec bind-mounts /etc/netns/NAME/FILE
 CLONE_NEWNET = 0x40000000
 IP_TIMEOUT = 30.0
 PORT_GROUP = 77  # the device group of the bridge's ports, to delete them all at once
+LINK_UP_TIMEOUT = 10.0  # seconds the kernel gets to bring a new LAN's links up
 STOP_GRACE = 5.0  # seconds a process started by Lan.popen gets to exit after SIGTERM
 
 _LABEL = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
@@ -215,6 +216,25 @@ class Lan:
                 f"route add {MULTICAST_NETWORK} dev {peer.interface}",
             ]
             _ip([], netns=peer.name, batch="\n".join(peer_batch) + "\n")
+        self._wait_until_up(list(self.peers))
+
+    def _wait_until_up(self, labels: list[str]) -> None:
+        # The kernel's link watcher turns a veth on (its queueing discipline, operstate UP) up to a second or more
+        # after "link set up" on a busy host; a packet sent before that is dropped without a trace.
+        pending = {self.switch: {self._ports[label] for label in labels}}
+        pending |= {self.peers[label].name: {self.peers[label].interface} for label in labels}
+        deadline = time.monotonic() + LINK_UP_TIMEOUT
+        while pending:
+            for netns in list(pending):
+                listing = _ip(["-o", "link", "show", "up"], netns=netns)
+                up = {m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)[@:].*\bstate UP\b", listing, re.MULTILINE)}
+                pending[netns] -= up
+                if not pending[netns]:
+                    del pending[netns]
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"links still down after {LINK_UP_TIMEOUT:.0f} s: {sorted(pending.items())}")
+            if pending:
+                time.sleep(0.01)
 
     def close(self) -> None:
         """Stop what ``popen`` started, kill whatever else still runs in the LAN's namespaces, delete the veths,
@@ -291,6 +311,7 @@ class Lan:
         # Setting the link down flushed the routes through it; the kernel restores only the subnet's own route.
         if not _ip(["route", "show", MULTICAST_NETWORK, "dev", peer.interface], netns=peer.name).strip():
             _ip(["route", "add", MULTICAST_NETWORK, "dev", peer.interface], netns=peer.name)
+        self._wait_until_up([label])
 
     def enter(self, label: str) -> contextlib.AbstractContextManager[None]:
         """Move the *calling thread* (only) into the peer's namespace for the block, then back.
