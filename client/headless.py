@@ -151,6 +151,7 @@ class Runner:
         assert self.group is not None
         state = self.session.groups[self.group]
         if ask:
+            self.marks.append({"step": "request", "t": round(time.time(), 3)})
             (press or (lambda: self.session.request_floor(self.group)))()
             for _ in range(50):
                 if state.participant is not None and state.participant.has_permission:
@@ -231,6 +232,7 @@ class Runner:
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
             "floor_latency_ms": self.floor_latency_ms,
             "alerts": self.alerts,
+            "alert_state": {g: [a.to_json() for a in t.values()] for g, t in self.session.alerts.items()},
             "marks": self.marks,
         }
 

@@ -58,16 +58,16 @@ class SessionEmergency(SessionFloor):
             raise RuntimeError("not connected")
         message = {"type": "emergency", "group": group, "level": level.label, "call": call}
         d = self.control.request(message, "emergency_ok")
-        if call:
 
-            def talk(reply: Any) -> Any:
+        def raised(reply: Any) -> Any:
+            if self.own_level(group) != level:  # the server's alert push normally came first
                 self._note(group, Alert(group, self.uri, level, self.reactor.seconds(), call))
-                state = self.groups.get(group)
-                if state is not None and state.participant is not None:
-                    self.request_floor(group)
-                return reply
+            state = self.groups.get(group)
+            if call and state is not None and state.participant is not None:
+                self.request_floor(group)
+            return reply
 
-            d.addCallback(talk)
+        d.addCallback(raised)
         return d
 
     def cancel_emergency(self, group: str, uri: str | None = None) -> Any:
