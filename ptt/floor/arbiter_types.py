@@ -105,9 +105,12 @@ URGENT_BITS = int(FloorIndicator.EMERGENCY | FloorIndicator.IMMINENT_PERIL)
 
 
 def with_urgency(indicator: int, level: int) -> int:
-    """``indicator`` with its emergency/imminent peril bits replaced by those of urgency ``level`` (0, 1, 2)."""
-    bits = (0, int(FloorIndicator.IMMINENT_PERIL), int(FloorIndicator.EMERGENCY))[level]
-    return (indicator & ~URGENT_BITS) | bits
+    """``indicator`` with its emergency/imminent peril bits replaced by those of urgency ``level`` (0, 1, 2); an
+    urgent call is not a normal call, so the NORMAL bit goes with an urgency (tshark names such a call)."""
+    if level == 0:
+        return indicator & ~URGENT_BITS
+    bits = (int(FloorIndicator.IMMINENT_PERIL), int(FloorIndicator.EMERGENCY))[level - 1]
+    return (indicator & ~URGENT_BITS & ~int(FloorIndicator.NORMAL)) | bits
 
 
 def urgency(indicator: int) -> int:
