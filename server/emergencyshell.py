@@ -33,8 +33,17 @@ class EmergencyRequests:
         self.manager = manager
         self.store_pool = store_pool
         self._limit: BucketTable[str] = BucketTable(RATE, BURST)
+        self._log_limit: BucketTable[str] = BucketTable(0.2, 3)  # refusals: a log line per member every 5 s at most
 
     def handle(self, uri: str, message: dict[str, Any], now: float) -> defer.Deferred[dict[str, Any]]:
+        try:
+            return self._handle(uri, message, now)
+        except Refused as exc:
+            if self._log_limit.take(uri, now):
+                log.warning("%s from %s refused: %s", message.get("type"), uri, exc)
+            raise
+
+    def _handle(self, uri: str, message: dict[str, Any], now: float) -> defer.Deferred[dict[str, Any]]:
         if not self._limit.take(uri, now):
             raise Refused(429, "too many emergency requests: retry in a second")
         try:
