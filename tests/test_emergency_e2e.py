@@ -71,8 +71,10 @@ def test_broadcast_cannot_be_interrupted(system: System) -> None:
 
 
 def test_emergency_state_survives_a_restart_and_a_dispatcher_cancels_it(system: System) -> None:
-    alice = system.client("alice", f"join {GROUP}; emergency imminent-peril; wait 0.5")
+    # an alert with a call: the floor is asked for at once, with the imminent peril indicator
+    alice = system.client("alice", f"join {GROUP}; wait 0.5; emergency imminent-peril call; wait 1")
     wait_all([alice])
+    assert len(floor_at(system.report("alice"), "GRANTED")) == 1
     shown = system.dispatch("group", "emergency", "show", GROUP)
     assert shown.returncode == 0 and "ACTIVE" in shown.stdout and "imminent-peril" in shown.stdout, shown.stdout
     system.server.stop()
