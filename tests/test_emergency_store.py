@@ -140,3 +140,13 @@ def test_upgrade_from_version_2_keeps_members(tmp_path: Path) -> None:
         assert store.schema_version() == 3 and store.alerts("sip:none@example.org") == []
     finally:
         store.close()
+
+
+def test_another_cluster_node_reads_the_alerts_with_the_group(manager: GroupManager, store: GroupStore) -> None:
+    """A node told of a committed change re-reads the group (server.cluster.setup.group_reader): the alerts come
+    with it, so its members are told and its floor follows."""
+    from server.cluster.setup import group_reader
+
+    manager.raise_alert(GROUP, BOB, Level.EMERGENCY, call=False, now=NOW + 1)
+    change = group_reader(store, lambda: set())(GROUP, b"")
+    assert [(a.uri, a.level, a.active) for a in change.alerts] == [(BOB, Level.EMERGENCY, True)]
