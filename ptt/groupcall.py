@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptt.control import b64
-from ptt.emergency import Alert, AlertEvent, alerts_json, changes
+from ptt.emergency import Alert, alerts_json
 from ptt.floor.arbiter import ArbiterConfig, FloorArbiter, Participant, Send
 from ptt.floor.events import FloorEventKind
 from ptt.floor.messages import FloorMessageError, parse_rtcp
+from ptt.groupcall_alerts import alert_messages, entry_json, urgencies
 from ptt.relaycore import BINDING_ID_LENGTH, Address, Binding, RelayCore, binding_key
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
 
@@ -189,7 +190,7 @@ class GroupCall:
             info = self._groups[group]
             spec = info.members[member]
             entry: dict[str, Any] = {"uri": group, "name": info.name, "role": spec.role, "priority": spec.priority}
-            entry.update(_call_types_json(info, spec))
+            entry.update(entry_json(info.alerts, spec.broadcast))
             result.append(entry)
         return result
 
@@ -242,7 +243,7 @@ class GroupCall:
         self._joined[(group, member)] = _Joined(participant)
         if group not in self._arbiters:
             self._arbiters[group] = FloorArbiter(group, self._arbiter_config(info))
-            self._arbiters[group].set_alerts(_urgencies(info))
+            self._arbiters[group].set_alerts(urgencies(info.alerts))
         return {"type": "joined", "group": group, "token": b64(binding_id), "relay": self._relay_json()}
 
     def leave(self, member: str, group: str, now: float) -> None:
@@ -351,16 +352,11 @@ class GroupCall:
 
     def _alerts_changed(self, old: GroupInfo, info: GroupInfo) -> None:
         """Tell every member of each alert raised or cancelled, and the floor of the new urgencies."""
-        happened = changes(old.alerts, info.alerts)
-        if not happened:
-            return
+        messages = alert_messages(info.uri, old.alerts, info.alerts)
         arbiter = self._arbiters.get(info.uri)
-        if arbiter is not None:
-            arbiter.set_alerts(_urgencies(info))
-        for alert in happened:
-            message = AlertEvent(info.uri, alert).to_json()
-            for member in info.members:
-                self._pushes.append((member, message))
+        if messages and arbiter is not None:
+            arbiter.set_alerts(urgencies(info.alerts))
+        self._pushes += [(member, message) for message in messages for member in info.members]
 
     def _rights_changed(self, old: GroupInfo, info: GroupInfo) -> None:
         """A member's priority, role or broadcast right changed: its floor participant follows at once (from its
@@ -443,21 +439,6 @@ class GroupCall:
             message["uri"] = uri
         for member in self.members(group):
             self._pushes.append((member, message))
-
-
-def _urgencies(info: GroupInfo) -> dict[str, int]:
-    return {uri: int(alert.level) for uri, alert in info.alerts.items() if alert.active}
-
-
-def _call_types_json(info: GroupInfo, spec: MemberInfo) -> dict[str, Any]:
-    """What a ``groups`` entry says of emergency alerts and the broadcast right (only when there are any)."""
-    out: dict[str, Any] = {}
-    active = alerts_json(info.alerts.values())
-    if active:
-        out["alerts"] = active
-    if spec.broadcast:
-        out["broadcast"] = True
-    return out
 
 
 def _at(member: str, addr: Address) -> str:
