@@ -6,15 +6,19 @@
   b   start a broadcast group call (the floor with the BROADCAST indicator; the server checks the right); again: stop
 
 The status line shows the selected group's alerts (``EMERGENCY alice since 12:03:04``); an incoming alert rings
-the terminal bell and is written to the message field. Sessions without alerts (ad-hoc groups) ignore the keys.
+the terminal bell, plays an alert tone on the speaker and is written to the message field. Sessions without
+alerts (ad-hoc groups) ignore the keys.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from client.codec import FRAME_SAMPLES, SAMPLE_RATE
 from ptt.emergency import Alert, Level
 
 KEYS = "epb"
@@ -34,11 +38,30 @@ def status_text(session: Any, group: str) -> str:
     return " | ".join(parts)
 
 
+def alert_tone(level: Level) -> list[bytes]:
+    """An alert tone as 20 ms PCM frames (48 kHz, int16): emergency three high-low pairs, imminent peril two."""
+    pairs = 3 if level is Level.EMERGENCY else 2
+    frames: list[bytes] = []
+    for _ in range(pairs):
+        for frequency in (1320.0, 880.0):
+            for _ in range(8):  # 160 ms per note
+                samples = (
+                    int(8000 * math.sin(2 * math.pi * frequency * (len(frames) * FRAME_SAMPLES + i) / SAMPLE_RATE))
+                    for i in range(FRAME_SAMPLES)
+                )
+                frames.append(struct.pack(f"<{FRAME_SAMPLES}h", *samples))
+        frames += [bytes(2 * FRAME_SAMPLES)] * 4  # 80 ms apart
+    return frames
+
+
 def announce(client: Any, group: str, alert: Alert) -> None:
-    """An alert from the server: bell and message."""
+    """An alert from the server: bell, tone (on the speaker, when no voice plays) and message."""
     who = alert.uri
     if alert.active:
         client.message = f"ALERT {alert.level.label} from {who} in {group}"
+        cue = getattr(getattr(client, "voice", None), "cue", None)
+        if cue is not None:
+            cue(alert_tone(alert.level))
         if not client.quiet:
             sys.stdout.write("\a")
     else:

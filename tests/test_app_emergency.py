@@ -84,3 +84,22 @@ def test_status_and_announcement() -> None:
     assert client.message == f"ALERT emergency from {BOB} in {GROUP}"
     app_emergency.announce(client, GROUP, Alert(GROUP, BOB, Level.EMERGENCY, 1.0, False, 2.0, "dana"))
     assert "cancelled by dana" in client.message
+
+
+def test_an_alert_plays_a_tone_when_no_voice_plays() -> None:
+    from types import SimpleNamespace
+
+    from client.codec import FRAME_BYTES
+    from client.voice import Voice
+
+    engine = SimpleNamespace(on_capture=None, pull_playback=None)
+    voice = Voice(None, SimpleNamespace(media_listener=None), engine)  # type: ignore[arg-type]
+    client = Client(Session())
+    client.voice = voice  # type: ignore[attr-defined]
+    assert voice._playback() is None
+    app_emergency.announce(client, GROUP, Alert(GROUP, BOB, Level.EMERGENCY, 1.0))
+    tone = app_emergency.alert_tone(Level.EMERGENCY)
+    assert len(tone) == 60 and {len(f) for f in tone} == {FRAME_BYTES}  # 1.2 s
+    played = [voice._playback() for _ in range(len(tone))]
+    assert played == tone and voice._playback() is None
+    assert len(app_emergency.alert_tone(Level.IMMINENT_PERIL)) == 40
