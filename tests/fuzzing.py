@@ -318,6 +318,9 @@ def dispatch_harness() -> Harness:
         (b"POST " + members.encode(), b'{"uri": "sip:carol@example.org", "priority": 200, "role": "member"}'),
         (b"PATCH " + members.encode() + b"/sip%3Aalice%40example.org", b'{"priority": 10, "role": "dispatcher"}'),
         (b"PATCH " + members.encode() + b"/sip%3Aalice%40example.org", b'{"role": "member"}'),
+        (b"GET /api/groups/sip%3Afire-ops%40example.org/alerts", b""),  # issue 16's routes
+        (b"DELETE /api/groups/sip%3Afire-ops%40example.org/alerts/sip%3Abob%40example.org", b""),
+        (b"PUT " + members.encode() + b"/sip%3Aalice%40example.org/broadcast", b""),
     ]
     seeds = [head + b"\n" + body for head, body in requests]
 
