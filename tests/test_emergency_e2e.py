@@ -37,6 +37,8 @@ def test_emergency_pre_empts_a_normal_talker_within_one_round_trip(system: Syste
     (granted,) = floor_at(b, "GRANTED")
     assert granted["t"] - request < 0.25, (request, granted)  # one round trip on loopback, no waiting for Alice
     (revoked,) = floor_at(a, "REVOKED")
+    print(f"emergency request → granted {1e3 * (granted['t'] - request):.0f} ms; talker revoked at +"
+          f"{1e3 * (revoked['t'] - request):.0f} ms")  # fmt: skip
     assert revoked["cause"] == 4 and abs(revoked["t"] - granted["t"]) < 0.25  # pre-empted in the same step
     # every member was told who is in emergency and since when, and heard him; then the cancel by Bob himself
     for report in (a, b, c):
