@@ -1,7 +1,8 @@
 """``ptt-client talk``: the field user's terminal client with real audio devices.
 
 Keys: SPACE held to talk (terminals report no key-up: the end of the key's auto-repeat is taken as the release),
-or tapped to start and tapped again to stop; 1-9 select the group to talk in, q quit. The status line shows the
+or tapped to start and tapped again to stop; 1-9 select the group to talk in, q quit; e emergency, p imminent
+peril (again: cancel), b broadcast (``client.app_emergency``). The status line shows the
 connection, the selected group, the floor state, who is talking, the key period and when keys expire, and the
 microphone level. ``--script`` drives the same client without a keyboard (tests, automation): steps ``wait S``,
 ``talk S``, ``select GROUP``, ``quit``.
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, stdio, task
 from twisted.protocols.basic import LineReceiver
 
+from client import app_emergency
 from client.audio import AudioEngine
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
@@ -70,6 +72,8 @@ class Client:
         self.message = ""
         session.floor_listener = self._floor
         session.event_listener = self._event
+        if hasattr(session, "alert_listener"):  # emergency alerts (client.app_emergency)
+            session.alert_listener = lambda group, alert: app_emergency.announce(self, group, alert)
         self._status = task.LoopingCall(self.render)
         self._status.clock = reactor
 
@@ -144,8 +148,10 @@ class Client:
             key_text = "NO KEYS"
         level = max(0, min(20, int((self.voice.engine.level + 60) / 3)))
         meter = "#" * level + "." * (20 - level)
+        alerts = app_emergency.status_text(session, self.selected)
         return (
-            f"[{connection}] {label} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
+            (f"!! {alerts} !! " if alerts else "")
+            + f"[{connection}] {label} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
             f"| audio {self.voice.engine.status} | {self.message}"
         )
 
@@ -229,6 +235,8 @@ class Keys(LineReceiver):
                 self.client.selected = self.client.groups[int(key) - 1]
             elif key in "qQ":
                 self.quit()
+            elif key in app_emergency.KEYS:
+                app_emergency.key(self.client, key)
 
 
 @defer.inlineCallbacks

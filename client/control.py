@@ -107,7 +107,11 @@ class ControlClient(Int32StringReceiver):
                 on_moved(message["group"])
         elif kind == "ping":
             self.send({"type": "pong", "id": message["id"]})
-        elif kind in ("joined", "csk_ok", "pong"):
+        elif kind == "alert":  # an emergency alert raised or cancelled (issue 16: client.session_emergency)
+            on_alert = getattr(self.handler, "on_alert", None)
+            if on_alert is not None:
+                on_alert(message)
+        elif kind in ("joined", "csk_ok", "pong", "emergency_ok"):
             waiting = self._waiting.get(kind, [])
             if waiting:
                 waiting.pop(0).callback(message)
@@ -118,6 +122,10 @@ class ControlClient(Int32StringReceiver):
         d.addTimeout(REQUEST_TIMEOUT, self.clock)
         self.send(message)
         return d
+
+    def request(self, message: dict[str, Any], reply: str) -> defer.Deferred[dict[str, Any]]:
+        """Send a request and wait for its ``reply`` type (an error from the server fails it)."""
+        return self._request(message, reply)
 
     def send_csk(self, imessage: bytes) -> defer.Deferred[dict[str, Any]]:
         return self._request({"type": "csk", "data": b64(imessage)}, "csk_ok")

@@ -7,8 +7,10 @@ Script steps (separated by ';'): ``join GROUP``, ``leave GROUP``, ``wait SECONDS
 GMKs are held), ``wait-file PATH`` (until it exists, at most a minute), ``talk SECONDS`` (request the floor of the
 joined group, wait for Granted, send 50 packets/s of synthetic audio, release), ``talk-loop SECONDS`` (short bursts
 again and again, through failovers), ``send SECONDS`` (send media without asking for the floor), ``request``,
-``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``. The report (JSON) lists what was
-received.
+``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``; emergency alerts and broadcast
+calls: ``emergency``, ``cancel-emergency``, ``broadcast-press``, ``broadcast-talk``, ``wait-alert``
+(``client.headless_emergency``).
+The report (JSON) lists what was received.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from client import headless_emergency
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
 from ptt.floor.events import FloorEvent
@@ -55,6 +58,9 @@ class Runner:
         self.events: list[dict[str, Any]] = []
         self.floor_latency_ms: list[float] = []
         self._awaiting: tuple[str, defer.Deferred[None]] | None = None
+        self.alerts: list[dict[str, Any]] = []  # emergency alerts pushed by the server
+        self.marks: list[dict[str, Any]] = []  # times of some steps (when an emergency was raised)
+        session.alert_listener = lambda group, alert: headless_emergency.announce(self, group, alert)
         session.media_listener = self._media
         session.floor_listener = self._floor
         session.event_listener = self.events.append
@@ -69,7 +75,10 @@ class Runner:
     def _floor(self, group: str, event: FloorEvent) -> None:
         # "subtype": the older name of "kind" in the report, kept for its readers (GRANTED and TAKEN are the same)
         kind = event.kind.name
-        self.floor.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
+        entry = {"group": group, "kind": kind, "subtype": kind, "party": event.talker, "t": round(time.time(), 3)}
+        if event.cause is not None:
+            entry["cause"] = event.cause
+        self.floor.append(entry)
         if self._awaiting is not None and self._awaiting[0] == kind:
             waiting = self._awaiting[1]
             self._awaiting = None
@@ -126,17 +135,24 @@ class Runner:
             elif word == "floor-latency":  # ROUNDS [HOLD [PAUSE]], HOLD/PAUSE seconds or MIN-MAX ranges
                 rounds, *pacing = arg.split()
                 yield self._floor_latency(int(rounds), *pacing)
+            elif word in headless_emergency.STEPS:
+                yield headless_emergency.run_step(self, word, arg)
             elif word == "quit":
                 break
             else:
                 raise ValueError(f"unknown script step {step!r}")
 
+    def talk_with(self, seconds: float, press: Any) -> defer.Deferred[Any]:
+        """``talk`` with another way to ask for the floor (``press()``: a broadcast request)."""
+        return self._talk(seconds, ask=True, press=press)
+
     @defer.inlineCallbacks
-    def _talk(self, seconds: float, *, ask: bool) -> Any:
+    def _talk(self, seconds: float, *, ask: bool, press: Any = None) -> Any:
         assert self.group is not None
         state = self.session.groups[self.group]
         if ask:
-            self.session.request_floor(self.group)
+            self.marks.append({"step": "request", "t": round(time.time(), 3)})
+            (press or (lambda: self.session.request_floor(self.group)))()
             for _ in range(50):
                 if state.participant is not None and state.participant.has_permission:
                     break
@@ -215,6 +231,9 @@ class Runner:
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
             "floor_latency_ms": self.floor_latency_ms,
+            "alerts": self.alerts,
+            "alert_state": {g: [a.to_json() for a in t.values()] for g, t in self.session.alerts.items()},
+            "marks": self.marks,
         }
 
 

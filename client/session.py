@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from client.control import ControlClient, ControlError, connect_control
 from client.keystore import DebouncedSave, Keystore
 from client.serverinfo import ServerInfo
-from client.session_floor import SessionFloor
+from client.session_emergency import SessionEmergency
 from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
 from client.session_reconnect import RECONNECT_MAX, RECONNECT_MIN, REJOIN_ATTEMPTS, REJOIN_DELAY, SessionReconnect
 from ptt.control import ControlProtocolError, unb64
@@ -91,7 +91,7 @@ class _Media(protocol.DatagramProtocol):
         self.session._datagram(self.group, data, addr)
 
 
-class PttSession(SessionReconnect, SessionFloor):
+class PttSession(SessionReconnect, SessionEmergency):
     """One identity logged in to one server."""
 
     def __init__(
@@ -239,6 +239,7 @@ class PttSession(SessionReconnect, SessionFloor):
         self.key_listener(group, key)
 
     def on_groups(self, groups: list[dict[str, Any]]) -> None:
+        self._alerts_from_groups(groups)  # emergency alerts (client.session_emergency)
         listed = {str(g.get("uri")) for g in groups}
         for entry in groups:
             state = self.groups.setdefault(str(entry.get("uri")), GroupState(str(entry.get("uri"))))

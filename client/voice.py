@@ -76,6 +76,7 @@ class Voice:
         # time.time() when the first frame of each burst heard was handed to the speaker (benchmarks; the last 1000)
         self.burst_starts: deque[float] = deque(maxlen=1000)
         self._last_played: float | None = None
+        self._cues: deque[bytes] = deque(maxlen=250)  # local sounds (an alert tone), played when no voice is
         session.media_listener = self._media
         engine.on_capture = self._captured
         engine.pull_playback = self._playback
@@ -89,6 +90,11 @@ class Voice:
     def unmonitor(self, group: str) -> None:
         with self._lock:
             self.listeners.pop(group, None)
+
+    def cue(self, frames: list[bytes]) -> None:
+        """Play local PCM frames (20 ms each, e.g. an alert tone) whenever no group's voice is playing."""
+        with self._lock:
+            self._cues.extend(frames)
 
     # --- talking -------------------------------------------------------------------------------------------------
 
@@ -149,7 +155,7 @@ class Voice:
                 if chosen is None:
                     chosen = (pcm, listener)
             if chosen is None:
-                return None
+                return self._cues.popleft() if self._cues else None
             if self._last_played is None or now - self._last_played > self.BURST_GAP:
                 self.burst_starts.append(time.time())
             self._last_played = now

@@ -15,6 +15,8 @@ Messages (S: server → client, C: client → server):
   S imessage {group, gmk_id, data}       S groups {groups}          S event {group, kind, uri?}
   C csk {data}  → S csk_ok {csk_id}      C join {group, ssrc} → S joined {group, token, relay}
   C leave {group}                        C/S ping {id} / pong {id}
+  C emergency {group, level, call?}      C emergency_cancel {group, uri?}  → S emergency_ok {group}
+  S alert {group, state, uri, level, since, call, by?}   (ptt.emergency: emergency and imminent peril alerts)
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ping": {"id": int},
     "pong": {"id": int},
 }
+# Emergency and imminent peril alerts (issue 16; the fields and their checks are ptt.emergency's)
+SCHEMA.update(
+    {
+        "emergency": {"group": str, "level": str},  # C: raise one's alert {group, level, call?}
+        "emergency_cancel": {"group": str},  # C: cancel an alert {group, uri?}
+        "emergency_ok": {"group": str},  # S: the raise or cancel is committed
+        "alert": {"group": str, "state": str, "uri": str, "level": str},  # S: to every member {since, call, by?}
+    }
+)
 
 
 class ControlProtocolError(ValueError):

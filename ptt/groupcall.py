@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptt.control import b64
+from ptt.emergency import Alert, alerts_json
 from ptt.floor.arbiter import ArbiterConfig, FloorArbiter, Participant, Send
 from ptt.floor.events import FloorEventKind
 from ptt.floor.messages import FloorMessageError, parse_rtcp
+from ptt.groupcall_alerts import alert_messages, entry_json, urgencies
 from ptt.relaycore import BINDING_ID_LENGTH, Address, Binding, RelayCore, binding_key
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
 
@@ -49,6 +51,7 @@ class MemberInfo:
     uri: str
     priority: int = 0
     role: str = "member"
+    broadcast: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class GroupInfo:
     name: str
     max_burst: float = 30.0
     members: Mapping[str, MemberInfo] = field(default_factory=dict)
+    alerts: Mapping[str, Alert] = field(default_factory=dict)
+    """The members' emergency alerts by URI as committed (active and the last cancelled: ``ptt.emergency``)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,8 @@ class GroupCall:
 
     def set_group(self, info: GroupInfo, now: float) -> None:
         """A group was created or changed: members that are gone are unbound and told; a joined member's new
-        priority or role applies from its next join."""
+        priority, role or broadcast right applies from its next floor request; alerts raised or cancelled are told
+        to every member and reach the floor."""
         old = self._groups.get(info.uri)
         self._groups[info.uri] = info
         for uri in info.members:
@@ -138,7 +144,9 @@ class GroupCall:
             self._push_groups(uri)
         arbiter = self._arbiters.get(info.uri)
         if arbiter is not None and arbiter.config.max_burst != info.max_burst:
-            arbiter.config = ArbiterConfig(max_burst=info.max_burst, server_ssrc=self.server_ssrc)
+            arbiter.config = self._arbiter_config(info)
+        self._alerts_changed(old, info)
+        self._rights_changed(old, info)
 
     def drop_group(self, group: str, now: float) -> None:
         """The group was deleted: everyone leaves it and is told."""
@@ -181,7 +189,9 @@ class GroupCall:
         for group in sorted(self._groups_of.get(member, ())):
             info = self._groups[group]
             spec = info.members[member]
-            result.append({"uri": group, "name": info.name, "role": spec.role, "priority": spec.priority})
+            entry: dict[str, Any] = {"uri": group, "name": info.name, "role": spec.role, "priority": spec.priority}
+            entry.update(entry_json(info.alerts, spec.broadcast))
+            result.append(entry)
         return result
 
     def welcome(self, member: str) -> dict[str, Any]:
@@ -224,13 +234,16 @@ class GroupCall:
         self.relay.unbind(group, member)
         self.relay.expect(binding_id, Binding(group, member, ssrc), binding_key(channel.keys.csk, binding_id), now)
         participant = Participant(
-            ssrc=ssrc, uri=member, priority=spec.priority, pre_emptive=spec.role == DISPATCHER_ROLE
+            ssrc=ssrc,
+            uri=member,
+            priority=spec.priority,
+            pre_emptive=spec.role == DISPATCHER_ROLE,
+            broadcast=spec.broadcast,
         )
         self._joined[(group, member)] = _Joined(participant)
         if group not in self._arbiters:
-            self._arbiters[group] = FloorArbiter(
-                group, ArbiterConfig(max_burst=info.max_burst, server_ssrc=self.server_ssrc)
-            )
+            self._arbiters[group] = FloorArbiter(group, self._arbiter_config(info))
+            self._arbiters[group].set_alerts(urgencies(info.alerts))
         return {"type": "joined", "group": group, "token": b64(binding_id), "relay": self._relay_json()}
 
     def leave(self, member: str, group: str, now: float) -> None:
@@ -323,7 +336,46 @@ class GroupCall:
             "joined": sorted(b.member for b, _, _ in self.relay.members(group)),
             "talker": holder.uri if holder else None,
             "queue": [p.uri for p in arbiter.queue] if arbiter else [],
+            "alerts": alerts_json(self._groups[group].alerts.values()) if group in self._groups else [],
         }
+
+    # -- emergency alerts and broadcast (issue 16) ---------------------------------------------------------------------
+
+    def check_member(self, group: str, member: str) -> None:
+        """Refused (403) unless ``member`` is a member of ``group`` as committed (before any store work)."""
+        info = self._groups.get(group)
+        if info is None or member not in info.members:
+            raise Refused(403, f"{member} is not a member of {group}")
+
+    def _arbiter_config(self, info: GroupInfo) -> ArbiterConfig:
+        return ArbiterConfig(max_burst=info.max_burst, server_ssrc=self.server_ssrc, verified_call_types=True)
+
+    def _alerts_changed(self, old: GroupInfo, info: GroupInfo) -> None:
+        """Tell every member of each alert raised or cancelled, and the floor of the new urgencies."""
+        messages = alert_messages(info.uri, old.alerts, info.alerts)
+        arbiter = self._arbiters.get(info.uri)
+        if messages and arbiter is not None:
+            arbiter.set_alerts(urgencies(info.alerts))
+        self._pushes += [(member, message) for message in messages for member in info.members]
+
+    def _rights_changed(self, old: GroupInfo, info: GroupInfo) -> None:
+        """A member's priority, role or broadcast right changed: its floor participant follows at once (from its
+        next request) and the member is sent its group list (which names the broadcast right)."""
+        arbiter = self._arbiters.get(info.uri)
+        for uri, spec in info.members.items():
+            before = old.members.get(uri)
+            if before is None or before == spec:
+                continue
+            joined = self._joined.get((info.uri, uri))
+            if joined is not None:
+                p = joined.participant
+                joined.participant = Participant(
+                    p.ssrc, uri, spec.priority, spec.role == DISPATCHER_ROLE, p.receive_only, spec.broadcast
+                )
+                if arbiter is not None and joined.bound:
+                    arbiter.update_participant(joined.participant)
+            if before.broadcast != spec.broadcast:
+                self._push_groups(uri)
 
     # -- internals ---------------------------------------------------------------------------------------------------
 

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
 from ptt.control import Authenticated, auth_claim, b64
+from ptt.emergency import Alert
 from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused
 from ptt.mikey.errors import MikeyError, OutsideTimeWindow
 from ptt.mikey.imessage import MAX_CLOCK_SKEW, IdentityKeys, KmsDomain, check_time, replay_key
 from ptt.ratelimit import BucketTable
 from ptt.relaycore import BINDING_ID_LENGTH, Address, Binding
 from ptt.srtcp import CskKeys
+from server.emergencyshell import EmergencyRequests
 from server.groups.manager import GroupChange, GroupManager
 from server.groups.store import GroupRecord, MemberRecord
 from server.replaystore import CskReplay, csk_replay_path
@@ -38,12 +40,13 @@ MAX_CSK_MESSAGE = 4096
 """A CSK I_MESSAGE is about 500 octets; anything far larger is refused before it is parsed."""
 
 
-def group_info(record: GroupRecord, members: list[MemberRecord]) -> GroupInfo:
+def group_info(record: GroupRecord, members: list[MemberRecord], alerts: Iterable[Alert] = ()) -> GroupInfo:
     return GroupInfo(
         record.uri,
         record.name,
         record.max_burst,
-        {m.uri: MemberInfo(m.uri, m.priority, m.role) for m in members},
+        {m.uri: MemberInfo(m.uri, m.priority, m.role, m.broadcast) for m in members},
+        {a.uri: a for a in alerts},
     )
 
 
@@ -77,6 +80,7 @@ class CallShell:
         self.csk_replay = self._csk_replay.cache
         self._timer: Any = None
         self._log_limit: BucketTable[str] = BucketTable(1.0, 5)  # per member: at most ~1 log line a second
+        self._emergency: EmergencyRequests | None = None
 
     # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
 
@@ -157,6 +161,12 @@ class CallShell:
         self.call.disconnected(uri, now)
         self._flush()
 
+    def on_emergency(self, uri: str, message: dict[str, Any], now: float) -> defer.Deferred[dict[str, Any]]:
+        """Raise or cancel an emergency alert (server.emergencyshell)."""
+        if self._emergency is None:
+            self._emergency = EmergencyRequests(self.reactor, self.call, self.manager, self.store_pool)
+        return self._emergency.handle(uri, message, now)
+
     # --- inputs from the relay -----------------------------------------------------------------------------------
 
     def relay_joined(self, binding: Binding, addr: Address) -> None:
@@ -189,7 +199,7 @@ class CallShell:
         if change.record is None:
             self.call.drop_group(change.group, now)
         else:
-            self.call.set_group(group_info(change.record, change.members), now)
+            self.call.set_group(group_info(change.record, change.members, change.alerts), now)
         if change.messages:
             online = self.control.online if self.control is not None else None
             self.call.imessages(change.group, change.gmk_id, change.messages, online)
@@ -228,7 +238,11 @@ class CallShell:
         """Every group and its members as the store has them now (after cluster notifications were missed)."""
 
         def read() -> list[GroupInfo]:
-            return [group_info(record, self.manager.members(record.uri)) for record in self.manager.groups()]
+            store = self.manager.store
+            return [
+                group_info(record, store.members(record.uri), store.alerts(record.uri))
+                for record in self.manager.groups()
+            ]
 
         def apply(infos: list[GroupInfo]) -> None:
             now = self.reactor.seconds()

@@ -75,6 +75,9 @@ class ControlBackend(Protocol):
     def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]: ...
     def on_leave(self, uri: str, group: str, now: float) -> None: ...
     def on_disconnected(self, uri: str, now: float) -> None: ...
+    def on_emergency(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        """An ``emergency`` / ``emergency_cancel`` request: the reply (or a Deferred of it); RequestRefused."""
+        ...
 
 
 class ControlSession(Int32StringReceiver):
@@ -261,9 +264,19 @@ class ControlSession(Int32StringReceiver):
             return d
         elif kind == "leave":
             backend.on_leave(self.uri, message["group"], now)
+        elif kind in ("emergency", "emergency_cancel"):
+            return self._emergency(message, now)
         else:
             raise Refused(400, f"{kind} is not a client request")
         return None
+
+    def _emergency(self, message: dict[str, Any], now: float) -> defer.Deferred[Any]:
+        """Raise or cancel an emergency alert (issue 16; the backend checks, stores and tells the group)."""
+        assert self.uri is not None
+        d = defer.maybeDeferred(self.factory.backend.on_emergency, self.uri, message, now)
+        d.addCallback(self.send)
+        d.addErrback(self._failed, message["type"])
+        return d
 
     def _admit(self, what: str, bucket: TokenBucket, now: float) -> None:
         if bucket.take(now):

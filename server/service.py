@@ -316,7 +316,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     store_pool.start()
     relay_core = relay_core_from_environment(os.environ)
     call = GroupCall(relay_core, config.relay_address())
-    call.load(group_info(record, store.members(record.uri)) for record in records)
+    call.load(group_info(record, store.members(record.uri), store.alerts(record.uri)) for record in records)
     manager = GroupManager(store, keys, distributor=pool.distributor)
     shell = CallShell(
         reactor,

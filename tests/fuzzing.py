@@ -318,6 +318,9 @@ def dispatch_harness() -> Harness:
         (b"POST " + members.encode(), b'{"uri": "sip:carol@example.org", "priority": 200, "role": "member"}'),
         (b"PATCH " + members.encode() + b"/sip%3Aalice%40example.org", b'{"priority": 10, "role": "dispatcher"}'),
         (b"PATCH " + members.encode() + b"/sip%3Aalice%40example.org", b'{"role": "member"}'),
+        (b"GET /api/groups/sip%3Afire-ops%40example.org/alerts", b""),  # issue 16's routes
+        (b"DELETE /api/groups/sip%3Afire-ops%40example.org/alerts/sip%3Abob%40example.org", b""),
+        (b"PUT " + members.encode() + b"/sip%3Aalice%40example.org/broadcast", b""),
     ]
     seeds = [head + b"\n" + body for head, body in requests]
 
@@ -534,7 +537,45 @@ def idms_harness() -> Harness:
     return harness
 
 
+def emergency_harness() -> Harness:
+    """The emergency control messages (issue 16): a frame, then the ``ptt.emergency`` parser of its type."""
+    from ptt.control import ControlProtocolError, FrameDecoder, encode_frame
+    from ptt.emergency import AlertEvent, CancelRequest, EmergencyMessageError, RaiseRequest
+
+    group = "sip:fire-ops@example.org"
+    messages: list[dict[str, Any]] = [
+        {"type": "emergency", "group": group, "level": "emergency", "call": True},
+        {"type": "emergency", "group": group, "level": "imminent-peril"},
+        {"type": "emergency_cancel", "group": group, "uri": "sip:bob@example.org"},
+        {"type": "emergency_cancel", "group": group},
+        {"type": "alert", "group": group, "state": "raised", "uri": "sip:bob@example.org", "level": "emergency",
+         "since": 1790000000.5, "call": False},
+        {"type": "alert", "group": group, "state": "cancelled", "uri": "sip:bob@example.org",
+         "level": "imminent-peril", "since": 1790000000, "call": True, "by": "dana"},
+    ]  # fmt: skip
+    parsers = {"emergency": RaiseRequest.parse, "emergency_cancel": CancelRequest.parse, "alert": AlertEvent.parse}
+
+    def run(data: bytes) -> bool:
+        try:
+            decoded = FrameDecoder().feed(data)
+        except ControlProtocolError:
+            return False
+        accepted = True
+        for message in decoded:
+            parse = parsers.get(message["type"])
+            if parse is None:
+                continue
+            try:
+                parse(message)
+            except EmergencyMessageError:
+                accepted = False
+        return accepted
+
+    return Harness([encode_frame(m) for m in messages], run)
+
+
 TARGETS: dict[str, Callable[[], Harness]] = {
+    "emergency": emergency_harness,
     "control": control_harness,
     "dispatch": dispatch_harness,
     "floor": floor_harness,

@@ -202,7 +202,13 @@ def test_create_list_and_show(api: Api, world: KmsWorld) -> None:
     api.status.update(present=[ALICE, BOB], joined=[ALICE], talker=ALICE, queue=[BOB])
     status, doc, _ = api("GET", _path(GROUP), auth=DANA_AUTH)
     assert status == 200
-    assert doc["group"]["status"] == {"present": [ALICE, BOB], "joined": [ALICE], "talker": ALICE, "queue": [BOB]}
+    assert doc["group"]["status"] == {
+        "present": [ALICE, BOB],
+        "joined": [ALICE],
+        "talker": ALICE,
+        "queue": [BOB],
+        "alerts": [],
+    }
     assert api("GET", "/api/groups/" + GROUP)[0] == 200  # an unencoded URI works too
     assert api("GET", _path(GROUP) + "/")[0] == 200
 
@@ -215,7 +221,13 @@ def test_status_source_failure_gives_empty_status(api: Api) -> None:
 
     api.app.status = broken
     status, doc, _ = api("GET", _path(GROUP))
-    assert status == 200 and doc["group"]["status"] == {"present": [], "joined": [], "talker": None, "queue": []}
+    assert status == 200 and doc["group"]["status"] == {
+        "present": [],
+        "joined": [],
+        "talker": None,
+        "queue": [],
+        "alerts": [],
+    }
 
 
 def test_create_errors(api: Api) -> None:

@@ -14,6 +14,7 @@ from ptt.floor.arbiter import (
     Participant,
     Send,
 )
+from ptt.floor.arbiter_types import urgency
 from ptt.floor.messages import QUEUE_POSITION_NOT_QUEUED, FloorIndicator, FloorMessage, QueueInfo, Subtype
 
 GROUP = "sip:fire-ops@example.org"
@@ -613,7 +614,8 @@ class ArbiterMachine(RuleBasedStateMachine):
         assert set(ssrcs) <= set(self.joined)
         assert len(queue) <= self.config.queue_limit
         assert not any(p.receive_only for p in queue)
-        assert [p.priority for p in queue] == sorted((p.priority for p in queue), reverse=True)
+        ranks = [(urgency(c.indicator), c.priority) for c in self.floor._queue]  # urgency first (issue 16)
+        assert ranks == sorted(ranks, reverse=True)
         assert {p.ssrc for p in self.floor.participants} == set(self.joined)
         if holder is None:
             assert self.floor.next_deadline() is None

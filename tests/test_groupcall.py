@@ -206,7 +206,7 @@ def test_dead_member_leaves_the_floor_and_deleted_group_is_forgotten() -> None:
     assert ("idle", GROUP, None) in events(call)
     call.drop_group(GROUP, 18.0)
     assert call.groups_of(ALICE) == [] and call.members(GROUP) == []
-    assert call.status(GROUP) == {"present": [], "joined": [], "talker": None, "queue": []}
+    assert call.status(GROUP) == {"present": [], "joined": [], "talker": None, "queue": [], "alerts": []}
 
 
 def test_dispatcher_pre_empts_with_its_role_and_priority_from_the_store() -> None:

@@ -37,9 +37,11 @@ Simplifications against TS 24.380 §6.3 (deliberate; the rest of the procedures 
 3. **Pre-emption hands over at once.** TS 24.380 enters 'G: pending Floor Revoke' and grants the pre-empting
    participant only after the holder's Floor Release (or T3). Here Floor Revoke (cause #4) goes to the holder
    and Floor Granted to the pre-empting participant in the same step; the pre-empted holder is not queued.
-   Pre-emption needs a participant authorised for pre-emptive priority (:attr:`Participant.pre_emptive`) whose
-   request has a higher priority than the holder's grant, or a more urgent Floor Indicator (emergency >
-   imminent peril > neither) than the holder's grant.
+   A request pre-empts when its Floor Indicator is more urgent than the holder's grant (emergency > imminent
+   peril > neither) and the server vouches for that urgency (``verified_call_types``: the member's alert, see
+   below; otherwise only a participant authorised for pre-emptive priority, :attr:`Participant.pre_emptive`, is
+   believed), or when a pre-emptive participant asks at no lower urgency with a higher priority than the
+   holder's grant. A dispatcher's priority never pre-empts a more urgent (emergency) talker.
 4. **Priorities.** A participant's authorised priority comes from :class:`Participant` (call setup, not this
    protocol). A Floor Request carrying a Floor Priority field gets ``min(requested, authorised)``: a
    participant can ask for less than it is entitled to, never more. The queue is ordered by that priority
@@ -52,7 +54,12 @@ Simplifications against TS 24.380 §6.3 (deliberate; the rest of the procedures 
    transition (the broadcast and later late-entry copies) share the number. Floor Granted carries none (the
    message has no such field).
 7. **Floor Indicator**: grants echo the call-type bits of the request (normal, broadcast, system, emergency,
-   imminent peril; "normal" when the request had none). Floor Idle says "normal".
+   imminent peril; "normal" when the request had none). Floor Idle says "normal". With
+   ``verified_call_types`` (the group server) the server decides: a request's emergency / imminent peril bits
+   are replaced by the member's active alert (:meth:`FloorArbiter.set_alerts`: present → set, even if the
+   request lacked it; absent → cleared), and BROADCAST needs :attr:`Participant.broadcast` (else Floor Deny
+   #255). While any member of the group has an alert, Floor Granted, Floor Taken and Floor Idle carry the
+   group's level (the call is an emergency / imminent peril call); the queue is ordered by urgency first.
 8. **Queue position of a participant that is not queued**: a Floor Queue Position Request from it is answered
    with position 254 (``QUEUE_POSITION_NOT_QUEUED``, §8.2.3.5 "not queued") and its authorised priority.
 9. **Floor Taken to everyone else** is one broadcast :class:`Send` (``to=None``, ``exclude=`` the holder) with
@@ -62,11 +69,16 @@ Simplifications against TS 24.380 §6.3 (deliberate; the rest of the procedures 
     Idle (late entry).
 11. No dual floor control, no audio cut-in, no multi-talker, no track info (non-controlling functions), no
     Floor Queued Cancel of others' requests by an authorised user.
+12. **Broadcast group call** (the standards leave who may interrupt it to policy): while the holder's grant
+    has the BROADCAST bit, every other request is denied with cause #1 "broadcast group call in progress" (not
+    queued), a pre-emptive dispatcher's included; only an emergency request pre-empts it (Floor Revoke #4). The
+    broadcast ends when its talker releases the floor.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ptt.floor.arbiter_types import (
     DEFAULT_SERVER_SSRC,
@@ -79,6 +91,7 @@ from ptt.floor.arbiter_types import (
     Participant,
     Send,
     urgency,
+    with_urgency,
 )
 from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.floor.fields import (
@@ -131,6 +144,7 @@ class FloorArbiter:
         self._queue: list[Claim] = []
         self._sequence = 0
         self._events: list[FloorEvent] = []
+        self._alerts: dict[str, int] = {}  # member URI -> urgency of its active alert (1 imminent peril, 2 emergency)
 
     # -- state -----------------------------------------------------------------------------------------------
 
@@ -156,6 +170,40 @@ class FloorArbiter:
         drained, self._events = self._events, []
         return drained
 
+    # -- emergency and imminent peril (issue 16) ---------------------------------------------------------------
+
+    @property
+    def group_urgency(self) -> int:
+        """The group's alert level as urgency (0 none, 1 imminent peril, 2 emergency): every Floor Granted, Taken and
+        Idle carries it (the call is an emergency / imminent peril call)."""
+        return max(self._alerts.values(), default=0)
+
+    def set_alerts(self, alerts: Mapping[str, int]) -> None:
+        """The members' active alerts (URI -> urgency 1 or 2). With ``verified_call_types``, a claim (the holder's,
+        a queued one) of a member whose alert ended loses its urgency; a raised alert applies from the member's
+        next request (the server never grants on its own). No message is sent."""
+        self._alerts = {uri: level for uri, level in alerts.items() if level in (1, 2)}
+        if not self.config.verified_call_types:
+            return
+        claims = self._queue + ([self._floor.claim] if self._floor is not None else [])
+        for claim in claims:
+            allowed = self._alerts.get(claim.participant.uri, 0)
+            if urgency(claim.indicator) > allowed:
+                claim.indicator = with_urgency(claim.indicator, allowed) or int(FloorIndicator.NORMAL)
+
+    def _call_type(self, participant: Participant, requested: int) -> int | None:
+        """The call type bits the server grants a request (None: a broadcast the participant may not make)."""
+        if not self.config.verified_call_types:
+            return requested or int(FloorIndicator.NORMAL)
+        if requested & FloorIndicator.BROADCAST and not participant.broadcast:
+            return None
+        return with_urgency(requested, self._alerts.get(participant.uri, 0)) or int(FloorIndicator.NORMAL)
+
+    def _shown(self, indicator: int) -> int:
+        """The Floor Indicator sent for a claim: its call type at least as urgent as the group's alert level."""
+        level = self.group_urgency
+        return with_urgency(indicator, level) if level > urgency(indicator) else indicator
+
     # -- inputs ----------------------------------------------------------------------------------------------
 
     def join(self, p: Participant, now: float) -> list[Send]:
@@ -167,6 +215,12 @@ class FloorArbiter:
         else:
             sends.append(Send(p.ssrc, self._idle()))
         return sends
+
+    def update_participant(self, p: Participant) -> None:
+        """A joined participant's authorisations changed (priority, pre-emption, broadcast): they apply from its
+        next request; a grant or queue place it holds keeps what it was given."""
+        if p.ssrc in self._members:
+            self._members[p.ssrc] = p
 
     def leave(self, ssrc: int, now: float) -> list[Send]:
         """A participant leaves: a holder leaving releases the floor, a queued one leaves the queue."""
@@ -225,7 +279,12 @@ class FloorArbiter:
     # -- procedures ------------------------------------------------------------------------------------------
 
     def _on_request(self, participant: Participant, message: FloorMessage, now: float) -> list[Send]:
-        indicator = int(message.floor_indicator or 0) & int(_CALL_TYPE_BITS) or int(FloorIndicator.NORMAL)
+        requested = int(message.floor_indicator or 0) & int(_CALL_TYPE_BITS)
+        call_type = self._call_type(participant, requested)
+        if call_type is None:
+            phrase = "not authorised for broadcast group calls"
+            return [self._deny(participant, DenyCause.OTHER, phrase, requested or int(FloorIndicator.NORMAL))]
+        indicator = call_type
         if participant.receive_only:
             return [self._deny(participant, DenyCause.RECEIVE_ONLY, "receive only", indicator)]
         priority = participant.priority if message.priority is None else min(message.priority, participant.priority)
@@ -237,20 +296,34 @@ class FloorArbiter:
             if floor.revoke_deadline is not None:
                 return [self._revoke(floor, RevokeCause.MEDIA_BURST_TOO_LONG, event=False)]
             return [Send(participant.ssrc, self._granted(floor, now))]
-        if participant.pre_emptive and (
-            priority > floor.claim.priority or urgency(indicator) > urgency(floor.claim.indicator)
-        ):
+        mine, theirs = urgency(indicator), urgency(floor.claim.indicator)
+        # urgency pre-empts when the server vouches for it (verified call types) or the participant may pre-empt
+        urgent = mine > theirs and (self.config.verified_call_types or participant.pre_emptive)
+        if floor.claim.indicator & FloorIndicator.BROADCAST:
+            # a broadcast group call: nobody else is granted or queued; only an emergency interrupts it
+            if urgent and mine == 2:
+                revoke = self._revoke(floor, RevokeCause.PRE_EMPTED)
+                return [revoke, *self._grant(Claim(participant, priority, indicator), now)]
+            phrase = "broadcast group call in progress"
+            return [self._deny(participant, DenyCause.ANOTHER_CLIENT_HAS_PERMISSION, phrase, indicator)]
+        if urgent or (participant.pre_emptive and mine >= theirs and priority > floor.claim.priority):
             sends = [self._revoke(floor, RevokeCause.PRE_EMPTED)]
             return sends + self._grant(Claim(participant, priority, indicator), now)
         if not self.config.queueing:
             return [self._deny(participant, DenyCause.ANOTHER_CLIENT_HAS_PERMISSION, "another talker", indicator)]
-        if any(claim.ssrc == participant.ssrc for claim in self._queue):
+        queued = next((claim for claim in self._queue if claim.ssrc == participant.ssrc), None)
+        if queued is not None and urgency(queued.indicator) >= mine:
             return [Send(participant.ssrc, self._queue_position_info(participant))]
-        if len(self._queue) >= self.config.queue_limit:
+        if queued is not None:
+            self._dequeue(participant.ssrc)  # asked again more urgently: queued again by the new urgency
+        elif len(self._queue) >= self.config.queue_limit:
             return [self._deny(participant, DenyCause.QUEUE_FULL, "queue full", indicator)]
         claim = Claim(participant, priority, indicator)
-        # after everyone of the same or a higher priority: by priority, then by arrival
-        position = next((i for i, queued in enumerate(self._queue) if queued.priority < priority), len(self._queue))
+        # after everyone as urgent and of the same or a higher priority: by urgency, priority, then arrival
+        rank = (mine, priority)
+        position = next(
+            (i for i, q in enumerate(self._queue) if (urgency(q.indicator), q.priority) < rank), len(self._queue)
+        )
         self._queue.insert(position, claim)
         self._events.append(self._about(FloorEventKind.QUEUED, participant, position=position + 1))
         return [Send(participant.ssrc, self._queue_position_info(participant))]
@@ -325,7 +398,7 @@ class FloorArbiter:
             duration=min(MAX_DURATION, max(0, math.ceil(deadline - now))),
             priority=floor.claim.priority,
             queue_size=len(self._queue) if self.config.queueing else None,
-            floor_indicator=floor.claim.indicator,
+            floor_indicator=self._shown(floor.claim.indicator),
         )
 
     def _taken(self, floor: Floor) -> FloorMessage:
@@ -337,7 +410,7 @@ class FloorArbiter:
             permission_to_request=True,
             sequence=self._sequence,
             ssrc_field=holder.ssrc,
-            floor_indicator=floor.claim.indicator,
+            floor_indicator=self._shown(floor.claim.indicator),
         )
 
     def _idle(self) -> FloorMessage:
@@ -345,7 +418,7 @@ class FloorArbiter:
             subtype=Subtype.IDLE,
             ssrc=self.config.server_ssrc,
             sequence=self._sequence,
-            floor_indicator=int(FloorIndicator.NORMAL),
+            floor_indicator=self._shown(int(FloorIndicator.NORMAL)),
         )
 
     def _queue_position_info(self, participant: Participant) -> FloorMessage:

@@ -33,6 +33,8 @@ class Participant:
     pre_emptive: bool = False
     """Authorised for pre-emptive priority (dispatchers): may take the floor from a lower-priority talker."""
     receive_only: bool = False
+    broadcast: bool = False
+    """Authorised for broadcast group calls (a dispatcher's grant): may ask with the BROADCAST Floor Indicator."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.ssrc <= 0xFFFFFFFF:
@@ -61,6 +63,10 @@ class ArbiterConfig:
     """Seconds after Floor Revoke before the floor is taken away regardless (timer T3)."""
     server_ssrc: int = DEFAULT_SERVER_SSRC
     queueing: bool = True
+    verified_call_types: bool = False
+    """The server decides the call type of a request (the group server sets this): EMERGENCY/IMMINENT PERIL come
+    from the member's active alert (:meth:`FloorArbiter.set_alerts`), whatever the request says, and BROADCAST
+    needs :attr:`Participant.broadcast`. Off (the pure default), the request's bits are taken as they are."""
 
     def __post_init__(self) -> None:
         if not self.max_burst > 0:
@@ -93,6 +99,18 @@ class Floor:
     claim: Claim
     burst_deadline: float | None
     revoke_deadline: float | None = None
+
+
+URGENT_BITS = int(FloorIndicator.EMERGENCY | FloorIndicator.IMMINENT_PERIL)
+
+
+def with_urgency(indicator: int, level: int) -> int:
+    """``indicator`` with its emergency/imminent peril bits replaced by those of urgency ``level`` (0, 1, 2); an
+    urgent call is not a normal call, so the NORMAL bit goes with an urgency (tshark names such a call)."""
+    if level == 0:
+        return indicator & ~URGENT_BITS
+    bits = (int(FloorIndicator.IMMINENT_PERIL), int(FloorIndicator.EMERGENCY))[level - 1]
+    return (indicator & ~URGENT_BITS & ~int(FloorIndicator.NORMAL)) | bits
 
 
 def urgency(indicator: int) -> int:

@@ -47,7 +47,7 @@ def group_reader(store: GroupStore, online: Any) -> Any:
                 for stored in store.imessages_for(member.uri):
                     if stored.group == group and stored.gmk_id == gmk_id:
                         messages[member.uri] = stored.data
-        return GroupChange(group, record, members, gmk_id if messages else b"", messages)
+        return GroupChange(group, record, members, gmk_id if messages else b"", messages, store.alerts(group))
 
     return read
 

@@ -19,6 +19,7 @@ of a rekey must not stall the reactor). Routes, request JSON checks and the JSON
     POST   /api/groups/{uri}/dispatchers            {username} → 201: assign a dispatcher of the group's org (admin)
     DELETE /api/groups/{uri}/dispatchers/{name}     unassign it (admin)
     GET    /api/audit?limit=N                       the audit records of the admin's organisation, chain checked
+    GET, DELETE .../alerts[/{member}], PUT, DELETE .../members/{member}/broadcast: server.dispatch.emergency
 
 URIs in paths are percent-encoded. Who may do what is ``server.dispatch.policy`` (organisations, owners, assigned
 dispatchers, the priority ceiling, admin-only pre-emption); a group the account may not see is answered as an
@@ -42,6 +43,7 @@ from twisted.web import server
 from server.accounts import IP_FAILURE_LIMIT as IP_FAILURE_LIMIT  # re-exported: the per-address throttle's limit
 from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
 from server.accounts import LockedOut, LoginFailed, retry_after_header
+from server.dispatch.emergency import EmergencyRoutes
 from server.dispatch.policy import Access, Refused, check_member_change, group_access
 from server.dispatch.routes import (
     ADMIN_ONLY,
@@ -97,7 +99,7 @@ def no_status(group_uri: str) -> dict[str, Any]:
     return {"present": [], "joined": [], "talker": None, "queue": []}
 
 
-class DispatchApplication:
+class DispatchApplication(EmergencyRoutes):
     """Authenticates dispatchers and runs their requests against the group manager."""
 
     def __init__(
@@ -256,6 +258,7 @@ class DispatchApplication:
             "joined": uri_list(raw.get("joined")),
             "talker": str(talker) if talker else None,
             "queue": uri_list(raw.get("queue")),
+            "alerts": [a for a in raw.get("alerts", []) if isinstance(a, dict)],
         }
 
     def _get_groups(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:

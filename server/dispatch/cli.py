@@ -11,6 +11,8 @@
     group delete URI
     group assign URI ACCOUNT                    let a dispatcher account manage the group (admins)
     group unassign URI ACCOUNT
+    group emergency show|cancel|watch URI [MEMBER]   emergency alerts (server/dispatch/emergency_cli.py)
+    group broadcast grant|revoke URI MEMBER     the broadcast group call right
     audit [--limit N]                           the audit log of your organisation, its chain checked (admins)
 
 Who may do what (organisations, owners, assigned dispatchers, the priority ceiling, the pre-emptive role) is the
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from server.dispatch import emergency_cli
 from server.dispatch.apiclient import PASSWORD_ENV as PASSWORD_ENV  # re-exported: where the password may come from
 from server.dispatch.apiclient import ApiClient, CliError, Session, group_path, password_reader
 
@@ -131,6 +134,8 @@ def _cmd_show(session: Session, args: argparse.Namespace) -> int:
     print(f"key      {_gmk(key)}{since}")
     print(f"talking  {talker or '-'}")
     print(f"queue    {', '.join(queue) if queue else '-'}")
+    alerts = [emergency_cli.alert_line(a) for a in status.get("alerts", [])]
+    print(f"alerts   {'; '.join(alerts) if alerts else '-'}")
     members = group.get("members", [])
     if not members:
         print("no members")
@@ -264,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     unassign.add_argument("group", metavar="URI")
     unassign.add_argument("account", metavar="ACCOUNT")
     unassign.set_defaults(func=_cmd_unassign)
+    emergency_cli.add_commands(group)  # group emergency show|cancel|watch, group broadcast grant|revoke
 
     audit = sub.add_parser("audit", help="the audit log of your organisation (admins)")
     audit.add_argument("--limit", type=int, default=50, metavar="N", help="the last N records (default 50)")

@@ -89,6 +89,10 @@ METHODS = {
     "member": ("GET", "PATCH", "DELETE"),
     "dispatchers": ("GET", "POST"),
     "dispatcher": ("DELETE",),
+    # issue 16: emergency alerts (a dispatcher cancels any) and the broadcast right (server.dispatch.emergency)
+    "alerts": ("GET",),
+    "alert": ("DELETE",),
+    "broadcast": ("PUT", "DELETE"),
 }
 ADMIN_ONLY = {("audit", "GET")}
 """Routes only an admin may use at all; the rest are decided per group by ``server.dispatch.policy``."""
@@ -120,6 +124,13 @@ def parse_route(path: str) -> Route | None:
             return Route("members", parts[1])
         if len(parts) == 4:
             return Route("member", parts[1], parts[3])
+        if len(parts) == 5 and parts[4] == "broadcast":
+            return Route("broadcast", parts[1], parts[3])
+    if parts[2] == "alerts":
+        if len(parts) == 3:
+            return Route("alerts", parts[1])
+        if len(parts) == 4:
+            return Route("alert", parts[1], parts[3])
     if parts[2] == "dispatchers":
         if len(parts) == 3:
             return Route("dispatchers", parts[1])
@@ -166,7 +177,7 @@ def key_json(info: KeyInfo | None) -> dict[str, Any] | None:
 
 
 def member_json(m: MemberRecord) -> dict[str, Any]:
-    return {"uri": m.uri, "priority": m.priority, "role": m.role, "added_at": m.added_at}
+    return {"uri": m.uri, "priority": m.priority, "role": m.role, "added_at": m.added_at, "broadcast": m.broadcast}
 
 
 def group_json(g: GroupRecord) -> dict[str, Any]:

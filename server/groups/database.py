@@ -133,6 +133,21 @@ _UPGRADES: dict[int, list[Upgrade]] = {
         "ALTER TABLE audit ADD COLUMN hash BLOB",
         _chain_existing_audit,
     ],
+    # Issue 16, emergency and broadcast calls: each member's emergency / imminent peril alert (active while
+    # cancelled_at is NULL; the last cancellation stays, with who cancelled), and the broadcast right of members.
+    2: [
+        "ALTER TABLE members ADD COLUMN broadcast INTEGER NOT NULL DEFAULT 0 CHECK (broadcast IN (0, 1))",
+        """CREATE TABLE emergency_alerts (
+            group_uri TEXT NOT NULL,
+            member_uri TEXT NOT NULL,
+            level INTEGER NOT NULL CHECK (level IN (1, 2)),
+            since REAL NOT NULL,
+            with_call INTEGER NOT NULL DEFAULT 0 CHECK (with_call IN (0, 1)),
+            cancelled_at REAL,
+            cancelled_by TEXT,
+            PRIMARY KEY (group_uri, member_uri),
+            FOREIGN KEY (group_uri, member_uri) REFERENCES members(group_uri, uri) ON DELETE CASCADE)""",
+    ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ptt.emergency import Alert, Level
 from ptt.groupkeys import GroupKey, build_gmk_messages, make_group_key
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from server.groups.store import (
@@ -75,6 +76,8 @@ class GroupChange:
     members: list[MemberRecord]
     gmk_id: bytes = b""
     messages: dict[str, bytes] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    """The members' emergency alerts as committed (``GroupStore.alerts``)."""
 
 
 ChangeSink = Callable[[GroupChange], None]
@@ -231,6 +234,34 @@ class GroupManager:
         log.info("group %s deleted by %s", group, by)
         self._changed(group)
 
+    # --- emergency alerts and broadcast rights (issue 16: no key change) ---
+
+    def raise_alert(self, group: str, uri: str, level: Level, *, call: bool, now: float) -> Alert | None:
+        """``uri`` raises its emergency / imminent peril alert (None: already raised at that level)."""
+        with self._lock:
+            alert = self.store.raise_alert(group, uri, level, call=call, now=now)
+        if alert is not None:
+            log.warning("%s raised %s in %s", uri, level.label, group)
+            self._changed(group)
+        return alert
+
+    def cancel_alert(self, group: str, uri: str, *, by: str, dispatcher: bool, now: float) -> Alert:
+        """``by`` cancels the alert of ``uri`` (a member its own, a dispatcher any: ``GroupStore.cancel_alert``)."""
+        with self._lock:
+            alert = self.store.cancel_alert(group, uri, by=by, dispatcher=dispatcher, now=now)
+        log.warning("%s's %s in %s cancelled by %s", uri, alert.level.label, group, by)
+        self._changed(group)
+        return alert
+
+    def set_broadcast(self, group: str, uri: str, allowed: bool, *, by: str, now: float) -> MemberRecord:
+        """Give or take a member's right to make broadcast group calls."""
+        with self._lock:
+            self.store.set_broadcast(group, uri, allowed, now=now, by=by)
+            record = self.store.member(group, uri)
+        self._changed(group)
+        assert record is not None
+        return record
+
     def rekey(self, group: str, *, by: str | None, now: float, reason: str = "requested") -> KeyInfo:
         """A fresh GMK for every current member (also the operator's answer to a suspected key compromise)."""
         with self._lock:
@@ -353,10 +384,11 @@ class GroupManager:
         try:
             record = self.store.group(group)
             members = self.store.members(group) if record is not None else []
+            alerts = self.store.alerts(group) if record is not None else []
             if push is None:
-                self.on_change(GroupChange(group, record, members))
+                self.on_change(GroupChange(group, record, members, alerts=alerts))
             else:
-                self.on_change(GroupChange(group, record, members, push.key.gmk_id, push.messages))
+                self.on_change(GroupChange(group, record, members, push.key.gmk_id, push.messages, alerts))
         except Exception:  # the change is committed; a member missing it gets it on reconnect
             log.exception("announcing the change of %s failed", group)
 

@@ -143,6 +143,8 @@ class MemberRecord:
     priority: int
     role: str
     added_at: float
+    broadcast: bool = False
+    """May make broadcast group calls (a dispatcher's grant, issue 16)."""
 
 
 @dataclass(frozen=True)

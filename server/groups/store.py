@@ -23,6 +23,7 @@ from server.accounts import LockedOut, LoginFailed
 from server.groups.database import SCHEMA_VERSION
 from server.groups.datakey import DATA_KEY_LENGTH, gmk_ad, make_data_key, read_data_key
 from server.groups.dispatchers import DispatcherAccounts
+from server.groups.emergencies import AlertRefused, EmergencyStore
 from server.groups.records import (
     DEFAULT_MAX_BURST,
     DEFAULT_ORG,
@@ -65,6 +66,7 @@ __all__ = [
     "MEMBER_ROLES",
     "SCHEMA_VERSION",
     "AccountError",
+    "AlertRefused",
     "AuditRecord",
     "ChainCheck",
     "DispatcherAccount",
@@ -100,7 +102,7 @@ DEFAULT_PRIORITY_CEILING = 100
 _GROUP_COLUMNS = "uri, name, created_at, created_by, max_burst, org, owner"
 
 
-class GroupStore(DispatcherAccounts):
+class GroupStore(DispatcherAccounts, EmergencyStore):
     """Groups and their keys in one SQLite file (WAL; other processes may read it, e.g. an admin CLI)."""
 
     # --- groups ---
@@ -259,14 +261,16 @@ class GroupStore(DispatcherAccounts):
             )
             change = f"priority {current.priority} → {new_priority}, role {current.role} → {new_role}"
             self._audit(db, now, by, "member-updated", f"{uri} in {group}: {change}", org=org)
-        return MemberRecord(group, uri, new_priority, new_role, current.added_at)
+        return MemberRecord(group, uri, new_priority, new_role, current.added_at, current.broadcast)
 
     @staticmethod
     def _member(db: Connection, group: str, uri: str) -> MemberRecord | None:
         row = db.execute(
-            "SELECT priority, role, added_at FROM members WHERE group_uri = ? AND uri = ?", (group, uri)
+            "SELECT priority, role, added_at, broadcast FROM members WHERE group_uri = ? AND uri = ?", (group, uri)
         ).fetchone()
-        return None if row is None else MemberRecord(group, uri, int(row[0]), str(row[1]), float(row[2]))
+        if row is None:
+            return None
+        return MemberRecord(group, uri, int(row[0]), str(row[1]), float(row[2]), bool(row[3]))
 
     def member(self, group: str, uri: str) -> MemberRecord | None:
         with self._read() as db:
@@ -277,9 +281,10 @@ class GroupStore(DispatcherAccounts):
         with self._read() as db:
             self._require_group(db, group)
             rows = db.execute(
-                "SELECT uri, priority, role, added_at FROM members WHERE group_uri = ? ORDER BY uri", (group,)
+                "SELECT uri, priority, role, added_at, broadcast FROM members WHERE group_uri = ? ORDER BY uri",
+                (group,),
             ).fetchall()
-        return [MemberRecord(group, str(u), int(p), str(r), float(a)) for u, p, r, a in rows]
+        return [MemberRecord(group, str(u), int(p), str(r), float(a), bool(b)) for u, p, r, a, b in rows]
 
     def groups_of(self, member_uri: str) -> list[GroupRecord]:
         with self._read() as db:
