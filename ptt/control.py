@@ -15,6 +15,8 @@ Messages (S: server → client, C: client → server):
   S imessage {group, gmk_id, data}       S groups {groups}          S event {group, kind, uri?}
   C csk {data}  → S csk_ok {csk_id}      C join {group, ssrc} → S joined {group, token, relay}
   C leave {group}                        C/S ping {id} / pong {id}
+  private calls: call_setup, call_offer, call_ringing, call_accept, call_reject, call_connected, call_end,
+  call_ended (``ptt.privatecall.messages``)
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ping": {"id": int},
     "pong": {"id": int},
 }
+# Private calls (issue 16): the values are checked by ptt.privatecall.messages, which lists the steps.
+SCHEMA.update(
+    {
+        "call_setup": {"call": str, "to": str, "commencement": str, "imessage": str},
+        "call_offer": {"call": str, "caller": str, "commencement": str, "imessage": str},
+        "call_ringing": {"call": str},
+        "call_accept": {"call": str},
+        "call_reject": {"call": str, "reason": str},
+        "call_connected": {"call": str, "peer": str, "relay": dict},
+        "call_end": {"call": str, "reason": str},
+        "call_ended": {"call": str, "reason": str},
+    }
+)
 
 
 class ControlProtocolError(ValueError):

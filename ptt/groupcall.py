@@ -59,6 +59,8 @@ class GroupInfo:
     name: str
     max_burst: float = 30.0
     members: Mapping[str, MemberInfo] = field(default_factory=dict)
+    private_call: bool = False
+    """A private call's two-party call (``ptt.privatecall.router``): not a group, never listed to its members."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ class GroupCall:
         for uri in info.members:
             self._leave(group, uri, now)
             self._forget_membership(group, uri)
-            self._push_groups(uri)
+            if not info.private_call:
+                self._push_groups(uri)
         self._arbiters.pop(group, None)
         self._deadlines.pop(group, None)
         self.relay.set_talker(group, None)
@@ -180,6 +183,8 @@ class GroupCall:
         result = []
         for group in sorted(self._groups_of.get(member, ())):
             info = self._groups[group]
+            if info.private_call:
+                continue
             spec = info.members[member]
             result.append({"uri": group, "name": info.name, "role": spec.role, "priority": spec.priority})
         return result
