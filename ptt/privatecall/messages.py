@@ -32,8 +32,10 @@ from ptt.privatecall.pck import MAX_PCK_MESSAGE
 __all__ = [
     "CALL_ID_PREFIX",
     "CALL_MESSAGE_TYPES",
+    "CLIENT_REQUESTS",
     "COMMENCEMENTS",
     "REASONS",
+    "SERVER_PUSHES",
     "CallAccept",
     "CallConnected",
     "CallEnd",
