@@ -7,8 +7,9 @@ Script steps (separated by ';'): ``join GROUP``, ``leave GROUP``, ``wait SECONDS
 GMKs are held), ``wait-file PATH`` (until it exists, at most a minute), ``talk SECONDS`` (request the floor of the
 joined group, wait for Granted, send 50 packets/s of synthetic audio, release), ``talk-loop SECONDS`` (short bursts
 again and again, through failovers), ``send SECONDS`` (send media without asking for the floor), ``request``,
-``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``. The report (JSON) lists what was
-received.
+``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``; private calls: ``call URI [manual]``,
+``wait-call``, ``answer``, ``reject``, ``hangup``, ``wait-ended`` (client.headless_calls). The report (JSON) lists
+what was received.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from client.headless_calls import CALL_STEPS, CallSteps
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
 from ptt.floor.events import FloorEvent
@@ -58,6 +60,7 @@ class Runner:
         session.media_listener = self._media
         session.floor_listener = self._floor
         session.event_listener = self.events.append
+        self.call_steps = CallSteps(self)  # private calls (issue 16): client.headless_calls
 
     def _media(self, group: str, mki: bytes, rtp: bytes) -> None:
         payload = rtp[12:]
@@ -126,6 +129,8 @@ class Runner:
             elif word == "floor-latency":  # ROUNDS [HOLD [PAUSE]], HOLD/PAUSE seconds or MIN-MAX ranges
                 rounds, *pacing = arg.split()
                 yield self._floor_latency(int(rounds), *pacing)
+            elif word in CALL_STEPS:
+                yield self.call_steps.run(word, arg)
             elif word == "quit":
                 break
             else:
@@ -215,6 +220,7 @@ class Runner:
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
             "floor_latency_ms": self.floor_latency_ms,
+            **self.call_steps.report(),
         }
 
 
