@@ -68,6 +68,7 @@ class Client:
         self.floor_log: list[dict[str, Any]] = []
         self.presses: deque[float] = deque(maxlen=1000)  # time.time() of the last PTT presses asking for the floor
         self.message = ""
+        self.call_ui: Any = None  # private calls (client.call_app.CallUi), on-network only
         session.floor_listener = self._floor
         session.event_listener = self._event
         self._status = task.LoopingCall(self.render)
@@ -147,6 +148,7 @@ class Client:
         return (
             f"[{connection}] {label} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
             f"| audio {self.voice.engine.status} | {self.message}"
+            + (f" | {self.call_ui.status()}" if self.call_ui is not None and self.call_ui.status() else "")
         )
 
     def render(self) -> None:
@@ -229,6 +231,8 @@ class Keys(LineReceiver):
                 self.client.selected = self.client.groups[int(key) - 1]
             elif key in "qQ":
                 self.quit()
+            elif self.client.call_ui is not None:
+                self.client.call_ui.key(key)
 
 
 @defer.inlineCallbacks
@@ -264,6 +268,9 @@ def main(args: Any) -> int:
         for priority, group in enumerate(reversed(groups)):
             voice.monitor(group, priority)  # the first group listed has the highest priority
         client = Client(reactor, session, voice, groups, quiet=args.quiet or not interactive)
+        from client.call_app import CallUi
+
+        client.call_ui = CallUi(client)  # incoming private calls: announced, a/r/e
         done: defer.Deferred[None] = defer.Deferred()
 
         @defer.inlineCallbacks
@@ -276,7 +283,9 @@ def main(args: Any) -> int:
                 engine.start()
                 print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
                 if interactive:
-                    print("SPACE hold to talk (or tap to start/stop) · 1-9 select group · q quit", flush=True)
+                    print(
+                        "SPACE hold to talk (or tap to start/stop) · 1-9 select group · a/r/e call · q quit", flush=True
+                    )
                 client.start_display()  # after the last full line: the status line rewrites itself in place
                 if args.script:
                     yield run_script(reactor, client, args.script)
