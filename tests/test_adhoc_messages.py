@@ -547,7 +547,11 @@ WIRE_ERRORS: dict[str, tuple[bytes, str]] = {
     "version 0": (raw_envelope(raw_group(), version=0), "version 0"),
     "version 2": (raw_envelope(raw_group(), version=2), "version 2"),
     "type 0": (raw_envelope(raw_group(), msg_type=0), "type 0"),
-    "type 7": (raw_envelope(raw_group(), msg_type=7), "type 7"),
+    "type 8": (raw_envelope(raw_group(), msg_type=8), "type 8"),  # 7 is CALL (private calls)
+    "octet after a call signal": (
+        raw_envelope(bytes(8) + b"\x02\x00" + u16s(BOB) + bytes(4) + b"\x00", msg_type=7),
+        "CALL: 1 trailing",
+    ),
     "reserved": (raw_envelope(raw_group(), reserved=1), "reserved"),
     "reserved high bit": (raw_envelope(raw_group(), reserved=0x8000), "reserved"),
     "octet after the signature": (raw_envelope(raw_group()) + b"\x00", "trailing"),
