@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keystore", required=True)
     parser.add_argument("--passphrase-file", help="keystore passphrase file (else PTT_KEYSTORE_PASSPHRASE)")
     parser.add_argument("--uri", required=True)
-    parser.add_argument("--server-info", required=True)
+    parser.add_argument("--server-info", help="the server's client-info file (not with --offnetwork)")
+    parser.add_argument("--offnetwork", action="store_true", help="off-network private calls only: no server")
+    parser.add_argument("--signal-port", type=int, default=0, help="--offnetwork: the call signalling UDP port")
+    parser.add_argument("--peer", action="append", help="--offnetwork: URI=HOST:PORT, a peer's signalling address")
     parser.add_argument("--tag", help="sender tag in the synthetic audio (default: the URI's user part)")
     parser.add_argument("--script", default="")
     parser.add_argument("--report")
@@ -250,8 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         print("ptt-headless: give --passphrase-file or PTT_KEYSTORE_PASSPHRASE", file=sys.stderr)
         return 2
     keystore = Keystore.open(Path(args.keystore), passphrase)
-    server = ServerInfo.from_json(Path(args.server_info).read_text())
     tag = (args.tag or args.uri.partition(":")[2].partition("@")[0]).encode()
+    if args.offnetwork:  # off-network private calls (issue 16): client.offnet_calls
+        from client.offnet_calls import run_headless
+
+        return run_headless(args, keystore, tag)
+    if not args.server_info:
+        parser.error("--server-info is required (or --offnetwork)")
+    server = ServerInfo.from_json(Path(args.server_info).read_text())
     outcome: dict[str, Any] = {"code": 0}
 
     def run(reactor: Any) -> Any:

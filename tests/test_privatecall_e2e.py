@@ -116,3 +116,78 @@ def test_an_offline_callee_is_unreachable(system: System) -> None:
     alice = system.client("alice", f"call {CAROL}; wait 0.2")
     wait_all([alice])
     assert ended(system.report("alice")) == ["unreachable"]
+
+
+def offnet_client(system: System, user: str, port: int, peers: dict[str, int], script: str) -> Any:
+    import subprocess
+    import sys
+
+    from bench.harness import ROOT, clean_env
+
+    peer_args = [f"--peer=sip:{u}@example.org=127.0.0.1:{p}" for u, p in peers.items()]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.headless",
+            "--offnetwork",
+            "--keystore",
+            str(system.root / f"{user}.ks"),
+            "--passphrase-file",
+            str(system.root / "ks.pw"),
+            "--uri",
+            f"sip:{user}@example.org",
+            "--signal-port",
+            str(port),
+            *peer_args,
+            "--script",
+            script,
+            "--report",
+            str(system.root / f"{user}-offnet.json"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(),
+    )
+
+
+def test_off_network_private_call_with_the_server_stopped(system: System) -> None:
+    """Last in the module: it stops the server and the KMS."""
+    import json
+
+    from bench.harness import free_ports
+
+    system.server.stop()
+    system.kms.stop()
+    alice_port, bob_port = free_ports(2)
+    bob = offnet_client(system, "bob", bob_port, {"alice": alice_port}, "wait-call 30; wait 2.5; send 1; wait-ended 20")
+    alice = offnet_client(
+        system, "alice", alice_port, {"bob": bob_port}, f"wait 1; call {BOB}; send 2; wait 2; hangup; wait 0.3"
+    )
+    wait_all([alice, bob])
+    a = json.loads((system.root / "alice-offnet.json").read_text())
+    b = json.loads((system.root / "bob-offnet.json").read_text())
+    assert [e["kind"] for e in a["calls"]] == ["connected", "ended"], a
+    assert [e["kind"] for e in b["calls"]] == ["incoming", "connected", "ended"], b
+    assert ended(b) == ["ended"]
+    assert a["sent"] >= 90 and b["sent"] >= 45
+    assert b["received"].get("alice", 0) >= 0.9 * a["sent"], b
+    assert a["received"].get("bob", 0) >= 0.9 * b["sent"], a
+    assert a["stats"]["media_bad"] == b["stats"]["media_bad"] == 0
+
+
+def test_off_network_manual_call_rejected(system: System) -> None:
+    import json
+
+    from bench.harness import free_ports
+
+    system.server.stop()
+    system.kms.stop()
+    alice_port, bob_port = free_ports(2)
+    bob = offnet_client(system, "bob", bob_port, {"alice": alice_port}, "wait-call 30; wait 0.3; reject; wait 1")
+    alice = offnet_client(system, "alice", alice_port, {"bob": bob_port}, f"wait 1; call {BOB} manual; wait 0.5")
+    wait_all([alice, bob])
+    a = json.loads((system.root / "alice-offnet.json").read_text())
+    assert [(e["kind"], e["reason"]) for e in a["calls"]] == [("ringing", ""), ("ended", "rejected")], a

@@ -101,6 +101,7 @@ class OffNetworkCalls:
     media_port: int
     timers: CallTimers = field(default_factory=CallTimers)
     speaks_for: Callable[[str, str], bool] = lambda kms, uri: True
+    domain_for: Callable[[str], KmsDomain] | None = None  # the callee's KMS (a partner's user): default our own
     replay_cache: ReplayCache = field(default_factory=lambda: ReplayCache(4096))
     _calls: dict[str, _Call] = field(default_factory=dict)
     _datagrams: list[tuple[bytes, Address]] = field(default_factory=list)
@@ -154,7 +155,8 @@ class OffNetworkCalls:
         if self.current() is not None:
             raise ValueError("already in a call")
         key = make_private_call_key()
-        imessage = build_pck_message(self.keys_at(now), callee, key, now=now)
+        domain = self.domain_for(callee) if self.domain_for is not None else None
+        imessage = build_pck_message(self.keys_at(now), callee, key, now=now, callee_domain=domain)
         call = "call:" + os.urandom(8).hex()
         machine = PrivateCall.outgoing_call(call, callee, imessage, now, manual=manual, timers=self.timers)
         self._calls[call] = _Call(machine, address, key, next_retry=now + RETRY[0])
