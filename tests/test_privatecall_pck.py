@@ -264,3 +264,40 @@ def test_each_party_opens_only_the_other_direction() -> None:
     assert not AwaitingKey.awaits_key(callee_in, from_caller)
     with pytest.raises(SrtpError):
         callee_in.unprotect(b"\x80" * 10)
+
+
+def test_tshark_decodes_the_pck_i_message(world: dict[str, Any], tmp_path: Any) -> None:
+    """Wireshark's MIKEY dissector reads our PCK I_MESSAGE (over UDP) without a malformation: SAKKE data type, CSB ID =
+    the PCK-ID, IDR roles 8/9/6/7 (the UIDs of 32 octets, the KMS URIs), SAKKE payload, key parameters, ECCSI SIGN."""
+    import shutil
+    import subprocess
+
+    tshark, text2pcap = shutil.which("tshark"), shutil.which("text2pcap")
+    if tshark is None or text2pcap is None:
+        pytest.skip("tshark/text2pcap not installed (scripts/setup installs them)")
+    data, key = offer(world)
+    dump = "".join(f"{i:06x} " + " ".join(f"{b:02x}" for b in data[i : i + 16]) + "\n" for i in range(0, len(data), 16))
+    (tmp_path / "in.txt").write_text(dump)
+    pcap = tmp_path / "pck.pcap"
+    subprocess.run([text2pcap, "-q", "-u", "5000,2269", str(tmp_path / "in.txt"), str(pcap)], check=True, timeout=60)
+
+    def fields(*args: str) -> str:
+        command = [tshark, "-r", str(pcap), "-d", "udp.port==2269,mikey", *args]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+    names = ["type", "csb_id", "cs_count", "id.role", "id.len", "sakke.params", "sakke.len", "ext.type"]
+    names += ["sign.type", "sign.len"]
+    out = fields("-T", "fields", "-E", "separator=\t", *[a for n in names for a in ("-e", f"mikey.{n}")])
+    assert dict(zip(names, out.split("\t"), strict=True)) == {
+        "type": "26",
+        "csb_id": f"0x{key.pck_id.hex()}",
+        "cs_count": "0",
+        "id.role": "8,9,6,7",
+        "id.len": "32,32,15,15",
+        "sakke.params": "1",
+        "sakke.len": "273",
+        "ext.type": "7",
+        "sign.type": "2",
+        "sign.len": "129",
+    }
+    assert fields("-Y", "_ws.malformed") == ""
