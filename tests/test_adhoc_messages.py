@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ptt.adhoc.bodies import CallSignal
 from ptt.adhoc.messages import (
     MAX_DATAGRAM,
     MAX_HELD,
@@ -133,8 +134,13 @@ BODIES: list[tuple[Body, bytes]] = [
     (KeyDelivery(GROUP, I_MESSAGE), raw_group() + u16s(I_MESSAGE)),
     (KeyAck(GROUP_URI, GMK_ID), u16s(GROUP_URI) + GMK_ID),
     (Leave(GROUP_URI, 7), u16s(GROUP_URI) + b"\x00\x00\x00\x07"),
+    (
+        CallSignal(b"\x01" * 8, 1, 1, BOB, 7000, I_MESSAGE),
+        b"\x01" * 8 + b"\x01\x01" + u16s(BOB) + struct.pack(">H", 7000) + u16s(I_MESSAGE),
+    ),
+    (CallSignal(b"\x02" * 8, 5, 0, BOB), b"\x02" * 8 + b"\x05\x00" + u16s(BOB) + bytes(4)),
 ]
-BODY_IDS = ["hello", "hello-held", "probe-all", "probe", "group", "key", "ack", "leave"]
+BODY_IDS = ["hello", "hello-held", "probe-all", "probe", "group", "key", "ack", "leave", "call-setup", "call-end"]
 ALL_BODIES = [body for body, _ in BODIES]
 
 
@@ -215,8 +221,8 @@ def test_body_layout_and_round_trip(body: Body, octets: bytes) -> None:
 
 
 def test_message_types() -> None:
-    assert [type(b).TYPE for b in ALL_BODIES] == [1, 1, 2, 2, 3, 4, 5, 6]
-    assert {type(b).TYPE.name for b in ALL_BODIES} == {"HELLO", "PROBE", "GROUP", "KEY", "ACK", "LEAVE"}
+    assert [type(b).TYPE for b in ALL_BODIES] == [1, 1, 2, 2, 3, 4, 5, 6, 7, 7]
+    assert {type(b).TYPE.name for b in ALL_BODIES} == {"HELLO", "PROBE", "GROUP", "KEY", "ACK", "LEAVE", "CALL"}
 
 
 def test_encoding_needs_a_whole_signature() -> None:
