@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ptt.groupcall import Refused
 from ptt.privatecall.router import PrivateCallRouter
 
 log = logging.getLogger("ptt.server.privatecalls")
@@ -24,15 +23,13 @@ class PrivateCallService:
         return control is not None and bool(control.online(uri))
 
     def handle(self, uri: str, message: dict[str, Any], now: float) -> None:
-        try:
-            self.router.handle(uri, message, now)
-        except Refused as exc:
-            self.shell._log(uri, "private call message %s from %s refused: %s", message.get("type"), uri, exc)
-            raise
-        finally:
-            self.flush()
-        if message["type"] == "call_setup":
+        self.router.handle(uri, message, now)
+        refused = self.router.refused()
+        for who, why in refused:
+            self.shell._log(who, "private call message from %s refused: %s", who, why)
+        if message["type"] == "call_setup" and not refused:
             log.info("private call %s: %s calls %s", message.get("call"), uri, message.get("to"))
+        self.flush()
 
     def disconnected(self, uri: str, now: float) -> None:
         self.router.disconnected(uri, now)

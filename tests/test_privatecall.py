@@ -297,39 +297,46 @@ def test_router_offline_busy_and_bad_setups(world: dict[str, Any]) -> None:
     second = setup_wire(world, caller=CAROL, callee=BOB)
     r.handle(CAROL, second, NOW)
     assert r.pushes() == [(CAROL, CallEnded(second["call"], "busy").to_json())]
-    with pytest.raises(Refused) as refused:
-        r.handle(CAROL, setup_wire(world, caller=ALICE, callee=BOB), NOW)  # Alice's I_MESSAGE sent by Carol
-    assert refused.value.code == 400 and "IDRi" in str(refused.value)
-    with pytest.raises(Refused):
-        r.handle(CAROL, {**setup_wire(world, caller=CAROL, callee=BOB), "to": ALICE}, NOW)  # IDRr not the callee
-    with pytest.raises(Refused):
-        r.handle(ALICE, {**setup_wire(world), "imessage": base64.b64encode(os.urandom(200)).decode()}, NOW)
-    with pytest.raises(Refused):
-        r.handle(ALICE, setup_wire(world, caller=ALICE, callee=ALICE), NOW)
-    with pytest.raises(Refused) as refused:
-        r.handle(CAROL, CallAccept(first["call"]).to_json(), NOW)  # not her call
-    assert refused.value.code == 404
-    with pytest.raises(Refused):
-        r.handle(ALICE, CallAccept(first["call"]).to_json(), NOW)  # only the callee accepts
-    with pytest.raises(Refused):
-        r.handle(ALICE, {"type": "call_accept", "call": "nonsense"}, NOW)
+
+    def refused_setup(uri: str, wire: dict[str, Any], words: str) -> None:
+        r.handle(uri, wire, NOW)
+        assert r.pushes() == [(uri, CallEnded(wire["call"], "refused").to_json())]  # the caller is told
+        ((who, why),) = r.refused()
+        assert who == uri and words in why, why
+
+    refused_setup(CAROL, setup_wire(world, caller=ALICE, callee=BOB), "IDRi")  # Alice's I_MESSAGE sent by Carol
+    refused_setup(CAROL, {**setup_wire(world, caller=CAROL, callee=BOB), "to": ALICE}, "IDRr")  # not to the callee
+    refused_setup(ALICE, {**setup_wire(world), "imessage": base64.b64encode(os.urandom(200)).decode()}, "setup")
+    refused_setup(ALICE, setup_wire(world, caller=ALICE, callee=ALICE), "oneself")
+
+    def dropped(uri: str, wire: dict[str, Any], words: str) -> None:
+        r.handle(uri, wire, NOW)
+        assert r.pushes() == []  # no answer: the sender has no request waiting for one
+        ((who, why),) = r.refused()
+        assert who == uri and words in why, why
+
+    dropped(CAROL, CallAccept(first["call"]).to_json(), "not a call of this user")
+    dropped(ALICE, CallAccept(first["call"]).to_json(), "does not fit")  # only the callee accepts
+    dropped(ALICE, {"type": "call_accept", "call": "nonsense"}, "bad call message")
+    dropped(ALICE, first, "in use")
+    assert r.is_call(first["call"])  # none of it touched the call
 
 
 def test_router_stale_setup_is_refused(world: dict[str, Any]) -> None:
     r = router(world)
-    with pytest.raises(Refused):
-        r.handle(ALICE, setup_wire(world), NOW + 3600)
+    wire = setup_wire(world)
+    r.handle(ALICE, wire, NOW + 3600)
+    assert r.pushes() == [(ALICE, CallEnded(wire["call"], "refused").to_json())]
+    assert "time" in r.refused()[0][1]
 
 
 def test_router_setup_rate_limit(world: dict[str, Any]) -> None:
     r = router(world, online=())
-    codes = []
     for _ in range(8):
-        try:
-            r.handle(ALICE, setup_wire(world), NOW)
-        except Refused as exc:
-            codes.append(exc.code)
-    assert codes == [429, 429, 429]
+        r.handle(ALICE, setup_wire(world), NOW)
+    reasons = [m["reason"] for _, m in r.pushes()]
+    assert reasons == ["unreachable"] * 5 + ["refused"] * 3
+    assert [why for _, why in r.refused()] == ["too many call setups"] * 3
 
 
 def test_router_reject_timeout_and_lost_peer(world: dict[str, Any]) -> None:

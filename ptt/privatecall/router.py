@@ -6,7 +6,8 @@ The server never holds the PCK. It checks what it can without it, cheapest first
 (1/s, burst 5), the message's form, the callee is another user logged in here and not in a call, the I_MESSAGE
 (``PckOffer``) is a PCK I_MESSAGE (purpose tag 1) whose IDRi is the caller's UID and IDRr the callee's for the key
 period of its time, and that time is within the I_MESSAGE window; then it forwards it as ``call_offer`` naming the
-authenticated caller. The callee's client verifies the signature and opens the key.
+authenticated caller. The callee's client verifies the signature and opens the key. A refused setup is answered
+``call_ended`` ``refused``; other refused messages are dropped; each is listed for a rate-limited log line.
 
 Calls: OFFERED (offer sent; the callee may say ``call_ringing``, which goes to the caller) → CONNECTED (the
 callee's ``call_accept``: the two-party call is set up in the GroupCall under the call ID and ``call_connected``
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused
+from ptt.groupcall import GroupCall, GroupInfo, MemberInfo
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.identity import KmsDomain
 from ptt.mikey.imessage_receive import DEFAULT_MAX_AGE, MAX_CLOCK_SKEW, check_time
@@ -78,6 +79,7 @@ class PrivateCallRouter:
         self._calls: dict[str, _Call] = {}
         self._in_call: dict[str, str] = {}  # user URI -> call ID
         self._pushes: list[tuple[str, dict[str, Any]]] = []
+        self._refused: list[tuple[str, str]] = []
         self._setups: BucketTable[str] = BucketTable(SETUP_RATE, SETUP_BURST)
 
     # -- outputs ----------------------------------------------------------------------------------------------
@@ -100,19 +102,23 @@ class PrivateCallRouter:
     # -- inputs -----------------------------------------------------------------------------------------------
 
     def handle(self, uri: str, message: dict[str, Any], now: float) -> None:
-        """A call message from the logged-in ``uri``; Refused (an error to that client) for a bad one."""
+        """A call message from the logged-in ``uri``. Never raises: a refused setup is answered ``call_ended``
+        ``refused`` (the caller's client is waiting for it); anything else refused is dropped. Every refusal is
+        listed in :meth:`refused` for a rate-limited log line. (No control-channel error frame: a client matches
+        those with its oldest pending request, which a call message is not.)"""
         try:
             parsed = parse_call_message(message)
         except CallMessageError as exc:
-            raise Refused(400, f"bad call message: {exc}") from None
+            self._refuse(uri, f"bad call message: {exc}")
+            return
         if isinstance(parsed, CallSetup):
             self._setup(uri, parsed, now)
             return
         call = self._calls.get(parsed.call)
         if call is None or uri not in (call.caller, call.callee):
-            if isinstance(parsed, CallEnd | CallReject):
-                return  # crossed with the call's end: nothing to do
-            raise Refused(404, f"no call {parsed.call}")
+            if not isinstance(parsed, CallEnd | CallReject):  # those cross with the call's end: nothing to say
+                self._refuse(uri, f"{parsed.TYPE} for {parsed.call}, which is not a call of this user")
+            return
         if isinstance(parsed, CallRinging) and uri == call.callee and not call.connected:
             self._push(call.caller, CallRinging(call.call))
         elif isinstance(parsed, CallAccept) and uri == call.callee and not call.connected:
@@ -124,7 +130,7 @@ class PrivateCallRouter:
             self._push(call.other(uri), CallEnded(call.call, parsed.reason))
             self._drop(call, now)
         else:
-            raise Refused(409, f"{parsed.TYPE} does not fit the call's state")
+            self._refuse(uri, f"{parsed.TYPE} does not fit the state of {call.call}")
 
     def disconnected(self, uri: str, now: float) -> None:
         """The user's last control session ended: its call ends for the other party."""
@@ -144,17 +150,21 @@ class PrivateCallRouter:
 
     def _setup(self, caller: str, setup: CallSetup, now: float) -> None:
         if not self._setups.take(caller, now):
-            raise Refused(429, "too many call setups: retry in a second")
+            self._refuse(caller, "too many call setups", setup.call)
+            return
         if setup.call in self._calls:
-            raise Refused(409, "call ID in use")
+            self._refuse(caller, f"call ID {setup.call} in use")
+            return
         if setup.to == caller:
-            raise Refused(400, "a call to oneself")
+            self._refuse(caller, "a call to oneself", setup.call)
+            return
         try:
             offer = PckOffer.parse(setup.imessage)
             offer.check_parties(caller, setup.to, self.domain)
             check_time(offer.timestamp, now, max_age=DEFAULT_MAX_AGE, max_skew=MAX_CLOCK_SKEW)
         except MikeyError as exc:
-            raise Refused(400, f"call setup refused: {exc}") from None
+            self._refuse(caller, f"call setup to {setup.to}: {exc}", setup.call)
+            return
         if caller in self._in_call:
             self._push(caller, CallEnded(setup.call, "busy"))
             return
@@ -186,6 +196,16 @@ class PrivateCallRouter:
                 del self._in_call[uri]
         if call.connected:
             self.groupcall.drop_group(call.call, now)
+
+    def refused(self) -> list[tuple[str, str]]:
+        """(user URI, why) of every message refused since the last look."""
+        drained, self._refused = self._refused, []
+        return drained
+
+    def _refuse(self, uri: str, reason: str, call: str | None = None) -> None:
+        self._refused.append((uri, reason))
+        if call is not None:
+            self._push(uri, CallEnded(call, "refused"))
 
     def _push(self, uri: str, message: CallMessage) -> None:
         self._pushes.append((uri, message.to_json()))
