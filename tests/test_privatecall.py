@@ -239,6 +239,8 @@ def test_router_forwards_and_connects_a_two_party_call(world: dict[str, Any]) ->
     assert base64.b64decode(offer["imessage"]) == base64.b64decode(wire["imessage"])  # forwarded as it came
     r.handle(BOB, CallRinging(call).to_json(), NOW + 1)
     assert r.pushes() == [(ALICE, CallRinging(call).to_json())]
+    r.handle(BOB, CallRinging(call).to_json(), NOW + 1)
+    assert r.pushes() == []  # forwarded once
     r.handle(BOB, CallAccept(call).to_json(), NOW + 2)
     pushed = dict(r.pushes())
     assert pushed[ALICE]["type"] == pushed[BOB]["type"] == "call_connected"

@@ -61,6 +61,7 @@ class _Call:
     callee: str
     connected: bool = False
     deadline: float | None = None
+    rang: bool = False
 
     def other(self, uri: str) -> str:
         return self.callee if uri == self.caller else self.caller
@@ -120,7 +121,9 @@ class PrivateCallRouter:
                 self._refuse(uri, f"{parsed.TYPE} for {parsed.call}, which is not a call of this user")
             return
         if isinstance(parsed, CallRinging) and uri == call.callee and not call.connected:
-            self._push(call.caller, CallRinging(call.call))
+            if not call.rang:  # once: a callee repeating it cannot make the server flood the caller
+                call.rang = True
+                self._push(call.caller, CallRinging(call.call))
         elif isinstance(parsed, CallAccept) and uri == call.callee and not call.connected:
             self._connect(call, now)
         elif isinstance(parsed, CallReject) and uri == call.callee and not call.connected:
