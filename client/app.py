@@ -70,6 +70,7 @@ class Client:
         self.floor_log: list[dict[str, Any]] = []
         self.presses: deque[float] = deque(maxlen=1000)  # time.time() of the last PTT presses asking for the floor
         self.message = ""
+        self.call_ui: Any = None  # private calls (client.call_app.CallUi), on-network only
         session.floor_listener = self._floor
         session.event_listener = self._event
         if hasattr(session, "alert_listener"):  # emergency alerts (client.app_emergency)
@@ -153,6 +154,7 @@ class Client:
             (f"!! {alerts} !! " if alerts else "")
             + f"[{connection}] {label} floor:{floor} talking:{talker} | {key_text} | mic {meter} "
             f"| audio {self.voice.engine.status} | {self.message}"
+            + (f" | {self.call_ui.status()}" if self.call_ui is not None and self.call_ui.status() else "")
         )
 
     def render(self) -> None:
@@ -237,6 +239,8 @@ class Keys(LineReceiver):
                 self.quit()
             elif key in app_emergency.KEYS:
                 app_emergency.key(self.client, key)
+            elif self.client.call_ui is not None:
+                self.client.call_ui.key(key)
 
 
 @defer.inlineCallbacks
@@ -272,6 +276,9 @@ def main(args: Any) -> int:
         for priority, group in enumerate(reversed(groups)):
             voice.monitor(group, priority)  # the first group listed has the highest priority
         client = Client(reactor, session, voice, groups, quiet=args.quiet or not interactive)
+        from client.call_app import CallUi
+
+        client.call_ui = CallUi(client)  # incoming private calls: announced, a/r/e
         done: defer.Deferred[None] = defer.Deferred()
 
         @defer.inlineCallbacks
@@ -284,7 +291,9 @@ def main(args: Any) -> int:
                 engine.start()
                 print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
                 if interactive:
-                    print("SPACE hold to talk (or tap to start/stop) · 1-9 select group · q quit", flush=True)
+                    print(
+                        "SPACE hold to talk (or tap to start/stop) · 1-9 select group · a/r/e call · q quit", flush=True
+                    )
                 client.start_display()  # after the last full line: the status line rewrites itself in place
                 if args.script:
                     yield run_script(reactor, client, args.script)

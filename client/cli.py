@@ -262,6 +262,27 @@ def _add_adhoc(sub: Any) -> None:
         parser.set_defaults(func=cmd_adhoc_control)
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    from client import call_app
+
+    args.passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
+    return call_app.main(args)
+
+
+def _add_call(sub: Any) -> None:
+    call = sub.add_parser("call", help="a private call to one user (keyed end to end with a PCK)")
+    call.add_argument("callee", help="whom to call, e.g. sip:bob@example.org")
+    call.add_argument("--uri", required=True, help="your identity, e.g. sip:alice@example.org")
+    call.add_argument("--server-info", required=True, help="the server's client-info file")
+    call.add_argument("--manual", action="store_true", help="the callee accepts or rejects (manual commencement)")
+    call.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
+    call.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
+    call.add_argument("--script", help="steps instead of keys: wait S; wait-connected S; talk S; hangup; quit")
+    call.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
+    call.add_argument("--quiet", action="store_true", help="no status line")
+    call.set_defaults(func=cmd_call)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptt-client", description="Secure push-to-talk client")
     parser.add_argument("--keystore", default=str(DEFAULT_KEYSTORE), help=f"keystore file (default {DEFAULT_KEYSTORE})")
@@ -289,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
     talk.add_argument("--quiet", action="store_true", help="no status line")
     talk.set_defaults(func=cmd_talk)
+    _add_call(sub)
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
     _add_adhoc(sub)

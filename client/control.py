@@ -16,6 +16,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from client.tls import pinned_client_options
 from ptt.control import MAX_FRAME, ControlProtocolError, b64, decode_body, encode_frame, make_auth, unb64
 from ptt.mikey.imessage import IdentityKeys
+from ptt.privatecall.messages import SERVER_PUSHES
 
 log = logging.getLogger("ptt.client.control")
 
@@ -105,6 +106,10 @@ class ControlClient(Int32StringReceiver):
             on_moved = getattr(self.handler, "on_moved", None)
             if on_moved is not None and isinstance(message.get("group"), str):
                 on_moved(message["group"])
+        elif kind in SERVER_PUSHES:  # private calls (issue 16)
+            on_call = getattr(self.handler, "on_call_message", None)
+            if on_call is not None:
+                on_call(message)
         elif kind == "ping":
             self.send({"type": "pong", "id": message["id"]})
         elif kind == "alert":  # an emergency alert raised or cancelled (issue 16: client.session_emergency)

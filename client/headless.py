@@ -9,8 +9,8 @@ joined group, wait for Granted, send 50 packets/s of synthetic audio, release), 
 again and again, through failovers), ``send SECONDS`` (send media without asking for the floor), ``request``,
 ``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``; emergency alerts and broadcast
 calls: ``emergency``, ``cancel-emergency``, ``broadcast-press``, ``broadcast-talk``, ``wait-alert``
-(``client.headless_emergency``).
-The report (JSON) lists what was received.
+(``client.headless_emergency``); private calls: ``call URI [manual]``, ``wait-call``, ``answer``, ``reject``,
+``hangup``, ``wait-ended`` (``client.headless_calls``). The report (JSON) lists what was received.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from client import headless_emergency
+from client.headless_calls import CALL_STEPS, CallSteps
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
 from ptt.floor.events import FloorEvent
@@ -64,6 +65,7 @@ class Runner:
         session.media_listener = self._media
         session.floor_listener = self._floor
         session.event_listener = self.events.append
+        self.call_steps = CallSteps(self)  # private calls (issue 16): client.headless_calls
 
     def _media(self, group: str, mki: bytes, rtp: bytes) -> None:
         payload = rtp[12:]
@@ -137,6 +139,8 @@ class Runner:
                 yield self._floor_latency(int(rounds), *pacing)
             elif word in headless_emergency.STEPS:
                 yield headless_emergency.run_step(self, word, arg)
+            elif word in CALL_STEPS:
+                yield self.call_steps.run(word, arg)
             elif word == "quit":
                 break
             else:
@@ -234,6 +238,7 @@ class Runner:
             "alerts": self.alerts,
             "alert_state": {g: [a.to_json() for a in t.values()] for g, t in self.session.alerts.items()},
             "marks": self.marks,
+            **self.call_steps.report(),
         }
 
 
@@ -244,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keystore", required=True)
     parser.add_argument("--passphrase-file", help="keystore passphrase file (else PTT_KEYSTORE_PASSPHRASE)")
     parser.add_argument("--uri", required=True)
-    parser.add_argument("--server-info", required=True)
+    parser.add_argument("--server-info", help="the server's client-info file (not with --offnetwork)")
+    parser.add_argument("--offnetwork", action="store_true", help="off-network private calls only: no server")
+    parser.add_argument("--signal-port", type=int, default=0, help="--offnetwork: the call signalling UDP port")
+    parser.add_argument("--peer", action="append", help="--offnetwork: URI=HOST:PORT, a peer's signalling address")
     parser.add_argument("--tag", help="sender tag in the synthetic audio (default: the URI's user part)")
     parser.add_argument("--script", default="")
     parser.add_argument("--report")
@@ -263,8 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         print("ptt-headless: give --passphrase-file or PTT_KEYSTORE_PASSPHRASE", file=sys.stderr)
         return 2
     keystore = Keystore.open(Path(args.keystore), passphrase)
-    server = ServerInfo.from_json(Path(args.server_info).read_text())
     tag = (args.tag or args.uri.partition(":")[2].partition("@")[0]).encode()
+    if args.offnetwork:  # off-network private calls (issue 16): client.offnet_calls
+        from client.offnet_calls import run_headless
+
+        return run_headless(args, keystore, tag)
+    if not args.server_info:
+        parser.error("--server-info is required (or --offnetwork)")
+    server = ServerInfo.from_json(Path(args.server_info).read_text())
     outcome: dict[str, Any] = {"code": 0}
 
     def run(reactor: Any) -> Any:

@@ -31,7 +31,6 @@ class ProvisioningError(Exception):
     """Provisioning failed; the message says why in words a user can act on."""
 
 
-
 @dataclass
 class HttpResult:
     status: int

@@ -92,7 +92,6 @@ def accept_cert_cache(
     return certificates, response.time
 
 
-
 def _explain(result: HttpResult, enrolment: Enrolment, identity: str) -> str:
     """A clear message for a non-200 answer, using the signed KmsError when it verifies."""
     detail = ""

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from client.control import ControlClient, ControlError, connect_control
 from client.keystore import DebouncedSave, Keystore
+from client.privatecalls import PrivateCalls
 from client.serverinfo import ServerInfo
 from client.session_emergency import SessionEmergency
 from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
@@ -40,6 +41,7 @@ from ptt.mikey.imessage import (
     receive_i_message,
     replay_key,
 )
+from ptt.privatecall.messages import is_call_id
 from ptt.relaycore import BINDING_ID_LENGTH, JoinSigner
 from ptt.srtcp import CskKeys, SrtcpChannel
 from ptt.srtp import SrtpSender
@@ -132,6 +134,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         self.event_listener: Callable[[dict[str, Any]], None] = lambda message: None
         self.key_listener: Callable[[str, GroupKey], None] = lambda group, key: None
         self.stats: dict[str, int] = {"media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0}
+        self.calls = PrivateCalls(self)  # private calls (issue 16): client.privatecalls
 
     # --- keys ----------------------------------------------------------------------------------------------------
 
@@ -244,7 +247,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         for entry in groups:
             state = self.groups.setdefault(str(entry.get("uri")), GroupState(str(entry.get("uri"))))
             state.name = str(entry.get("name") or "")  # the dispatcher's name for it, shown to the user
-        for uri in [u for u in self.groups if u not in listed]:
+        for uri in [u for u in self.groups if u not in listed and not is_call_id(u)]:
             state = self.groups.pop(uri)  # removed from the group: forget its keys and its socket
             if state.port is not None:
                 state.port.stopListening()
@@ -257,6 +260,14 @@ class PttSession(SessionReconnect, SessionEmergency):
         elif state is not None and message["kind"] == "idle":
             state.call_talker = None
         self.event_listener(message)
+
+    def on_call_message(self, message: dict[str, Any]) -> None:
+        """A private call message from the server (client.privatecalls)."""
+        self.calls.on_message(message)
+
+    def on_disconnected(self, reason: str) -> None:
+        self.calls.connection_lost()  # the server ends our calls when our control channel goes
+        super().on_disconnected(reason)
 
     # --- start-up ----------------------------------------------------------------------------------------------
 

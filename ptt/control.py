@@ -17,6 +17,8 @@ Messages (S: server → client, C: client → server):
   C leave {group}                        C/S ping {id} / pong {id}
   C emergency {group, level, call?}      C emergency_cancel {group, uri?}  → S emergency_ok {group}
   S alert {group, state, uri, level, since, call, by?}   (ptt.emergency: emergency and imminent peril alerts)
+  private calls: call_setup, call_offer, call_ringing, call_accept, call_reject, call_connected, call_end,
+  call_ended (``ptt.privatecall.messages``)
 """
 
 from __future__ import annotations
@@ -65,6 +67,19 @@ SCHEMA.update(
         "emergency_cancel": {"group": str},  # C: cancel an alert {group, uri?}
         "emergency_ok": {"group": str},  # S: the raise or cancel is committed
         "alert": {"group": str, "state": str, "uri": str, "level": str},  # S: to every member {since, call, by?}
+    }
+)
+# Private calls (issue 16): the values are checked by ptt.privatecall.messages, which lists the steps.
+SCHEMA.update(
+    {
+        "call_setup": {"call": str, "to": str, "commencement": str, "imessage": str},
+        "call_offer": {"call": str, "caller": str, "commencement": str, "imessage": str},
+        "call_ringing": {"call": str},
+        "call_accept": {"call": str},
+        "call_reject": {"call": str, "reason": str},
+        "call_connected": {"call": str, "peer": str, "relay": dict},
+        "call_end": {"call": str, "reason": str},
+        "call_ended": {"call": str, "reason": str},
     }
 )
 

@@ -64,6 +64,8 @@ class GroupInfo:
     members: Mapping[str, MemberInfo] = field(default_factory=dict)
     alerts: Mapping[str, Alert] = field(default_factory=dict)
     """The members' emergency alerts by URI as committed (active and the last cancelled: ``ptt.emergency``)."""
+    private_call: bool = False
+    """A private call's two-party call (``ptt.privatecall.router``): not a group, never listed to its members."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ class GroupCall:
         for uri in info.members:
             self._leave(group, uri, now)
             self._forget_membership(group, uri)
-            self._push_groups(uri)
+            if not info.private_call:
+                self._push_groups(uri)
         self._arbiters.pop(group, None)
         self._deadlines.pop(group, None)
         self.relay.set_talker(group, None)
@@ -188,6 +191,8 @@ class GroupCall:
         result = []
         for group in sorted(self._groups_of.get(member, ())):
             info = self._groups[group]
+            if info.private_call:
+                continue
             spec = info.members[member]
             entry: dict[str, Any] = {"uri": group, "name": info.name, "role": spec.role, "priority": spec.priority}
             entry.update(entry_json(info.alerts, spec.broadcast))

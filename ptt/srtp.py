@@ -50,6 +50,19 @@ def _policy(key: bytes, profile: Profile, inbound: bool) -> pylibsrtp.Policy:
     )
 
 
+def session_for(key: bytes, profile: Profile, *, inbound: bool) -> pylibsrtp.Session:
+    """A libsrtp session under master key ‖ salt ``key`` (for keys other than a GMK's: ``ptt.privatecall.media``)."""
+    return pylibsrtp.Session(_policy(key, profile, inbound))
+
+
+def unprotect_in(session: pylibsrtp.Session, body: bytes, *, rtcp: bool) -> bytes:
+    """``body`` (its MKI taken out) unprotected by ``session``; SrtpError if it fails."""
+    try:
+        return bytes(session.unprotect_rtcp(body) if rtcp else session.unprotect(body))
+    except pylibsrtp.Error as exc:
+        raise SrtpError(f"{'SRTCP' if rtcp else 'SRTP'} rejected: {exc}") from None
+
+
 def media_key(group_key: GroupKey, guk_id: bytes, profile: Profile = DEFAULT_PROFILE) -> bytes:
     key, salt = srtp_master_key_and_salt(
         group_key.gmk, CsId.GROUP_CALL, guk_id, group_key.rand, 16, profile.salt_length
@@ -118,6 +131,14 @@ class SrtpReceiver:
     def gmk_ids(self) -> list[bytes]:
         return list(self._keys)
 
+    def awaits_key(self, packet: bytes) -> bool:
+        """True if the packet's MKI names a GMK (purpose tag 0) this receiver does not hold (yet)."""
+        try:
+            gmk_id = split_mki(packet, self.profile)[1][:4]
+        except SrtpError:
+            return False
+        return gmk_id not in self._keys and gmk_id[0] >> 4 == 0
+
     def _session(self, mki: bytes) -> pylibsrtp.Session:
         session = self._sessions.get(mki)
         if session is None:
@@ -169,11 +190,7 @@ class AwaitingKey:
     @staticmethod
     def awaits_key(receiver: SrtpReceiver, packet: bytes) -> bool:
         """True if the packet's MKI names a GMK (purpose tag 0) that ``receiver`` does not hold."""
-        try:
-            gmk_id = split_mki(packet, receiver.profile)[1][:4]
-        except SrtpError:
-            return False
-        return gmk_id not in receiver.gmk_ids and gmk_id[0] >> 4 == 0
+        return receiver.awaits_key(packet)
 
     def hold(self, packet: bytes, now: float) -> bool:
         """Keep the packet; False if it was dropped (the store is full of packets still fresh)."""

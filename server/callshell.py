@@ -23,12 +23,14 @@ from ptt.emergency import Alert
 from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused
 from ptt.mikey.errors import MikeyError, OutsideTimeWindow
 from ptt.mikey.imessage import MAX_CLOCK_SKEW, IdentityKeys, KmsDomain, check_time, replay_key
+from ptt.privatecall.messages import is_call_id
 from ptt.ratelimit import BucketTable
 from ptt.relaycore import BINDING_ID_LENGTH, Address, Binding
 from ptt.srtcp import CskKeys
 from server.emergencyshell import EmergencyRequests
 from server.groups.manager import GroupChange, GroupManager
 from server.groups.store import GroupRecord, MemberRecord
+from server.privatecalls import PrivateCallService
 from server.replaystore import CskReplay, csk_replay_path
 from server.workers import CryptoPool, CskRefused, open_csk, verify_login
 
@@ -81,6 +83,7 @@ class CallShell:
         self._timer: Any = None
         self._log_limit: BucketTable[str] = BucketTable(1.0, 5)  # per member: at most ~1 log line a second
         self._emergency: EmergencyRequests | None = None
+        self.private_calls = PrivateCallService(self)  # issue 16: two-party calls keyed end to end (PCK)
 
     # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
 
@@ -141,12 +144,16 @@ class CallShell:
 
     def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]:
         reply: dict[str, Any] | defer.Deferred[Any]
-        if self.cluster is not None:
+        if self.cluster is not None and not is_call_id(group):  # a private call is served where it was set up
             reply = self.cluster.join(uri, group, ssrc, now)  # here, or forwarded to the node serving the group
         else:
             reply = self.call.join(uri, group, ssrc, os.urandom(BINDING_ID_LENGTH), now)
         self._flush()
         return reply
+
+    def on_call_message(self, uri: str, message: dict[str, Any], now: float) -> None:
+        """A private call message (``ptt.privatecall.messages``); Refused for a bad one."""
+        self.private_calls.handle(uri, message, now)
 
     def on_leave(self, uri: str, group: str, now: float) -> None:
         if self.cluster is None or not self.cluster.leave(uri, group, now):
@@ -158,6 +165,7 @@ class CallShell:
             return  # another session of the same identity is still connected
         if self.cluster is not None:
             self.cluster.session_ended(uri)
+        self.private_calls.disconnected(uri, now)
         self.call.disconnected(uri, now)
         self._flush()
 
@@ -247,7 +255,7 @@ class CallShell:
         def apply(infos: list[GroupInfo]) -> None:
             now = self.reactor.seconds()
             known = {info.uri for info in infos}
-            for uri in [u for u in self.call.group_uris() if u not in known]:
+            for uri in [u for u in self.call.group_uris() if u not in known and not is_call_id(u)]:
                 self.call.drop_group(uri, now)
             for info in infos:
                 self.call.set_group(info, now)

@@ -35,6 +35,7 @@ from ptt.control import (
     unb64,
 )
 from ptt.groupcall import Refused
+from ptt.privatecall.messages import CLIENT_REQUESTS
 from ptt.ratelimit import BucketTable, TokenBucket
 
 log = logging.getLogger("ptt.server.control")
@@ -74,6 +75,7 @@ class ControlBackend(Protocol):
 
     def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]: ...
     def on_leave(self, uri: str, group: str, now: float) -> None: ...
+    def on_call_message(self, uri: str, message: dict[str, Any], now: float) -> None: ...
     def on_disconnected(self, uri: str, now: float) -> None: ...
     def on_emergency(self, uri: str, message: dict[str, Any], now: float) -> Any:
         """An ``emergency`` / ``emergency_cancel`` request: the reply (or a Deferred of it); RequestRefused."""
@@ -266,6 +268,8 @@ class ControlSession(Int32StringReceiver):
             backend.on_leave(self.uri, message["group"], now)
         elif kind in ("emergency", "emergency_cancel"):
             return self._emergency(message, now)
+        elif kind in CLIENT_REQUESTS:  # private calls (issue 16)
+            backend.on_call_message(self.uri, message, now)
         else:
             raise Refused(400, f"{kind} is not a client request")
         return None

@@ -538,44 +538,22 @@ def idms_harness() -> Harness:
 
 
 def emergency_harness() -> Harness:
-    """The emergency control messages (issue 16): a frame, then the ``ptt.emergency`` parser of its type."""
-    from ptt.control import ControlProtocolError, FrameDecoder, encode_frame
-    from ptt.emergency import AlertEvent, CancelRequest, EmergencyMessageError, RaiseRequest
+    from tests.fuzzing_calls import emergency_harness as make
 
-    group = "sip:fire-ops@example.org"
-    messages: list[dict[str, Any]] = [
-        {"type": "emergency", "group": group, "level": "emergency", "call": True},
-        {"type": "emergency", "group": group, "level": "imminent-peril"},
-        {"type": "emergency_cancel", "group": group, "uri": "sip:bob@example.org"},
-        {"type": "emergency_cancel", "group": group},
-        {"type": "alert", "group": group, "state": "raised", "uri": "sip:bob@example.org", "level": "emergency",
-         "since": 1790000000.5, "call": False},
-        {"type": "alert", "group": group, "state": "cancelled", "uri": "sip:bob@example.org",
-         "level": "imminent-peril", "since": 1790000000, "call": True, "by": "dana"},
-    ]  # fmt: skip
-    parsers = {"emergency": RaiseRequest.parse, "emergency_cancel": CancelRequest.parse, "alert": AlertEvent.parse}
+    harness: Harness = make()
+    return harness
 
-    def run(data: bytes) -> bool:
-        try:
-            decoded = FrameDecoder().feed(data)
-        except ControlProtocolError:
-            return False
-        accepted = True
-        for message in decoded:
-            parse = parsers.get(message["type"])
-            if parse is None:
-                continue
-            try:
-                parse(message)
-            except EmergencyMessageError:
-                accepted = False
-        return accepted
 
-    return Harness([encode_frame(m) for m in messages], run)
+def privatecall_harness() -> Harness:
+    from tests.fuzzing_calls import privatecall_harness as make
+
+    harness: Harness = make()
+    return harness
 
 
 TARGETS: dict[str, Callable[[], Harness]] = {
     "emergency": emergency_harness,
+    "privatecall": privatecall_harness,
     "control": control_harness,
     "dispatch": dispatch_harness,
     "floor": floor_harness,

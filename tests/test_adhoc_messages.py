@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ptt.adhoc.bodies import CallSignal
 from ptt.adhoc.messages import (
     MAX_DATAGRAM,
     MAX_HELD,
@@ -133,8 +134,13 @@ BODIES: list[tuple[Body, bytes]] = [
     (KeyDelivery(GROUP, I_MESSAGE), raw_group() + u16s(I_MESSAGE)),
     (KeyAck(GROUP_URI, GMK_ID), u16s(GROUP_URI) + GMK_ID),
     (Leave(GROUP_URI, 7), u16s(GROUP_URI) + b"\x00\x00\x00\x07"),
+    (
+        CallSignal(b"\x01" * 8, 1, 1, BOB, 7000, I_MESSAGE),
+        b"\x01" * 8 + b"\x01\x01" + u16s(BOB) + struct.pack(">H", 7000) + u16s(I_MESSAGE),
+    ),
+    (CallSignal(b"\x02" * 8, 5, 0, BOB), b"\x02" * 8 + b"\x05\x00" + u16s(BOB) + bytes(4)),
 ]
-BODY_IDS = ["hello", "hello-held", "probe-all", "probe", "group", "key", "ack", "leave"]
+BODY_IDS = ["hello", "hello-held", "probe-all", "probe", "group", "key", "ack", "leave", "call-setup", "call-end"]
 ALL_BODIES = [body for body, _ in BODIES]
 
 
@@ -215,8 +221,8 @@ def test_body_layout_and_round_trip(body: Body, octets: bytes) -> None:
 
 
 def test_message_types() -> None:
-    assert [type(b).TYPE for b in ALL_BODIES] == [1, 1, 2, 2, 3, 4, 5, 6]
-    assert {type(b).TYPE.name for b in ALL_BODIES} == {"HELLO", "PROBE", "GROUP", "KEY", "ACK", "LEAVE"}
+    assert [type(b).TYPE for b in ALL_BODIES] == [1, 1, 2, 2, 3, 4, 5, 6, 7, 7]
+    assert {type(b).TYPE.name for b in ALL_BODIES} == {"HELLO", "PROBE", "GROUP", "KEY", "ACK", "LEAVE", "CALL"}
 
 
 def test_encoding_needs_a_whole_signature() -> None:
@@ -547,7 +553,11 @@ WIRE_ERRORS: dict[str, tuple[bytes, str]] = {
     "version 0": (raw_envelope(raw_group(), version=0), "version 0"),
     "version 2": (raw_envelope(raw_group(), version=2), "version 2"),
     "type 0": (raw_envelope(raw_group(), msg_type=0), "type 0"),
-    "type 7": (raw_envelope(raw_group(), msg_type=7), "type 7"),
+    "type 8": (raw_envelope(raw_group(), msg_type=8), "type 8"),  # 7 is CALL (private calls)
+    "octet after a call signal": (
+        raw_envelope(bytes(8) + b"\x02\x00" + u16s(BOB) + bytes(4) + b"\x00", msg_type=7),
+        "CALL: 1 trailing",
+    ),
     "reserved": (raw_envelope(raw_group(), reserved=1), "reserved"),
     "reserved high bit": (raw_envelope(raw_group(), reserved=0x8000), "reserved"),
     "octet after the signature": (raw_envelope(raw_group()) + b"\x00", "trailing"),

@@ -179,6 +179,12 @@ class Backend:
     def on_leave(self, uri: str, group: str, now: float) -> None:
         pass
 
+    def on_call_message(self, uri: str, message: dict[str, Any], now: float) -> None:
+        pass
+
+    def on_emergency(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        return {"type": "emergency_ok", "group": message["group"]}
+
     def on_disconnected(self, uri: str, now: float) -> None:
         self.disconnected.append(uri)
 

@@ -284,7 +284,64 @@ class Leave:
         return cls(group_uri, revision)
 
 
-Body: TypeAlias = Hello | Probe | GroupAnnouncement | KeyDelivery | KeyAck | Leave
+@dataclass(frozen=True)
+class CallSignal:
+    """One step of an off-network private call (``ptt.privatecall.offnetwork``), unicast to ``to``.
 
-BODY_CLASSES: Final = (Hello, Probe, GroupAnnouncement, KeyDelivery, KeyAck, Leave)
+    ``step``: 1 SETUP (``code`` 0 automatic / 1 manual commencement; ``imessage`` the PCK I_MESSAGE), 2 RINGING,
+    3 ACCEPT, 4 REJECT and 5 END (``code`` the reason's index in ``ptt.privatecall.offnetwork.REASON_CODES``);
+    ``media_port`` is the sender's SRTP port for SETUP and ACCEPT (0 otherwise).
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.CALL
+
+    call_id: bytes
+    step: int
+    code: int
+    to: str
+    media_port: int = 0
+    imessage: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.call_id, bytes) or len(self.call_id) != 8:
+            raise MalformedAdhocMessage("call ID must be 8 octets")
+        if self.step not in range(1, 6):
+            raise MalformedAdhocMessage(f"unknown call step {self.step!r}")
+        check_uint(self.code, 1, "code")
+        check_uri(self.to, "callee URI")
+        check_uint(self.media_port, 2, "media port")
+        if not isinstance(self.imessage, bytes) or len(self.imessage) > MAX_I_MESSAGE:
+            raise MalformedAdhocMessage("I_MESSAGE too long")
+        if (self.step == 1) != bool(self.imessage):
+            raise MalformedAdhocMessage("a SETUP, and only a SETUP, carries an I_MESSAGE")
+
+    def __bytes__(self) -> bytes:
+        return b"".join(
+            [
+                self.call_id,
+                field(self.step, 1, "step"),
+                field(self.code, 1, "code"),
+                uri16(self.to),
+                field(self.media_port, 2, "media port"),
+                sized(self.imessage, 2, "I_MESSAGE"),
+            ]
+        )
+
+    @classmethod
+    def parse(cls, data: bytes) -> CallSignal:
+        with malformed_as_adhoc():
+            r = Reader(bytes(data), 0, "CALL")
+            call_id = r.take(8, "call ID")
+            step = r.uint(1, "step")
+            code = r.uint(1, "code")
+            to = read_text(r, 2, "callee URI")
+            port = r.uint(2, "media port")
+            imessage = r.take(r.uint(2, "I_MESSAGE length"), "I_MESSAGE")
+            r.done()
+        return cls(call_id, step, code, to, port, imessage)
+
+
+Body: TypeAlias = Hello | Probe | GroupAnnouncement | KeyDelivery | KeyAck | Leave | CallSignal
+
+BODY_CLASSES: Final = (Hello, Probe, GroupAnnouncement, KeyDelivery, KeyAck, Leave, CallSignal)
 BODY_PARSERS: Final[dict[int, Callable[[bytes], Body]]] = {cls.TYPE: cls.parse for cls in BODY_CLASSES}

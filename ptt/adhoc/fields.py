@@ -60,6 +60,7 @@ class MessageType(IntEnum):
     KEY = 4
     ACK = 5
     LEAVE = 6
+    CALL = 7  # off-network private call signalling (ptt.privatecall.offnetwork)
 
 
 # --- value checks (constructors) and reading helpers (parsers) ---------------------------------------------------

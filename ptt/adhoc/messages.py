@@ -21,7 +21,7 @@ Envelope::
     offset    octets  field
     0         4       magic "PTTA"
     4         1       version: 1
-    5         1       message type: 1 HELLO, 2 PROBE, 3 GROUP, 4 KEY, 5 ACK, 6 LEAVE
+    5         1       message type: 1 HELLO, 2 PROBE, 3 GROUP, 4 KEY, 5 ACK, 6 LEAVE, 7 CALL
     6         2       reserved: 0 (anything else is malformed)
     8         8       time_ms: the sender's wall clock, milliseconds since the Unix epoch
     16        2+S     uri16 sender
@@ -38,6 +38,8 @@ Bodies::
     KEY     GroupInfo | length 2 (1..MAX_I_MESSAGE) | I_MESSAGE
     ACK     uri16 group | gmk_id 4
     LEAVE   uri16 group | revision 4
+    CALL    call ID 8 | step 1 (1..5) | code 1 | uri16 to | media port 2 | length 2 | I_MESSAGE (SETUP only)
+            (off-network private calls: ptt.privatecall.offnetwork)
 
     GroupInfo = uri16 uri | name length 1 | name (UTF-8, 0..255 octets) | uri16 manager | revision 4
               | media IPv4 address 4 (multicast, 224.0.0.0/4) | media port 2 (1..65535) | gmk_id 4
