@@ -235,9 +235,9 @@ def analyse(call_type: str, phase: Phase, plan: Plan, results: kpistats.Results,
     results.get(call_type, "kpi2").add_run(ms(kpi2), kpi2_missed)
     results.get(call_type, "kpi3").add_run(ms(kpi3))
     if private:
-        carol = len(phase.reports["carol"]["burst_starts"])
-        if carol:
-            extras.notes.append(f"private: Carol (in neither call) played {carol} bursts: MEDIA LEAKED")
+        leaked = len(phase.reports["carol"]["burst_starts"])
+        if leaked:
+            extras.notes.append(f"private: Carol (in neither call) played {leaked} bursts: MEDIA LEAKED")
         return
     carol = phase.reports["carol"]
     joins = kpistats.mark_times(carol["marks"], "join")

@@ -68,7 +68,12 @@ def granted_times(floor_log: Iterable[dict[str, object]]) -> list[float]:
 
 def mark_times(marks: Iterable[dict[str, object]], step: str) -> list[float]:
     """The times of the ``step`` entries in a report's ``marks``."""
-    return sorted(float(m["t"]) for m in marks if m.get("step") == step and isinstance(m.get("t"), (int, float)))
+    times = []
+    for mark in marks:
+        t = mark.get("t")
+        if mark.get("step") == step and isinstance(t, (int, float)):
+            times.append(float(t))
+    return sorted(times)
 
 
 @dataclass

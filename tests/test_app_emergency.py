@@ -136,13 +136,14 @@ def test_script_steps_emergency_talk_join_and_wait_file(tmp_path: Any) -> None:
             self.marks.append(step)
 
     clock = task.Clock()
-    client = ScriptClient(Raising())
+    session = Raising()
+    client = ScriptClient(session)
     flag = tmp_path / "go"
     done = run_script(clock, client, f"emergency-talk 1.5; leave; join; wait-file {flag}; wait 1")
     assert [c[0] for c in client.session.calls] == ["raise"] and len(client.presses) == 1
     clock.advance(1.5)
     assert [c[0] for c in client.session.calls] == ["raise", "cancel"] and client.released == 1
-    assert client.session.left == client.session.joined == 1 and client.marks == ["join"]
+    assert session.left == session.joined == 1 and client.marks == ["join"]
     clock.advance(0.05)
     assert not done.called  # waiting for the file
     flag.write_text("")

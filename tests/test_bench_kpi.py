@@ -30,7 +30,7 @@ def test_first_after_does_not_give_one_time_to_an_earlier_event_past_the_next() 
 
 
 def test_granted_and_mark_times_read_the_client_report() -> None:
-    floor = [
+    floor: list[dict[str, object]] = [
         {"kind": "GRANTED", "t": 3.5},
         {"kind": "IDLE", "t": 4.0},
         {"kind": "GRANTED"},  # an older report without times
