@@ -153,10 +153,10 @@ def onsets(samples: Floats, band: tuple[float, float], floor: float = 0.01) -> l
     return [int(i) for i in above[first]]
 
 
-def match_delays(mouth: list[float], ear: list[float]) -> list[float]:
+def match_delays(mouth: list[float], ear: list[float], *, min_segment: int = MIN_SEGMENT) -> list[float]:
     """Per beep heard, its onset at the ear minus at the mouth (seconds). The lag that lines up the most beeps
     (within ``MATCH_TOLERANCE_S``; the irregular spacing makes a lag one beep off line up only a few) takes those
-    beeps; then the best lag for the beeps left, and so on while a lag lines up at least ``MIN_SEGMENT`` of them.
+    beeps; then the best lag for the beeps left, and so on while a lag lines up at least ``min_segment`` of them.
     So the latency may change during the train (a jitter buffer that grew, playout that alternates between two
     positions) and every beep still counts. Each ear onset goes to one beep at most."""
     m = np.sort(np.asarray(mouth, dtype=np.float64))
@@ -176,7 +176,7 @@ def match_delays(mouth: list[float], ear: list[float]) -> list[float]:
             int((usable & (np.abs(differences - lag) < MATCH_TOLERANCE_S)).any(axis=1).sum()) for lag in candidates
         ]
         best = int(np.argmax(scores))
-        if scores[best] < MIN_SEGMENT:
+        if scores[best] < min_segment:
             break
         lag = float(candidates[best])
         near = usable & (np.abs(differences - lag) < MATCH_TOLERANCE_S)

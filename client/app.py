@@ -4,8 +4,8 @@ Keys: SPACE held to talk (terminals report no key-up: the end of the key's auto-
 or tapped to start and tapped again to stop; 1-9 select the group to talk in, q quit; e emergency, p imminent
 peril (again: cancel), b broadcast (``client.app_emergency``). The status line shows the
 connection, the selected group, the floor state, who is talking, the key period and when keys expire, and the
-microphone level. ``--script`` drives the same client without a keyboard (tests, automation): steps ``wait S``,
-``talk S``, ``select GROUP``, ``quit``.
+microphone level. ``--script`` drives the same client without a keyboard (tests, automation, benchmarks): steps
+``wait S``, ``talk S``, ``select GROUP``, ``emergency-talk S``, ``call URI``, ``quit``… (``client.app_script``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from twisted.internet import defer, stdio, task
 from twisted.protocols.basic import LineReceiver
 
 from client import app_emergency
+from client.app_script import run_script
 from client.audio import AudioEngine
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
@@ -69,6 +70,7 @@ class Client:
         self.want_talk = False
         self.floor_log: list[dict[str, Any]] = []
         self.presses: deque[float] = deque(maxlen=1000)  # time.time() of the last PTT presses asking for the floor
+        self.marks: deque[dict[str, Any]] = deque(maxlen=1000)  # times of some script steps (client.app_script)
         self.message = ""
         self.call_ui: Any = None  # private calls (client.call_app.CallUi), on-network only
         session.floor_listener = self._floor
@@ -93,6 +95,10 @@ class Client:
         self.session.request_floor(self.selected)
         self.message = "requesting the floor…"
 
+    def mark(self, step: str) -> None:
+        """Note when a step happened (``time.time()``), for the report's ``marks``."""
+        self.marks.append({"step": step, "t": round(time.time(), 4)})
+
     def release(self) -> None:
         self.want_talk = False
         self.voice.stop_talking()
@@ -103,7 +109,8 @@ class Client:
     def _floor(self, group: str, event: FloorEvent) -> None:
         # "subtype" is the older name of "kind" in the report (benchmarks read it); GRANTED and TAKEN are the same
         kind = event.kind.name
-        self.floor_log.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
+        entry = {"group": group, "kind": kind, "subtype": kind, "party": event.talker, "t": round(time.time(), 4)}
+        self.floor_log.append(entry)
         if group != self.selected:
             return
         if event.kind == FloorEventKind.GRANTED and self.want_talk:
@@ -173,6 +180,7 @@ class Client:
             "frames": self.voice.frames,
             "floor": self.floor_log,
             "presses": list(self.presses),
+            "marks": list(self.marks),
             "burst_starts": list(self.voice.burst_starts),
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
@@ -241,24 +249,6 @@ class Keys(LineReceiver):
                 app_emergency.key(self.client, key)
             elif self.client.call_ui is not None:
                 self.client.call_ui.key(key)
-
-
-@defer.inlineCallbacks
-def run_script(reactor: Any, client: Client, script: str) -> Any:
-    for step in [s.strip() for s in script.split(";") if s.strip()]:
-        word, _, arg = step.partition(" ")
-        if word == "wait":
-            yield task.deferLater(reactor, float(arg), lambda: None)
-        elif word == "select":
-            client.selected = arg.strip()
-        elif word == "talk":
-            client.press()
-            yield task.deferLater(reactor, float(arg), lambda: None)
-            client.release()
-        elif word == "quit":
-            break
-        else:
-            raise ValueError(f"unknown script step {step!r}")
 
 
 def main(args: Any) -> int:

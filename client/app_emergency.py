@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import struct
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +90,9 @@ def key(client: Any, pressed: str) -> bool:
         client.message = f"cancelling {level.label}…"
     else:
         client.want_talk = True  # with a call: talk as soon as the floor is granted
+        presses = getattr(client, "presses", None)
+        if presses is not None:
+            presses.append(time.time())  # a PTT press too: the floor is asked for with the alert
         d = session.raise_emergency(group, level, call=True)
         client.message = f"{level.label.upper()} raised"
     d.addErrback(lambda failure: setattr(client, "message", f"{level.label}: {failure.getErrorMessage()}"))

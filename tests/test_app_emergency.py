@@ -103,3 +103,50 @@ def test_an_alert_plays_a_tone_when_no_voice_plays() -> None:
     played = [voice._playback() for _ in range(len(tone))]
     assert played == tone and voice._playback() is None
     assert len(app_emergency.alert_tone(Level.IMMINENT_PERIL)) == 40
+
+
+def test_script_steps_emergency_talk_join_and_wait_file(tmp_path: Any) -> None:
+    """``ptt-client talk --script`` (client.app_script): an emergency burst raises, talks, releases and cancels;
+    ``join`` is marked; ``wait-file`` goes on once the file exists."""
+    from twisted.internet import task
+
+    from client.app_script import run_script
+
+    class Raising(Session):
+        joined: int = 0
+        left: int = 0
+
+        def raise_emergency(self, group: str, level: Level, *, call: bool) -> defer.Deferred[Any]:
+            self.alerts.setdefault(group, {})[self.uri] = Alert(group, self.uri, level, 0.0, call)
+            return super().raise_emergency(group, level, call=call)
+
+        def join_when_possible(self, group: str) -> defer.Deferred[Any]:
+            self.joined += 1
+            return defer.succeed(None)
+
+        def leave(self, group: str) -> None:
+            self.left += 1
+
+    @dataclass
+    class ScriptClient(Client):
+        presses: list[float] = field(default_factory=list)
+        marks: list[str] = field(default_factory=list)
+
+        def mark(self, step: str) -> None:
+            self.marks.append(step)
+
+    clock = task.Clock()
+    session = Raising()
+    client = ScriptClient(session)
+    flag = tmp_path / "go"
+    done = run_script(clock, client, f"emergency-talk 1.5; leave; join; wait-file {flag}; wait 1")
+    assert [c[0] for c in client.session.calls] == ["raise"] and len(client.presses) == 1
+    clock.advance(1.5)
+    assert [c[0] for c in client.session.calls] == ["raise", "cancel"] and client.released == 1
+    assert session.left == session.joined == 1 and client.marks == ["join"]
+    clock.advance(0.05)
+    assert not done.called  # waiting for the file
+    flag.write_text("")
+    clock.advance(0.05)
+    clock.advance(1.0)
+    assert done.called
