@@ -9,6 +9,14 @@ of its group, then its own UDP socket bound at the relay the ``joined`` reply na
 ``ptt.relaycore.JoinSigner``), with a keepalive every 5 s. Logins run ``--concurrency`` at a time (the server
 verifies at most 512 at once); a refused or failed member is retried twice.
 
+Receiving: once ``setup`` has bound every member, Python stops reading the member sockets and hands them to a C
+child process, the sink (``bench/sink.c``, ``bench.clustersink``: compiled with gcc at start, the sockets passed
+with ``pass_fds``). It reads them all with epoll and recvmmsg and only counts the RTP copies; the RTCP (floor
+control) it passes back over a pipe, tagged with the member's index, and the reactor hands it to that member's
+``MemberSocket.datagramReceived``. So the generator's CPU per received copy is a little C and kernel time, not a
+pass through Twisted, and most of the machine is left to the nodes. Python still sends everything (joins,
+keepalives, floor control, RTP) on the same sockets. ``received`` in the ``load`` report is the sink's count.
+
 Talking: in every group one member at a time presses PTT (a TS 24.380 ``FloorParticipant``, its floor messages
 SRTCP under its CSK), and once granted sends RTP at RATE packets/s for ``--burst`` seconds, releases, and after
 ``--pause`` seconds the next member of the group presses. Media is not SRTP-protected: the relay forwards opaque
@@ -19,7 +27,9 @@ Commands on stdin, one a line, each answered by one line on stdout:
 
   setup              -> ``setup-done {json}``: every member logs in, sends its CSK, joins and binds
   load SECONDS RATE  -> ``load-done {json}``: every group talks for SECONDS at RATE packets/s per talker; sent and
-                        received media packets, floor grants and their latencies (ms), requests never granted
+                        received media packets, floor grants and their latencies (ms), requests never granted, the
+                        sink's CPU seconds and the datagrams the kernel dropped at the member sockets (receive
+                        buffer full: the ``drops`` column of /proc/net/udp)
   quit
 """
 
@@ -38,6 +48,8 @@ from twisted.internet import defer, endpoints, protocol, stdio, task
 from twisted.protocols.basic import LineReceiver
 
 from bench.clustermembers import Counters, GroupCall, Member, MemberSocket
+from bench.clusterproc import tree_cpu_seconds
+from bench.clustersink import Sink, compile_sink, udp_drops
 from bench.loadgen import issue_identities, member_uri
 from client.control import ControlClient, ControlError
 from client.tls import pinned_client_options, trust_from_info
@@ -114,6 +126,9 @@ class ClusterLoad:
         self._last_pace = 0.0
         self.rate = 50.0
         self._keepalive_slice = 0
+        self._sink_binary = compile_sink(Path(args.root))
+        self.sink: Sink | None = None
+        self._sink_members: list[Member] = []
 
     @defer.inlineCallbacks
     def _connect(self, member: Member) -> Any:
@@ -169,10 +184,38 @@ class ClusterLoad:
         results = yield defer.gatherResults(work)
         if not self._keepalive.running:
             self._keepalive.start(KEEPALIVE / 5, now=False)
+        self._start_sink()
         ok = sum(1 for r in results if r)
         report = {"seconds": round(time.perf_counter() - started, 2), "ok": ok, "failed": len(results) - ok,
                   "errors": sorted(set(errors))[:5], "retries": len(errors)}  # fmt: skip
         return "setup-done " + json.dumps(report)
+
+    def _start_sink(self) -> None:
+        """Hand every bound member socket to the C sink (``bench.clustersink``): from now on it reads them, Python
+        only sends on them and gets their RTCP through :meth:`_rtcp`."""
+        if self.sink is not None:
+            self.sink.stop()
+        self._sink_members = [m for m in self.members if m.port is not None]
+        for member in self._sink_members:
+            member.port.stopReading()
+        fds = [member.port.fileno() for member in self._sink_members]
+        self.sink = Sink(self.reactor, self._sink_binary, fds, self._rtcp)
+
+    def _rtcp(self, index: int, data: bytes) -> None:
+        member = self._sink_members[index]
+        member.port.protocol.datagramReceived(data, member.relay)
+
+    @defer.inlineCallbacks
+    def _received(self) -> Any:
+        """Media copies received so far: the sink's count, and any the Python sockets read (none once the sink
+        runs)."""
+        counted = 0
+        if self.sink is not None:
+            counted, _ = yield self.sink.count()
+        return counted + self.counters.received
+
+    def _socket_drops(self) -> int:
+        return udp_drops({m.port.getHost().port for m in self.members if m.port is not None})
 
     def _keepalives(self) -> None:
         """A fifth of the members every second: each one every 5 s."""
@@ -193,7 +236,10 @@ class ClusterLoad:
         self.counters.sent = self.counters.received = self.counters.lost = self.counters.denied = 0
         self.counters.latencies_ms = []
         self.rate = rate
+        base = yield self._received()
+        drops = self._socket_drops()
         cpu = time.process_time()
+        sink_cpu = self._sink_cpu()
         started = time.monotonic()
         self._last_pace = started
         for call in self.calls:
@@ -203,18 +249,26 @@ class ClusterLoad:
         for call in self.calls:
             call.stop()
         self._pacer.stop()
-        sent, received = self.counters.sent, self.counters.received
+        sent = self.counters.sent
+        seconds = time.monotonic() - started
+        received = (yield self._received()) - base
         yield task.deferLater(self.reactor, 0.3, lambda: None)  # what is still on its way
-        late = self.counters.received - received
+        late = (yield self._received()) - base - received
         report = {
-            "seconds": round(time.monotonic() - started - 0.3, 3), "sent": sent, "received": received + late,
+            "seconds": round(seconds, 3), "sent": sent, "received": received + late,
             "late": late, "latencies_ms": [round(x, 3) for x in self.counters.latencies_ms],
             "lost": self.counters.lost, "denied": self.counters.denied, "cpu": round(time.process_time() - cpu, 3),
+            "sink_cpu": round(self._sink_cpu() - sink_cpu, 3), "socket_drops": self._socket_drops() - drops,
         }  # fmt: skip
         yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command
         return "load-done " + json.dumps(report)
 
+    def _sink_cpu(self) -> float:
+        return tree_cpu_seconds(self.sink.pid) if self.sink is not None else 0.0
+
     def quit(self) -> None:
+        if self.sink is not None:
+            self.sink.stop()
         for member in self.members:
             if member.control is not None:
                 member.control.link.loseConnection()
