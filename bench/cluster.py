@@ -9,7 +9,11 @@ granted the namespace) are created through the dispatcher HTTPS API of every nod
 so their leases spread by rendezvous hashing; the bench waits until each group has a lease.
 
 Load: ``bench.clusterload``, one process (its docstring says what a member does): G x 10 members logged in, spread
-round-robin over the nodes, each joined and bound at the relay of the node serving its group. Each configuration is
+round-robin over the nodes, each joined and bound at the relay of the node serving its group. The generator
+receives through a C child process, the sink (``bench/sink.c``, compiled with gcc at run time): it reads every
+member socket (epoll, recvmmsg), counts the media copies and passes only floor control back to Python, so a
+received copy costs the generator about 1-2 us of CPU instead of a pass through Twisted; the generator's CPU
+below includes the sink's. Each configuration is
 measured ``--runs`` times (3; 1 with ``--quick``) in two modes on the same cluster:
 
   fixed      every group talks (one talker at a time, 2 s bursts, 0.2 s between them) at 50 packets/s: the offered
@@ -22,11 +26,13 @@ Forwarded/s = media copies the listeners received / seconds (nothing is counted 
 member socket); beside it the packets/s the talkers really sent (a starved generator sends less than it offers:
 its pacing makes up at most 0.1 s of arrears) and "delivered", the copies received over sent x 9. Floor p95 =
 Floor Request -> Floor Granted at the talker (SRTCP under its CSK), measured on the generator's clock, so its own
-lag is included. Per run the CPU seconds used by the nodes (each with its crypto
-worker; /proc/PID/stat of the process tree), by the generator, and by the whole machine (/proc/stat: the other
-users of a shared machine) are printed, with the 1-minute load average: on 2 cores the nodes and the generator
-compete, and the CPU split shows where the cores went. The ratio is each configuration's median over the median
-of 1 node, measured in the same invocation.
+lag is included. Per run the CPU seconds used by the nodes (each with its crypto worker; /proc/PID/stat of the
+process tree), by the generator (with its sink), and by the whole machine (/proc/stat: the other users of a shared
+machine) are printed, with the 1-minute load average: on 2 cores the nodes and the generator compete, and the CPU
+split shows where the cores went. Each run's line also shows the sink's share of the generator's CPU and the
+datagrams the kernel dropped for a full receive buffer during the run: at the member sockets (/proc/net/udp), at
+the nodes' relay sockets, and machine-wide (``RcvbufErrors``, /proc/net/snmp). The ratio is each configuration's
+median over the median of 1 node, measured in the same invocation.
 
 Failover (with 2 nodes, after the load runs, the generator stopped): in the group ``sip:fire@example.org``, alice
 talks in short bursts (``ptt-headless ... talk-loop``) from the node that will survive, bob listens at the same
@@ -53,7 +59,8 @@ from typing import Any
 
 from bench.clusterharness import Cluster, start_cluster
 from bench.clusterload import GROUP_HOST, group_uri
-from bench.clusterproc import LineProcess, loadavg, machine_cpu_seconds, tree_cpu_seconds
+from bench.clusterproc import LineProcess, loadavg, machine_cpu_seconds, tree_cpu_seconds, udp_rcvbuf_errors
+from bench.clustersink import udp_drops
 from bench.failover import measure_failovers
 from bench.floorload import percentile
 from bench.loadgen import member_uri
@@ -76,6 +83,8 @@ class Run:
     load: float
     size: int
     machine_cpu: float
+    sink_cpu: float = 0.0  # the generator's C sink (part of generator_cpu)
+    drops: dict[str, int] = field(default_factory=dict)  # datagrams the kernel dropped at full receive buffers
 
     def delivered(self) -> float:
         """Copies received over the copies the sent packets should have made (every other member of the group)."""
@@ -148,9 +157,9 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
                 print(f"  run {number + 1} {mode:<8} forwarded {run.forwarded_per_s:6.0f}/s (sent "
                       f"{run.sent / run.seconds:5.0f}/s, delivered {run.delivered():.1%})  floor p95 "
                       f"{run.p95():7.1f} ms (n {len(run.latencies_ms)}, lost {run.lost})  cpu nodes "
-                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s, machine {run.machine_cpu:4.1f} s "
-                      f"in {run.seconds:.1f} s  "
-                      f"load {run.load:.2f}", flush=True)  # fmt: skip
+                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s (sink {run.sink_cpu:3.1f} s), "
+                      f"machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  load {run.load:.2f}  drops "
+                      + ", ".join(f"{k} {v}" for k, v in run.drops.items()), flush=True)  # fmt: skip
         generator.stop()
         generator = None
         if nodes == 2 and args.kills:
@@ -164,15 +173,19 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
 
 def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float, size: int) -> Run:
     node_pids = [n.daemon.process.pid for n in cluster.nodes if n.daemon.process is not None]
-    machine = machine_cpu_seconds()
+    relay_ports = {n.relay_port for n in cluster.nodes}
+    machine, relay_drops, rcvbuf = machine_cpu_seconds(), udp_drops(relay_ports), udp_rcvbuf_errors()
     before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
     after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     machine = machine_cpu_seconds() - machine
+    drops = {"members": int(report.get("socket_drops", 0)), "relays": udp_drops(relay_ports) - relay_drops,
+             "machine": udp_rcvbuf_errors() - rcvbuf}  # fmt: skip
     elapsed = float(report["seconds"])
     return Run(
         mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
         report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(), size, machine,
+        float(report.get("sink_cpu", 0.0)), drops,
     )  # fmt: skip
 
 
