@@ -64,7 +64,6 @@ from bench.clustersink import udp_drops
 from bench.failover import measure_failovers
 from bench.floorload import percentile
 from bench.loadgen import member_uri
-from server.dispatch.apiclient import ApiClient
 
 FAILOVER_GROUP = "sip:fire@example.org"
 
@@ -85,6 +84,8 @@ class Run:
     machine_cpu: float
     sink_cpu: float = 0.0  # the generator's C sink (part of generator_cpu)
     drops: dict[str, int] = field(default_factory=dict)  # datagrams the kernel dropped at full receive buffers
+    node: dict[str, float] = field(default_factory=dict)  # the nodes' own counters during the run (node_counters)
+    denied: dict[str, int] = field(default_factory=dict)  # floor requests denied, by the Deny's phrase
 
     def delivered(self) -> float:
         """Copies received over the copies the sent packets should have made (every other member of the group)."""
@@ -113,11 +114,7 @@ def _value(run: Run, key: str) -> float:
 
 def create_groups(cluster: Cluster, groups: int, size: int) -> float:
     """Every group through the dispatcher API, the nodes' APIs taken in turn (four requests at a time)."""
-    clients = [
-        ApiClient(f"https://127.0.0.1:{n.dispatch_port}", cacert=str(n.data / "tls-cert.pem"), user="admin",
-                  password=lambda: "admin-password-x", timeout=120)
-        for n in cluster.nodes
-    ]  # fmt: skip
+    clients = [cluster.api(i) for i in range(len(cluster.nodes))]
 
     def create(g: int) -> None:
         members = [{"uri": member_uri(g * size + k)} for k in range(size)]
@@ -160,6 +157,8 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
                       f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s (sink {run.sink_cpu:3.1f} s), "
                       f"machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  load {run.load:.2f}  drops "
                       + ", ".join(f"{k} {v}" for k, v in run.drops.items()), flush=True)  # fmt: skip
+                print("    nodes: " + ", ".join(f"{k} {v:g}" for k, v in run.node.items() if v)
+                      + f"; floor denied {run.denied}", flush=True)  # fmt: skip
         generator.stop()
         generator = None
         if nodes == 2 and args.kills:
@@ -176,17 +175,41 @@ def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float
     relay_ports = {n.relay_port for n in cluster.nodes}
     machine, relay_drops, rcvbuf = machine_cpu_seconds(), udp_drops(relay_ports), udp_rcvbuf_errors()
     before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
+    stats_before = cluster.node_stats()
     report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
     after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     machine = machine_cpu_seconds() - machine
     drops = {"members": int(report.get("socket_drops", 0)), "relays": udp_drops(relay_ports) - relay_drops,
              "machine": udp_rcvbuf_errors() - rcvbuf}  # fmt: skip
     elapsed = float(report["seconds"])
+    node = node_counters(stats_before, cluster.node_stats())
     return Run(
         mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
         report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(), size, machine,
-        float(report.get("sink_cpu", 0.0)), drops,
+        float(report.get("sink_cpu", 0.0)), drops, node, dict(report.get("denied_why", {})),
     )  # fmt: skip
+
+
+def node_counters(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """What the nodes counted between two ``Cluster.node_stats``, summed over the nodes: datagrams the relays
+    dropped by reason (``fenced``: past the lease deadline; ``rate``; ``unbound``; ``not_talker``...), floor
+    messages the calls dropped, the rounds that failed and the times a node fenced itself and lost groups; with
+    the slowest round and the least time left before a lease deadline (since the nodes started)."""
+    totals: dict[str, float] = {}
+    for name, stats in after.items():
+        old = before.get(name, {})
+        pairs = [(k.removeprefix("dropped_"), v, old.get("relay", {}).get(k, 0))
+                 for k, v in stats["relay"].items() if k.startswith("dropped_")]  # fmt: skip
+        pairs.append(("floor_dropped", stats["floor_dropped"], old.get("floor_dropped", 0)))
+        cluster, old_cluster = stats.get("cluster") or {}, old.get("cluster") or {}
+        pairs += [(k, cluster[k], old_cluster.get(k, 0)) for k in ("rounds_failed", "fenced", "lost") if k in cluster]
+        for key, value, previous in pairs:
+            totals[key] = totals.get(key, 0) + value - previous
+        if cluster:
+            totals["round_max_s"] = max(totals.get("round_max_s", 0.0), cluster["round_max_s"])
+            if cluster["slack_min_s"] is not None:
+                totals["slack_min_s"] = min(totals.get("slack_min_s", float("inf")), cluster["slack_min_s"])
+    return totals
 
 
 def load_configurations(path: Path) -> list[Configuration]:

@@ -51,6 +51,18 @@ class Cluster:
             env=clean_env(PTT_DISPATCH_PASSWORD="admin-password-x"), timeout=timeout,
         )  # fmt: skip
 
+    def api(self, node: int) -> Any:
+        """A dispatcher API client of node ``node``, logged in as the admin."""
+        from server.dispatch.apiclient import ApiClient
+
+        target = self.nodes[node]
+        return ApiClient(f"https://127.0.0.1:{target.dispatch_port}", cacert=str(target.data / "tls-cert.pem"),
+                         user="admin", password=lambda: "admin-password-x", timeout=120)  # fmt: skip
+
+    def node_stats(self) -> dict[str, dict[str, Any]]:
+        """Every running node's counters (``GET /api/node``: relay drops by reason, floor, rounds and fencing)."""
+        return {n.name: self.api(i).request("GET", "/api/node") for i, n in enumerate(self.nodes) if n.daemon.process}
+
     def server_info(self, node: int) -> Path:
         """A client-info file that names node ``node`` first (the others follow, as client-info lists them)."""
         path = self.root / f"server-{node}.json"

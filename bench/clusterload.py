@@ -235,6 +235,7 @@ class ClusterLoad:
     def load(self, seconds: float, rate: float) -> Any:
         self.counters.sent = self.counters.received = self.counters.lost = self.counters.denied = 0
         self.counters.latencies_ms = []
+        self.counters.denied_why = {}
         self.rate = rate
         base = yield self._received()
         drops = self._socket_drops()
@@ -257,7 +258,8 @@ class ClusterLoad:
         report = {
             "seconds": round(seconds, 3), "sent": sent, "received": received + late,
             "late": late, "latencies_ms": [round(x, 3) for x in self.counters.latencies_ms],
-            "lost": self.counters.lost, "denied": self.counters.denied, "cpu": round(time.process_time() - cpu, 3),
+            "lost": self.counters.lost, "denied": self.counters.denied,
+            "denied_why": self.counters.denied_why, "cpu": round(time.process_time() - cpu, 3),
             "sink_cpu": round(self._sink_cpu() - sink_cpu, 3), "socket_drops": self._socket_drops() - drops,
         }  # fmt: skip
         yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command

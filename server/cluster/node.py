@@ -97,6 +97,9 @@ class ClusterNode:
         self._origin: dict[tuple[str, str], str] = {}  # (group, member) served here, joined at node
         self._announced: dict[str, int] = {}  # group -> generation whose "moved" our members were told
         self._round_running = False
+        self._counters = dict.fromkeys(("rounds", "rounds_failed", "fenced", "adopted", "lost"), 0)
+        self._round_max = 0.0  # the slowest round (sent -> applied on the reactor), seconds
+        self._slack_min = float("inf")  # the least time left before the deadline when a renewal was applied
         self._rounds = task.LoopingCall(self._round)
         self._rounds.clock = reactor
         self._fence = task.LoopingCall(self._check_fence)
@@ -130,7 +133,15 @@ class ClusterNode:
 
         def done(result: Any) -> None:
             self._round_running = False
-            self._apply(self.ownership.apply(result, self.reactor.seconds()))
+            now = self.reactor.seconds()
+            self._counters["rounds"] += 1
+            if result.renewed:
+                self._round_max = max(self._round_max, now - result.started)
+                if self.ownership.held:
+                    self._slack_min = min(self._slack_min, self.ownership.valid_until - now)
+            else:
+                self._counters["rounds_failed"] += 1
+            self._apply(self.ownership.apply(result, now))
 
         def failed(failure: Any) -> None:
             self._round_running = False  # whatever failed, the next round runs (or the node fences itself)
@@ -140,7 +151,20 @@ class ClusterNode:
         d.addErrback(failed)
 
     def _check_fence(self) -> None:
-        self._apply(self.ownership.fence(self.reactor.seconds()))
+        events = self.ownership.fence(self.reactor.seconds())
+        if events:
+            self._counters["fenced"] += 1
+        self._apply(events)
+
+    def stats(self) -> dict[str, Any]:
+        """Rounds (failed ones too), times this node fenced itself (its deadline passed before a renewal), groups
+        adopted and lost, the slowest round and the least time that was left before the deadline."""
+        return {
+            **self._counters,
+            "serving": len(self.ownership.held),
+            "round_max_s": round(self._round_max, 4),
+            "slack_min_s": round(self._slack_min, 4) if self._slack_min != float("inf") else None,
+        }
 
     def _apply(self, events: list[Any]) -> None:
         call = self.shell.call
@@ -154,11 +178,13 @@ class ClusterNode:
 
     def _apply_one(self, event: Any) -> None:
         if isinstance(event, Lost):
+            self._counters["lost"] += 1
             log.warning("%s: group %s is no longer served here", self.me.name, event.group)
             self.shell.call.release(event.group)
             for key in [k for k in self._origin if k[0] == event.group]:
                 del self._origin[key]
         elif isinstance(event, Adopted):
+            self._counters["adopted"] += 1
             log.info("%s: serving group %s (lease generation %d)", self.me.name, event.group, event.generation)
             self.link.send(BROADCAST_CHANNEL, bytes(GroupMoved(self.me.name, event.group, event.generation)))
             self._moved(event.group, event.generation)
