@@ -191,18 +191,21 @@ def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float
 
 
 def node_counters(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """What the nodes counted between two ``Cluster.node_stats``, summed over the nodes: datagrams the relays
-    dropped by reason (``fenced``: past the lease deadline; ``rate``; ``unbound``; ``not_talker``...), floor
-    messages the calls dropped, the rounds that failed and the times a node fenced itself and lost groups; with
-    the slowest round and the least time left before a lease deadline (since the nodes started)."""
+    """What the nodes counted between two ``Cluster.node_stats``, summed over the nodes: the members bound at the
+    end, members unbound for silence (``dead``), datagrams the relays dropped by reason (``fenced``: past the lease
+    deadline; ``token``: a keepalive of an unknown binding; ``rtcp``: floor control from an unbound address;
+    ``rate``; ``unbound``; ``not_talker``...), floor messages the calls dropped, the rounds that failed and the
+    times a node fenced itself and lost groups; with the slowest round and the least time left before a lease
+    deadline (since the nodes started)."""
     totals: dict[str, float] = {}
     for name, stats in after.items():
         old = before.get(name, {})
         pairs = [(k.removeprefix("dropped_"), v, old.get("relay", {}).get(k, 0))
-                 for k, v in stats["relay"].items() if k.startswith("dropped_")]  # fmt: skip
+                 for k, v in stats["relay"].items() if k.startswith("dropped_") or k == "dead"]  # fmt: skip
         pairs.append(("floor_dropped", stats["floor_dropped"], old.get("floor_dropped", 0)))
         cluster, old_cluster = stats.get("cluster") or {}, old.get("cluster") or {}
         pairs += [(k, cluster[k], old_cluster.get(k, 0)) for k in ("rounds_failed", "fenced", "lost") if k in cluster]
+        totals["bound"] = totals.get("bound", 0) + stats["relay"].get("bound", 0)  # members bound at the end
         for key, value, previous in pairs:
             totals[key] = totals.get(key, 0) + value - previous
         if cluster:

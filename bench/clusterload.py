@@ -180,10 +180,12 @@ class ClusterLoad:
         started = time.perf_counter()
         limit = defer.DeferredSemaphore(self.args.concurrency)
         errors: list[str] = []
-        work = [limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members]
-        results = yield defer.gatherResults(work)
+        # Keepalives from the start: the relay unbinds a member silent for 15 s, and binding 2 000 members takes
+        # longer than that (the first ones bound would be dead before the last one is).
         if not self._keepalive.running:
             self._keepalive.start(KEEPALIVE / 5, now=False)
+        work = [limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members]
+        results = yield defer.gatherResults(work)
         self._start_sink()
         ok = sum(1 for r in results if r)
         report = {"seconds": round(time.perf_counter() - started, 2), "ok": ok, "failed": len(results) - ok,
