@@ -115,13 +115,15 @@ class ClusterLink:
 
     # -- rounds ------------------------------------------------------------------------------------------------------
 
-    def run_round(self, claims: Sequence[str]) -> defer.Deferred[RoundResult]:
-        return deferToThreadPool(self.reactor, self._round_pool, self._round, list(claims))
+    def run_round(self, claims: Sequence[str], reclaims: Sequence[str] = ()) -> defer.Deferred[RoundResult]:
+        return deferToThreadPool(self.reactor, self._round_pool, self._round, list(claims), list(reclaims))
 
-    def _round(self, claims: list[str]) -> RoundResult:
-        started = time.time()  # before the statement: the local deadline must come before the database's
+    def _round(self, claims: list[str], reclaims: list[str]) -> RoundResult:
+        # Before the statement: the local deadline must come before the database's. Monotonic: a step of the wall
+        # clock must not move the deadline (ClusterNode keeps the ownership on the same clock).
+        started = time.monotonic()
         try:
-            nodes, leases = self._rounds.run(database.run_round, self.me, claims, self.lease_time)
+            nodes, leases = self._rounds.run(database.run_round, self.me, claims, self.lease_time, reclaims)
         except Exception as exc:
             self._log("round", "cluster round failed (%s): this node's groups stop when its leases run out", exc)
             return RoundResult(started, False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +129,12 @@ class ClusterNode:
         if self._round_running:
             return  # the last one is still waiting for the database
         self._round_running = True
-        claims = self.ownership.to_claim(self.shell.call.group_uris(), self.reactor.seconds())
-        d = self.link.run_round(claims)
+        claims = self.ownership.to_claim(self.shell.call.group_uris(), time.monotonic())
+        d = self.link.run_round(claims, self.ownership.to_reclaim())
 
         def done(result: Any) -> None:
             self._round_running = False
-            now = self.reactor.seconds()
+            now = time.monotonic()
             self._counters["rounds"] += 1
             if result.renewed:
                 self._round_max = max(self._round_max, now - result.started)
@@ -151,7 +152,7 @@ class ClusterNode:
         d.addErrback(failed)
 
     def _check_fence(self) -> None:
-        events = self.ownership.fence(self.reactor.seconds())
+        events = self.ownership.fence(time.monotonic())
         if events:
             self._counters["fenced"] += 1
         self._apply(events)
@@ -168,7 +169,10 @@ class ClusterNode:
 
     def _apply(self, events: list[Any]) -> None:
         call = self.shell.call
-        call.relay.serving_until = self.ownership.valid_until if self.ownership.held else float("-inf")
+        # The relay compares the reactor's (wall) clock: the monotonic deadline as a wall time, again every
+        # FENCE_CHECK, so a step of the wall clock moves the relay's deadline for at most that long.
+        left = self.ownership.valid_until - time.monotonic()
+        call.relay.serving_until = self.reactor.seconds() + left if self.ownership.held else float("-inf")
         for event in events:
             try:
                 self._apply_one(event)
@@ -214,7 +218,7 @@ class ClusterNode:
         if info is None or member not in info.members:
             raise Refused(403, f"{member} is not a member of {group}")
         binding_id = os.urandom(BINDING_ID_LENGTH)
-        if self.ownership.holds(group, now):
+        if self.ownership.holds(group, time.monotonic()):
             self._remote.pop((group, member), None)
             self._origin.pop((group, member), None)
             return call.join(member, group, ssrc, binding_id, now)
@@ -283,7 +287,7 @@ class ClusterNode:
         """A dispatcher's live view: from this node's call if it serves the group, else asked of the serving node;
         presence from every node."""
         owner = self.ownership.owner(group)
-        if self.ownership.holds(group, self.reactor.seconds()) or owner is None:
+        if self.ownership.holds(group, time.monotonic()) or owner is None:
             d: defer.Deferred[dict[str, Any]] = defer.succeed(local())
         else:
             request = next(self._requests)
@@ -366,7 +370,7 @@ class ClusterNode:
     def _join_request(self, message: JoinRequest, now: float) -> None:
         reply = JoinReply(self.me.name, message.request, 0, generation=self.ownership.held.get(message.group, 0))
         try:
-            if not self.ownership.holds(message.group, now):
+            if not self.ownership.holds(message.group, time.monotonic()):
                 raise Refused(503, f"the call of {message.group} is moving to another server node: {RETRY_HINT}")
             binding_id = unb64(message.binding_id, "binding_id")
             if len(binding_id) != BINDING_ID_LENGTH:
