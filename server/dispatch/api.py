@@ -115,7 +115,8 @@ class DispatchApplication(EmergencyRoutes):
     ) -> None:
         """``domain``: the SIP domain bare group names belong to (reported by /api/health for ``ptt-dispatch``);
         ``reserved``: URIs no group or member may have (the server's own, the KMS's; wildcards always are);
-        ``priority_ceiling``: the highest priority a non-admin may give (None: the store's setting)."""
+        ``priority_ceiling``: the highest priority a non-admin may give (None: the store's setting);
+        ``node_stats``: the document of ``GET /api/node`` (called on the API's thread)."""
         self.manager = manager
         self.store = manager.store
         self.status = status or no_status
