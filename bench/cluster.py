@@ -9,11 +9,11 @@ granted the namespace) are created through the dispatcher HTTPS API of every nod
 so their leases spread by rendezvous hashing; the bench waits until each group has a lease.
 
 Load: ``bench.clusterload``, one process (its docstring says what a member does): G x 10 members logged in, spread
-round-robin over the nodes, each joined and bound at the relay of the node serving its group. The generator
-receives through a C child process, the sink (``bench/sink.c``, compiled with gcc at run time): it reads every
-member socket (epoll, recvmmsg), counts the media copies and passes only floor control back to Python, so a
-received copy costs the generator about 1-2 us of CPU instead of a pass through Twisted; the generator's CPU
-below includes the sink's. Each configuration is
+round-robin over the nodes, each joined and bound at the relay of the node serving its group (keepalives from the
+start of the setup). The generator does not read the media copies: a socket filter drops RTP in the kernel at each
+member socket, where it is counted (/proc/net/udp ``drops``), and a C child process, the sink (``bench/sink.c``),
+reads only the floor control and passes it to Python; so a received copy costs the generator nothing and its CPU
+(below, with the sink's) is the talkers' sending and the floor. Each configuration is
 measured ``--runs`` times (3; 1 with ``--quick``) in two modes on the same cluster:
 
   fixed      every group talks (one talker at a time, 2 s bursts, 0.2 s between them) at 50 packets/s: the offered
@@ -30,9 +30,12 @@ lag is included. Per run the CPU seconds used by the nodes (each with its crypto
 process tree), by the generator (with its sink), and by the whole machine (/proc/stat: the other users of a shared
 machine) are printed, with the 1-minute load average: on 2 cores the nodes and the generator compete, and the CPU
 split shows where the cores went. Each run's line also shows the sink's share of the generator's CPU and the
-datagrams the kernel dropped for a full receive buffer during the run: at the member sockets (/proc/net/udp), at
-the nodes' relay sockets, and machine-wide (``RcvbufErrors``, /proc/net/snmp). The ratio is each configuration's
-median over the median of 1 node, measured in the same invocation.
+datagrams the kernel dropped for a full receive buffer during the run: at the nodes' relay sockets (a node that did
+not get the CPU to read them: in saturate mode, the offered load it could not take) and machine-wide
+(``RcvbufErrors``, /proc/net/snmp); then the nodes' own counters (``GET /api/node``, ``node_counters``): members
+bound, the relays' drops by reason, the rounds and fences of the leases, the slowest round and the least slack
+before a lease deadline; and the floor requests denied by cause. The ratio is each configuration's median over the
+median of 1 node, measured in the same invocation. Nothing is pinned to a core.
 
 Failover (with 2 nodes, after the load runs, the generator stopped): in the group ``sip:fire@example.org``, alice
 talks in short bursts (``ptt-headless ... talk-loop``) from the node that will survive, bob listens at the same
@@ -179,8 +182,7 @@ def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float
     report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
     after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     machine = machine_cpu_seconds() - machine
-    drops = {"members": int(report.get("socket_drops", 0)), "relays": udp_drops(relay_ports) - relay_drops,
-             "machine": udp_rcvbuf_errors() - rcvbuf}  # fmt: skip
+    drops = {"relays": udp_drops(relay_ports) - relay_drops, "machine": udp_rcvbuf_errors() - rcvbuf}
     elapsed = float(report["seconds"])
     node = node_counters(stats_before, cluster.node_stats())
     return Run(

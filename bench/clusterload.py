@@ -9,13 +9,15 @@ of its group, then its own UDP socket bound at the relay the ``joined`` reply na
 ``ptt.relaycore.JoinSigner``), with a keepalive every 5 s. Logins run ``--concurrency`` at a time (the server
 verifies at most 512 at once); a refused or failed member is retried twice.
 
-Receiving: once ``setup`` has bound every member, Python stops reading the member sockets and hands them to a C
-child process, the sink (``bench/sink.c``, ``bench.clustersink``: compiled with gcc at start, the sockets passed
-with ``pass_fds``). It reads them all with epoll and recvmmsg and only counts the RTP copies; the RTCP (floor
-control) it passes back over a pipe, tagged with the member's index, and the reactor hands it to that member's
-``MemberSocket.datagramReceived``. So the generator's CPU per received copy is a little C and kernel time, not a
-pass through Twisted, and most of the machine is left to the nodes. Python still sends everything (joins,
-keepalives, floor control, RTP) on the same sockets. ``received`` in the ``load`` report is the sink's count.
+Receiving: once ``setup`` has bound every member, each member socket gets a socket filter that drops RTP in the
+kernel (``bench.clustersink.drop_rtp_in_kernel``): the copies are counted in the socket's ``drops``
+(/proc/net/udp) and never read. Python stops reading the sockets and hands them to a C child process, the sink
+(``bench/sink.c``, ``bench.clustersink``: compiled with gcc at start, the sockets passed with ``pass_fds``), which
+passes the RTCP (floor control) back over a pipe, tagged with the member's index; the reactor hands it to that
+member's ``MemberSocket.datagramReceived``. So a received copy costs the generator nothing and the machine is left
+to the nodes. Python still sends everything (joins, keepalives, floor control, RTP) on the same sockets.
+``received`` in the ``load`` report is the copies the member sockets got (their filter's count, plus any the
+sink or Python read).
 
 Talking: in every group one member at a time presses PTT (a TS 24.380 ``FloorParticipant``, its floor messages
 SRTCP under its CSK), and once granted sends RTP at RATE packets/s for ``--burst`` seconds, releases, and after
@@ -27,9 +29,9 @@ Commands on stdin, one a line, each answered by one line on stdout:
 
   setup              -> ``setup-done {json}``: every member logs in, sends its CSK, joins and binds
   load SECONDS RATE  -> ``load-done {json}``: every group talks for SECONDS at RATE packets/s per talker; sent and
-                        received media packets, floor grants and their latencies (ms), requests never granted, the
-                        sink's CPU seconds and the datagrams the kernel dropped at the member sockets (receive
-                        buffer full: the ``drops`` column of /proc/net/udp)
+                        received media packets, floor grants and their latencies (ms), requests never granted,
+                        requests denied by cause ("no answer from the floor control server": the request was never
+                        answered), the sink's CPU seconds
   quit
 """
 
@@ -49,7 +51,7 @@ from twisted.protocols.basic import LineReceiver
 
 from bench.clustermembers import Counters, GroupCall, Member, MemberSocket
 from bench.clusterproc import tree_cpu_seconds
-from bench.clustersink import Sink, compile_sink, udp_drops
+from bench.clustersink import Sink, compile_sink, drop_rtp_in_kernel, udp_drops
 from bench.loadgen import issue_identities, member_uri
 from client.control import ControlClient, ControlError
 from client.tls import pinned_client_options, trust_from_info
@@ -200,6 +202,7 @@ class ClusterLoad:
         self._sink_members = [m for m in self.members if m.port is not None]
         for member in self._sink_members:
             member.port.stopReading()
+            drop_rtp_in_kernel(member.port.socket)
         fds = [member.port.fileno() for member in self._sink_members]
         self.sink = Sink(self.reactor, self._sink_binary, fds, self._rtcp)
 
@@ -209,12 +212,13 @@ class ClusterLoad:
 
     @defer.inlineCallbacks
     def _received(self) -> Any:
-        """Media copies received so far: the sink's count, and any the Python sockets read (none once the sink
-        runs)."""
+        """Media copies received so far: those the member sockets' filters counted (their drops: a full receive
+        buffer would count there too, but only RTCP, rare, is ever queued), the sink's count and any the Python
+        sockets read."""
         counted = 0
         if self.sink is not None:
             counted, _ = yield self.sink.count()
-        return counted + self.counters.received
+        return counted + self.counters.received + self._socket_drops()
 
     def _socket_drops(self) -> int:
         return udp_drops({m.port.getHost().port for m in self.members if m.port is not None})
@@ -240,7 +244,6 @@ class ClusterLoad:
         self.counters.denied_why = {}
         self.rate = rate
         base = yield self._received()
-        drops = self._socket_drops()
         cpu = time.process_time()
         sink_cpu = self._sink_cpu()
         started = time.monotonic()
@@ -262,7 +265,7 @@ class ClusterLoad:
             "late": late, "latencies_ms": [round(x, 3) for x in self.counters.latencies_ms],
             "lost": self.counters.lost, "denied": self.counters.denied,
             "denied_why": self.counters.denied_why, "cpu": round(time.process_time() - cpu, 3),
-            "sink_cpu": round(self._sink_cpu() - sink_cpu, 3), "socket_drops": self._socket_drops() - drops,
+            "sink_cpu": round(self._sink_cpu() - sink_cpu, 3),
         }  # fmt: skip
         yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command
         return "load-done " + json.dumps(report)

@@ -7,11 +7,18 @@ second octet 192..223) back over a pipe as ``[member index u32][length u16][data
 generator a few hundred nanoseconds of C instead of a pass through Twisted.
 
 ``sink.count()`` asks for the counters (``count`` on the sink's stdin); the answer comes as a frame after every
-RTCP frame received before it."""
+RTCP frame received before it.
+
+:func:`drop_rtp_in_kernel` goes further: a socket filter (classic BPF) drops the RTP copies in the kernel, where
+they are counted in the socket's ``drops`` (/proc/net/udp, :func:`udp_drops`) without ever being queued or read;
+only RTCP reaches the sink. A copy then costs the generator nothing: the kernel's delivery up to the socket is paid
+in the sending relay's system call on loopback, as it would be on any host."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import socket
 import struct
 import subprocess
 from collections import deque
@@ -23,7 +30,7 @@ from twisted.internet import defer
 
 from bench.harness import ROOT
 
-__all__ = ["Sink", "compile_sink", "udp_drops"]
+__all__ = ["Sink", "compile_sink", "drop_rtp_in_kernel", "udp_drops"]
 
 SOURCE = ROOT / "bench" / "sink.c"
 COUNT_INDEX = 0xFFFFFFFF
@@ -37,9 +44,29 @@ def compile_sink(directory: Path) -> Path:
     return binary
 
 
+_SO_ATTACH_FILTER = 26
+_RTP_FILTER = b"".join(
+    struct.pack("HBBI", *instruction)
+    for instruction in (
+        (0x30, 0, 0, 9),  # ldb [9]: the datagram's second octet (the filter sees it from the 8-octet UDP header)
+        (0x35, 0, 2, 192),  # jge #192, else drop
+        (0x25, 1, 0, 223),  # jgt #223 -> drop
+        (0x06, 0, 0, 0xFFFFFFFF),  # 192..223: RTCP (RFC 5761), kept
+        (0x06, 0, 0, 0),  # anything else (RTP): dropped and counted in the socket's drops
+    )
+)
+
+
+def drop_rtp_in_kernel(sock: socket.socket) -> None:
+    """Attach the filter that keeps only RTCP: the RTP copies the member gets are counted in its socket's drops."""
+    program = ctypes.create_string_buffer(_RTP_FILTER)  # the kernel copies it during setsockopt
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, struct.pack("HL", len(_RTP_FILTER) // 8,
+                                                                      ctypes.addressof(program)))  # fmt: skip
+
+
 def udp_drops(ports: set[int]) -> int:
-    """Datagrams the kernel dropped (receive buffer full) at the IPv4 UDP sockets bound to ``ports`` so far: the
-    ``drops`` column of /proc/net/udp."""
+    """Datagrams the kernel dropped at the IPv4 UDP sockets bound to ``ports`` so far (receive buffer full, or
+    refused by a socket filter): the ``drops`` column of /proc/net/udp."""
     total = 0
     with open("/proc/net/udp") as table:
         next(table)
