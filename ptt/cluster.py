@@ -206,6 +206,13 @@ class Ownership:
                 claims.append(group)
         return claims
 
+    def renewal_committed(self, started: float, now: float) -> None:
+        """A round's renewal (sent at ``started``) committed; the rest of the round and its answer may still be on
+        the way (a busy reactor applies it late). If the deadline has not passed, nobody could have taken any
+        held group, so the renewal covered them all: the deadline moves on now, not when the answer is applied."""
+        if self.held and now <= self.valid_until:
+            self.valid_until = max(self.valid_until, started + self.lease_time - self.margin)
+
     def to_reclaim(self) -> list[str]:
         """The groups this node fenced itself from that may still be its own in the database: this round takes
         them back at the next generation if they are (``UPDATE … WHERE node = me``)."""

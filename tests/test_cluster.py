@@ -117,10 +117,22 @@ def test_a_fenced_node_does_not_take_back_a_group_another_node_took() -> None:
     events = mine.apply(result(103.1, leases), now=103.2)
     assert events == [Moved("g", Lease("g", "b", 4))] and mine.held == {}
     assert mine.to_reclaim() == ["h"]  # still its own in the database: taken back (node = a) at generation 2
-    assert mine.apply(result(103.6, {"g": Lease("g", "b", 4), "h": Lease("h", "a", 2)}), now=103.7) == [
-        Adopted("h", 2)
-    ]
+    assert mine.apply(result(103.6, {"g": Lease("g", "b", 4), "h": Lease("h", "a", 2)}), now=103.7) == [Adopted("h", 2)]
     assert mine.to_reclaim() == [] and mine.held == {"h": 2}
+
+
+def test_a_committed_renewal_moves_the_deadline_before_its_round_is_applied() -> None:
+    """A busy reactor may apply a round's answer after the deadline although the renewal committed in time."""
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    mine.apply(result(100.0, {"g": Lease("g", "a", 1)}), now=100.1)
+    mine.renewal_committed(101.5, now=101.9)  # sent at 101.5, committed; its answer still queued
+    assert mine.fence(102.5) == [] and mine.holds("g", 103.5) and not mine.holds("g", 103.6)
+    mine.renewal_committed(101.0, now=102.6)  # an older one changes nothing
+    assert mine.valid_until == 103.5
+    # past the deadline a late renewal cannot vouch for every group (one may have been taken): the round decides
+    assert mine.fence(103.6) == [Lost("g")]
+    mine.renewal_committed(103.4, now=103.7)
+    assert not mine.holds("g", 103.8)
 
 
 def test_the_deadline_counts_from_when_the_renewal_was_sent_not_when_its_answer_came() -> None:

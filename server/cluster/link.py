@@ -80,6 +80,9 @@ class ClusterLink:
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
         self._last_log: dict[str, float] = {}
+        self.last_renewal = float("-inf")
+        """Monotonic time at which the last committed renewal was sent, set by the round thread as soon as it
+        commits (a float: read by the reactor without a lock)."""
 
     # -- life ------------------------------------------------------------------------------------------------------
 
@@ -123,11 +126,16 @@ class ClusterLink:
         # clock must not move the deadline (ClusterNode keeps the ownership on the same clock).
         started = time.monotonic()
         try:
-            nodes, leases = self._rounds.run(database.run_round, self.me, claims, self.lease_time, reclaims)
+            nodes, leases = self._rounds.run(
+                database.run_round, self.me, claims, self.lease_time, reclaims, lambda: self._renewed(started)
+            )
         except Exception as exc:
             self._log("round", "cluster round failed (%s): this node's groups stop when its leases run out", exc)
             return RoundResult(started, False)
         return RoundResult(started, True, nodes, leases)
+
+    def _renewed(self, started: float) -> None:
+        self.last_renewal = started
 
     # -- out ----------------------------------------------------------------------------------------------------------
 

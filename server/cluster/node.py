@@ -152,7 +152,9 @@ class ClusterNode:
         d.addErrback(failed)
 
     def _check_fence(self) -> None:
-        events = self.ownership.fence(time.monotonic())
+        now = time.monotonic()
+        self.ownership.renewal_committed(self.link.last_renewal, now)  # a round whose answer the reactor has not had
+        events = self.ownership.fence(now)
         if events:
             self._counters["fenced"] += 1
         self._apply(events)
