@@ -9,7 +9,11 @@ granted the namespace) are created through the dispatcher HTTPS API of every nod
 so their leases spread by rendezvous hashing; the bench waits until each group has a lease.
 
 Load: ``bench.clusterload``, one process (its docstring says what a member does): G x 10 members logged in, spread
-round-robin over the nodes, each joined and bound at the relay of the node serving its group. Each configuration is
+round-robin over the nodes, each joined and bound at the relay of the node serving its group (keepalives from the
+start of the setup). The generator does not read the media copies: a socket filter drops RTP in the kernel at each
+member socket, where it is counted (/proc/net/udp ``drops``), and a C child process, the sink (``bench/sink.c``),
+reads only the floor control and passes it to Python; so a received copy costs the generator nothing and its CPU
+(below, with the sink's) is the talkers' sending and the floor. Each configuration is
 measured ``--runs`` times (3; 1 with ``--quick``) in two modes on the same cluster:
 
   fixed      every group talks (one talker at a time, 2 s bursts, 0.2 s between them) at 50 packets/s: the offered
@@ -22,11 +26,16 @@ Forwarded/s = media copies the listeners received / seconds (nothing is counted 
 member socket); beside it the packets/s the talkers really sent (a starved generator sends less than it offers:
 its pacing makes up at most 0.1 s of arrears) and "delivered", the copies received over sent x 9. Floor p95 =
 Floor Request -> Floor Granted at the talker (SRTCP under its CSK), measured on the generator's clock, so its own
-lag is included. Per run the CPU seconds used by the nodes (each with its crypto
-worker; /proc/PID/stat of the process tree), by the generator, and by the whole machine (/proc/stat: the other
-users of a shared machine) are printed, with the 1-minute load average: on 2 cores the nodes and the generator
-compete, and the CPU split shows where the cores went. The ratio is each configuration's median over the median
-of 1 node, measured in the same invocation.
+lag is included. Per run the CPU seconds used by the nodes (each with its crypto worker; /proc/PID/stat of the
+process tree), by the generator (with its sink), and by the whole machine (/proc/stat: the other users of a shared
+machine) are printed, with the 1-minute load average: on 2 cores the nodes and the generator compete, and the CPU
+split shows where the cores went. Each run's line also shows the sink's share of the generator's CPU and the
+datagrams the kernel dropped for a full receive buffer during the run: at the nodes' relay sockets (a node that did
+not get the CPU to read them: in saturate mode, the offered load it could not take) and machine-wide
+(``RcvbufErrors``, /proc/net/snmp); then the nodes' own counters (``GET /api/node``, ``node_counters``): members
+bound, the relays' drops by reason, the rounds and fences of the leases, the slowest round and the least slack
+before a lease deadline; and the floor requests denied by cause. The ratio is each configuration's median over the
+median of 1 node, measured in the same invocation. Nothing is pinned to a core.
 
 Failover (with 2 nodes, after the load runs, the generator stopped): in the group ``sip:fire@example.org``, alice
 talks in short bursts (``ptt-headless ... talk-loop``) from the node that will survive, bob listens at the same
@@ -53,11 +62,11 @@ from typing import Any
 
 from bench.clusterharness import Cluster, start_cluster
 from bench.clusterload import GROUP_HOST, group_uri
-from bench.clusterproc import LineProcess, loadavg, machine_cpu_seconds, tree_cpu_seconds
+from bench.clusterproc import LineProcess, loadavg, machine_cpu_seconds, tree_cpu_seconds, udp_rcvbuf_errors
+from bench.clustersink import udp_drops
 from bench.failover import measure_failovers
 from bench.floorload import percentile
 from bench.loadgen import member_uri
-from server.dispatch.apiclient import ApiClient
 
 FAILOVER_GROUP = "sip:fire@example.org"
 
@@ -76,6 +85,10 @@ class Run:
     load: float
     size: int
     machine_cpu: float
+    sink_cpu: float = 0.0  # the generator's C sink (part of generator_cpu)
+    drops: dict[str, int] = field(default_factory=dict)  # datagrams the kernel dropped at full receive buffers
+    node: dict[str, float] = field(default_factory=dict)  # the nodes' own counters during the run (node_counters)
+    denied: dict[str, int] = field(default_factory=dict)  # floor requests denied, by the Deny's phrase
 
     def delivered(self) -> float:
         """Copies received over the copies the sent packets should have made (every other member of the group)."""
@@ -104,11 +117,7 @@ def _value(run: Run, key: str) -> float:
 
 def create_groups(cluster: Cluster, groups: int, size: int) -> float:
     """Every group through the dispatcher API, the nodes' APIs taken in turn (four requests at a time)."""
-    clients = [
-        ApiClient(f"https://127.0.0.1:{n.dispatch_port}", cacert=str(n.data / "tls-cert.pem"), user="admin",
-                  password=lambda: "admin-password-x", timeout=120)
-        for n in cluster.nodes
-    ]  # fmt: skip
+    clients = [cluster.api(i) for i in range(len(cluster.nodes))]
 
     def create(g: int) -> None:
         members = [{"uri": member_uri(g * size + k)} for k in range(size)]
@@ -148,9 +157,11 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
                 print(f"  run {number + 1} {mode:<8} forwarded {run.forwarded_per_s:6.0f}/s (sent "
                       f"{run.sent / run.seconds:5.0f}/s, delivered {run.delivered():.1%})  floor p95 "
                       f"{run.p95():7.1f} ms (n {len(run.latencies_ms)}, lost {run.lost})  cpu nodes "
-                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s, machine {run.machine_cpu:4.1f} s "
-                      f"in {run.seconds:.1f} s  "
-                      f"load {run.load:.2f}", flush=True)  # fmt: skip
+                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s (sink {run.sink_cpu:3.1f} s), "
+                      f"machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  load {run.load:.2f}  drops "
+                      + ", ".join(f"{k} {v}" for k, v in run.drops.items()), flush=True)  # fmt: skip
+                print("    nodes: " + ", ".join(f"{k} {v:g}" for k, v in run.node.items() if v)
+                      + f"; floor denied {run.denied}", flush=True)  # fmt: skip
         generator.stop()
         generator = None
         if nodes == 2 and args.kills:
@@ -164,16 +175,46 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
 
 def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float, size: int) -> Run:
     node_pids = [n.daemon.process.pid for n in cluster.nodes if n.daemon.process is not None]
-    machine = machine_cpu_seconds()
+    relay_ports = {n.relay_port for n in cluster.nodes}
+    machine, relay_drops, rcvbuf = machine_cpu_seconds(), udp_drops(relay_ports), udp_rcvbuf_errors()
     before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
+    stats_before = cluster.node_stats()
     report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
     after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     machine = machine_cpu_seconds() - machine
+    drops = {"relays": udp_drops(relay_ports) - relay_drops, "machine": udp_rcvbuf_errors() - rcvbuf}
     elapsed = float(report["seconds"])
+    node = node_counters(stats_before, cluster.node_stats())
     return Run(
         mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
         report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(), size, machine,
+        float(report.get("sink_cpu", 0.0)), drops, node, dict(report.get("denied_why", {})),
     )  # fmt: skip
+
+
+def node_counters(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """What the nodes counted between two ``Cluster.node_stats``, summed over the nodes: the members bound at the
+    end, members unbound for silence (``dead``), datagrams the relays dropped by reason (``fenced``: past the lease
+    deadline; ``token``: a keepalive of an unknown binding; ``rtcp``: floor control from an unbound address;
+    ``rate``; ``unbound``; ``not_talker``...), floor messages the calls dropped, the rounds that failed and the
+    times a node fenced itself and lost groups; with the slowest round and the least time left before a lease
+    deadline (since the nodes started)."""
+    totals: dict[str, float] = {}
+    for name, stats in after.items():
+        old = before.get(name, {})
+        pairs = [(k.removeprefix("dropped_"), v, old.get("relay", {}).get(k, 0))
+                 for k, v in stats["relay"].items() if k.startswith("dropped_") or k == "dead"]  # fmt: skip
+        pairs.append(("floor_dropped", stats["floor_dropped"], old.get("floor_dropped", 0)))
+        cluster, old_cluster = stats.get("cluster") or {}, old.get("cluster") or {}
+        pairs += [(k, cluster[k], old_cluster.get(k, 0)) for k in ("rounds_failed", "fenced", "lost") if k in cluster]
+        totals["bound"] = totals.get("bound", 0) + stats["relay"].get("bound", 0)  # members bound at the end
+        for key, value, previous in pairs:
+            totals[key] = totals.get(key, 0) + value - previous
+        if cluster:
+            totals["round_max_s"] = max(totals.get("round_max_s", 0.0), cluster["round_max_s"])
+            if cluster["slack_min_s"] is not None:
+                totals["slack_min_s"] = min(totals.get("slack_min_s", float("inf")), cluster["slack_min_s"])
+    return totals
 
 
 def load_configurations(path: Path) -> list[Configuration]:

@@ -51,6 +51,20 @@ class Cluster:
             env=clean_env(PTT_DISPATCH_PASSWORD="admin-password-x"), timeout=timeout,
         )  # fmt: skip
 
+    def api(self, node: int, user: str = "admin") -> Any:
+        """A dispatcher API client of node ``node``: the dispatcher ``admin`` that creates the groups, or ``ops``
+        (role admin)."""
+        from server.dispatch.apiclient import ApiClient
+
+        target = self.nodes[node]
+        return ApiClient(f"https://127.0.0.1:{target.dispatch_port}", cacert=str(target.data / "tls-cert.pem"),
+                         user=user, password=lambda: f"{user}-password-x", timeout=120)  # fmt: skip
+
+    def node_stats(self) -> dict[str, dict[str, Any]]:
+        """Every running node's counters (``GET /api/node``: relay drops by reason, floor, rounds and fencing)."""
+        running = [(i, n.name) for i, n in enumerate(self.nodes) if n.daemon.process is not None]
+        return {name: self.api(i, "ops").request("GET", "/api/node") for i, name in running}
+
     def server_info(self, node: int) -> Path:
         """A client-info file that names node ``node`` first (the others follow, as client-info lists them)."""
         path = self.root / f"server-{node}.json"
@@ -119,7 +133,7 @@ def start_cluster(
     account is granted ``groups`` (group URIs) and ``sip:*@DOMAIN``-style names the tests create."""
     root.mkdir(parents=True, exist_ok=True)
     (kms_port,) = free_ports(1)
-    for name in (*users, "admin"):
+    for name in (*users, "admin", "ops"):
         (root / f"{name}.pw").write_text(f"{name}-password-x\n")
     (root / "ks.pw").write_text("keystore-passphrase\n")
     kms = ["-m", "server.kms.cli", "--data", str(root / "kms")]
@@ -174,6 +188,9 @@ def _init_node(cluster: Cluster, index: int, workers: int | None, env: dict[str,
         out = run("-m", "server.main", "--data", str(data), "dispatcher", "add", "admin", "--password-file",
                   str(root / "admin.pw"))  # fmt: skip
         assert out.returncode == 0, out.stderr
+        out = run("-m", "server.main", "--data", str(data), "dispatcher", "add", "ops", "--role", "admin",
+                  "--password-file", str(root / "ops.pw"))  # fmt: skip
+        assert out.returncode == 0, out.stderr  # an admin account: GET /api/node
     serve = ["-m", "server.main", "--data", str(data), "serve"]
     if workers is not None:
         serve += ["--workers", str(workers)]

@@ -9,6 +9,16 @@ of its group, then its own UDP socket bound at the relay the ``joined`` reply na
 ``ptt.relaycore.JoinSigner``), with a keepalive every 5 s. Logins run ``--concurrency`` at a time (the server
 verifies at most 512 at once); a refused or failed member is retried twice.
 
+Receiving: once ``setup`` has bound every member, each member socket gets a socket filter that drops RTP in the
+kernel (``bench.clustersink.drop_rtp_in_kernel``): the copies are counted in the socket's ``drops``
+(/proc/net/udp) and never read. Python stops reading the sockets and hands them to a C child process, the sink
+(``bench/sink.c``, ``bench.clustersink``: compiled with gcc at start, the sockets passed with ``pass_fds``), which
+passes the RTCP (floor control) back over a pipe, tagged with the member's index; the reactor hands it to that
+member's ``MemberSocket.datagramReceived``. So a received copy costs the generator nothing and the machine is left
+to the nodes. Python still sends everything (joins, keepalives, floor control, RTP) on the same sockets.
+``received`` in the ``load`` report is the copies the member sockets got (their filter's count, plus any the
+sink or Python read).
+
 Talking: in every group one member at a time presses PTT (a TS 24.380 ``FloorParticipant``, its floor messages
 SRTCP under its CSK), and once granted sends RTP at RATE packets/s for ``--burst`` seconds, releases, and after
 ``--pause`` seconds the next member of the group presses. Media is not SRTP-protected: the relay forwards opaque
@@ -19,7 +29,9 @@ Commands on stdin, one a line, each answered by one line on stdout:
 
   setup              -> ``setup-done {json}``: every member logs in, sends its CSK, joins and binds
   load SECONDS RATE  -> ``load-done {json}``: every group talks for SECONDS at RATE packets/s per talker; sent and
-                        received media packets, floor grants and their latencies (ms), requests never granted
+                        received media packets, floor grants and their latencies (ms), requests never granted,
+                        requests denied by cause ("no answer from the floor control server": the request was never
+                        answered), the sink's CPU seconds
   quit
 """
 
@@ -38,6 +50,8 @@ from twisted.internet import defer, endpoints, protocol, stdio, task
 from twisted.protocols.basic import LineReceiver
 
 from bench.clustermembers import Counters, GroupCall, Member, MemberSocket
+from bench.clusterproc import tree_cpu_seconds
+from bench.clustersink import Sink, compile_sink, drop_rtp_in_kernel, udp_drops
 from bench.loadgen import issue_identities, member_uri
 from client.control import ControlClient, ControlError
 from client.tls import pinned_client_options, trust_from_info
@@ -114,6 +128,9 @@ class ClusterLoad:
         self._last_pace = 0.0
         self.rate = 50.0
         self._keepalive_slice = 0
+        self._sink_binary = compile_sink(Path(args.root))
+        self.sink: Sink | None = None
+        self._sink_members: list[Member] = []
 
     @defer.inlineCallbacks
     def _connect(self, member: Member) -> Any:
@@ -165,14 +182,46 @@ class ClusterLoad:
         started = time.perf_counter()
         limit = defer.DeferredSemaphore(self.args.concurrency)
         errors: list[str] = []
-        work = [limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members]
-        results = yield defer.gatherResults(work)
+        # Keepalives from the start: the relay unbinds a member silent for 15 s, and binding 2 000 members takes
+        # longer than that (the first ones bound would be dead before the last one is).
         if not self._keepalive.running:
             self._keepalive.start(KEEPALIVE / 5, now=False)
+        work = [limit.run(self._setup_one, member, call.uri, errors) for call in self.calls for member in call.members]
+        results = yield defer.gatherResults(work)
+        self._start_sink()
         ok = sum(1 for r in results if r)
         report = {"seconds": round(time.perf_counter() - started, 2), "ok": ok, "failed": len(results) - ok,
                   "errors": sorted(set(errors))[:5], "retries": len(errors)}  # fmt: skip
         return "setup-done " + json.dumps(report)
+
+    def _start_sink(self) -> None:
+        """Hand every bound member socket to the C sink (``bench.clustersink``): from now on it reads them, Python
+        only sends on them and gets their RTCP through :meth:`_rtcp`."""
+        if self.sink is not None:
+            self.sink.stop()
+        self._sink_members = [m for m in self.members if m.port is not None]
+        for member in self._sink_members:
+            member.port.stopReading()
+            drop_rtp_in_kernel(member.port.socket)
+        fds = [member.port.fileno() for member in self._sink_members]
+        self.sink = Sink(self.reactor, self._sink_binary, fds, self._rtcp)
+
+    def _rtcp(self, index: int, data: bytes) -> None:
+        member = self._sink_members[index]
+        member.port.protocol.datagramReceived(data, member.relay)
+
+    @defer.inlineCallbacks
+    def _received(self) -> Any:
+        """Media copies received so far: those the member sockets' filters counted (their drops: a full receive
+        buffer would count there too, but only RTCP, rare, is ever queued), the sink's count and any the Python
+        sockets read."""
+        counted = 0
+        if self.sink is not None:
+            counted, _ = yield self.sink.count()
+        return counted + self.counters.received + self._socket_drops()
+
+    def _socket_drops(self) -> int:
+        return udp_drops({m.port.getHost().port for m in self.members if m.port is not None})
 
     def _keepalives(self) -> None:
         """A fifth of the members every second: each one every 5 s."""
@@ -192,8 +241,11 @@ class ClusterLoad:
     def load(self, seconds: float, rate: float) -> Any:
         self.counters.sent = self.counters.received = self.counters.lost = self.counters.denied = 0
         self.counters.latencies_ms = []
+        self.counters.denied_why = {}
         self.rate = rate
+        base = yield self._received()
         cpu = time.process_time()
+        sink_cpu = self._sink_cpu()
         started = time.monotonic()
         self._last_pace = started
         for call in self.calls:
@@ -203,18 +255,27 @@ class ClusterLoad:
         for call in self.calls:
             call.stop()
         self._pacer.stop()
-        sent, received = self.counters.sent, self.counters.received
+        sent = self.counters.sent
+        seconds = time.monotonic() - started
+        received = (yield self._received()) - base
         yield task.deferLater(self.reactor, 0.3, lambda: None)  # what is still on its way
-        late = self.counters.received - received
+        late = (yield self._received()) - base - received
         report = {
-            "seconds": round(time.monotonic() - started - 0.3, 3), "sent": sent, "received": received + late,
+            "seconds": round(seconds, 3), "sent": sent, "received": received + late,
             "late": late, "latencies_ms": [round(x, 3) for x in self.counters.latencies_ms],
-            "lost": self.counters.lost, "denied": self.counters.denied, "cpu": round(time.process_time() - cpu, 3),
+            "lost": self.counters.lost, "denied": self.counters.denied,
+            "denied_why": self.counters.denied_why, "cpu": round(time.process_time() - cpu, 3),
+            "sink_cpu": round(self._sink_cpu() - sink_cpu, 3),
         }  # fmt: skip
         yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command
         return "load-done " + json.dumps(report)
 
+    def _sink_cpu(self) -> float:
+        return tree_cpu_seconds(self.sink.pid) if self.sink is not None else 0.0
+
     def quit(self) -> None:
+        if self.sink is not None:
+            self.sink.stop()
         for member in self.members:
             if member.control is not None:
                 member.control.link.loseConnection()

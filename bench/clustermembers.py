@@ -33,6 +33,7 @@ class Counters:
     latencies_ms: list[float] = field(default_factory=list)
     lost: int = 0
     denied: int = 0
+    denied_why: dict[str, int] = field(default_factory=dict)  # the Floor Deny's phrase, or "no answer"
 
 
 class MemberSocket(protocol.DatagramProtocol):
@@ -176,6 +177,8 @@ class GroupCall:
                 self._next = self.reactor.callLater(self.burst, self._end_burst)
             elif event.kind == FloorEventKind.DENIED and not self.sending:
                 self.counters.denied += 1
+                why = event.text or f"cause {event.cause}"
+                self.counters.denied_why[why] = self.counters.denied_why.get(why, 0) + 1
                 self._release()
                 self._schedule_press()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.floorload import loadavg
 from bench.harness import ROOT, clean_env
 
-__all__ = ["LineProcess", "loadavg", "machine_cpu_seconds", "tree_cpu_seconds"]
+__all__ = ["LineProcess", "loadavg", "machine_cpu_seconds", "tree_cpu_seconds", "udp_rcvbuf_errors"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -31,6 +31,15 @@ def machine_cpu_seconds() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def udp_rcvbuf_errors() -> int:
+    """UDP datagrams the kernel dropped so far because a socket's receive buffer was full (every socket of the
+    machine's network namespace: ``RcvbufErrors`` in /proc/net/snmp)."""
+    names, values = (
+        line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")
+    )
+    return int(values[names.index("RcvbufErrors")])
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -3,16 +3,24 @@ each other. Pure: the database rounds and the notifications are done by ``server
 come in, decisions and events go out.
 
 **Leases.** Each group's live call (floor arbiter, relay bindings, forwarding) is served by the one node holding
-the group's lease in the database. A node runs a *round* every :data:`ROUND_INTERVAL`: one statement renews all its
-leases and its heartbeat (the database's clock sets ``expires``), one takes the free groups it should serve
+the group's lease in the database. A node runs a *round* every :data:`ROUND_INTERVAL`: one transaction renews all
+its leases and its heartbeat (the database's clock sets ``expires``) and takes back the groups it fenced itself
+from (:meth:`Ownership.to_reclaim`), one statement takes the free groups it should serve
 (:meth:`Ownership.to_claim`), one reads every lease back. A lease taken over gets the next *generation*.
 
 **Fencing.** A node serves a group only while it is sure nobody else may hold the lease: until the local time at
 which its last successful renewal was *sent*, plus :data:`LEASE_TIME`, minus :data:`SAFETY_MARGIN`
 (:attr:`Ownership.valid_until`). The database's lease lasts :data:`LEASE_TIME` from when the statement *ran*, which
 is later, so a node that is slow (paused, starved, cut off from the database) stops serving before another node can
-take its groups, whatever the clocks of the two machines say. Everything a node tells the others about a group
-carries the lease generation; receivers ignore what comes from an older generation than they know.
+take its groups, whatever the clocks of the two machines say (the local times are a monotonic clock's: a step of the
+wall clock neither extends nor cuts the deadline). Everything a node tells the others about a group carries the
+lease generation; receivers ignore what comes from an older generation than they know.
+
+**After a fence.** A node whose deadline passed has dropped those groups' calls (bindings, floor), but nobody may
+have taken them: its leases may still be its own, renewed by a round that was only late. It must not simply carry
+on at the same generation, since nobody would tell the members to join again (for the other nodes nothing moved).
+So it takes them back at the next generation (:meth:`Ownership.to_reclaim`, only while it still holds them in the
+database): that is a move like any other, and every node tells its members to join again.
 
 **Placement.** A free group goes to its preferred node among the live nodes (rendezvous hashing,
 :func:`preferred_node`), so groups spread evenly and every node agrees without talking; if the preferred node does
@@ -166,6 +174,7 @@ class Ownership:
         self.leases: dict[str, Lease] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.valid_until = float("-inf")
+        self.fenced: dict[str, int] = {}  # group -> generation this node held when it fenced itself from it
         self._free_since: dict[str, float] = {}
 
     def holds(self, group: str, now: float) -> bool:
@@ -189,13 +198,25 @@ class Ownership:
         live = list(self.nodes) if self.me in self.nodes else [*self.nodes, self.me]
         for group in groups:
             lease = self.leases.get(group)
-            if lease is not None and not lease.expired and lease.node in self.nodes:
+            if group in self.fenced or (lease is not None and not lease.expired and lease.node in self.nodes):
                 self._free_since.pop(group, None)
                 continue
             since = self._free_since.setdefault(group, now)
             if preferred_node(group, live) == self.me or now - since >= self.grace:
                 claims.append(group)
         return claims
+
+    def renewal_committed(self, started: float, now: float) -> None:
+        """A round's renewal (sent at ``started``) committed; the rest of the round and its answer may still be on
+        the way (a busy reactor applies it late). If the deadline has not passed, nobody could have taken any
+        held group, so the renewal covered them all: the deadline moves on now, not when the answer is applied."""
+        if self.held and now <= self.valid_until:
+            self.valid_until = max(self.valid_until, started + self.lease_time - self.margin)
+
+    def to_reclaim(self) -> list[str]:
+        """The groups this node fenced itself from that may still be its own in the database: this round takes
+        them back at the next generation if they are (``UPDATE … WHERE node = me``)."""
+        return sorted(self.fenced)
 
     def apply(self, result: RoundResult, now: float) -> list[OwnershipEvent]:
         """A round's outcome: which groups this node adopted or lost, which moved between other nodes."""
@@ -204,8 +225,16 @@ class Ownership:
         events: list[OwnershipEvent] = []
         self.valid_until = result.started + self.lease_time - self.margin
         self.nodes = dict(result.nodes)
+        for group, generation in list(self.fenced.items()):
+            lease = result.leases.get(group)
+            if lease is None or lease.node != self.me or lease.generation != generation:
+                del self.fenced[group]  # taken back at a new generation, or by another node: settled
+        # A fenced group still at its old generation (a round sent before the fence, or its take-back failed) is not
+        # served again: its members were dropped and nobody would tell them.
         held = {
-            g: lease.generation for g, lease in result.leases.items() if lease.node == self.me and not lease.expired
+            g: lease.generation
+            for g, lease in result.leases.items()
+            if lease.node == self.me and not lease.expired and g not in self.fenced
         }
         for group, generation in self.held.items():
             if held.get(group) != generation:
@@ -228,11 +257,13 @@ class Ownership:
         if not self.held or now <= self.valid_until:
             return []
         lost: list[OwnershipEvent] = [Lost(group) for group in self.held]
+        self.fenced.update(self.held)
         self.held = {}
         return lost
 
     def forget_group(self, group: str) -> None:
         """The group was deleted."""
         self.held.pop(group, None)
+        self.fenced.pop(group, None)
         self.leases.pop(group, None)
         self._free_since.pop(group, None)

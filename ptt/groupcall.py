@@ -216,8 +216,13 @@ class GroupCall:
         return [group for group, uri in self._joined if uri == member]
 
     def csk_keyed(self, member: str, keys: CskKeys) -> None:
-        """The member's CSK (opened and checked by the caller): its floor control is keyed from now on."""
-        self._channels[member] = SrtcpChannel(keys)
+        """The member's CSK (opened and checked by the caller): its floor control is keyed from now on. The same
+        CSK again (a join forwarded by another cluster node carries it each time) keeps the channel: a fresh one
+        would restart the SRTCP index, reusing keystream under this SSRC (and the member would drop the messages
+        as replays)."""
+        channel = self._channels.get(member)
+        if channel is None or channel.keys != keys:
+            self._channels[member] = SrtcpChannel(keys)
 
     def join(self, member: str, group: str, ssrc: int, binding_id: bytes, now: float) -> dict[str, Any]:
         """The member wants to take part in the group's call: the reply's ``token`` is the binding ID (random,

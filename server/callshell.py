@@ -83,6 +83,7 @@ class CallShell:
         self._timer: Any = None
         self._log_limit: BucketTable[str] = BucketTable(1.0, 5)  # per member: at most ~1 log line a second
         self._emergency: EmergencyRequests | None = None
+        self.floor_dropped = 0  # floor messages the call dropped (SRTCP check, foreign SSRC): logged at most 1/s
         self.private_calls = PrivateCallService(self)  # issue 16: two-party calls keyed end to end (PCK)
 
     # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
@@ -225,6 +226,21 @@ class CallShell:
             )
         return dict(blockingCallFromThread(self.reactor, self.local_status, group))
 
+    def node_stats(self) -> dict[str, Any]:
+        """Called on the dispatcher API's thread: this node's counters, read on the reactor."""
+        from twisted.internet.threads import blockingCallFromThread
+
+        return dict(blockingCallFromThread(self.reactor, self.local_stats))
+
+    def local_stats(self) -> dict[str, Any]:
+        """The relay's counters (``ptt.relaycore.STAT_NAMES``: forwarded and every drop reason), the floor messages
+        the call dropped, and the cluster node's rounds and fencing (None on a single server)."""
+        return {
+            "relay": dict(self.call.relay.stats),
+            "floor_dropped": self.floor_dropped,
+            "cluster": self.cluster.stats() if self.cluster is not None else None,
+        }
+
     def local_status(self, group: str) -> dict[str, Any]:
         members = self.call.members(group)
         online = [m for m in members if self.control is not None and self.control.online(m)]
@@ -287,6 +303,7 @@ class CallShell:
             for member, message in pushes:
                 self.control.push(member, message)
         for dropped in call.dropped():
+            self.floor_dropped += 1
             self._log(dropped.member, "%s", dropped.reason)
         self._arm()
 

@@ -352,7 +352,9 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.listen)
     _endpoint_service(control, shell.control).setServiceParent(top)
     reserved = (config.server_uri, keystore.enrolment.kms_uri)  # wildcards are refused whatever this says
-    app = DispatchApplication(manager, status=shell.status, domain=config.domain, reserved=reserved)
+    app = DispatchApplication(
+        manager, status=shell.status, domain=config.domain, reserved=reserved, node_stats=shell.node_stats
+    )
     dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.listen)
     _endpoint_service(dispatch, make_dispatch_site(app, store_pool, reactor.seconds)).setServiceParent(top)
     return top

@@ -89,8 +89,58 @@ def test_a_node_whose_renewals_fail_stops_serving_before_its_lease_can_expire() 
     assert mine.holds("g", 101.9)
     assert mine.fence(102.1) == [Lost("g")]  # 100.0 + 2.5 - 0.5: before the database's 100.0+ + 2.5
     assert not mine.holds("g", 102.1) and mine.held == {}
-    # the database still had it (nobody took it): the next successful round adopts it again, same generation
-    assert mine.apply(result(103.0, {"g": Lease("g", "a", 3)}), now=103.1) == [Adopted("g", 3)]
+
+
+def test_a_fenced_node_serves_its_groups_again_only_at_a_new_generation() -> None:
+    """The fence dropped the group's call (bindings, floor): carrying on at the same generation would leave the
+    members bound to nothing, and no node would tell them to join again. It is taken back at the next one."""
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    mine.apply(result(100.0, {"g": Lease("g", "a", 3)}), now=100.1)
+    assert mine.to_reclaim() == []
+    assert mine.fence(102.1) == [Lost("g")]  # the next round was late
+    assert mine.to_reclaim() == ["g"]
+    assert "g" not in mine.to_claim(["g"], now=102.2)  # not claimed as a free group too
+    # that late round (sent before the fence) renewed it: still generation 3, so it is not served
+    assert mine.apply(result(101.9, {"g": Lease("g", "a", 3)}), now=102.2) == []
+    assert not mine.holds("g", 102.3) and mine.to_reclaim() == ["g"]
+    # the next round took it back: generation 4, a move every node announces to its members
+    assert mine.apply(result(102.5, {"g": Lease("g", "a", 4)}), now=102.6) == [Adopted("g", 4)]
+    assert mine.holds("g", 104.5) and mine.to_reclaim() == []
+
+
+def test_a_fenced_node_does_not_take_back_a_group_another_node_took() -> None:
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    mine.apply(result(100.0, {"g": Lease("g", "a", 3), "h": Lease("h", "a", 1)}), now=100.1)
+    assert sorted(map(repr, mine.fence(103.0))) == sorted(map(repr, [Lost("g"), Lost("h")]))  # frozen 3 s
+    # b took g when the lease expired; h expired in the database but nobody took it yet
+    leases = {"g": Lease("g", "b", 4), "h": Lease("h", "a", 1, expired=True)}
+    events = mine.apply(result(103.1, leases), now=103.2)
+    assert events == [Moved("g", Lease("g", "b", 4))] and mine.held == {}
+    assert mine.to_reclaim() == ["h"]  # still its own in the database: taken back (node = a) at generation 2
+    assert mine.apply(result(103.6, {"g": Lease("g", "b", 4), "h": Lease("h", "a", 2)}), now=103.7) == [Adopted("h", 2)]
+    assert mine.to_reclaim() == [] and mine.held == {"h": 2}
+
+
+def test_a_committed_renewal_moves_the_deadline_before_its_round_is_applied() -> None:
+    """A busy reactor may apply a round's answer after the deadline although the renewal committed in time."""
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    mine.apply(result(100.0, {"g": Lease("g", "a", 1)}), now=100.1)
+    mine.renewal_committed(101.5, now=101.9)  # sent at 101.5, committed; its answer still queued
+    assert mine.fence(102.5) == [] and mine.holds("g", 103.5) and not mine.holds("g", 103.6)
+    mine.renewal_committed(101.0, now=102.6)  # an older one changes nothing
+    assert mine.valid_until == 103.5
+    # past the deadline a late renewal cannot vouch for every group (one may have been taken): the round decides
+    assert mine.fence(103.6) == [Lost("g")]
+    mine.renewal_committed(103.4, now=103.7)
+    assert not mine.holds("g", 103.8)
+
+
+def test_the_deadline_counts_from_when_the_renewal_was_sent_not_when_its_answer_came() -> None:
+    """A slow answer eats into the deadline: the database's lease ran from a later moment."""
+    mine = Ownership("a", lease_time=2.5, margin=0.5)
+    mine.apply(result(100.0, {"g": Lease("g", "a", 1)}), now=101.4)  # 1.4 s to answer
+    assert mine.valid_until == 102.0
+    assert mine.fence(101.99) == [] and mine.fence(102.01) == [Lost("g")]
 
 
 def test_node_names_and_descriptions_are_checked() -> None:

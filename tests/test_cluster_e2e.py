@@ -83,6 +83,36 @@ def test_a_node_that_is_only_slow_never_makes_two_servers_of_a_call(cluster: Clu
     assert cluster.owner(GROUP) == other.name
 
 
+def test_a_node_late_with_its_renewals_serves_its_calls_again(cluster: Cluster) -> None:
+    """Every node's round waits on a lock for 2.5 s (the database is slow): the serving node passes its deadline and
+    fences itself (drops the call), but nobody took the group. It takes it back at the next lease generation, the
+    members are told to join again, and the call goes on (at the same generation nobody would have told them)."""
+    import psycopg
+
+    owner = cluster.wait_owned([GROUP])[GROUP]
+    other_index = 1 - [n.name for n in cluster.nodes].index(owner)
+    go = cluster.root / "go-late"
+    alice = cluster.client("alice", f"join {GROUP}; wait-file {go}; talk-loop 16", node=other_index)
+    bob = cluster.client("bob", f"join {GROUP}; wait-file {go}; wait 18", node=other_index)
+    cluster.start_together(go.name, GROUP, ("alice", "bob"), node=other_index)
+    time.sleep(4)
+    with psycopg.connect(cluster.database, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT name FROM ptt_nodes FOR UPDATE")  # the heartbeat, a round's first statement, waits
+        time.sleep(2.5)
+    released_at = time.time()
+    outputs = {}
+    for name, client in (("alice", alice), ("bob", bob)):
+        outputs[name], _ = client.communicate(timeout=60)
+        assert client.returncode == 0, outputs[name]
+    a, b = report(cluster, "alice"), report(cluster, "bob")
+    assert sum(b["received"].values()) <= a["sent"]  # nothing twice
+    log = cluster.node(owner).daemon.output()
+    assert f"group {GROUP} is no longer served here" in log, log[-3000:]  # it did fence itself
+    after = arrivals_after(b, "alice", released_at)
+    assert after and after[0] - released_at < FAILOVER_LIMIT, outputs["bob"]
+    assert len(arrivals_after(b, "alice", released_at + 3)) >= 100, outputs["bob"]  # and kept hearing her
+
+
 def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Cluster) -> None:
     owner = cluster.wait_owned([GROUP])[GROUP]
     owner_index = [n.name for n in cluster.nodes].index(owner)

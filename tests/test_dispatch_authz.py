@@ -176,6 +176,7 @@ MATRIX: list[tuple[str, str, str, Any, tuple[int, int, int, int, int]]] = [
     ("assign dispatcher", "POST", _path(G, "dispatchers"), {"username": "other"}, (201, 403, 403, 404, 404)),
     ("unassign dispatcher", "DELETE", _path(G, "dispatchers", "assigned"), None, (200, 403, 403, 404, 404)),
     ("audit log", "GET", "/api/audit", None, (200, 403, 403, 403, 200)),
+    ("node counters", "GET", "/api/node", None, (200, 403, 403, 403, 200)),
 ]
 
 

@@ -120,6 +120,26 @@ def test_the_binding_key_comes_from_the_members_own_csk() -> None:
         call.join(ALICE, GROUP, 1, os.urandom(16), 0.3)  # binding IDs are 8 octets
 
 
+def test_the_same_csk_again_keeps_the_srtcp_index_going() -> None:
+    """A cluster node that dropped a group's call (fence) and serves it again gets each member's CSK anew with the
+    forwarded join: its floor messages must go on from the last SRTCP index, or the keystream would repeat and the
+    member would refuse them as replays."""
+    call = make_call(ALICE, BOB)
+    alice, bob = enter(call, ALICE, 0x1111, 4001), enter(call, BOB, 0x2222, 4002)
+    floor(call, alice, Subtype.REQUEST, 0.1)
+    assert received(call, alice, bob)[BOB] == [Subtype.IDLE, Subtype.TAKEN]  # bob's entry, alice's grant
+    call.release(GROUP)
+    call.csk_keyed(BOB, bob.keys)
+    binding_id = os.urandom(8)
+    call.join(BOB, GROUP, bob.ssrc, binding_id, 1.0)
+    result = call.relay.handle_rtcp(JoinSigner(bob.ssrc, binding_id, bob.keys.csk).packet(), bob.addr, 1.0)
+    assert result.binding is not None and call.member_bound(result.binding, 1.0)
+    floor(call, bob, Subtype.REQUEST, 1.1)
+    assert received(call, bob)[BOB] == [Subtype.IDLE, Subtype.GRANTED]  # accepted by his channel: later indexes
+    call.csk_keyed(BOB, CskKeys(os.urandom(16), bytes.fromhex("0a000009"), os.urandom(16)))
+    assert call.csk_keys(BOB) != bob.keys  # a new CSK is a new channel
+
+
 def test_late_entry_grant_taken_and_the_relay_follows_the_holder() -> None:
     call = make_call(ALICE, BOB, CAROL)
     alice = enter(call, ALICE, 0x1111, 4001)

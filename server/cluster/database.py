@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ptt.cluster import ClusterError, Lease, NodeInfo
@@ -56,9 +56,16 @@ def create_schema(conn: Any) -> None:
 
 
 def run_round(
-    conn: Any, me: NodeInfo, claims: Sequence[str], lease_time: float
+    conn: Any,
+    me: NodeInfo,
+    claims: Sequence[str],
+    lease_time: float,
+    reclaims: Sequence[str] = (),
+    renewed: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, NodeInfo], dict[str, Lease]]:
-    """Heartbeat and renew every lease of ``me``, take the ``claims`` that are free, read every node and lease."""
+    """Heartbeat and renew every lease of ``me``, take back the ``reclaims`` still held by ``me`` at the next
+    generation (groups it fenced itself from), take the ``claims`` that are free, read every node and lease.
+    ``renewed`` is called once the renewal has committed."""
     with conn.transaction():
         conn.execute(
             "INSERT INTO ptt_nodes (name, info, expires) VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))"
@@ -69,6 +76,12 @@ def run_round(
             "UPDATE ptt_leases SET expires = clock_timestamp() + make_interval(secs => %s) WHERE node = %s",
             (lease_time, me.name),
         )
+        if reclaims:
+            conn.execute(
+                "UPDATE ptt_leases SET generation = generation + 1 WHERE node = %s AND group_uri = ANY(%s::text[])",
+                (me.name, list(reclaims)),
+            )
+    renewed()
     if claims:
         # A lease is taken only if there is none or it has expired by the database's clock; taking one over
         # raises its generation, which fences everything the previous holder still says about the group.

@@ -80,6 +80,9 @@ class ClusterLink:
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
         self._last_log: dict[str, float] = {}
+        self.last_renewal = float("-inf")
+        """Monotonic time at which the last committed renewal was sent, set by the round thread as soon as it
+        commits (a float: read by the reactor without a lock)."""
 
     # -- life ------------------------------------------------------------------------------------------------------
 
@@ -115,17 +118,24 @@ class ClusterLink:
 
     # -- rounds ------------------------------------------------------------------------------------------------------
 
-    def run_round(self, claims: Sequence[str]) -> defer.Deferred[RoundResult]:
-        return deferToThreadPool(self.reactor, self._round_pool, self._round, list(claims))
+    def run_round(self, claims: Sequence[str], reclaims: Sequence[str] = ()) -> defer.Deferred[RoundResult]:
+        return deferToThreadPool(self.reactor, self._round_pool, self._round, list(claims), list(reclaims))
 
-    def _round(self, claims: list[str]) -> RoundResult:
-        started = time.time()  # before the statement: the local deadline must come before the database's
+    def _round(self, claims: list[str], reclaims: list[str]) -> RoundResult:
+        # Before the statement: the local deadline must come before the database's. Monotonic: a step of the wall
+        # clock must not move the deadline (ClusterNode keeps the ownership on the same clock).
+        started = time.monotonic()
         try:
-            nodes, leases = self._rounds.run(database.run_round, self.me, claims, self.lease_time)
+            nodes, leases = self._rounds.run(
+                database.run_round, self.me, claims, self.lease_time, reclaims, lambda: self._renewed(started)
+            )
         except Exception as exc:
             self._log("round", "cluster round failed (%s): this node's groups stop when its leases run out", exc)
             return RoundResult(started, False)
         return RoundResult(started, True, nodes, leases)
+
+    def _renewed(self, started: float) -> None:
+        self.last_renewal = started
 
     # -- out ----------------------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,9 @@ class ClusterNode:
         self._origin: dict[tuple[str, str], str] = {}  # (group, member) served here, joined at node
         self._announced: dict[str, int] = {}  # group -> generation whose "moved" our members were told
         self._round_running = False
+        self._counters = dict.fromkeys(("rounds", "rounds_failed", "fenced", "adopted", "lost"), 0)
+        self._round_max = 0.0  # the slowest round (sent -> applied on the reactor), seconds
+        self._slack_min = float("inf")  # the least time left before the deadline when a renewal was applied
         self._rounds = task.LoopingCall(self._round)
         self._rounds.clock = reactor
         self._fence = task.LoopingCall(self._check_fence)
@@ -125,12 +129,20 @@ class ClusterNode:
         if self._round_running:
             return  # the last one is still waiting for the database
         self._round_running = True
-        claims = self.ownership.to_claim(self.shell.call.group_uris(), self.reactor.seconds())
-        d = self.link.run_round(claims)
+        claims = self.ownership.to_claim(self.shell.call.group_uris(), time.monotonic())
+        d = self.link.run_round(claims, self.ownership.to_reclaim())
 
         def done(result: Any) -> None:
             self._round_running = False
-            self._apply(self.ownership.apply(result, self.reactor.seconds()))
+            now = time.monotonic()
+            self._counters["rounds"] += 1
+            if result.renewed:
+                self._round_max = max(self._round_max, now - result.started)
+                if self.ownership.held:
+                    self._slack_min = min(self._slack_min, self.ownership.valid_until - now)
+            else:
+                self._counters["rounds_failed"] += 1
+            self._apply(self.ownership.apply(result, now))
 
         def failed(failure: Any) -> None:
             self._round_running = False  # whatever failed, the next round runs (or the node fences itself)
@@ -140,11 +152,29 @@ class ClusterNode:
         d.addErrback(failed)
 
     def _check_fence(self) -> None:
-        self._apply(self.ownership.fence(self.reactor.seconds()))
+        now = time.monotonic()
+        self.ownership.renewal_committed(self.link.last_renewal, now)  # a round whose answer the reactor has not had
+        events = self.ownership.fence(now)
+        if events:
+            self._counters["fenced"] += 1
+        self._apply(events)
+
+    def stats(self) -> dict[str, Any]:
+        """Rounds (failed ones too), times this node fenced itself (its deadline passed before a renewal), groups
+        adopted and lost, the slowest round and the least time that was left before the deadline."""
+        return {
+            **self._counters,
+            "serving": len(self.ownership.held),
+            "round_max_s": round(self._round_max, 4),
+            "slack_min_s": round(self._slack_min, 4) if self._slack_min != float("inf") else None,
+        }
 
     def _apply(self, events: list[Any]) -> None:
         call = self.shell.call
-        call.relay.serving_until = self.ownership.valid_until if self.ownership.held else float("-inf")
+        # The relay compares the reactor's (wall) clock: the monotonic deadline as a wall time, again every
+        # FENCE_CHECK, so a step of the wall clock moves the relay's deadline for at most that long.
+        left = self.ownership.valid_until - time.monotonic()
+        call.relay.serving_until = self.reactor.seconds() + left if self.ownership.held else float("-inf")
         for event in events:
             try:
                 self._apply_one(event)
@@ -154,11 +184,13 @@ class ClusterNode:
 
     def _apply_one(self, event: Any) -> None:
         if isinstance(event, Lost):
+            self._counters["lost"] += 1
             log.warning("%s: group %s is no longer served here", self.me.name, event.group)
             self.shell.call.release(event.group)
             for key in [k for k in self._origin if k[0] == event.group]:
                 del self._origin[key]
         elif isinstance(event, Adopted):
+            self._counters["adopted"] += 1
             log.info("%s: serving group %s (lease generation %d)", self.me.name, event.group, event.generation)
             self.link.send(BROADCAST_CHANNEL, bytes(GroupMoved(self.me.name, event.group, event.generation)))
             self._moved(event.group, event.generation)
@@ -188,7 +220,7 @@ class ClusterNode:
         if info is None or member not in info.members:
             raise Refused(403, f"{member} is not a member of {group}")
         binding_id = os.urandom(BINDING_ID_LENGTH)
-        if self.ownership.holds(group, now):
+        if self.ownership.holds(group, time.monotonic()):
             self._remote.pop((group, member), None)
             self._origin.pop((group, member), None)
             return call.join(member, group, ssrc, binding_id, now)
@@ -257,7 +289,7 @@ class ClusterNode:
         """A dispatcher's live view: from this node's call if it serves the group, else asked of the serving node;
         presence from every node."""
         owner = self.ownership.owner(group)
-        if self.ownership.holds(group, self.reactor.seconds()) or owner is None:
+        if self.ownership.holds(group, time.monotonic()) or owner is None:
             d: defer.Deferred[dict[str, Any]] = defer.succeed(local())
         else:
             request = next(self._requests)
@@ -340,7 +372,7 @@ class ClusterNode:
     def _join_request(self, message: JoinRequest, now: float) -> None:
         reply = JoinReply(self.me.name, message.request, 0, generation=self.ownership.held.get(message.group, 0))
         try:
-            if not self.ownership.holds(message.group, now):
+            if not self.ownership.holds(message.group, time.monotonic()):
                 raise Refused(503, f"the call of {message.group} is moving to another server node: {RETRY_HINT}")
             binding_id = unb64(message.binding_id, "binding_id")
             if len(binding_id) != BINDING_ID_LENGTH:

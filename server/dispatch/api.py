@@ -19,6 +19,7 @@ of a rekey must not stall the reactor). Routes, request JSON checks and the JSON
     POST   /api/groups/{uri}/dispatchers            {username} → 201: assign a dispatcher of the group's org (admin)
     DELETE /api/groups/{uri}/dispatchers/{name}     unassign it (admin)
     GET    /api/audit?limit=N                       the audit records of the admin's organisation, chain checked
+    GET    /api/node                                this node's relay, floor and cluster counters (admin)
     GET, DELETE .../alerts[/{member}], PUT, DELETE .../members/{member}/broadcast: server.dispatch.emergency
 
 URIs in paths are percent-encoded. Who may do what is ``server.dispatch.policy`` (organisations, owners, assigned
@@ -110,16 +111,19 @@ class DispatchApplication(EmergencyRoutes):
         domain: str | None = None,
         reserved: Iterable[str] = (),
         priority_ceiling: int | None = None,
+        node_stats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """``domain``: the SIP domain bare group names belong to (reported by /api/health for ``ptt-dispatch``);
         ``reserved``: URIs no group or member may have (the server's own, the KMS's; wildcards always are);
-        ``priority_ceiling``: the highest priority a non-admin may give (None: the store's setting)."""
+        ``priority_ceiling``: the highest priority a non-admin may give (None: the store's setting);
+        ``node_stats``: the document of ``GET /api/node`` (called on the API's thread)."""
         self.manager = manager
         self.store = manager.store
         self.status = status or no_status
         self.domain = domain
         self.reserved = tuple(reserved)
         self.priority_ceiling = priority_ceiling
+        self.node_stats = node_stats or dict
 
     def handle(
         self,
@@ -362,6 +366,9 @@ class DispatchApplication(EmergencyRoutes):
             raise ApiError(404, f"{route.account} is not assigned to {record.uri}")
         self.store.unassign_dispatcher(record.uri, route.account, by=account.username, now=now)
         return 200, {"dispatchers": self.store.assigned_dispatchers(record.uri)}, {}
+
+    def _get_node(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        return 200, dict(self.node_stats()), {}
 
     def _get_audit(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         raw = (route.query or {}).get("limit", "100")

@@ -83,6 +83,7 @@ class Route:
 METHODS = {
     "health": ("GET",),
     "audit": ("GET",),
+    "node": ("GET",),
     "groups": ("GET", "POST"),
     "group": ("GET", "DELETE"),
     "members": ("GET", "POST"),
@@ -94,7 +95,7 @@ METHODS = {
     "alert": ("DELETE",),
     "broadcast": ("PUT", "DELETE"),
 }
-ADMIN_ONLY = {("audit", "GET")}
+ADMIN_ONLY = {("audit", "GET"), ("node", "GET")}
 """Routes only an admin may use at all; the rest are decided per group by ``server.dispatch.policy``."""
 
 
@@ -111,6 +112,8 @@ def parse_route(path: str) -> Route | None:
         return None
     if parts == ["health"]:
         return Route("health")
+    if parts == ["node"]:
+        return Route("node")
     if parts == ["audit"]:
         return Route("audit", query=dict(urllib.parse.parse_qsl(query[:1000])))
     if parts[0] != "groups":
