@@ -190,7 +190,10 @@ class Client:
             self._connected = self.session.connected
             self.note("connected" if self._connected else "connection lost: reconnecting…")
         if self.on_tick is not None:
-            self.on_tick()
+            try:
+                self.on_tick()
+            except Exception:  # a drawing bug must not stop the ticks (nor the connection's notes)
+                log.exception("the screen could not be drawn")
         elif not self.quiet and self.on_note is None:
             self.render()
 

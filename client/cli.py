@@ -194,6 +194,10 @@ def _identity(args: argparse.Namespace) -> Keystore:
 def cmd_talk(args: argparse.Namespace) -> int:
     from client import app
 
+    if args.ptt_key is not None and args.ptt_key.lower() not in ("space", "terminal"):
+        from client.buttons import parse_key_spec
+
+        parse_key_spec(args.ptt_key)  # a mistake in it is told before the passphrase is asked
     keystore = _identity(args)
     server = launch.server_info(args.server_info)
     return app.main(args, keystore, server)

@@ -244,11 +244,14 @@ class Tui:
             self.keys.key(key)
         self.draw()
 
-    def _resize(self) -> None:
+    def _resize(self, *, tell_curses: bool = False) -> None:
+        """Take the terminal's new size: curses has taken it already when it returned KEY_RESIZE; when we saw it
+        first, ``tell_curses`` (resizeterm queues a KEY_RESIZE of its own, handled without another resizeterm)."""
         if self._screen is None:
             return
-        rows, columns = os.get_terminal_size(sys.stdout.fileno())
-        curses.resizeterm(rows, columns)
+        if tell_curses:
+            rows, columns = os.get_terminal_size(sys.stdout.fileno())
+            curses.resizeterm(rows, columns)
         self._size = self._screen.getmaxyx()
         self._screen.clear()
 
@@ -261,7 +264,7 @@ class Tui:
         except OSError:
             actual = None
         if actual is not None and (actual.lines, actual.columns) != self._size:
-            self._resize()
+            self._resize(tell_curses=True)
         height, width = self._size
         view = snapshot(self.client, self.client.ptt_label, self.help)
         for row, (text, style) in enumerate(layout(view, width, height)):
