@@ -73,6 +73,7 @@ class Client:
         self.want_talk = False
         self.floor_log: list[dict[str, Any]] = []
         self.presses: deque[float] = deque(maxlen=1000)  # time.time() of the last PTT presses asking for the floor
+        self.releases: deque[float] = deque(maxlen=1000)  # and of the releases
         self.events: deque[str] = deque(maxlen=EVENT_LOG_LINES)  # the event log, newest last ("HH:MM:SS text")
         self.on_note: Callable[[str], None] | None = None  # --plain: each event as a line
         self.on_tick: Callable[[], None] | None = None  # the terminal UI redraws
@@ -136,6 +137,8 @@ class Client:
             self.release()
 
     def release(self) -> None:
+        if self.want_talk:
+            self.releases.append(time.time())
         self.want_talk = False
         self.voice.stop_talking()
         if self.selected in self.session.groups:
@@ -145,7 +148,8 @@ class Client:
     def _floor(self, group: str, event: FloorEvent) -> None:
         # "subtype" is the older name of "kind" in the report (benchmarks read it); GRANTED and TAKEN are the same
         kind = event.kind.name
-        self.floor_log.append({"group": group, "kind": kind, "subtype": kind, "party": event.talker})
+        entry = {"group": group, "kind": kind, "subtype": kind, "party": event.talker, "t": round(time.time(), 3)}
+        self.floor_log.append(entry)
         self._note_floor(group, event)
         if group != self.selected:
             return
@@ -240,6 +244,7 @@ class Client:
             "frames": self.voice.frames,
             "floor": self.floor_log,
             "presses": list(self.presses),
+            "releases": list(self.releases),
             "burst_starts": list(self.voice.burst_starts),
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},

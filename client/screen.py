@@ -92,8 +92,8 @@ def header(view: ScreenView, width: int) -> Line:
 
 
 def group_lines(view: ScreenView, width: int) -> list[Line]:
-    name_width = max(14, min(40, width - 62))
-    talker_width = max(12, min(30, width - name_width - 42))
+    name_width = max(14, min(40, width - 64))
+    talker_width = max(12, min(30, width - name_width - 48))  # 80 columns leave 31 for "EMERGENCY bob since …"
     lines: list[Line] = [
         (_fit(f"    {'group':<{name_width}} {'floor':<10} {'talking':<{talker_width}} alert", width), "dim")
     ]
