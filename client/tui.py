@@ -90,7 +90,13 @@ def _duration(seconds: float) -> str:
 
 
 def _who(talker: str | None, me: str) -> str:
-    return "" if not talker else ("you" if talker == me else talker)
+    """Who talks, briefly: "you", a user of our own domain by name, anyone else by URI."""
+    if not talker:
+        return ""
+    if talker == me:
+        return "you"
+    name, _, domain = talker.partition(":")[2].partition("@")
+    return name if domain and domain == me.partition("@")[2] else talker
 
 
 def snapshot(client: Any, ptt_label: str, help_shown: bool) -> ScreenView:

@@ -3,12 +3,21 @@ set, keys sent, the screen read back as text (``capture-pane``) and resized."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.harness import System
+    from tests.audio_harness import VirtualAudio
+
+SOCKET = f"ptt-test-{os.getpid()}"
 
 
 class Terminal:
@@ -67,3 +76,25 @@ class Terminal:
 
 def stop_server(socket: str) -> None:
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=10)
+
+
+def open_talk(system: System, audio: VirtualAudio, user: str, width: int, height: int) -> Terminal:
+    """``ptt-client talk`` for ``user`` in a terminal of this size, on the user's virtual audio devices."""
+    from bench.harness import ROOT
+
+    env = {k: v for k, v in audio.env(user).items() if k.startswith(("PULSE", "XDG_RUNTIME"))}
+    env.update(
+        PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+        HOME=str(system.root),
+        PYTHONPATH=str(ROOT),
+        PTT_KEYSTORE_PASSPHRASE="keystore-passphrase",
+        TERM="tmux-256color",
+    )
+    terminal = Terminal(SOCKET, f"{user}{width}", width, height)
+    terminal.start(
+        [sys.executable, "-m", "client.cli", "--keystore", str(system.root / f"{user}.ks"), "talk",
+         "--server-info", str(system.root / "server.json"), "--log-file", str(system.root / f"{user}.log")],
+        env, ROOT,
+    )  # fmt: skip
+    terminal.until(lambda text: "joined fire" in text, what="'joined fire'")
+    return terminal
