@@ -284,9 +284,9 @@ def test_untrusted_domain_forged_and_unsigned_keys_are_refused(world: World, oth
     bob.datagram(data, lan.addresses[ALICE], lan.now)
     assert bob.groups[info.uri].key is not None and bob.groups[info.uri].key.gmk == key.gmk  # type: ignore[union-attr]
     bob.events()
-    refused, duplicates = bob.stats["refused"], bob.stats["duplicate"]
+    refusals, duplicates = bob.stats["refused"], bob.stats["duplicate"]
     bob.datagram(data, lan.addresses[ALICE], lan.now)
-    assert not bob.events() and bob.stats["duplicate"] == duplicates + 1 and bob.stats["refused"] == refused
+    assert not bob.events() and bob.stats["duplicate"] == duplicates + 1 and bob.stats["refused"] == refusals
 
 
 def test_a_key_whose_description_names_another_gmk_is_refused(world: World) -> None:
