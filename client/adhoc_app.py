@@ -29,7 +29,8 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
 from client.adhoc import AdhocSession, NetworkConfig
-from client.app import Client, Keys
+from client.app import Client
+from client.app_keys import Keys
 from client.errors import Exit, UserError, explain
 from client.keystore import Keystore
 from ptt import boundedjson

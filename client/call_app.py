@@ -99,7 +99,8 @@ class CallUi:
 def main(args: Any, keystore: Any, server: Any) -> int:
     """``ptt-client call URI``: args as ``talk``'s plus ``callee`` and ``manual`` (keystore and server info
     checked by ``client.cli``)."""
-    from client.app import Client, Keys
+    from client.app import Client
+    from client.app_keys import Keys
     from client.audio import AudioEngine
     from client.errors import explain
     from client.session import PttSession
