@@ -29,7 +29,9 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
 from client.adhoc import AdhocSession, NetworkConfig
-from client.app import Client, Keys
+from client.app import Client
+from client.app_keys import Keys
+from client.errors import Exit, UserError, explain
 from client.keystore import Keystore
 from ptt import boundedjson
 from ptt.adhoc.engine import AdhocError
@@ -213,7 +215,7 @@ def run_script(reactor: Any, agent: Agent, script: str) -> Any:
             while reactor.seconds() < deadline and not _all_keyed(session):
                 yield sleep(0.05)
             if not _all_keyed(session):
-                print(f"ptt-client: not keyed after {arg} s", file=sys.stderr, flush=True)
+                raise UserError(f"not keyed after {arg} s (wait-keyed)", Exit.FAILED)
         elif word == "talk":
             agent.command({"cmd": "press"})
             yield sleep(float(arg))
@@ -235,9 +237,24 @@ def _all_keyed(session: AdhocSession) -> bool:
     )
 
 
-def main(args: Any) -> int:
-    """Entry from ``ptt-client adhoc create|join`` (args from ``client.cli``)."""
-    keystore = Keystore.open(Path(args.keystore), args.passphrase)
+def describe_event(message: dict[str, Any]) -> str:
+    """A group event as a line for people (``--json`` prints the message itself)."""
+    kind, group = message.get("kind"), message.get("name") or message.get("group")
+    if kind == "keyed":
+        return f"keyed for {group} ({message.get('group')})"
+    if kind == "updated":
+        return f"{group}: members now {', '.join(message.get('members', []))}"
+    if kind == "removed":
+        return f"no longer in {group}: {message.get('reason')}"
+    if kind == "member-keyed":
+        return f"{message.get('uri')} keyed for {group}"
+    if kind == "refused":
+        return f"refused from {message.get('uri') or 'unknown sender'}: {message.get('reason')}"
+    return " ".join(f"{k}={v}" for k, v in message.items())
+
+
+def main(args: Any, keystore: Keystore) -> int:
+    """Entry from ``ptt-client adhoc create|join`` (args from ``client.cli``; the keystore opened and checked)."""
     network = NetworkConfig(
         interface=args.interface or "",
         discovery=parse_hostport(args.discovery, "--discovery"),
@@ -276,8 +293,10 @@ def main(args: Any) -> int:
                 agent.group_gone(message["group"])
                 if voice is not None:
                     voice.unmonitor(message["group"])
-            if not interactive or kind in ("removed", "refused"):
-                print(f"adhoc: {json.dumps(message)}", flush=True)
+            if args.json:
+                print(json.dumps(message), flush=True)
+            elif not interactive or kind in ("removed", "refused"):
+                print(f"adhoc: {describe_event(message)}", flush=True)
 
         session.event_listener = on_event
         reactor.addSystemEventTrigger("before", "shutdown", agent.stop)  # SIGTERM/SIGINT: still write the report
@@ -313,8 +332,9 @@ def main(args: Any) -> int:
                 else:
                     yield agent.done  # until killed or told to quit
             except Exception as exc:
-                print(f"ptt-client: {exc}", file=sys.stderr, flush=True)
-                outcome["code"] = 2
+                error = explain(exc)
+                print(f"ptt-client: {error}", file=sys.stderr, flush=True)
+                outcome["code"] = int(error.code)
             finally:
                 if old_tty is not None:
                     termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old_tty)

@@ -10,6 +10,7 @@ microphone level. ``--script`` drives the same client without a keyboard (tests,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet import defer, stdio, task
-from twisted.protocols.basic import LineReceiver
 
 from client import app_emergency
+from client.app_keys import Keys
 from client.app_script import run_script
 from client.audio import AudioEngine
+from client.errors import Exit, UserError, explain
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
 from client.voice import Voice
@@ -35,6 +37,8 @@ from ptt.floor.events import FloorEvent, FloorEventKind
 from ptt.ts33180 import period_bounds
 
 log = logging.getLogger("ptt.client.app")
+
+EVENT_LOG_LINES = 200
 
 
 class TalkSession(Protocol):
@@ -71,14 +75,44 @@ class Client:
         self.floor_log: list[dict[str, Any]] = []
         self.presses: deque[float] = deque(maxlen=1000)  # time.time() of the last PTT presses asking for the floor
         self.marks: deque[dict[str, Any]] = deque(maxlen=1000)  # times of some script steps (client.app_script)
-        self.message = ""
+        self.releases: deque[float] = deque(maxlen=1000)  # and of the releases
+        self.events: deque[str] = deque(maxlen=EVENT_LOG_LINES)  # the event log, newest last ("HH:MM:SS text")
+        self.on_note: Callable[[str], None] | None = None  # --plain: each event as a line
+        self.on_tick: Callable[[], None] | None = None  # the terminal UI redraws
+        self._message = ""
+        self._connected = False
+        self.ptt_label = "SPACE"
         self.call_ui: Any = None  # private calls (client.call_app.CallUi), on-network only
         session.floor_listener = self._floor
         session.event_listener = self._event
         if hasattr(session, "alert_listener"):  # emergency alerts (client.app_emergency)
             session.alert_listener = lambda group, alert: app_emergency.announce(self, group, alert)
-        self._status = task.LoopingCall(self.render)
+        self._status = task.LoopingCall(self.tick)
         self._status.clock = reactor
+
+    # --- the event log ---------------------------------------------------------------------------------------------
+
+    @property
+    def message(self) -> str:
+        """The latest message (floor, alerts, calls); every new one also enters the event log."""
+        return self._message
+
+    @message.setter
+    def message(self, text: str) -> None:
+        if text and text != self._message:
+            self.note(text)
+        self._message = text
+
+    def note(self, text: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {text}"
+        self.events.append(line)
+        log.info("%s", text)
+        if self.on_note is not None:
+            self.on_note(line)
+
+    def group_label(self, group: str) -> str:
+        state = self.session.groups.get(group)
+        return (state.name if state is not None and state.name else "") or group
 
     # --- floor ---------------------------------------------------------------------------------------------------
 
@@ -99,7 +133,18 @@ class Client:
         """Note when a step happened (``time.time()``), for the report's ``marks``."""
         self.marks.append({"step": step, "t": round(time.time(), 4)})
 
+    def press_down(self) -> None:
+        """A PTT button pressed (it reports the release too: no toggling)."""
+        if not self.want_talk:
+            self.press()
+
+    def press_up(self) -> None:
+        if self.want_talk:
+            self.release()
+
     def release(self) -> None:
+        if self.want_talk:
+            self.releases.append(time.time())
         self.want_talk = False
         self.voice.stop_talking()
         if self.selected in self.session.groups:
@@ -111,6 +156,7 @@ class Client:
         kind = event.kind.name
         entry = {"group": group, "kind": kind, "subtype": kind, "party": event.talker, "t": round(time.time(), 4)}
         self.floor_log.append(entry)
+        self._note_floor(group, event)
         if group != self.selected:
             return
         if event.kind == FloorEventKind.GRANTED and self.want_talk:
@@ -133,9 +179,33 @@ class Client:
         elif event.kind == FloorEventKind.STOP_WARNING:
             self.message = event.text or "stop talking soon"
 
+    def _note_floor(self, group: str, event: FloorEvent) -> None:
+        """Floor changes of every group in the event log (the selected group's also in the message)."""
+        label = self.group_label(group)
+        who = (event.talker or "").partition(":")[2] or event.talker or "someone"
+        if event.kind == FloorEventKind.TAKEN and event.talker != self.session.uri:
+            self.note(f"{label}: {who} talks")
+        elif event.kind == FloorEventKind.IDLE:
+            self.note(f"{label}: floor idle")
+        elif event.kind == FloorEventKind.GRANTED and group != self.selected:
+            self.note(f"{label}: floor granted")
+
     def _event(self, message: dict[str, Any]) -> None:
         if message.get("kind") == "dead":
             self.message = f"{message.get('uri')} lost"
+
+    def tick(self) -> None:
+        """Five times a second: connection changes into the event log, then the display."""
+        if self.session.connected != self._connected:
+            self._connected = self.session.connected
+            self.note("connected" if self._connected else "connection lost: reconnecting…")
+        if self.on_tick is not None:
+            try:
+                self.on_tick()
+            except Exception:  # a drawing bug must not stop the ticks (nor the connection's notes)
+                log.exception("the screen could not be drawn")
+        elif not self.quiet and self.on_note is None:
+            self.render()
 
     # --- display -------------------------------------------------------------------------------------------------
 
@@ -170,7 +240,7 @@ class Client:
             sys.stdout.flush()
 
     def start_display(self) -> None:
-        if not self.quiet:
+        if not self._status.running:
             self._status.start(0.2)
 
     def report(self) -> dict[str, Any]:
@@ -181,135 +251,112 @@ class Client:
             "floor": self.floor_log,
             "presses": list(self.presses),
             "marks": list(self.marks),
+            "releases": list(self.releases),
             "burst_starts": list(self.voice.burst_starts),
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
         }
 
 
-class PttKey:
-    """SPACE as the PTT key of a terminal, which reports presses and auto-repeats but never a key release.
+def main(args: Any, keystore: Keystore, server: ServerInfo) -> int:
+    """Entry from ``ptt-client talk`` (the keystore opened and the identity ``args.uri`` checked by ``client.cli``).
 
-    Tap: talk until the next tap. Hold: a held key auto-repeats (the first repeat 0.25-1 s after the press, then
-    every 30-100 ms), so a SPACE within ``repeat_gap`` of the previous one marks a hold, and the burst ends
-    ``release_after`` seconds after the last repeat: when the key is let go, as on a radio. (A second tap within
-    ``repeat_gap`` counts as a short hold: it stops the burst too, a quarter second later.)
-    """
-
-    repeat_gap = 1.0
-    release_after = 0.25
-
-    def __init__(self, clock: Any, client: Client) -> None:
-        self.clock = clock
-        self.client = client
-        self._last: float | None = None
-        self._timer: Any = None
-
-    @property
-    def held(self) -> bool:
-        return self._timer is not None and self._timer.active()
-
-    def space(self) -> None:
-        now = self.clock.seconds()
-        repeat = self._last is not None and now - self._last <= self.repeat_gap
-        self._last = now
-        if not repeat:
-            self.client.press()  # a tap: start, or stop what a tap started
-        elif self.held:
-            self._timer.reset(self.release_after)
-        else:
-            self._timer = self.clock.callLater(self.release_after, self._let_go)
-
-    def _let_go(self) -> None:
-        self._timer = None
-        self._last = None
-        if self.client.want_talk:  # not if the floor was denied or revoked meanwhile
-            self.client.release()
-
-
-class Keys(LineReceiver):
-    """Single key presses from a terminal in cbreak mode."""
-
-    delimiter = b"\x00never"
-
-    def __init__(self, client: Client, quit: Any) -> None:
-        self.client = client
-        self.quit = quit
-        self.ptt = PttKey(client.reactor, client)
-
-    def dataReceived(self, data: bytes) -> None:
-        for key in data.decode("utf-8", "ignore"):
-            if key == " ":
-                self.ptt.space()
-            elif key in "123456789" and int(key) <= len(self.client.groups):
-                self.client.selected = self.client.groups[int(key) - 1]
-            elif key in "qQ":
-                self.quit()
-            elif key in app_emergency.KEYS:
-                app_emergency.key(self.client, key)
-            elif self.client.call_ui is not None:
-                self.client.call_ui.key(key)
-
-
-def main(args: Any) -> int:
-    """Entry from ``ptt-client talk`` (args: keystore, passphrase, uri, server_info, group, monitor, devices…)."""
-    keystore = Keystore.open(Path(args.keystore), args.passphrase)
-    server = ServerInfo.from_json(Path(args.server_info).read_text())
-    groups = [args.group, *(args.monitor or [])]
+    The terminal UI (``client.tui``) when both ends are a terminal and neither ``--plain`` nor ``--script`` is
+    given; otherwise lines: the events as they happen (``--plain``), or nothing but the start and errors."""
+    wanted = [args.group, *(args.monitor or [])] if args.group else list(args.monitor or [])
     outcome: dict[str, Any] = {"code": 0}
-    interactive = not args.script and sys.stdin.isatty()
+    terminal = not args.script and sys.stdin.isatty()
+    use_tui = terminal and not args.plain and sys.stdout.isatty()
 
     def run(reactor: Any) -> Any:
         session = PttSession(reactor, keystore, args.uri, server)
         engine = AudioEngine(input_device=args.input_device, output_device=args.output_device)
         voice = Voice(reactor, session, engine)
-        for priority, group in enumerate(reversed(groups)):
-            voice.monitor(group, priority)  # the first group listed has the highest priority
-        client = Client(reactor, session, voice, groups, quiet=args.quiet or not interactive)
+        client = Client(reactor, session, voice, list(wanted), quiet=args.quiet or not terminal)
         from client.call_app import CallUi
 
         client.call_ui = CallUi(client)  # incoming private calls: announced, a/r/e
         done: defer.Deferred[None] = defer.Deferred()
+        quit_ = lambda: done.callback(None) if not done.called else None  # noqa: E731
+        button = ptt_button(reactor, client, args.ptt_key)
 
         @defer.inlineCallbacks
         def go() -> Any:
             old_tty = None
+            screen = None
             try:
+                if use_tui:
+                    from client.tui import Tui
+
+                    screen = Tui(reactor, client, Keys(client, quit_), args.log_file)
+                    screen.start()
+                elif terminal and not args.quiet:
+                    client.on_note = lambda line: print(line, flush=True)
+                client.start_display()
+                client.note(f"connecting to {server.host}:{server.control_port} as {args.uri}…")
                 yield session.start()
+                listed = [str(g["uri"]) for g in session.control.groups] if session.control is not None else []
+                groups = client.groups or listed
+                if not groups:
+                    raise UserError(f"{args.uri} is in no group on this server", Exit.REFUSED)
+                client.groups[:] = groups
+                client.selected = client.selected or groups[0]
+                for priority, group in enumerate(reversed(groups)):
+                    voice.monitor(group, priority)  # the first group listed has the highest priority
                 for group in groups:
                     yield session.join_when_possible(group)
                 engine.start()
-                print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
-                if interactive:
-                    print(
-                        "SPACE hold to talk (or tap to start/stop) · 1-9 select group · a/r/e call · q quit", flush=True
-                    )
-                client.start_display()  # after the last full line: the status line rewrites itself in place
+                if screen is None:
+                    print(f"connected as {args.uri}; groups: {', '.join(groups)}", flush=True)
+                client.note(f"joined {', '.join(client.group_label(g) for g in groups)}")
+                if button is not None:
+                    button.start()
+                if terminal and screen is None:
+                    print(f"{client.ptt_label} talk (hold, or tap to start/stop) · 1-9 select group · "
+                          "e/p/b emergency/peril/broadcast · a/r/e call · s status · q quit", flush=True)  # fmt: skip
                 if args.script:
                     yield run_script(reactor, client, args.script)
-                elif interactive:
+                elif screen is not None:
+                    yield done
+                elif terminal:
                     old_tty = termios.tcgetattr(sys.stdin.fileno())
                     tty.setcbreak(sys.stdin.fileno())
-                    stdio.StandardIO(Keys(client, lambda: done.callback(None) if not done.called else None))
+                    stdio.StandardIO(Keys(client, quit_))
                     yield done
                 else:
                     yield done  # run until killed
             except Exception as exc:
-                print(f"ptt-client: {exc}", file=sys.stderr, flush=True)
-                outcome["code"] = 2
+                error = explain(exc)
+                if screen is not None:
+                    screen.stop()
+                    screen = None
+                print(f"ptt-client: {error}", file=sys.stderr, flush=True)
+                outcome["code"] = int(error.code)
             finally:
+                if screen is not None:
+                    screen.stop()
                 if old_tty is not None:
                     termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old_tty)
+                if button is not None:
+                    button.stop()
                 if args.report:
                     Path(args.report).write_text(json.dumps(client.report(), indent=1))
                 engine.stop()
                 session.stop()
-                print(flush=True)
 
         return go()
-
-    import contextlib
 
     with contextlib.suppress(SystemExit):
         task.react(run, [])
     return int(outcome["code"])
+
+
+def ptt_button(reactor: Any, client: Client, spec: str | None) -> Any:
+    """The PTT button of ``--ptt-key``: None for the terminal's SPACE, else a Linux input device's key."""
+    if spec is None or spec.lower() in ("space", "terminal"):
+        return None
+    from client.buttons import ButtonWatch, parse_key_spec
+
+    device, code = parse_key_spec(spec)
+    client.ptt_label = spec
+    return ButtonWatch(reactor, device, code, on_press=client.press_down, on_release=client.press_up)

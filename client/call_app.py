@@ -37,10 +37,16 @@ class CallUi:
         self.text = ""
         self.events: list[dict[str, str]] = []
         self._previous: str | None = None
+        self.in_call = False  # a call is connected: e ends it
         self.ended: defer.Deferred[str] = defer.Deferred()
         self.session.calls.listener = self.on_event
 
     def on_event(self, event: CallEvent) -> None:
+        self._on_event(event)
+        if self.text:
+            self.client.note(self.text)
+
+    def _on_event(self, event: CallEvent) -> None:
         self.events.append({"kind": event.kind, "call": event.call, "peer": event.peer, "reason": event.reason})
         if event.kind == "incoming":
             manual = event.reason == "manual"
@@ -52,11 +58,13 @@ class CallUi:
         elif event.kind == "connected":
             self.text = f"IN CALL with {event.peer} — SPACE talk, e end"
             self.voice.monitor(event.call, CALL_PRIORITY)
+            self.in_call = True
             self._previous = self.client.selected
             self.client.selected = event.call
         elif event.kind == "ended":
             self.text = f"call with {event.peer} ended: {event.reason}"
             log.warning("private call with %s ended: %s", event.peer, event.reason)
+            self.in_call = False
             if self.client.selected == event.call:
                 if self.client.want_talk:
                     self.client.release()
@@ -88,16 +96,16 @@ class CallUi:
             sys.stdout.flush()
 
 
-def main(args: Any) -> int:
-    """``ptt-client call URI``: args as ``talk``'s plus ``callee`` and ``manual``."""
-    from client.app import Client, Keys
+def main(args: Any, keystore: Any, server: Any) -> int:
+    """``ptt-client call URI``: args as ``talk``'s plus ``callee`` and ``manual`` (keystore and server info
+    checked by ``client.cli``)."""
+    from client.app import Client
+    from client.app_keys import Keys
     from client.audio import AudioEngine
-    from client.keystore import Keystore
-    from client.session import PttSession, ServerInfo
+    from client.errors import explain
+    from client.session import PttSession
     from client.voice import Voice
 
-    keystore = Keystore.open(Path(args.keystore), args.passphrase)
-    server = ServerInfo.from_json(Path(args.server_info).read_text())
     outcome: dict[str, Any] = {"code": 0}
     interactive = not args.script and sys.stdin.isatty()
 
@@ -132,8 +140,9 @@ def main(args: Any) -> int:
                 if ui.ended.called and ui.events and ui.events[-1]["reason"] not in ("ended", "cancelled"):
                     print(f"\nthe call ended: {ui.events[-1]['reason']}", flush=True)
             except Exception as exc:
-                print(f"ptt-client: {exc}", file=sys.stderr, flush=True)
-                outcome["code"] = 2
+                error = explain(exc)
+                print(f"ptt-client: {error}", file=sys.stderr, flush=True)
+                outcome["code"] = int(error.code)
             finally:
                 if old_tty is not None:
                     termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old_tty)

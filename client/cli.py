@@ -1,13 +1,18 @@
-"""``ptt-client``: the field user's command line. For now: enrolment with a KMS, provisioning, key status.
+"""``ptt-client``: the field user's command line.
 
-  ptt-client [--keystore PATH] [--passphrase-file F] enrol ENROLMENT.json
+  ptt-client [--config client.toml] [--keystore PATH] [--passphrase-file F] COMMAND
+  ptt-client ... enrol ENROLMENT.json
   ptt-client ... provision --user NAME --uri sip:alice@example.org [--uri GROUP-URI ...] [--password-file F]
                  [--enrolment ENROLMENT.json] [--watch]
   ptt-client ... keys
-  ptt-client ... adhoc create NAME --uri ME --member URI ... | join [NAME] --uri ME | add|remove GROUP URI |
+  ptt-client ... talk [--group G] [--server-info F] [--plain] [--ptt-key DEVICE:KEY]
+  ptt-client ... call URI | buttons [DEVICE]
+  ptt-client ... adhoc create NAME --member URI ... | join [NAME] | add|remove GROUP URI |
                  leave GROUP | list | press|release [GROUP]
 
-Secrets come from files or the environment (PTT_PASSWORD, PTT_KEYSTORE_PASSPHRASE), else a prompt.
+Secrets come from files or the environment (PTT_PASSWORD, PTT_KEYSTORE_PASSPHRASE), else a prompt. Settings come
+from the command line, else ``client.toml`` (``client.config``); the identity from the keystore when it holds one.
+Every mistake is one line on stderr and an exit code of ``client.errors.Exit``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import json
 import logging
 import os
 import sys
@@ -24,6 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from client import config, launch
+from client.cli_adhoc import add_adhoc
+from client.errors import EXIT_CODES_HELP, Exit, UserError
 from client.keystore import Keystore, KeystoreError
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import KmsFormatError
@@ -31,64 +38,88 @@ from ptt.kmsformat.trust import user_domains
 
 DEFAULT_KEYSTORE = Path(os.environ.get("PTT_KEYSTORE", Path.home() / ".local/share/ptt/keystore"))
 
-
-class CliError(Exception):
-    pass
+log = logging.getLogger("ptt.client.cli")
 
 
-def _secret(file: str | None, env: str, prompt: str) -> bytes:
+def CliError(message: str) -> UserError:
+    return UserError(message, Exit.USAGE)
+
+
+def _secret(file: str | None, env: str, prompt: str, *, confirm: bool = False) -> bytes:
     if file:
         try:
-            return Path(file).read_bytes().rstrip(b"\r\n")
+            return Path(file).expanduser().read_bytes().rstrip(b"\r\n")
         except OSError as exc:
             raise CliError(f"cannot read {file}: {exc.strerror}") from None
     if os.environ.get(env):
         return os.environ[env].encode()
     if not sys.stdin.isatty():
         raise CliError(f"no {prompt.lower()} given (use a file option or {env})")
-    return getpass.getpass(f"{prompt}: ").encode()
+    secret = getpass.getpass(f"{prompt}: ").encode()
+    if confirm and getpass.getpass(f"{prompt} again: ").encode() != secret:
+        raise CliError(f"the two {prompt.lower()}s differ: nothing was changed")
+    return secret
 
 
-def _open_keystore(args: argparse.Namespace) -> Keystore:
-    passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
+def _passphrase(args: argparse.Namespace, *, new_keystore: bool = False) -> bytes:
+    """The keystore passphrase; a keystore about to be created asks for a new one twice (a typo would lock it)."""
+    prompt = "New keystore passphrase" if new_keystore else "Keystore passphrase"
+    return _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", prompt, confirm=new_keystore)
+
+
+def _open_keystore(args: argparse.Namespace, *, may_create: bool = False) -> Keystore:
+    """The keystore (``may_create``: a new, empty one when the file is absent, for enrol and provision)."""
+    path = Path(args.keystore).expanduser()
+    if not may_create:
+        return launch.open_keystore(path, _passphrase(args))
+    passphrase = _passphrase(args, new_keystore=not path.exists())
     try:
-        return Keystore.open(Path(args.keystore), passphrase)
+        return Keystore.open(path, passphrase)
     except KeystoreError as exc:
-        raise CliError(str(exc)) from None
+        text = str(exc)
+        if "wrong passphrase" in text:
+            text = f"wrong passphrase for the keystore {path} (or the file was altered)"
+        raise UserError(text, Exit.KEYSTORE) from None
 
 
 def _load_enrolment(path: str) -> Enrolment:
     try:
-        return Enrolment.from_json(Path(path).read_bytes())
+        return Enrolment.from_json(Path(path).expanduser().read_bytes())
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
-    except (KmsFormatError, ValueError) as exc:
+    except (KmsFormatError, ValueError, KeyError, TypeError) as exc:
         raise CliError(f"{path} is not a KMS enrolment: {exc}") from None
 
 
 def _enrol(keystore: Keystore, enrolment: Enrolment) -> None:
     current = keystore.enrolment
     if current is not None and (current.kms_uri != enrolment.kms_uri or current.certificate != enrolment.certificate):
-        raise CliError(
-            f"the keystore already trusts KMS {current.kms_uri}; use another keystore for {enrolment.kms_uri}"
+        raise UserError(
+            f"the keystore already trusts KMS {current.kms_uri}; use another keystore for {enrolment.kms_uri}",
+            Exit.KEYSTORE,
         )
     keystore.enrolment = enrolment
 
 
 def cmd_enrol(args: argparse.Namespace) -> int:
-    keystore = _open_keystore(args)
     enrolment = _load_enrolment(args.enrolment)
+    keystore = _open_keystore(args, may_create=True)
     _enrol(keystore, enrolment)
-    keystore.save()
+    _save(keystore)
     print(f"enrolled with KMS {enrolment.kms_uri} at {enrolment.base_url}")
     return 0
 
 
+def _save(keystore: Keystore) -> None:
+    try:
+        keystore.save()
+    except KeystoreError as exc:
+        raise UserError(str(exc), Exit.KEYSTORE) from None
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     keystore = _open_keystore(args)
-    if keystore.enrolment is None:
-        print("not enrolled with any KMS")
-        return 0
+    assert keystore.enrolment is not None  # launch.open_keystore refuses one without
     domain = keystore.enrolment.certificate.domain()
     now = time.time()
     print(f"KMS {domain.kms_uri}, key period {domain.key_period} s, current period {domain.period_number(now)}")
@@ -96,11 +127,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for period in keystore.periods(uri):
             stored = keystore.key_sets[(uri, period)]
             until = datetime.fromtimestamp(stored.valid_to, UTC).isoformat() if stored.valid_to else "?"
-            state = (
-                "current"
-                if period == domain.period_number(now)
-                else ("next" if period > domain.period_number(now) else "past")
-            )
+            current = domain.period_number(now)
+            state = "current" if period == current else ("next" if period > current else "past")
             print(f"  {uri}  period {period} ({state}), valid until {until}")
     if not keystore.external:
         print("no external KMS trusted (none in the KMS's certificate cache at the last provisioning)")
@@ -115,16 +143,17 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     from client.provisioning import ProvisioningAgent, ProvisioningError
 
-    keystore = _open_keystore(args)
-    if args.enrolment:
-        _enrol(keystore, _load_enrolment(args.enrolment))
+    enrolment = _load_enrolment(args.enrolment) if args.enrolment else None
+    keystore = _open_keystore(args, may_create=True)
+    if enrolment is not None:
+        _enrol(keystore, enrolment)
     if keystore.enrolment is None:
         raise CliError("not enrolled: pass --enrolment FILE (from the KMS operator's 'ptt-kms export-enrolment')")
     identities = args.uri or keystore.identities()
     if not identities:
         raise CliError("name the identity to provision with --uri (e.g. --uri sip:alice@example.org)")
     password = _secret(args.password_file, "PTT_PASSWORD", f"Password for {args.user}").decode()
-    outcome: dict[str, Any] = {"code": 0}
+    outcome: dict[str, Any] = {"code": Exit.OK}
 
     def run(reactor: Any) -> Any:
         agent = ProvisioningAgent(reactor, keystore, args.user, password, identities)
@@ -142,11 +171,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
         def failed(failure: Any) -> None:
             error = failure.value
-            if isinstance(error, ProvisioningError | KmsFormatError):
-                print(f"ptt-client: provisioning failed: {error}", file=sys.stderr)
-            else:
-                print(f"ptt-client: provisioning failed: {failure.getErrorMessage()}", file=sys.stderr)
-            outcome["code"] = 2
+            text = str(error) if isinstance(error, ProvisioningError | KmsFormatError) else failure.getErrorMessage()
+            print(f"ptt-client: provisioning failed: {text}", file=sys.stderr)
+            unreachable = text.startswith(("cannot reach the KMS", "KMS at "))
+            outcome["code"] = Exit.UNREACHABLE if unreachable else Exit.REFUSED
 
         return d.addCallback(report).addErrback(failed)
 
@@ -155,17 +183,29 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return int(outcome["code"])
 
 
+def _identity(args: argparse.Namespace) -> Keystore:
+    """The keystore opened and checked, ``args.uri`` the identity (the keystore's own when not given)."""
+    keystore = _open_keystore(args)
+    args.uri = launch.identity(keystore, args.uri)
+    launch.require_current_keys(keystore, args.uri)
+    return keystore
+
+
 def cmd_talk(args: argparse.Namespace) -> int:
     from client import app
 
-    args.passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
-    return app.main(args)
+    if args.ptt_key is not None and args.ptt_key.lower() not in ("space", "terminal"):
+        from client.buttons import parse_key_spec
+
+        parse_key_spec(args.ptt_key)  # a mistake in it is told before the passphrase is asked
+    keystore = _identity(args)
+    server = launch.server_info(args.server_info)
+    return app.main(args, keystore, server)
 
 
 def cmd_adhoc_run(args: argparse.Namespace) -> int:
     from client import adhoc_app
 
-    args.passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
     args.control_socket = args.control_socket or adhoc_app.default_socket(args.keystore)
     try:
         adhoc_app.parse_hostport(args.discovery, "--discovery")
@@ -173,119 +213,70 @@ def cmd_adhoc_run(args: argparse.Namespace) -> int:
             adhoc_app.parse_hostport(args.media, "--media")
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    return adhoc_app.main(args)
-
-
-def cmd_adhoc_control(args: argparse.Namespace) -> int:
-    from client import adhoc_app
-
-    path = args.control_socket or adhoc_app.default_socket(args.keystore)
-    request: dict[str, Any] = {"cmd": args.adhoc_command}
-    for name in ("group", "member"):
-        if getattr(args, name, None):
-            request[name] = getattr(args, name)
-    try:
-        reply = adhoc_app.control_request(path, request)
-    except (ConnectionError, OSError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-    if not reply.get("ok"):
-        raise CliError(str(reply.get("error", "refused")))
-    if args.adhoc_command != "list":
-        print(json.dumps(reply.get("group", {"ok": True})))
-    elif getattr(args, "json", False):
-        print(json.dumps(reply, indent=1))
-    else:
-        _print_listing(reply)
-    return 0
-
-
-def _print_listing(reply: dict[str, Any]) -> None:
-    groups = reply.get("groups", [])
-    if not groups:
-        print(f"{reply.get('uri')}: no ad-hoc groups")
-    for group in groups:
-        print(f"{group['name'] or '-'}  {group['uri']}  ({group['role']}; manager {group['manager']}; "
-              f"revision {group['revision']}; media {group['media']}; floor {group['floor']}; "
-              f"talking {group['talker'] or '-'})")  # fmt: skip
-        for member in group["members"]:
-            state = ("online" if member["online"] else "away") + (", keyed" if member["keyed"] else ", NOT keyed")
-            print(f"    {member['uri']}  {state}")
-
-
-def _add_adhoc(sub: Any) -> None:
-    adhoc = sub.add_parser("adhoc", help="off-network groups: no server, no KMS; keyed and run by the clients")
-    adhoc.add_argument("--control-socket", help="the running client's control socket (default: KEYSTORE.adhoc.sock)")
-    commands = adhoc.add_subparsers(dest="adhoc_command", required=True)
-
-    def agent_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--uri", required=True, help="your identity, e.g. sip:alice@example.org")
-        parser.add_argument("--interface", help="local IPv4 address of the LAN to use (default: the routing table's)")
-        parser.add_argument("--discovery", default="239.255.80.84:8450", help="discovery multicast group ADDR:PORT")
-        parser.add_argument("--port", type=int, default=0, help="unicast UDP port for key delivery (default: any)")
-        parser.add_argument("--priority", type=int, default=0, help="floor priority (0-255; higher pre-empts)")
-        parser.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
-        parser.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
-        parser.add_argument("--no-audio", action="store_true", help="no microphone or speaker (keying only)")
-        parser.add_argument(
-            "--script", help="steps instead of keys: wait S; wait-keyed S; talk S; press; release; quit"
-        )
-        parser.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
-        parser.add_argument("--quiet", action="store_true", help="no status line")
-        parser.set_defaults(func=cmd_adhoc_run)
-
-    create = commands.add_parser("create", help="create a group, key its members and talk in it")
-    create.add_argument("name")
-    create.add_argument("--member", action="append", required=True, help="member identity URI (repeat)")
-    create.add_argument("--media", help="media multicast ADDR:PORT (default: random in 239.255.0.0/16)")
-    agent_options(create)
-    join = commands.add_parser("join", help="wait for ad-hoc groups to be keyed by a nearby manager, and talk")
-    join.add_argument("name", nargs="?", help="accept only a group of this name")
-    join.add_argument("--accept-from", action="append", help="accept groups only from this manager URI (repeat)")
-    agent_options(join)
-    for name, text in (("add", "add a member (it gets the current key)"),
-                       ("remove", "remove a member (the others are rekeyed)")):  # fmt: skip
-        parser = commands.add_parser(name, help=text)
-        parser.add_argument("group", help="group name or URI")
-        parser.add_argument("member", help="member identity URI")
-        parser.set_defaults(func=cmd_adhoc_control)
-    leave = commands.add_parser(
-        "leave", help="leave a group (its manager rekeys; if you manage it, a member takes over)"
-    )
-    leave.add_argument("group", help="group name or URI")
-    leave.set_defaults(func=cmd_adhoc_control)
-    listing = commands.add_parser("list", help="the running client's ad-hoc groups, members and key status")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_adhoc_control)
-    for name in ("press", "release"):
-        parser = commands.add_parser(name, help=f"PTT {name} in a group (for a hardware button or a script)")
-        parser.add_argument("group", nargs="?", help="group name or URI (default: the selected one)")
-        parser.set_defaults(func=cmd_adhoc_control)
+    return adhoc_app.main(args, _identity(args))
 
 
 def cmd_call(args: argparse.Namespace) -> int:
     from client import call_app
 
-    args.passphrase = _secret(args.passphrase_file, "PTT_KEYSTORE_PASSPHRASE", "Keystore passphrase")
-    return call_app.main(args)
+    keystore = _identity(args)
+    server = launch.server_info(args.server_info)
+    return call_app.main(args, keystore, server)
+
+
+def cmd_buttons(args: argparse.Namespace) -> int:
+    from client import buttons
+
+    return buttons.main(args)
+
+
+def _audio_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uri", help="your identity (default: the keystore's, or uri in client.toml)")
+    parser.add_argument("--server-info", help="the server's client-info file (or server_info in client.toml)")
+    parser.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
+    parser.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
+    parser.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
+    parser.add_argument("--quiet", action="store_true", help="no status line")
 
 
 def _add_call(sub: Any) -> None:
     call = sub.add_parser("call", help="a private call to one user (keyed end to end with a PCK)")
     call.add_argument("callee", help="whom to call, e.g. sip:bob@example.org")
-    call.add_argument("--uri", required=True, help="your identity, e.g. sip:alice@example.org")
-    call.add_argument("--server-info", required=True, help="the server's client-info file")
     call.add_argument("--manual", action="store_true", help="the callee accepts or rejects (manual commencement)")
-    call.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
-    call.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
     call.add_argument("--script", help="steps instead of keys: wait S; wait-connected S; talk S; hangup; quit")
-    call.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
-    call.add_argument("--quiet", action="store_true", help="no status line")
+    _audio_options(call)
     call.set_defaults(func=cmd_call)
 
 
+def _add_talk(sub: Any) -> None:
+    talk = sub.add_parser(
+        "talk",
+        help="join groups and talk with the microphone and speaker",
+        description="Without --group: every group the server lists for you. Keys: ? in the screen.",
+    )
+    talk.add_argument("--group", help="the group to talk in (default: group in client.toml, else all of yours)")
+    talk.add_argument("--monitor", action="append", help="also listen to this group (lower priority)")
+    talk.add_argument(
+        "--ptt-key",
+        help="the PTT button: 'space' (the terminal's, default) or DEVICE:KEY, a Linux input device and key "
+        "(e.g. /dev/input/event5:KEY_F13; 'ptt-client buttons' finds them)",
+    )
+    talk.add_argument("--plain", action="store_true", help="line-oriented output (scripts, screen readers)")
+    talk.add_argument("--log-file", help="where logs go while the screen is up (default: ~/.cache/ptt/client.log)")
+    talk.add_argument("--script", help="run these steps instead of reading keys (wait S; talk S; select G; quit)")
+    _audio_options(talk)
+    talk.set_defaults(func=cmd_talk)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptt-client", description="Secure push-to-talk client")
-    parser.add_argument("--keystore", default=str(DEFAULT_KEYSTORE), help=f"keystore file (default {DEFAULT_KEYSTORE})")
+    parser = argparse.ArgumentParser(
+        prog="ptt-client",
+        description="Secure push-to-talk client",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help=f"settings file (default {config.default_path()}, if present)")
+    parser.add_argument("--keystore", help=f"keystore file (default {DEFAULT_KEYSTORE})")
     parser.add_argument("--passphrase-file", help="file holding the keystore passphrase (else PTT_KEYSTORE_PASSPHRASE)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,21 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--enrolment", help="enrol with this KMS first")
     provision.add_argument("--watch", action="store_true", help="stay running and renew keys automatically")
     provision.set_defaults(func=cmd_provision)
-    talk = sub.add_parser("talk", help="join groups and talk with the microphone and speaker")
-    talk.add_argument("--uri", required=True, help="your identity, e.g. sip:alice@example.org")
-    talk.add_argument("--server-info", required=True, help="the server's client-info file")
-    talk.add_argument("--group", required=True, help="the group to talk in")
-    talk.add_argument("--monitor", action="append", help="also listen to this group (lower priority)")
-    talk.add_argument("--input-device", help="microphone (name or part of it; default: the system's)")
-    talk.add_argument("--output-device", help="speaker (name or part of it; default: the system's)")
-    talk.add_argument("--script", help="run these steps instead of reading keys (wait S; talk S; select G; quit)")
-    talk.add_argument("--report", help="write what was sent and heard to this JSON file at exit")
-    talk.add_argument("--quiet", action="store_true", help="no status line")
-    talk.set_defaults(func=cmd_talk)
+    _add_talk(sub)
     _add_call(sub)
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
-    _add_adhoc(sub)
+    buttons = sub.add_parser("buttons", help="list input devices (PTT buttons); with a DEVICE: show its presses")
+    buttons.add_argument("device", nargs="?", help="an input device (/dev/input/eventN) to watch")
+    buttons.set_defaults(func=cmd_buttons)
+    add_adhoc(sub, cmd_adhoc_run)
     return parser
 
 
@@ -321,12 +305,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        settings = config.load(args.config)
+        if args.command == "provision":
+            settings.values.pop("uri", None)  # provision's --uri is a list, and names what to fetch
+        settings.apply(args)
+        args.keystore = args.keystore or str(DEFAULT_KEYSTORE)
         return int(args.func(args))
-    except CliError as exc:
+    except UserError as exc:
         print(f"ptt-client: {exc}", file=sys.stderr)
-        return 2
+        return int(exc.code)
     except KeyboardInterrupt:
-        return 130
+        return int(Exit.INTERRUPTED)
+    except Exception as exc:  # a bug: one line, the details with -v
+        if args.verbose:
+            raise
+        print(f"ptt-client: unexpected error: {exc!r} (run with -v for the details)", file=sys.stderr)
+        return int(Exit.FAILED)
 
 
 if __name__ == "__main__":

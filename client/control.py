@@ -27,6 +27,7 @@ class ControlError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.reason = message
 
 
 class ControlHandler(Protocol):

@@ -105,6 +105,11 @@ class Voice:
         self._first = True
         self.engine.start_capture()
 
+    @property
+    def talking(self) -> bool:
+        """The microphone is sent (the floor was granted and PTT is held)."""
+        return self._talking
+
     def stop_talking(self) -> None:
         self._talking = False
         self.engine.stop_capture()

@@ -39,11 +39,20 @@ DISPATCHER_ROLE = "dispatcher"
 
 
 class Refused(Exception):
-    """A request the call refuses, with a status code for the client (HTTP-like: 400, 403, 409, 429)."""
+    """A request the call refuses, with a status code for the client (HTTP-like: 400, 403, 404, 409, 429)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def check_membership(info: GroupInfo | None, group: str, member: str) -> None:
+    """Refused 404 for a group the server does not have, 403 for one ``member`` is not in (an authenticated
+    member may learn that a group exists: group URIs are no secret, the keys are)."""
+    if info is None:
+        raise Refused(404, f"no group {group} on this server")
+    if member not in info.members:
+        raise Refused(403, f"{member} is not a member of {group}")
 
 
 @dataclass(frozen=True)
@@ -228,9 +237,9 @@ class GroupCall:
         """The member wants to take part in the group's call: the reply's ``token`` is the binding ID (random,
         public) its ``PTTJ`` packets name; their key comes from the member's CSK, which both ends hold."""
         info = self._groups.get(group)
-        spec = info.members.get(member) if info is not None else None
-        if info is None or spec is None:
-            raise Refused(403, f"{member} is not a member of {group}")
+        check_membership(info, group, member)
+        assert info is not None
+        spec = info.members[member]
         channel = self._channels.get(member)
         if channel is None:
             raise Refused(409, "send a CSK before joining (floor control and the relay binding need it)")
@@ -352,10 +361,9 @@ class GroupCall:
     # -- emergency alerts and broadcast (issue 16) ---------------------------------------------------------------------
 
     def check_member(self, group: str, member: str) -> None:
-        """Refused (403) unless ``member`` is a member of ``group`` as committed (before any store work)."""
-        info = self._groups.get(group)
-        if info is None or member not in info.members:
-            raise Refused(403, f"{member} is not a member of {group}")
+        """Refused (404 no such group, 403 not a member) unless ``member`` is a member of ``group`` as committed
+        (before any store work)."""
+        check_membership(self._groups.get(group), group, member)
 
     def _arbiter_config(self, info: GroupInfo) -> ArbiterConfig:
         return ArbiterConfig(max_burst=info.max_burst, server_ssrc=self.server_ssrc, verified_call_types=True)

@@ -16,7 +16,7 @@ from ptt.emergency import CancelRequest, EmergencyMessageError, RaiseRequest
 from ptt.groupcall import DISPATCHER_ROLE, GroupCall, Refused
 from ptt.ratelimit import BucketTable
 from server.groups.manager import GroupManager
-from server.groups.store import AlertRefused, GroupError
+from server.groups.store import AlertRefused, GroupError, NoSuchGroup
 
 log = logging.getLogger("ptt.server.emergency")
 
@@ -69,6 +69,8 @@ class EmergencyRequests:
         def refused(failure: Any) -> None:
             if failure.check(AlertRefused):
                 raise Refused(failure.value.code, str(failure.value))
+            if failure.check(NoSuchGroup):  # deleted since the membership check
+                raise Refused(404, str(failure.value))
             if failure.check(GroupError):
                 raise Refused(403, str(failure.value))
             return failure  # type: ignore[no-any-return]

@@ -122,7 +122,7 @@ def test_speech_reaches_the_other_members(audio: VirtualAudio, speech: Path, tmp
         # Dave is in the domain but not in the group: the server refuses to let him join
         dave = talk_client(system, audio, "dave", "wait 1")
         out, _ = dave.communicate(timeout=60)
-        assert dave.returncode == 2 and "not a member" in out
+        assert dave.returncode == 6 and "not a member" in out  # client.errors.Exit.REFUSED
     finally:
         stop_system(system)
 

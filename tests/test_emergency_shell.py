@@ -80,7 +80,7 @@ def test_raise_and_cancel(shell: tuple[EmergencyRequests, Manager]) -> None:
         (ALICE, {"type": "emergency_cancel", "group": GROUP, "uri": BOB}, 403, "only its own"),
         ("sip:mallory@example.org", {"type": "emergency", "group": GROUP, "level": "emergency"}, 403, "not a member"),
         (ALICE, {"type": "emergency", "group": GROUP, "level": "panic"}, 400, "unknown alert level"),
-        (ALICE, {"type": "emergency", "group": "sip:other@example.org", "level": "emergency"}, 403, "not a member"),
+        (ALICE, {"type": "emergency", "group": "sip:other@example.org", "level": "emergency"}, 404, "no group"),
     ],
 )
 def test_refusals_are_clear(

@@ -93,7 +93,10 @@ def test_join_needs_membership_and_a_csk() -> None:
     call = make_call(ALICE)
     with pytest.raises(Refused) as refused:
         call.join(BOB, GROUP, 1, os.urandom(8), 0.0)
-    assert refused.value.code == 403
+    assert refused.value.code == 403 and "not a member" in str(refused.value)
+    with pytest.raises(Refused) as refused:
+        call.join(ALICE, "sip:nothing@example.org", 1, os.urandom(8), 0.0)
+    assert refused.value.code == 404 and "no group sip:nothing@example.org" in str(refused.value)
     with pytest.raises(Refused) as refused:
         call.join(ALICE, GROUP, 1, os.urandom(8), 0.0)
     assert refused.value.code == 409

@@ -171,33 +171,33 @@ def test_wrong_password_is_refused(kms: Kms) -> None:
     assert provision(kms, "bob", password="wrong").returncode == 0
     (kms.root / "bob.keystore").unlink()  # a first login is the password's
     out = provision(kms, "bob", password="wrong")
-    assert out.returncode == 2
+    assert out.returncode == 6
     assert "IdMS answered 400 (login failed, invalid_grant)" in out.stderr
 
 
 def test_lockout_after_repeated_failures(kms: Kms) -> None:
     for _ in range(5):
-        assert provision(kms, "carol", password="wrong").returncode == 2
+        assert provision(kms, "carol", password="wrong").returncode == 6
     out = provision(kms, "carol")  # the right password, but the account is locked
-    assert out.returncode == 2
+    assert out.returncode == 6
     assert "429" in out.stderr and "locked" in out.stderr
 
 
 def test_another_users_identity_is_refused(kms: Kms) -> None:
     out = provision(kms, "alice", USERS["bob"])
-    assert out.returncode == 2
+    assert out.returncode == 6
     assert "403" in out.stderr and USERS["bob"] in out.stderr
 
 
 def test_group_identity_only_when_granted(kms: Kms) -> None:
     out = provision(kms, "dispatch", USERS["dispatch"], GROUP)
-    assert out.returncode == 2 and "403" in out.stderr
+    assert out.returncode == 6 and "403" in out.stderr
     assert kms.admin("grant", "dispatch", GROUP).returncode == 0
     out = provision(kms, "dispatch", USERS["dispatch"], GROUP)
     assert out.returncode == 0, out.stderr
     assert f"provisioned {GROUP}" in out.stdout
     assert kms.admin("revoke", "dispatch", GROUP).returncode == 0
-    assert provision(kms, "dispatch", GROUP).returncode == 2
+    assert provision(kms, "dispatch", GROUP).returncode == 6
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TLS 1.0/1.1 are deprecated: that is the point
@@ -297,7 +297,7 @@ def test_restart_loses_nothing_and_clients_work_offline(kms: Kms) -> None:
         )
         assert out.returncode == 0 and USERS["alice"] in out.stdout  # offline: the keystore is enough
         out = provision(kms, "alice")
-        assert out.returncode == 2 and "cannot reach the KMS" in out.stderr
+        assert out.returncode == 5 and "cannot reach the KMS" in out.stderr  # client.errors.Exit.UNREACHABLE
     finally:
         kms.start()
     assert provision(kms, "alice").returncode == 0  # the account survived the restart

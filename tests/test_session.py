@@ -207,7 +207,7 @@ class FakeClient:
 
 
 def space_at(times: list[float]) -> tuple[task.Clock, FakeClient, Any]:
-    from client.app import PttKey
+    from client.app_keys import PttKey
 
     clock, client = task.Clock(), FakeClient()
     key = PttKey(clock, cast(Any, client))

@@ -36,7 +36,7 @@ from ptt.adhoc.bodies import GroupAnnouncement, GroupInfo, Hello, KeyAck, KeyDel
 from ptt.adhoc.events import Event, GroupKeyed, GroupRemoved, GroupUpdated, MemberKeyed, Refused
 from ptt.adhoc.fields import AdhocMessageError
 from ptt.adhoc.manager import AdhocManager
-from ptt.adhoc.messages import Envelope, open_envelope
+from ptt.adhoc.messages import Envelope, ReplayedAdhocMessage, open_envelope
 from ptt.adhoc.state import (
     MULTICAST,
     Address,
@@ -208,6 +208,11 @@ class AdhocEngine(AdhocManager):
             envelope = open_envelope(
                 data, trusted_kms=self.trusted_kms, now=now, replay_cache=self.replay_cache, window=self.config.window
             )
+        except ReplayedAdhocMessage:
+            # a copy of a datagram taken already: a Leave goes out several times, multicast may loop twice; a
+            # replay by someone else changes nothing either, so it is counted, not reported
+            self.stats["duplicate"] += 1
+            return
         except AdhocMessageError as exc:
             self._refuse(None, f"datagram from {source[0]}:{source[1]} refused: {exc}")
             return

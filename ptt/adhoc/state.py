@@ -147,7 +147,7 @@ class AdhocEngineState:
         self.peers: dict[str, Peer] = {}
         self.replay_cache = ReplayCache()
         self.imessage_replay_cache = ReplayCache()
-        self.stats: dict[str, int] = {"in": 0, "refused": 0, "out": 0}
+        self.stats: dict[str, int] = {"in": 0, "refused": 0, "duplicate": 0, "out": 0}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: list[Event] = []
         self._next_hello = now  # the first Hello goes out at once

@@ -36,7 +36,7 @@ from ptt.cluster_messages import (
     parse,
 )
 from ptt.control import b64, unb64
-from ptt.groupcall import Refused
+from ptt.groupcall import Refused, check_membership
 from ptt.relaycore import BINDING_ID_LENGTH
 from ptt.srtcp import CskKeys
 from server.cluster.database import BROADCAST_CHANNEL, node_channel
@@ -216,9 +216,7 @@ class ClusterNode:
 
     def join(self, member: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         call = self.shell.call
-        info = call.group(group)
-        if info is None or member not in info.members:
-            raise Refused(403, f"{member} is not a member of {group}")
+        check_membership(call.group(group), group, member)
         binding_id = os.urandom(BINDING_ID_LENGTH)
         if self.ownership.holds(group, time.monotonic()):
             self._remote.pop((group, member), None)
@@ -379,9 +377,7 @@ class ClusterNode:
                 raise Refused(400, "binding ID of the wrong length")
             keys = open_csk(self._data_key, message.member, message.csk)
             call = self.shell.call
-            info = call.group(message.group)
-            if info is None or message.member not in info.members:
-                raise Refused(403, f"{message.member} is not a member of {message.group}")
+            check_membership(call.group(message.group), message.group, message.member)
             call.csk_keyed(message.member, keys)
             call.join(message.member, message.group, message.ssrc, binding_id, now)
             self._origin[(message.group, message.member)] = message.sender
