@@ -283,6 +283,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     from client.provisioning import ProvisioningAgent
     from server.control import ControlServerFactory
     from server.dispatch.api import DispatchApplication, make_dispatch_site
+    from server.dispatch.stream import EventStream, with_events
     from server.groups.manager import GroupManager
     from server.groups.store import GroupStore, read_data_key
     from server.relay import relay_core_from_environment
@@ -353,8 +354,10 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     _endpoint_service(control, shell.control).setServiceParent(top)
     reserved = (config.server_uri, keystore.enrolment.kms_uri)  # wildcards are refused whatever this says
     app = DispatchApplication(manager, status=shell.status, domain=config.domain, reserved=reserved)
+    shell.dispatch_stream = EventStream(reactor, app, shell, store_pool)
+    site = with_events(make_dispatch_site(app, store_pool, reactor.seconds), shell.dispatch_stream, reactor.seconds)
     dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.listen)
-    _endpoint_service(dispatch, make_dispatch_site(app, store_pool, reactor.seconds)).setServiceParent(top)
+    _endpoint_service(dispatch, site).setServiceParent(top)
     return top
 
 

@@ -75,7 +75,8 @@ class EmergencyStore(StoreDatabase):
             db.execute(
                 "INSERT INTO emergency_alerts (group_uri, member_uri, level, since, with_call) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (group_uri, member_uri) DO UPDATE SET level = excluded.level, since = excluded.since, "
-                "with_call = excluded.with_call, cancelled_at = NULL, cancelled_by = NULL, acked_at = NULL, acked_by = NULL",
+                "with_call = excluded.with_call, cancelled_at = NULL, cancelled_by = NULL, acked_at = NULL, "
+                "acked_by = NULL",
                 (group, uri, int(level), float(now), int(call)),
             )
             what = f"{uri} in {group}: {level.label}" + (" with a call" if call else "")
