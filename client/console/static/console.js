@@ -38,7 +38,9 @@ function log(text, kind) {
 
 // --- events ------------------------------------------------------------------------------------------------------
 
+window.pttTrace = [];               // the events with the time they reached the page (tests measure delays)
 function onEvent(event) {
+  if (window.pttTrace.length < 5000 && event.type !== "snapshot") window.pttTrace.push({ at: Date.now() / 1000, ...event });
   const view = groups.get(event.group);
   switch (event.type) {
     case "snapshot":
@@ -207,8 +209,10 @@ function wireCard(card, uri) {
   card.querySelector(".monitor").onchange = (e) => send({ op: "monitor", group: uri, on: e.target.checked });
   card.querySelector(".volume").oninput = () => setGain(uri);
   card.querySelector(".mute").onchange = () => setGain(uri);
+  // the pre-emptive dispatcher role if this account may give it (an admin), else as a plain member
   card.querySelector(".addme").onclick = () => act("add the console", () =>
-    api("POST", groupPath(uri, "members"), { uri: consoleState.uri, role: "dispatcher" }));
+    api("POST", groupPath(uri, "members"), { uri: consoleState.uri, role: "dispatcher" })
+      .catch(() => api("POST", groupPath(uri, "members"), { uri: consoleState.uri })));
   card.querySelector(".delete").onclick = () => { if (confirm(`Delete ${uri}?`)) act("delete", () => api("DELETE", groupPath(uri))); };
   card.querySelector(".add-member").onsubmit = (e) => {
     e.preventDefault();
