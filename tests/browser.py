@@ -38,4 +38,8 @@ def chromium(microphone: Path | None = None, size: tuple[int, int] = (1280, 720)
         options.add_argument(flag)
     if microphone is not None:
         options.add_argument(f"--use-file-for-fake-audio-capture={microphone}")
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    # the window size includes the browser's frame: the page itself gets exactly ``size``
+    metrics = {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    return driver

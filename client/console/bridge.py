@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -46,7 +47,8 @@ class ConsoleState:
     # --- to the pages -----------------------------------------------------------------------------------------
 
     def event(self, event: dict[str, Any]) -> None:
-        """From the dispatcher API's stream."""
+        """From the dispatcher API's stream; ``at``: when it came (a page opened later logs it at its time)."""
+        event["at"] = time.time()
         if event.get("type") == "snapshot":
             self._last_snapshot, self._events = event, []
         elif len(self._events) < 10_000:

@@ -28,9 +28,10 @@ const short = (uri) => (uri || "").replace(/^sips?:/, "");
 // --- activity log ------------------------------------------------------------------------------------------------
 
 const talkingSince = new Map();   // group -> [uri, time]
+let eventTime = null;              // when the event being handled reached ptt-console (seconds)
 function log(text, kind) {
   const item = document.createElement("li");
-  item.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  item.textContent = `${(eventTime ? new Date(eventTime * 1000) : new Date()).toLocaleTimeString()}  ${text}`;
   if (kind) item.className = kind;
   $("log").prepend(item);
   while ($("log").children.length > 500) $("log").lastChild.remove();
@@ -40,7 +41,12 @@ function log(text, kind) {
 
 window.pttTrace = [];               // the events with the time they reached the page (tests measure delays)
 function onEvent(event) {
-  if (window.pttTrace.length < 5000 && event.type !== "snapshot") window.pttTrace.push({ at: Date.now() / 1000, ...event });
+  if (window.pttTrace.length < 5000 && event.type !== "snapshot") window.pttTrace.push({ ...event, at: Date.now() / 1000 });
+  eventTime = event.at || null;
+  try { handleEvent(event); } finally { eventTime = null; }
+}
+
+function handleEvent(event) {
   const view = groups.get(event.group);
   switch (event.type) {
     case "snapshot":
@@ -76,9 +82,10 @@ function onEvent(event) {
     }
     case "talker": {
       const before = talkingSince.get(event.group);
-      if (before) log(`${short(before[0])} talked ${((Date.now() - before[1]) / 1000).toFixed(1)} s in ${view.name}`);
+      const now = (event.at || Date.now() / 1000);
+      if (before) log(`${short(before[0])} talked ${(now - before[1]).toFixed(1)} s in ${view.name}`);
       talkingSince.delete(event.group);
-      if (event.uri) { talkingSince.set(event.group, [event.uri, Date.now()]); log(`${short(event.uri)} talking in ${view.name}`); }
+      if (event.uri) { talkingSince.set(event.group, [event.uri, now]); log(`${short(event.uri)} talking in ${view.name}`); }
       view.talker = event.uri;
       for (const m of view.members) m.talking = m.uri === event.uri;
       break;
