@@ -75,7 +75,7 @@ function handleEvent(event) {
     case "presence": {
       const member = view.members.find((m) => m.uri === event.uri);
       if (member) {
-        if (member.online !== event.online) log(`${short(event.uri)} ${event.online ? "online" : "offline"}`);
+        if (member.online !== event.online) log(`${short(event.uri)} ${event.online ? "online" : "offline"} (${view.name})`);
         Object.assign(member, event);
       }
       break;
