@@ -29,6 +29,9 @@ __all__ = ["Bridge", "ConsoleState"]
 log = logging.getLogger("ptt.console")
 
 MAX_TEXT = 4096
+MAX_REPLAYED = 10_000
+"""Events kept since the last snapshot for pages that open later; beyond this the stream is opened again (a new
+snapshot) rather than keep more."""
 
 
 class ConsoleState:
@@ -51,8 +54,10 @@ class ConsoleState:
         event["at"] = time.time()
         if event.get("type") == "snapshot":
             self._last_snapshot, self._events = event, []
-        elif len(self._events) < 10_000:
+        elif len(self._events) < MAX_REPLAYED:
             self._events.append(event)
+        else:
+            self.upstream.restart_events()
         text = json.dumps(event)
         for page in list(self.pages):
             page.send_text(text)

@@ -53,7 +53,7 @@ class DispatchUpstream:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._authorization = f"Basic {token}"  # never sent to the browser
         self._stopped = False
-        self._stream: Any = None
+        self._stream: _EventReader | None = None
 
     def __repr__(self) -> str:
         return f"DispatchUpstream({self.base_url!r})"
@@ -86,9 +86,9 @@ class DispatchUpstream:
                     log.warning("dispatcher event stream refused (%d): %s", response.code, text[:200].decode())
                 else:
                     done: defer.Deferred[None] = defer.Deferred()
-                    self._stream = response
                     on_state(True)
-                    cast(Any, response).deliverBody(_EventReader(on_event, done))
+                    self._stream = _EventReader(on_event, done)
+                    cast(Any, response).deliverBody(self._stream)
                     await done
                     on_state(False)
             except Exception as exc:
@@ -98,8 +98,16 @@ class DispatchUpstream:
             if not self._stopped:
                 await _sleep(self.reactor, RECONNECT)
 
+    def restart_events(self) -> None:
+        """Drop the event stream: it is opened again (``RECONNECT`` s later) and starts with a new snapshot."""
+        reader = self._stream
+        if reader is not None and reader.transport is not None:
+            self._stream = None
+            reader.transport.stopProducing()
+
     def stop(self) -> None:
         self._stopped = True
+        self.restart_events()
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:

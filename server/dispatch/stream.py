@@ -76,8 +76,7 @@ class EventStream:
     def _send(self, request: Any, event: dict[str, Any]) -> None:
         if request not in self._requests:
             return
-        transport = getattr(request.channel, "transport", None)
-        unsent = len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        unsent = _unsent(getattr(request.channel, "transport", None))
         if unsent > MAX_UNSENT:
             log.warning("event stream of %s closed: %d octets unsent", self._requests[request], unsent)
             self._unsubscribe(request)
@@ -167,6 +166,17 @@ class EventStream:
     def _deliver(self, views: dict[str, GroupView | None]) -> None:
         for request, event in self.feed.update(views):
             self._send(request, event)
+
+
+def _unsent(transport: Any) -> int:
+    """Octets written but not yet sent: the TCP transport's buffer, under the TLS layer if there is one."""
+    total = 0
+    for _ in range(3):  # TLS protocol → its TCP transport
+        if transport is None:
+            break
+        total += len(getattr(transport, "dataBuffer", b"")) + int(getattr(transport, "_tempDataLen", 0))
+        transport = getattr(transport, "transport", None)
+    return total
 
 
 class EventsResource(resource.Resource):
