@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(not browser_available(), reason="chromium, chrom
 
 DISPATCHER = "sip:disp@example.org"
 BOB, CAROL = "sip:bob@example.org", "sip:carol@example.org"
+POLICE = "sip:police@example.org"
 SPEECH = (
     "Engine seven to all units, proceed to the north gate, the fire is spreading towards the warehouse, "
     "repeat, north gate, over."
@@ -51,9 +52,11 @@ class Console:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     root = tmp_path_factory.mktemp("console")
-    running = start_system(root, outsiders=("disp",), group_grants=("sip:rescue@example.org",))
+    running = start_system(root, outsiders=("disp",), group_grants=("sip:rescue@example.org", POLICE))
     added = running.dispatch("group", "add-member", GROUP, DISPATCHER)  # the pre-emptive role needs an admin
     assert added.returncode == 0, added.stderr
+    police = running.dispatch("group", "create", "police", "--member", CAROL, "--member", DISPATCHER)
+    assert police.returncode == 0, police.stderr
     yield running
     stop_system(running)
 
@@ -209,6 +212,37 @@ def test_a_group_created_in_the_page_exists_for_ptt_dispatch(system: System, pag
     wait(page, lambda: page.find_elements(By.CSS_SELECTOR, "article[data-uri='sip:rescue@example.org']"))
     shown = system.dispatch("group", "show", "rescue")
     assert shown.returncode == 0 and "sip:alice@example.org" in shown.stdout and "Rescue team" in shown.stdout
+
+
+def test_a_patch_carries_a_talker_into_the_other_group_and_ends_cleanly(system: System, page: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(page.find_element(By.ID, "patch-a")).select_by_value(GROUP)
+    Select(page.find_element(By.ID, "patch-b")).select_by_value(POLICE)
+    page.find_element(By.ID, "patch").click()
+    wait(page, lambda: "patched" in page.find_element(By.ID, "patch-state").text)
+    ended = system.root / "patch-ended"
+    ended.unlink(missing_ok=True)
+    carol = FieldClient(system, "carol", f"join {POLICE}; wait-file {ended}; wait 4")
+    wait(page, lambda: page.execute_script(
+        f"return document.querySelector(\"article[data-uri='{POLICE}'] li[data-uri='{CAROL}']\")?.className"
+        " === 'joined'"), 30)  # fmt: skip
+    bob = FieldClient(system, "bob", f"join {GROUP}; wait 1; talk 2; wait 1")
+    bob.finish()
+    wait(page, lambda: any(e["type"] == "talker" and e["group"] == POLICE and e["uri"] is None
+                           and e["at"] > time.time() - 3 for e in trace(page)), 5)  # fmt: skip
+    page.find_element(By.ID, "unpatch").click()
+    wait(page, lambda: page.find_element(By.ID, "patch-state").text == "no patch")
+    ended.touch()
+    bob = FieldClient(system, "bob", f"join {GROUP}; wait 1; talk 1; wait 1")
+    bob.finish()
+    carol.finish()
+    floor = system.report("carol")["floor"]
+    taken = [f for f in floor if f["kind"] == "TAKEN" and f["party"] == DISPATCHER]
+    assert len(taken) == 1, floor  # bob's first burst went on in police through the console, the second did not
+    assert any(f["kind"] == "IDLE" and f["t"] > taken[0]["t"] for f in floor)  # the console let the floor go
+    assert system.report("carol")["stats"]["media_in"] > 50
 
 
 def test_the_page_refuses_strangers(console: Console) -> None:
