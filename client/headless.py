@@ -44,6 +44,7 @@ def synthetic_payload(tag: bytes, seq: int) -> bytes:
 
 
 WAIT_FILE_LIMIT = 60.0
+MAX_VOICE_PACKETS = 50 * 600  # ten minutes of real voice kept for --record-wav
 
 
 class Runner:
@@ -66,9 +67,37 @@ class Runner:
         session.floor_listener = self._floor
         session.event_listener = self.events.append
         self.call_steps = CallSteps(self)  # private calls (issue 16): client.headless_calls
+        self.voice: list[tuple[int, int, bytes]] = []  # (sequence, timestamp, Opus payload) of real voice heard
+
+    def write_voice(self, path: Path) -> None:
+        """The Opus voice heard, decoded and placed by its RTP timestamps (silence between bursts), as a 48 kHz
+        16-bit mono WAV file (``--record-wav``): what a speaker would have played, for comparisons in tests."""
+        import wave
+
+        from client.codec import OpusDecoder
+
+        decoder, pcm = OpusDecoder(), bytearray()
+        if self.voice:
+            first = self.voice[0][1]
+            for _, timestamp, payload in sorted(self.voice, key=lambda v: (v[1] - first) & 0xFFFFFFFF):
+                at = 2 * ((timestamp - first) & 0xFFFFFFFF)
+                if at > len(pcm) + 2 * 48000 * 60:  # more than a minute ahead: not this stream
+                    continue
+                pcm.extend(bytes(max(0, at - len(pcm))))
+                try:
+                    pcm[at:] = decoder.decode(payload)
+                except Exception:  # a corrupt packet: its 20 ms stay silent
+                    pcm[at:] = bytes(1920)
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(48000)
+            out.writeframes(bytes(pcm))
 
     def _media(self, group: str, mki: bytes, rtp: bytes) -> None:
         payload = rtp[12:]
+        if not payload.startswith(b"SYN") and len(self.voice) < MAX_VOICE_PACKETS:  # real Opus (a console talks)
+            self.voice.append((int.from_bytes(rtp[2:4]), int.from_bytes(rtp[4:8]), payload))
         if payload.startswith(b"SYN"):
             sender = payload[3:11].rstrip(b"\0").decode("ascii", "replace")
             self.received.setdefault(sender, []).append(struct.unpack(">I", payload[11:15])[0])
@@ -256,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", help="sender tag in the synthetic audio (default: the URI's user part)")
     parser.add_argument("--script", default="")
     parser.add_argument("--report")
+    parser.add_argument("--record-wav", help="write the real (Opus) voice heard to this WAV file at the end")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -298,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = runner.report()
                 if args.report:
                     Path(args.report).write_text(json.dumps(report, indent=1))
+                if args.record_wav:
+                    runner.write_voice(Path(args.record_wav))
                 session.stop()
 
         return go()

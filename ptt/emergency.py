@@ -11,6 +11,10 @@ the floor control server treats them with that urgency (:mod:`ptt.floor.arbiter`
 peril and normal talkers, and a broadcast; imminent peril pre-empts normal talkers). Floor Granted, Floor Taken
 and Floor Idle to everyone carry the group's level too (the call is an emergency call).
 
+A dispatcher **acknowledges** an active alert (it has seen it and is handling it): the alert records who and
+when, the floor does not change, and an upgrade (imminent peril → emergency) needs a new acknowledgement. Members
+are not told of acknowledgements over the control channel (its ``alert`` message has no such state yet).
+
 Raising while already in alert: the same level is idempotent (the original ``since`` stays); imminent peril →
 emergency is an upgrade (``since`` restarts); emergency → imminent peril is refused (cancel first), because a user
 in danger must not lose its priority by a second key press.
@@ -84,10 +88,20 @@ class Alert:
     call: bool = False
     cancelled_at: float | None = None
     cancelled_by: str | None = None
+    acked_at: float | None = None
+    """When a dispatcher acknowledged the alert (None: not yet); only dispatchers are shown it."""
+    acked_by: str | None = None
 
     @property
     def active(self) -> bool:
         return self.cancelled_at is None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acked_at is not None
+
+    def without_ack(self) -> Alert:
+        return replace(self, acked_at=None, acked_by=None)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": self.uri, "level": self.level.label, "since": self.since, "call": self.call}
@@ -120,6 +134,16 @@ def cancel_alert(current: Alert | None, target: str, actor: str, *, dispatcher: 
     return replace(current, cancelled_at=now, cancelled_by=actor)
 
 
+def acknowledge_alert(current: Alert | None, target: str, actor: str, now: float) -> Alert | None:
+    """The alert of ``target`` acknowledged by the dispatcher ``actor``; None when it already was (the first
+    acknowledgement stays). Refused (404) without an active alert."""
+    if current is None or not current.active:
+        raise EmergencyRefused(404, f"{target} has no active alert")
+    if current.acknowledged:
+        return None
+    return replace(current, acked_at=now, acked_by=actor)
+
+
 def group_level(alerts: Iterable[Alert]) -> Level | None:
     """The group's level: the highest of its active alerts (None: no alert)."""
     levels = [a.level for a in alerts if a.active]
@@ -134,11 +158,11 @@ def indicator_bits(alerts: Iterable[Alert]) -> int:
 def changes(old: Mapping[str, Alert], new: Mapping[str, Alert]) -> list[Alert]:
     """What happened between two snapshots of a group's alerts (by member URI): each alert raised, upgraded or
     cancelled (a cancelled alert carries who cancelled it; one that vanished, e.g. the member was removed, is
-    reported cancelled by nobody)."""
+    reported cancelled by nobody). An acknowledgement alone is no change here (members are not told of it)."""
     out: list[Alert] = []
     for uri, alert in new.items():
         before = old.get(uri)
-        raised = alert.active and before != alert
+        raised = alert.active and (before is None or before.without_ack() != alert.without_ack())
         cancelled = not alert.active and before is not None and before.active
         if raised or cancelled:
             out.append(alert)

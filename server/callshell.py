@@ -85,6 +85,7 @@ class CallShell:
         self._emergency: EmergencyRequests | None = None
         self.floor_dropped = 0  # floor messages the call dropped (SRTCP check, foreign SSRC): logged at most 1/s
         self.private_calls = PrivateCallService(self)  # issue 16: two-party calls keyed end to end (PCK)
+        self.dispatch_stream: Any = None  # the dispatchers' event stream (server.dispatch.stream), told of activity
 
     # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
 
@@ -98,6 +99,8 @@ class CallShell:
     def welcome(self, uri: str) -> dict[str, Any]:
         if self.cluster is not None:
             self.cluster.session_started(uri)
+        if self.dispatch_stream is not None:
+            self.dispatch_stream.poke()  # online now
         return self.call.welcome(uri)
 
     def stored_imessages(self, uri: str) -> defer.Deferred[list[dict[str, Any]]]:
@@ -212,6 +215,8 @@ class CallShell:
         if change.messages:
             online = self.control.online if self.control is not None else None
             self.call.imessages(change.group, change.gmk_id, change.messages, online)
+        if self.dispatch_stream is not None:
+            self.dispatch_stream.rights_changed()  # a group created or deleted may change who sees what
         self._flush()
 
     # --- status for the dispatcher API -----------------------------------------------------------------------------
@@ -241,6 +246,13 @@ class CallShell:
             "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 
+    def live_status(self, group: str) -> defer.Deferred[dict[str, Any]]:
+        """On the reactor: the status of ``status`` (with several nodes, asked of the node serving the group)."""
+        if self.cluster is not None:
+            d: defer.Deferred[dict[str, Any]] = self.cluster.status(group, lambda: self.local_status(group))
+            return d
+        return defer.succeed(self.local_status(group))
+
     def local_status(self, group: str) -> dict[str, Any]:
         members = self.call.members(group)
         online = [m for m in members if self.control is not None and self.control.online(m)]
@@ -253,6 +265,8 @@ class CallShell:
         if self.control is not None:
             for member in self.call.members(group):
                 self.control.push(member, message)
+        if self.dispatch_stream is not None:
+            self.dispatch_stream.poke()
 
     def push_event(self, group: str, event: dict[str, Any]) -> None:
         if event.get("type") == "event" and event.get("group") == group:
@@ -305,6 +319,8 @@ class CallShell:
         for dropped in call.dropped():
             self.floor_dropped += 1
             self._log(dropped.member, "%s", dropped.reason)
+        if self.dispatch_stream is not None:
+            self.dispatch_stream.poke()
         self._arm()
 
     def _arm(self) -> None:

@@ -283,6 +283,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     from client.provisioning import ProvisioningAgent
     from server.control import ControlServerFactory
     from server.dispatch.api import DispatchApplication, make_dispatch_site
+    from server.dispatch.stream import EventStream, with_events
     from server.groups.manager import GroupManager
     from server.groups.store import GroupStore, read_data_key
     from server.relay import relay_core_from_environment
@@ -355,8 +356,10 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     app = DispatchApplication(
         manager, status=shell.status, domain=config.domain, reserved=reserved, node_stats=shell.node_stats
     )
+    shell.dispatch_stream = EventStream(reactor, app, shell, store_pool)
+    site = with_events(make_dispatch_site(app, store_pool, reactor.seconds), shell.dispatch_stream, reactor.seconds)
     dispatch = endpoints.SSL4ServerEndpoint(reactor, config.dispatch_port, tls, interface=config.listen)
-    _endpoint_service(dispatch, make_dispatch_site(app, store_pool, reactor.seconds)).setServiceParent(top)
+    _endpoint_service(dispatch, site).setServiceParent(top)
     return top
 
 

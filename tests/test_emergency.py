@@ -15,6 +15,7 @@ from ptt.emergency import (
     EmergencyRefused,
     Level,
     RaiseRequest,
+    acknowledge_alert,
     cancel_alert,
     changes,
     group_level,
@@ -86,6 +87,20 @@ def test_group_level_and_changes() -> None:
     assert changes({ALICE.uri: cancelled}, {ALICE.uri: cancelled}) == []
     (gone,) = changes({ALICE.uri: emergency}, {})  # the member was removed: its alert went with it
     assert not gone.active and gone.cancelled_by is None
+
+
+def test_an_acknowledgement_is_kept_once_and_is_no_change_for_members() -> None:
+    emergency = Alert(GROUP, ALICE.uri, Level.EMERGENCY, 10.0)
+    acked = acknowledge_alert(emergency, ALICE.uri, "dana", 12.0)
+    assert acked is not None and acked.acknowledged and (acked.acked_by, acked.acked_at) == ("dana", 12.0)
+    assert acknowledge_alert(acked, ALICE.uri, "erin", 13.0) is None  # the first acknowledgement stays
+    assert changes({ALICE.uri: emergency}, {ALICE.uri: acked}) == []  # members are not pushed an ack
+    assert "acked_by" not in acked.to_json()  # members' entries keep the fields their clients parse
+    with pytest.raises(EmergencyRefused) as refused:
+        acknowledge_alert(replace(emergency, cancelled_at=11.0), ALICE.uri, "dana", 12.0)
+    assert refused.value.code == 404
+    with pytest.raises(EmergencyRefused):
+        acknowledge_alert(None, ALICE.uri, "dana", 12.0)
 
 
 # -- control messages ----------------------------------------------------------------------------------------------

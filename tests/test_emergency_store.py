@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ptt.emergency import Level
+from server.groups.database import SCHEMA_VERSION
 from server.groups.manager import GroupChange, GroupManager, MemberSpec
 from server.groups.store import AlertRefused, GroupStore, NoSuchMember
 from tests.test_dispatch import DANA_AUTH, Api, _assign, _create, _path
@@ -137,7 +138,7 @@ def test_upgrade_from_version_2_keeps_members(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 2")
     store = GroupStore(path, DATA_KEY)
     try:
-        assert store.schema_version() == 3 and store.alerts("sip:none@example.org") == []
+        assert store.schema_version() == SCHEMA_VERSION and store.alerts("sip:none@example.org") == []
     finally:
         store.close()
 
@@ -150,3 +151,42 @@ def test_another_cluster_node_reads_the_alerts_with_the_group(manager: GroupMana
     manager.raise_alert(GROUP, BOB, Level.EMERGENCY, call=False, now=NOW + 1)
     change = group_reader(store, lambda: set())(GROUP, b"")
     assert [(a.uri, a.level, a.active) for a in change.alerts] == [(BOB, Level.EMERGENCY, True)]
+
+
+# --- acknowledgement by a dispatcher (issue 15) ----------------------------------------------------------------
+
+
+def test_a_dispatcher_acknowledges_an_alert_once_and_an_upgrade_needs_a_new_one(
+    manager: GroupManager, store: GroupStore, changes: list[GroupChange]
+) -> None:
+    manager.raise_alert(GROUP, BOB, Level.IMMINENT_PERIL, call=False, now=NOW + 1)
+    acked = manager.acknowledge_alert(GROUP, BOB, by="dana", now=NOW + 2)
+    assert acked is not None and (acked.acked_by, acked.acked_at, acked.active) == ("dana", NOW + 2, True)
+    assert changes[-1].alerts[0].acked_by == "dana"  # the change reaches the call (and the dispatchers' stream)
+    count = len(changes)
+    assert manager.acknowledge_alert(GROUP, BOB, by="erin", now=NOW + 3) is None  # the first one stays
+    assert len(changes) == count and store.alerts(GROUP)[0].acked_by == "dana"
+    manager.raise_alert(GROUP, BOB, Level.EMERGENCY, call=False, now=NOW + 4)
+    (upgraded,) = store.alerts(GROUP)
+    assert upgraded.level is Level.EMERGENCY and not upgraded.acknowledged
+    manager.cancel_alert(GROUP, BOB, by=BOB, dispatcher=False, now=NOW + 5)
+    with pytest.raises(AlertRefused) as none:
+        manager.acknowledge_alert(GROUP, BOB, by="dana", now=NOW + 6)
+    assert none.value.code == 404
+    assert [r.event for r in store.audit_log()].count("emergency-acknowledged") == 1
+
+
+def test_dispatcher_api_acknowledges_alerts(api: Api) -> None:
+    _create(api)
+    api.store.raise_alert(GROUP, BOB, Level.EMERGENCY, call=False, now=100.0)
+    status, doc, _ = api("POST", _path(GROUP, "alerts", BOB, "ack"), auth=DANA_AUTH)
+    assert status == 404  # not dana's group: as if it did not exist
+    _assign(api)
+    status, doc, _ = api("POST", _path(GROUP, "alerts", BOB, "ack"), auth=DANA_AUTH)
+    assert status == 200 and doc["acknowledged"]["acked_by"] == "dana" and doc["acknowledged"]["active"], doc
+    status, doc, _ = api("GET", _path(GROUP, "alerts"))
+    assert doc["alerts"][0]["acked_by"] == "dana"
+    status, doc, _ = api("POST", _path(GROUP, "alerts", ALICE, "ack"), auth=DANA_AUTH)
+    assert status == 404 and "no active alert" in doc["error"]
+    status, doc, _ = api("DELETE", _path(GROUP, "alerts", BOB, "ack"))
+    assert status == 405

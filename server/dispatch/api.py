@@ -20,7 +20,9 @@ of a rekey must not stall the reactor). Routes, request JSON checks and the JSON
     DELETE /api/groups/{uri}/dispatchers/{name}     unassign it (admin)
     GET    /api/audit?limit=N                       the audit records of the admin's organisation, chain checked
     GET    /api/node                                this node's relay, floor and cluster counters (admin)
-    GET, DELETE .../alerts[/{member}], PUT, DELETE .../members/{member}/broadcast: server.dispatch.emergency
+    GET, DELETE .../alerts[/{member}], POST .../alerts/{member}/ack, PUT, DELETE .../members/{member}/broadcast:
+                                                    server.dispatch.emergency
+    GET    /api/events                              the live event stream (server-sent events): server.dispatch.stream
 
 URIs in paths are percent-encoded. Who may do what is ``server.dispatch.policy`` (organisations, owners, assigned
 dispatchers, the priority ceiling, admin-only pre-emption); a group the account may not see is answered as an
@@ -165,7 +167,7 @@ class DispatchApplication(EmergencyRoutes):
             raise ApiError(405, f"use {' or '.join(allowed)}", {"Allow": ", ".join(allowed)})
         if route.name == "health":
             return 200, {"status": "ok", "domain": self.domain, "time": now}, {}
-        account = self._current(self._login(authorization, now, peer))
+        account = self.authenticate(authorization, now, peer)
         if (route.name, method) in ADMIN_ONLY and account.role != "admin":
             raise ApiError(403, f"{method} {path[:200]} needs an admin account; {account.username} is a dispatcher")
         if route.group is not None:
@@ -175,6 +177,18 @@ class DispatchApplication(EmergencyRoutes):
         handler = getattr(self, f"_{method.lower()}_{route.name}")
         result: tuple[int, dict[str, Any], dict[str, str]] = handler(route, account, body, now)
         return result
+
+    def authenticate(self, authorization: str | None, now: float, peer: str | None) -> DispatcherAccount:
+        """The logged-in account as stored now (the event stream's login); ApiError 401/429 as any request."""
+        return self._current(self._login(authorization, now, peer))
+
+    def visible_groups(self, username: str) -> set[str] | None:
+        """The URIs of the groups ``username`` may see now; None once the account is gone or disabled."""
+        account = self.store.dispatcher(username)
+        if account is None or account.disabled:
+            return None
+        assigned = self.store.assigned_groups(username)
+        return {g.uri for g in self.store.groups(org=account.org) if self._access_to(account, g, assigned).see}
 
     def _current(self, account: DispatcherAccount) -> DispatcherAccount:
         """The logged-in account's rights as stored now (role and organisation)."""
@@ -399,5 +413,6 @@ def make_dispatch_site(
     app: DispatchApplication, pool: ThreadPool, clock: Callable[[], float] = time.time
 ) -> server.Site:
     """The site to listen with (on TLS: ``server.tls.server_tls_options``). ``pool`` should have one thread:
-    requests are then handled one at a time, in order."""
+    requests are then handled one at a time, in order. ``server.dispatch.stream.with_events`` adds the event
+    stream."""
     return make_threaded_site(DispatchResource(app, pool, clock))

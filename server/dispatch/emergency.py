@@ -2,11 +2,13 @@
 
     GET    /api/groups/{uri}/alerts                      the members' alerts: active ones and each last cancellation
     DELETE /api/groups/{uri}/alerts/{member}             cancel the member's alert (any dispatcher managing the group)
+    POST   /api/groups/{uri}/alerts/{member}/ack         acknowledge it (seen, being handled; the first one stays)
     PUT    /api/groups/{uri}/members/{member}/broadcast  give the member the broadcast group call right
     DELETE /api/groups/{uri}/members/{member}/broadcast  take it away
 
 Seeing alerts needs the group to be visible to the account; cancelling one and changing the broadcast right need
-the right to manage its members (``server.dispatch.policy``). A cancel of a member without an active alert is 404.
+the right to manage its members (``server.dispatch.policy``), and so does acknowledging one. A cancel or an
+acknowledgement of a member without an active alert is 404.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     if not alert.active:
         out["cancelled_at"] = alert.cancelled_at
         out["cancelled_by"] = alert.cancelled_by
+    if alert.acknowledged:
+        out["acked_at"] = alert.acked_at
+        out["acked_by"] = alert.acked_by
     return out
 
 
@@ -62,6 +67,18 @@ class EmergencyRoutes:
         except AlertRefused as exc:
             raise ApiError(exc.code, str(exc)) from None
         return 200, {"cancelled": alert_json(alert)}, {}
+
+    def _post_alert_ack(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
+        record, access = self._group(route, account)
+        assert route.member is not None
+        if not access.manage:
+            raise Refused(f"this account may not acknowledge alerts in {record.uri}")
+        try:
+            self.manager.acknowledge_alert(record.uri, route.member, by=account.username, now=now)
+        except AlertRefused as exc:
+            raise ApiError(exc.code, str(exc)) from None
+        current = next(a for a in self.store.alerts(record.uri) if a.uri == route.member)
+        return 200, {"acknowledged": alert_json(current)}, {}
 
     def _put_broadcast(self, route: Route, account: DispatcherAccount, body: bytes, now: float) -> Any:
         return self._broadcast(route, account, True, now)

@@ -3,6 +3,7 @@ imminent peril alerts, and gives or takes the right to make broadcast group call
 
     group emergency show URI                    the alerts: who, which level, since when; the last cancellations
     group emergency cancel URI MEMBER           cancel the member's alert
+    group emergency ack URI MEMBER              acknowledge it (seen and being handled; issue 15)
     group emergency watch URI [--interval S] [--count N]   print each alert raised or cancelled as it happens
     group broadcast grant|revoke URI MEMBER     the member's broadcast group call right
 """
@@ -32,6 +33,8 @@ def alert_line(alert: dict[str, Any]) -> str:
     line = f"{alert.get('uri')} {alert.get('level')} since {_when(alert.get('since'))}"
     if alert.get("call"):
         line += " (with a call)"
+    if alert.get("acked_by"):
+        line += f"; acknowledged {_when(alert.get('acked_at'))} by {alert.get('acked_by')}"
     if alert.get("active") is False:
         line += f"; cancelled {_when(alert.get('cancelled_at'))} by {alert.get('cancelled_by') or '-'}"
     return line
@@ -55,6 +58,13 @@ def _cmd_cancel(session: Session, args: argparse.Namespace) -> int:
     group, member = session.uri(args.group), session.uri(args.member)
     reply = session.client.request("DELETE", group_path(group, "alerts", member))
     print(f"cancelled: {alert_line(reply['cancelled'])}")
+    return 0
+
+
+def _cmd_ack(session: Session, args: argparse.Namespace) -> int:
+    group, member = session.uri(args.group), session.uri(args.member)
+    reply = session.client.request("POST", group_path(group, "alerts", member, "ack"))
+    print(f"acknowledged: {alert_line(reply['acknowledged'])}")
     return 0
 
 
@@ -97,6 +107,10 @@ def add_commands(group: Any) -> None:
     cancel.add_argument("group")
     cancel.add_argument("member")
     cancel.set_defaults(func=_cmd_cancel)
+    ack = sub.add_parser("ack", help="acknowledge a member's alert (seen, being handled)")
+    ack.add_argument("group")
+    ack.add_argument("member")
+    ack.set_defaults(func=_cmd_ack)
     watch = sub.add_parser("watch", help="print alerts as they are raised and cancelled (terminal bell on each)")
     watch.add_argument("group")
     watch.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between looks (1)")

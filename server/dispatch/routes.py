@@ -93,6 +93,7 @@ METHODS = {
     # issue 16: emergency alerts (a dispatcher cancels any) and the broadcast right (server.dispatch.emergency)
     "alerts": ("GET",),
     "alert": ("DELETE",),
+    "alert_ack": ("POST",),  # issue 15: a dispatcher acknowledges an alert
     "broadcast": ("PUT", "DELETE"),
 }
 ADMIN_ONLY = {("audit", "GET"), ("node", "GET")}
@@ -134,6 +135,8 @@ def parse_route(path: str) -> Route | None:
             return Route("alerts", parts[1])
         if len(parts) == 4:
             return Route("alert", parts[1], parts[3])
+        if len(parts) == 5 and parts[4] == "ack":
+            return Route("alert_ack", parts[1], parts[3])
     if parts[2] == "dispatchers":
         if len(parts) == 3:
             return Route("dispatchers", parts[1])

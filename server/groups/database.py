@@ -148,6 +148,11 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             PRIMARY KEY (group_uri, member_uri),
             FOREIGN KEY (group_uri, member_uri) REFERENCES members(group_uri, uri) ON DELETE CASCADE)""",
     ],
+    # Issue 15, the dispatcher console: a dispatcher's acknowledgement of an active alert (who, when).
+    3: [
+        "ALTER TABLE emergency_alerts ADD COLUMN acked_at REAL",
+        "ALTER TABLE emergency_alerts ADD COLUMN acked_by TEXT",
+    ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
 

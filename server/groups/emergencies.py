@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ptt.emergency import Alert, EmergencyRefused, Level, cancel_alert, raise_alert
+from ptt.emergency import Alert, EmergencyRefused, Level, acknowledge_alert, cancel_alert, raise_alert
 from server.groups.database import StoreDatabase
 from server.groups.records import GroupError, NoSuchGroup, NoSuchMember
 from server.sqldb import Connection
 
 __all__ = ["AlertRefused", "EmergencyStore"]
 
-_ALERT_COLUMNS = "group_uri, member_uri, level, since, with_call, cancelled_at, cancelled_by"
+_ALERT_COLUMNS = "group_uri, member_uri, level, since, with_call, cancelled_at, cancelled_by, acked_at, acked_by"
 
 
 class AlertRefused(GroupError):
@@ -27,7 +27,7 @@ class AlertRefused(GroupError):
 
 
 def _alert(row: Sequence[Any]) -> Alert:
-    group, uri, level, since, call, cancelled_at, cancelled_by = row
+    group, uri, level, since, call, cancelled_at, cancelled_by, acked_at, acked_by = row
     return Alert(
         str(group),
         str(uri),
@@ -36,6 +36,8 @@ def _alert(row: Sequence[Any]) -> Alert:
         bool(call),
         None if cancelled_at is None else float(cancelled_at),
         None if cancelled_by is None else str(cancelled_by),
+        None if acked_at is None else float(acked_at),
+        None if acked_by is None else str(acked_by),
     )
 
 
@@ -73,7 +75,8 @@ class EmergencyStore(StoreDatabase):
             db.execute(
                 "INSERT INTO emergency_alerts (group_uri, member_uri, level, since, with_call) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (group_uri, member_uri) DO UPDATE SET level = excluded.level, since = excluded.since, "
-                "with_call = excluded.with_call, cancelled_at = NULL, cancelled_by = NULL",
+                "with_call = excluded.with_call, cancelled_at = NULL, cancelled_by = NULL, acked_at = NULL, "
+                "acked_by = NULL",
                 (group, uri, int(level), float(now), int(call)),
             )
             what = f"{uri} in {group}: {level.label}" + (" with a call" if call else "")
@@ -95,6 +98,23 @@ class EmergencyStore(StoreDatabase):
             self._audit(
                 db, now, by if dispatcher else None, "emergency-cancelled", f"{uri} in {group} by {by}", org=org
             )
+        return alert
+
+    def acknowledge_alert(self, group: str, uri: str, *, by: str, now: float) -> Alert | None:
+        """The dispatcher ``by`` acknowledges the active alert of ``uri`` in ``group`` (None: it already was)."""
+        with self._tx() as db:
+            org = self._require_group_org(db, group)
+            try:
+                alert = acknowledge_alert(self._current_alert(db, group, uri), uri, by, now)
+            except EmergencyRefused as exc:
+                raise AlertRefused(exc.code, str(exc)) from None
+            if alert is None:
+                return None
+            db.execute(
+                "UPDATE emergency_alerts SET acked_at = ?, acked_by = ? WHERE group_uri = ? AND member_uri = ?",
+                (float(now), by, group, uri),
+            )
+            self._audit(db, now, by, "emergency-acknowledged", f"{uri} in {group} by {by}", org=org)
         return alert
 
     def set_broadcast(self, group: str, uri: str, allowed: bool, *, now: float, by: str | None = None) -> None:

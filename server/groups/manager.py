@@ -253,6 +253,15 @@ class GroupManager:
         self._changed(group)
         return alert
 
+    def acknowledge_alert(self, group: str, uri: str, *, by: str, now: float) -> Alert | None:
+        """A dispatcher acknowledges the alert of ``uri`` (None: already acknowledged; nothing changes then)."""
+        with self._lock:
+            alert = self.store.acknowledge_alert(group, uri, by=by, now=now)
+        if alert is not None:
+            log.warning("%s's %s in %s acknowledged by %s", uri, alert.level.label, group, by)
+            self._changed(group)
+        return alert
+
     def set_broadcast(self, group: str, uri: str, allowed: bool, *, by: str, now: float) -> MemberRecord:
         """Give or take a member's right to make broadcast group calls."""
         with self._lock:
