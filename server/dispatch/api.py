@@ -20,6 +20,7 @@ of a rekey must not stall the reactor). Routes, request JSON checks and the JSON
     DELETE /api/groups/{uri}/dispatchers/{name}     unassign it (admin)
     GET    /api/audit?limit=N                       the audit records of the admin's organisation, chain checked
     GET, DELETE .../alerts[/{member}], PUT, DELETE .../members/{member}/broadcast: server.dispatch.emergency
+    GET, PUT, DELETE .../recording: server.dispatch.recording (issue 17)
 
 URIs in paths are percent-encoded. Who may do what is ``server.dispatch.policy`` (organisations, owners, assigned
 dispatchers, the priority ceiling, admin-only pre-emption); a group the account may not see is answered as an
@@ -45,6 +46,7 @@ from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
 from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.dispatch.emergency import EmergencyRoutes
 from server.dispatch.policy import Access, Refused, check_member_change, group_access
+from server.dispatch.recording import RecordingRoutes
 from server.dispatch.routes import (
     ADMIN_ONLY,
     METHODS,
@@ -99,7 +101,7 @@ def no_status(group_uri: str) -> dict[str, Any]:
     return {"present": [], "joined": [], "talker": None, "queue": []}
 
 
-class DispatchApplication(EmergencyRoutes):
+class DispatchApplication(EmergencyRoutes, RecordingRoutes):
     """Authenticates dispatchers and runs their requests against the group manager."""
 
     def __init__(

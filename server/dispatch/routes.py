@@ -93,6 +93,7 @@ METHODS = {
     "alerts": ("GET",),
     "alert": ("DELETE",),
     "broadcast": ("PUT", "DELETE"),
+    "recording": ("GET", "PUT", "DELETE"),  # issue 17 (server.dispatch.recording)
 }
 ADMIN_ONLY = {("audit", "GET")}
 """Routes only an admin may use at all; the rest are decided per group by ``server.dispatch.policy``."""
@@ -131,6 +132,8 @@ def parse_route(path: str) -> Route | None:
             return Route("alerts", parts[1])
         if len(parts) == 4:
             return Route("alert", parts[1], parts[3])
+    if parts[2] == "recording" and len(parts) == 3:
+        return Route("recording", parts[1])
     if parts[2] == "dispatchers":
         if len(parts) == 3:
             return Route("dispatchers", parts[1])
@@ -189,6 +192,7 @@ def group_json(g: GroupRecord) -> dict[str, Any]:
         "max_burst": g.max_burst,
         "org": g.org,
         "owner": g.owner,
+        "recording_days": g.recording_days,
     }
 
 

@@ -134,6 +134,8 @@ class GroupRecord:
     max_burst: float
     org: str = DEFAULT_ORG
     owner: str | None = None  # the account that owns the group (its creator); None once that account is removed
+    recording_days: int | None = None
+    """Recording on, bursts kept this many days (issue 17: ``server.groups.recordings``); None: not recorded."""
 
 
 @dataclass(frozen=True)
