@@ -18,21 +18,12 @@ from ptt.srtp import SrtpSender
 from server.groups.manager import GroupManager, MemberSpec
 from server.groups.store import SCHEMA_VERSION, GroupStore, InvalidValue
 from server.recorder import Recorder
-from tests.test_group_manager import (  # noqa: F401  (fixtures)
-    ALICE,
-    BOB,
-    CAROL,
-    DAVE,
-    GROUP,
-    NOW,
-    KmsWorld,
-    Pushes,
-    cheap_passwords,
-    db,
-    manager,
-    pushes,
-    world,
-)
+from tests.test_group_manager import ALICE, BOB, CAROL, DAVE, GROUP, NOW, KmsWorld, Pushes
+from tests.test_group_manager import cheap_passwords as cheap_passwords
+from tests.test_group_manager import db as db
+from tests.test_group_manager import manager as manager
+from tests.test_group_manager import pushes as pushes
+from tests.test_group_manager import world as world
 from tests.test_relaycore import PLENTY, T0, Group
 
 
