@@ -4,6 +4,7 @@
   ptt-client ... provision --user NAME --uri sip:alice@example.org [--uri GROUP-URI ...] [--password-file F]
                  [--enrolment ENROLMENT.json] [--watch]
   ptt-client ... keys
+  ptt-client ... history GROUP --uri ME --server-info F [--play ID] [--wav-dir D]   replay recorded bursts
   ptt-client ... adhoc create NAME --uri ME --member URI ... | join [NAME] --uri ME | add|remove GROUP URI |
                  leave GROUP | list | press|release [GROUP]
 
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--quiet", action="store_true", help="no status line")
     talk.set_defaults(func=cmd_talk)
     _add_call(sub)
+    from client import history_app
+
+    history_app.add_command(sub, _secret)  # ptt-client history GROUP (issue 17)
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
     _add_adhoc(sub)
