@@ -28,7 +28,7 @@ from typing import Any
 from ptt.recording import Burst, encode_burst, parse_burst
 from server.groups.recordings import BurstRecord, RecordingStore
 
-__all__ = ["QUEUE_LIMIT", "Recorder"]
+__all__ = ["QUEUE_LIMIT", "Recorder", "burst_path"]
 
 log = logging.getLogger("ptt.server.recorder")
 
@@ -36,6 +36,14 @@ QUEUE_LIMIT = 256
 """Bursts waiting to be written at most (each ≤ 3000 packets: at most ~80 MB in the worst case)."""
 LOG_INTERVAL = 10.0
 SUFFIX = ".pttr"
+
+
+def burst_path(directory: Path, burst: BurstRecord) -> Path:
+    """Where a burst's file is (refusing an index entry that points outside the recordings directory)."""
+    path = (directory / burst.path).resolve()
+    if directory.resolve() not in path.parents:
+        raise ValueError(f"burst {burst.id}: stored path outside the recordings directory")
+    return path
 
 
 class Recorder:
@@ -154,10 +162,7 @@ class Recorder:
     # --- reading (any thread) ---
 
     def path_of(self, burst: BurstRecord) -> Path:
-        path = (self.directory / burst.path).resolve()
-        if self.directory.resolve() not in path.parents:
-            raise ValueError(f"burst {burst.id}: stored path outside the recordings directory")
-        return path
+        return burst_path(self.directory, burst)
 
     def read(self, burst: BurstRecord) -> list[tuple[float, bytes]]:
         """The burst's (offset, SRTP packet) list from its file."""
