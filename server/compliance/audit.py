@@ -18,7 +18,6 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -149,5 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.umask(0o077)
     sys.exit(main())
