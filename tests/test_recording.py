@@ -126,9 +126,7 @@ def test_recording_rekeys_keeps_no_gmk_and_archives_each_members_messages(
     assert audit == [f"{GROUP}: recording on, kept 30 days"]
 
 
-def test_replay_access_follows_the_archived_keys_and_retention_deletes(
-    db: GroupStore, manager: GroupManager
-) -> None:
+def test_replay_access_follows_the_archived_keys_and_retention_deletes(db: GroupStore, manager: GroupManager) -> None:
     manager.create_group(GROUP, "Fire", [MemberSpec(ALICE), MemberSpec(BOB)], created_by="admin", now=NOW)
     manager.set_recording(GROUP, 1, by="admin", now=NOW)
     first = db.key_info(GROUP)
