@@ -208,3 +208,46 @@ def test_a_full_queue_drops_counts_and_never_blocks(
     release.set()
     assert recorder.wait_idle()
     assert recorder.stats["stored"] + recorder.stats["dropped_full"] == 20
+
+
+def test_history_requests_check_their_input_and_chunk_a_burst(
+    db: GroupStore, manager: GroupManager, recorder: Recorder
+) -> None:
+    from ptt.groupcall import Refused
+    from server.history import CHUNK_OCTETS, HistoryRequests
+
+    manager.create_group(GROUP, "Fire", [MemberSpec(ALICE), MemberSpec(BOB)], created_by="admin", now=NOW)
+    manager.set_recording(GROUP, 1, by="admin", now=NOW)
+    info = db.key_info(GROUP)
+    assert info is not None
+    tap = BurstTap()
+    big = bytes([0x80, 111]) + bytes(10) + b"\x22" * 1000 + info.gmk_id + bytes(4)  # 1020 octets, MKI = the GMK
+    for i in range(300):
+        tap.packet(GROUP, ALICE, 7, big, NOW + 1 + i * 0.02)
+    tap.flush()
+    recorder.submit(tap.completed)
+    assert recorder.wait_idle()
+    history = HistoryRequests(None, db, recorder, None)
+    for bad in ({"limit": 0}, {"limit": "5"}, {"burst": -1}, {"burst": 1, "offset": -2}):
+        kind = "history" if "limit" in bad else "history_fetch"
+        with pytest.raises(Refused) as refused:
+            history.handle(ALICE, {"type": kind, "group": GROUP, **bad}, NOW)
+        assert refused.value.code == 400
+    [meta] = history._list(ALICE, GROUP, 10)["bursts"]
+    first = history._fetch(ALICE, GROUP, meta["id"], 0)
+    assert first["total"] == 300 and len(first["keys"]) == 1 and len(first["packets"]) == CHUNK_OCTETS // 1020
+    second = history._fetch(ALICE, GROUP, meta["id"], len(first["packets"]))
+    assert "keys" not in second and second["offset"] == len(first["packets"])
+    with pytest.raises(Refused) as refused:
+        history._fetch(CAROL, GROUP, meta["id"], 0)  # never a member: the same 404 as a missing burst
+    assert refused.value.code == 404
+    with pytest.raises(Refused):
+        history._fetch(ALICE, GROUP, meta["id"] + 1, 0)
+    with pytest.raises(Refused):
+        history._list(CAROL, GROUP, 10)
+    codes = []
+    for _ in range(120):  # the rate limit comes first: over it, 429 before the request is even looked at
+        with pytest.raises(Refused) as refused:
+            history.handle(ALICE, {"type": "history", "group": GROUP, "limit": 0}, NOW)
+        codes.append(refused.value.code)
+    assert set(codes[:90]) == {400} and codes[-1] == 429
