@@ -7,6 +7,7 @@
   ptt-client ... keys
   ptt-client ... talk [--group G] [--server-info F] [--plain] [--ptt-key DEVICE:KEY]
   ptt-client ... call URI | buttons [DEVICE]
+  ptt-client ... history GROUP [--play ID] [--wav-dir D]   replay recorded bursts
   ptt-client ... adhoc create NAME --member URI ... | join [NAME] | add|remove GROUP URI |
                  leave GROUP | list | press|release [GROUP]
 
@@ -292,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     provision.set_defaults(func=cmd_provision)
     _add_talk(sub)
     _add_call(sub)
+    from client import history_app
+
+    history_app.add_command(sub, _secret)  # ptt-client history GROUP (issue 17)
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
     buttons = sub.add_parser("buttons", help="list input devices (PTT buttons); with a DEVICE: show its presses")

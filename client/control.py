@@ -117,7 +117,7 @@ class ControlClient(Int32StringReceiver):
             on_alert = getattr(self.handler, "on_alert", None)
             if on_alert is not None:
                 on_alert(message)
-        elif kind in ("joined", "csk_ok", "pong", "emergency_ok"):
+        elif kind in ("joined", "csk_ok", "pong", "emergency_ok", "history_list", "history_burst"):
             waiting = self._waiting.get(kind, [])
             if waiting:
                 waiting.pop(0).callback(message)

@@ -10,7 +10,8 @@ again and again, through failovers), ``send SECONDS`` (send media without asking
 ``release``, ``forge-floor`` (send an unprotected Floor Request), ``quit``; emergency alerts and broadcast
 calls: ``emergency``, ``cancel-emergency``, ``broadcast-press``, ``broadcast-talk``, ``wait-alert``
 (``client.headless_emergency``); private calls: ``call URI [manual]``, ``wait-call``, ``answer``, ``reject``,
-``hangup``, ``wait-ended`` (``client.headless_calls``). The report (JSON) lists what was received.
+``hangup``, ``wait-ended`` (``client.headless_calls``); recording: ``talk-wav PATH``, ``history GROUP DIR [N]``
+(``client.headless_history``). The report (JSON) lists what was received.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from client import headless_emergency
+from client import headless_emergency, headless_history
 from client.headless_calls import CALL_STEPS, CallSteps
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
@@ -93,6 +94,7 @@ class Runner:
             out.setsampwidth(2)
             out.setframerate(48000)
             out.writeframes(bytes(pcm))
+        self.history: list[dict[str, Any]] = []  # replayed bursts (issue 17): client.headless_history
 
     def _media(self, group: str, mki: bytes, rtp: bytes) -> None:
         payload = rtp[12:]
@@ -168,6 +170,8 @@ class Runner:
                 yield self._floor_latency(int(rounds), *pacing)
             elif word in headless_emergency.STEPS:
                 yield headless_emergency.run_step(self, word, arg)
+            elif word in headless_history.STEPS:
+                yield headless_history.run_step(self, word, arg)
             elif word in CALL_STEPS:
                 yield self.call_steps.run(word, arg)
             elif word == "quit":
@@ -267,6 +271,7 @@ class Runner:
             "alerts": self.alerts,
             "alert_state": {g: [a.to_json() for a in t.values()] for g, t in self.session.alerts.items()},
             "marks": self.marks,
+            "history": self.history,
             **self.call_steps.report(),
         }
 

@@ -19,6 +19,8 @@ Messages (S: server → client, C: client → server):
   S alert {group, state, uri, level, since, call, by?}   (ptt.emergency: emergency and imminent peril alerts)
   private calls: call_setup, call_offer, call_ringing, call_accept, call_reject, call_connected, call_end,
   call_ended (``ptt.privatecall.messages``)
+  C history {group, limit?} → S history_list     C history_fetch {group, burst, offset?} → S history_burst
+  (replay of recorded bursts, ``server.history``)
 """
 
 from __future__ import annotations
@@ -80,6 +82,17 @@ SCHEMA.update(
         "call_connected": {"call": str, "peer": str, "relay": dict},
         "call_end": {"call": str, "reason": str},
         "call_ended": {"call": str, "reason": str},
+    }
+)
+
+
+# Replay of recorded traffic (issue 17; the server's side and the fields are server.history's)
+SCHEMA.update(
+    {
+        "history": {"group": str},  # C: {group, limit?}
+        "history_list": {"group": str, "bursts": list},  # S
+        "history_fetch": {"group": str, "burst": int},  # C: {group, burst, offset?}
+        "history_burst": {"group": str, "burst": int, "offset": int, "total": int, "packets": list},  # S: {keys?}
     }
 )
 

@@ -75,6 +75,8 @@ class GroupInfo:
     """The members' emergency alerts by URI as committed (active and the last cancelled: ``ptt.emergency``)."""
     private_call: bool = False
     """A private call's two-party call (``ptt.privatecall.router``): not a group, never listed to its members."""
+    recorded: bool = False
+    """A dispatcher turned recording on: the relay keeps the talker's SRTP (ciphertext only, issue 17)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ class GroupCall:
         to every member and reach the floor."""
         old = self._groups.get(info.uri)
         self._groups[info.uri] = info
+        if info.recorded or (old is not None and old.recorded):
+            self.relay.set_recording(info.uri, info.recorded)
         for uri in info.members:
             self._groups_of.setdefault(uri, set()).add(info.uri)
         if old is None:
@@ -172,6 +176,7 @@ class GroupCall:
         self._arbiters.pop(group, None)
         self._deadlines.pop(group, None)
         self.relay.set_talker(group, None)
+        self.relay.set_recording(group, False)
 
     def load(self, groups: Iterable[GroupInfo]) -> None:
         """The membership at start."""
@@ -194,6 +199,7 @@ class GroupCall:
         self._arbiters.pop(group, None)
         self._deadlines.pop(group, None)
         self.relay.set_talker(group, None)
+        self.relay.set_recording(group, False)
 
     def groups_of(self, member: str) -> list[dict[str, Any]]:
         """The member's groups as the welcome and ``groups`` messages list them."""

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hmac
 
+from ptt.recording import BurstTap
 from ptt.relaystate import (
     BINDING_ID_LENGTH,
     DROPPED,
@@ -118,6 +119,8 @@ class RelayCore:
         self._overflow_bucket = Bucket(self._burst, 0.0)
         self._last_sweep: float | None = None
         self.serving_until = float("inf")  # a cluster node's lease deadline (ptt.cluster): past it, serve nothing
+        self.tap = BurstTap()  # recorded groups' bursts, ciphertext only (issue 17): the shell stores tap.completed
+        self._recorded: set[str] = set()
 
     # -- control plane -------------------------------------------------------------------------------------
 
@@ -145,13 +148,26 @@ class RelayCore:
             if auth.binding.group == group and auth.binding.member == member:
                 del self._pending[binding_id]
 
+    def set_recording(self, group: str, recorded: bool) -> None:
+        """Whether the talker's forwarded packets of ``group`` are recorded (into :attr:`tap`)."""
+        if recorded:
+            self._recorded.add(group)
+        else:
+            self._recorded.discard(group)
+            self.tap.talker_changed(group)
+        state = self._groups.get(group)
+        if state is not None:
+            state.recorded = recorded
+
     def set_talker(self, group: str, ssrc: int | None) -> None:
         """The floor holder's media SSRC in ``group`` (None: the floor is idle, nothing is forwarded)."""
         state = self._groups.get(group)
         if state is None:
             if ssrc is None:
                 return
-            state = self._groups[group] = GroupState()
+            state = self._groups[group] = GroupState(group in self._recorded)
+        if state.talker_ssrc != ssrc:
+            self.tap.talker_changed(group)
         state.talker_ssrc = ssrc
         state.rebuild()
         self._forget_if_empty(group, state)
@@ -200,6 +216,9 @@ class RelayCore:
             return None
         member.last_seen = now
         fanout = group.fanout
+        if group.recorded:  # recorded even when nobody else is bound: the missed traffic is what replay is for
+            binding = member.binding
+            self.tap.packet(binding.group, binding.member, binding.ssrc, data, now)
         self.stats["forwarded"] += 1
         self.stats["copies"] += len(fanout)
         return fanout
@@ -323,6 +342,7 @@ class RelayCore:
             # keepalives of the gap, so it does not hold their absence against anyone.
             for member in self._by_token.values():
                 member.last_seen += now - previous
+        self.tap.sweep(now)
         dead_before = now - self.config.dead_after
         dead = [m for m in self._by_token.values() if m.last_seen < dead_before]
         for member in dead:
@@ -384,7 +404,7 @@ class RelayCore:
             self._remove(previous)
         state = self._groups.get(binding.group)
         if state is None:
-            state = self._groups[binding.group] = GroupState()
+            state = self._groups[binding.group] = GroupState(binding.group in self._recorded)
         member = BoundMember(auth, addr, state, now, self._burst, float(self.config.floor_burst))
         bucket = self._unbound_buckets.pop(addr, None)
         if bucket is not None:  # keep what the source already spent while unbound

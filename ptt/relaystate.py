@@ -237,9 +237,10 @@ class BoundMember(Bucket):
 
 
 class GroupState:
-    __slots__ = ("fanout", "members", "talker", "talker_ssrc")
+    __slots__ = ("fanout", "members", "recorded", "talker", "talker_ssrc")
 
-    def __init__(self) -> None:
+    def __init__(self, recorded: bool = False) -> None:
+        self.recorded = recorded  # the talker's forwarded packets go to the relay's BurstTap too (issue 17)
         self.members: dict[str, BoundMember] = {}
         self.talker_ssrc: int | None = None
         self.talker: BoundMember | None = None

@@ -49,6 +49,7 @@ def group_info(record: GroupRecord, members: list[MemberRecord], alerts: Iterabl
         record.max_burst,
         {m.uri: MemberInfo(m.uri, m.priority, m.role, m.broadcast) for m in members},
         {a.uri: a for a in alerts},
+        recorded=record.recording_days is not None,
     )
 
 
@@ -86,6 +87,7 @@ class CallShell:
         self.floor_dropped = 0  # floor messages the call dropped (SRTCP check, foreign SSRC): logged at most 1/s
         self.private_calls = PrivateCallService(self)  # issue 16: two-party calls keyed end to end (PCK)
         self.dispatch_stream: Any = None  # the dispatchers' event stream (server.dispatch.stream), told of activity
+        self.history: Any = None  # server.history.HistoryRequests once recording is wired (issue 17)
 
     # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
 
@@ -178,6 +180,13 @@ class CallShell:
         if self._emergency is None:
             self._emergency = EmergencyRequests(self.reactor, self.call, self.manager, self.store_pool)
         return self._emergency.handle(uri, message, now)
+
+    def on_history(self, uri: str, message: dict[str, Any], now: float) -> defer.Deferred[dict[str, Any]]:
+        """List or fetch recorded bursts (server.history)."""
+        if self.history is None:
+            raise Refused(404, "this server records nothing")
+        result: defer.Deferred[dict[str, Any]] = self.history.handle(uri, message, now)
+        return result
 
     # --- inputs from the relay -----------------------------------------------------------------------------------
 

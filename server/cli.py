@@ -12,6 +12,7 @@
   ptt-server --data DIR dispatcher assign|unassign NAME GROUP      let NAME manage GROUP's members
   ptt-server --data DIR dispatcher ceiling [N]        the highest priority a non-admin may give (default 100)
   ptt-server --data DIR audit verify [--anchor ID:HASH] | audit show [--limit N] [--org ORG]
+  ptt-server --data DIR recording export GROUP --member URI [--since T] [--until T] --out DIR
   ptt-server --data DIR client-info [--out FILE]      what clients need: public name, ports, server URI, TLS trust
   ptt-server --data DIR serve [--workers N]
 
@@ -168,6 +169,17 @@ def _open_store(args: argparse.Namespace) -> Any:
     return GroupStore(data.database(), read_data_key(data.data_key))
 
 
+def cmd_recording(args: argparse.Namespace) -> int:
+    """``recording export``: a group's bursts and a member's archived key messages, ciphertext (issue 17)."""
+    from server.compliance.export import cmd_recording_export
+
+    store = _open_store(args)
+    try:
+        return cmd_recording_export(args, store, DataDir(Path(args.data)).recordings)
+    finally:
+        store.close()
+
+
 def cmd_dispatcher(args: argparse.Namespace) -> int:
     """``dispatcher add|list|role|remove|assign|unassign|ceiling``: accounts, what they may manage, the ceiling."""
     import time
@@ -307,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=50)
     show.add_argument("--org")
     audit.set_defaults(func=cmd_audit)
+    from server.compliance import export
+
+    export.add_commands(sub)  # recording export (issue 17)
+    sub.choices["recording"].set_defaults(func=cmd_recording)
     info = sub.add_parser("client-info", help="what clients need to connect")
     info.add_argument("--out")
     info.set_defaults(func=cmd_client_info)

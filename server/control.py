@@ -81,6 +81,10 @@ class ControlBackend(Protocol):
         """An ``emergency`` / ``emergency_cancel`` request: the reply (or a Deferred of it); RequestRefused."""
         ...
 
+    def on_history(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        """A ``history`` / ``history_fetch`` request: the reply (or a Deferred of it); RequestRefused."""
+        ...
+
 
 class ControlSession(Int32StringReceiver):
     MAX_LENGTH = MAX_FRAME
@@ -268,6 +272,11 @@ class ControlSession(Int32StringReceiver):
             backend.on_leave(self.uri, message["group"], now)
         elif kind in ("emergency", "emergency_cancel"):
             return self._emergency(message, now)
+        elif kind in ("history", "history_fetch"):  # replay of recorded bursts (issue 17)
+            d = defer.maybeDeferred(backend.on_history, self.uri, message, now)
+            d.addCallback(self.send)
+            d.addErrback(self._failed, kind)
+            return d
         elif kind in CLIENT_REQUESTS:  # private calls (issue 16)
             backend.on_call_message(self.uri, message, now)
         else:

@@ -29,6 +29,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from ptt.ratelimit import BucketTable
+from ptt.recording import Burst
 from ptt.relaycore import Address, Binding, RelayConfig, RelayCore, RtcpResult
 from server.relay_batched import (  # the batched path's names, re-exported for bench.relay and tests
     BATCH,
@@ -67,6 +68,7 @@ SWEEP_INTERVAL = 1.0
 FloorCallback = Callable[[Binding, bytes, Address], None]
 DeadCallback = Callable[[list[Binding]], None]
 JoinedCallback = Callable[[Binding, Address], None]
+BurstsCallback = Callable[[list[Burst]], None]
 
 
 class RelayProtocol(DatagramProtocol):
@@ -85,6 +87,7 @@ class RelayProtocol(DatagramProtocol):
         self.on_floor = on_floor
         self.on_dead = on_dead
         self.on_joined = on_joined
+        self.on_bursts: BurstsCallback | None = None  # recorded bursts, drained at each sweep (server.recorder)
         self.send_errors = 0
         self._seconds: Callable[[], float] = clock.seconds
         self._sendto: Callable[[bytes, Address], int] | None = None
@@ -169,6 +172,15 @@ class RelayProtocol(DatagramProtocol):
         dead = self.core.sweep(self._seconds())
         if dead:
             self._call(self.on_dead, dead)
+        self.drain_bursts()
+
+    def drain_bursts(self) -> None:
+        """Hand the completed recorded bursts to ``on_bursts`` (dropped if nothing stores them)."""
+        tap = self.core.tap
+        if tap.completed:
+            bursts, tap.completed = tap.completed, []
+            if self.on_bursts is not None:
+                self._call(self.on_bursts, bursts)
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:
         # A failing callback must not stop the relay from reading its socket.

@@ -36,6 +36,8 @@ from server.sqldb import is_postgres_url
 log = logging.getLogger("ptt.server")
 
 KEY_PERIOD_CHECK = 60.0
+PURGE_INTERVAL = 3600.0
+"""Seconds between retention purges of recorded bursts."""
 SWITCH_INTERVAL = 0.0005
 
 
@@ -136,6 +138,7 @@ class DataDir:
         self.keystore = root / "keystore"
         self.keystore_pass = root / "keystore.pass"
         self.kms_password = root / "kms-password"
+        self.recordings = root / "recordings"  # recorded bursts, SRTP as forwarded (server.recorder)
 
     def database(self) -> str | Path:
         """Where the group store is: server.json's ``database`` URL, or the SQLite file here."""
@@ -186,15 +189,19 @@ class ServerKeys:
 
 
 class RelayService(service.Service):
-    def __init__(self, reactor: Any, shell: CallShell, core: RelayCore, config: ServerConfig) -> None:
+    def __init__(
+        self, reactor: Any, shell: CallShell, core: RelayCore, config: ServerConfig, recorder: Any = None
+    ) -> None:
         self.reactor, self.shell, self.core, self.config = reactor, shell, core, config
+        self.recorder = recorder  # server.recorder.Recorder: recorded bursts are written there (issue 17)
+        self._purger: Any = None
         self.port: Any = None
 
     def startService(self) -> None:
         from server.relay import listen_relay
 
         super().startService()
-        self.shell.relay, self.port = listen_relay(
+        relay, self.port = listen_relay(
             self.reactor,
             self.core,
             self.config.relay_port,
@@ -203,9 +210,21 @@ class RelayService(service.Service):
             on_dead=self.shell.relay_dead,
             on_joined=self.shell.relay_joined,
         )
+        self.shell.relay = relay
+        if self.recorder is not None:
+            relay.on_bursts = self.recorder.submit
+            self._purger = task.LoopingCall(lambda: self.recorder.purge(self.reactor.seconds()))
+            self._purger.clock = self.reactor
+            self._purger.start(PURGE_INTERVAL, now=True)
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._purger is not None and self._purger.running:
+            self._purger.stop()
+        if self.recorder is not None and self.shell.relay is not None:
+            self.core.tap.flush()  # the bursts under way are recorded too
+            self.shell.relay.drain_bursts()
+            self.recorder.stop()
         return self.port.stopListening() if self.port is not None else None
 
 
@@ -286,6 +305,8 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     from server.dispatch.stream import EventStream, with_events
     from server.groups.manager import GroupManager
     from server.groups.store import GroupStore, read_data_key
+    from server.history import HistoryRequests
+    from server.recorder import Recorder
     from server.relay import relay_core_from_environment
     from server.tls import server_tls_options
     from server.workers import CryptoPool
@@ -349,7 +370,9 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
         "cluster": cluster,
     }
     top = GroupServer(reactor, config, parts)
-    RelayService(reactor, shell, relay_core, config).setServiceParent(top)
+    recorder = Recorder(store, data.recordings)
+    shell.history = HistoryRequests(reactor, store, recorder, store_pool)
+    RelayService(reactor, shell, relay_core, config, recorder).setServiceParent(top)
     control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.listen)
     _endpoint_service(control, shell.control).setServiceParent(top)
     reserved = (config.server_uri, keystore.enrolment.kms_uri)  # wildcards are refused whatever this says

@@ -185,6 +185,9 @@ class Backend:
     def on_emergency(self, uri: str, message: dict[str, Any], now: float) -> Any:
         return {"type": "emergency_ok", "group": message["group"]}
 
+    def on_history(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        return {"type": "history_list", "group": message["group"], "bursts": []}
+
     def on_disconnected(self, uri: str, now: float) -> None:
         self.disconnected.append(uri)
 

@@ -132,13 +132,17 @@ def test_upgrade_from_version_2_keeps_members(tmp_path: Path) -> None:
 
     path = tmp_path / "old.sqlite3"
     GroupStore(path, DATA_KEY).close()
-    with sqlite3.connect(path) as db:  # as a version 2 store: no broadcast column, no alerts table
+    with sqlite3.connect(path) as db:  # as a version 2 store: no broadcast column, no alerts table (nor recording)
         db.execute("DROP TABLE emergency_alerts")
         db.execute("ALTER TABLE members DROP COLUMN broadcast")
+        db.execute("DROP TABLE recordings")
+        db.execute("DROP TABLE key_archive")
+        db.execute("ALTER TABLE groups DROP COLUMN recording_days")
         db.execute("PRAGMA user_version = 2")
     store = GroupStore(path, DATA_KEY)
     try:
         assert store.schema_version() == SCHEMA_VERSION and store.alerts("sip:none@example.org") == []
+        assert store.recorded_groups() == {} and store.bursts("sip:none@example.org") == []
     finally:
         store.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import stat
 import time
 from dataclasses import replace
@@ -23,6 +24,7 @@ from ptt.kmsformat.validation import check_cert_cache
 from ptt.kmsformat.xml import certificate_to_xml, parse_certificate, request_to_xml
 from ptt.ts33180 import period_bounds, period_number, uid
 from server.kms import cli, material
+from server.kms.commands import common
 from server.kms.domain import certificate_validity
 from server.kms.secrets import is_encrypted, read_master_secrets, read_public_keys
 from server.kms.store import KmsStore, LoginFailed
@@ -546,8 +548,17 @@ def _export(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *ext
     )  # fmt: skip
 
 
-def test_export_rsk_of_a_past_period(with_accounts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    past = period_number(time.time(), PERIOD, 0) - 2
+def _later(monkeypatch: pytest.MonkeyPatch, periods: int = 3) -> float:
+    """Move the commands' clock ``periods`` key periods past the domain's start (its earlier periods are refused)."""
+    shifted = time.time() + periods * PERIOD
+    monkeypatch.setattr(common, "clock", lambda: shifted)
+    return shifted
+
+
+def test_export_rsk_of_a_past_period(
+    with_accounts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    past = period_number(_later(monkeypatch), PERIOD, 0) - 2
     out_file = tmp_path / "rsk.hex"
     code, _, err = _export(
         with_accounts, tmp_path, capsys, "--auditor", "audrey", "--period", str(past), "--out", str(out_file)
@@ -573,8 +584,11 @@ def test_export_rsk_of_a_past_period(with_accounts: Path, tmp_path: Path, capsys
         assert (record.username, record.period_no, record.uid, record.kind) == ("audrey", past, user_id, "audit-rsk")
 
 
-def test_export_rsk_refusals(with_accounts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    current = period_number(time.time(), PERIOD, 0)
+def test_export_rsk_refusals(
+    with_accounts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = period_number(time.time(), PERIOD, 0)  # the domain was initialised in this period
+    current = period_number(_later(monkeypatch), PERIOD, 0)
     past = str(current - 1)
     # An account without the auditor role (with its own, correct password).
     export = ["--data", str(with_accounts), "audit", "export-rsk", "--user", "sip:alice@example.org", "--period", past]
@@ -588,16 +602,51 @@ def test_export_rsk_refusals(with_accounts: Path, tmp_path: Path, capsys: pytest
     for period in (current, current + 1):
         code, out, err = _export(with_accounts, tmp_path, capsys, "--auditor", "audrey", "--period", str(period))
         assert code == 2 and "not in the past" in err and out == ""
+    # Before the domain existed (period 0: 1970; the period before its initialisation), and an unknown identity.
+    for period in (0, first - 1):
+        code, out, err = _export(with_accounts, tmp_path, capsys, "--auditor", "audrey", "--period", str(period))
+        assert code == 2 and "before this KMS domain existed" in err and out == ""
+    code, out, err = _run(
+        capsys, *export[:4], "--user", "sip:nobody@example.org", "--period", past,
+        "--auditor", "audrey", "--password-file", str(tmp_path / "auditor-pw"),
+    )  # fmt: skip
+    assert code == 2 and "not an identity this KMS knows" in err and out == ""
     with _store(with_accounts) as store:
         events = [(e.event, e.username) for e in store.audit_log()]
         assert events.count(("rsk-export-refused", "alice")) == 1
         assert events.count(("login-failed", "audrey")) == 1
-        assert events.count(("rsk-export-refused", "audrey")) == 2
+        assert events.count(("rsk-export-refused", "audrey")) == 5
+        assert store.verify_audit().ok
         assert ("rsk-exported", "audrey") not in events
         assert store.issued() == []
 
 
-def test_export_rsk_with_encrypted_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_audit_log_is_a_verified_hash_chain(
+    with_accounts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    past = str(period_number(_later(monkeypatch), PERIOD, 0) - 1)
+    assert _export(with_accounts, tmp_path, capsys, "--auditor", "audrey", "--period", past)[0] == 0
+    code, out, _ = _run(capsys, "--data", str(with_accounts), "audit", "verify")
+    assert code == 0 and "audit log intact" in out
+    head = out.split("head ")[1].strip().rstrip(")")
+    assert _run(capsys, "--data", str(with_accounts), "audit", "verify", "--anchor", head)[0] == 0
+    db = sqlite3.connect(with_accounts / "kms.sqlite3")
+    with db:  # an insider edits the export's record to hide whose key it was
+        db.execute("UPDATE audit SET detail = 'nothing' WHERE event = 'rsk-exported'")
+    db.close()
+    code, out, _ = _run(capsys, "--data", str(with_accounts), "audit", "verify")
+    assert code == 1 and "BROKEN" in out and "hash does not match" in out
+    db = sqlite3.connect(with_accounts / "kms.sqlite3")
+    with db:  # or deletes it, and the records after it, and re-chains nothing: the anchor shows the cut
+        db.execute("DELETE FROM audit WHERE id >= (SELECT id FROM audit WHERE event = 'rsk-exported')")
+    db.close()
+    code, out, _ = _run(capsys, "--data", str(with_accounts), "audit", "verify", "--anchor", head)
+    assert code == 1 and "anchored record is missing" in out
+
+
+def test_export_rsk_with_encrypted_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     directory = tmp_path / "d"
     pp = _secret_file(tmp_path, "pp", "a long passphrase")
     d = ["--data", str(directory)]
@@ -615,7 +664,9 @@ def test_export_rsk_with_encrypted_secrets(tmp_path: Path, capsys: pytest.Captur
         "--password-file",
         _secret_file(tmp_path, "auditor-pw", "auditor password"),
     )
-    past = str(period_number(time.time(), PERIOD, 0) - 1)
+    _run(capsys, *d, "user", "add", "alice", "--uri", "sip:alice@example.org", "--password-file", _secret_file(
+        tmp_path, "alice-pw", "alice password"))  # fmt: skip
+    past = str(period_number(_later(monkeypatch), PERIOD, 0) - 1)
     args = ["--auditor", "audrey", "--period", past]
     code, _, err = _export(directory, tmp_path, capsys, *args)
     assert code == 2 and "--passphrase-file" in err

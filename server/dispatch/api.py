@@ -23,6 +23,7 @@ of a rekey must not stall the reactor). Routes, request JSON checks and the JSON
     GET, DELETE .../alerts[/{member}], POST .../alerts/{member}/ack, PUT, DELETE .../members/{member}/broadcast:
                                                     server.dispatch.emergency
     GET    /api/events                              the live event stream (server-sent events): server.dispatch.stream
+    GET, PUT, DELETE .../recording: server.dispatch.recording (issue 17)
 
 URIs in paths are percent-encoded. Who may do what is ``server.dispatch.policy`` (organisations, owners, assigned
 dispatchers, the priority ceiling, admin-only pre-emption); a group the account may not see is answered as an
@@ -48,6 +49,7 @@ from server.accounts import IP_FAILURE_WINDOW as IP_FAILURE_WINDOW
 from server.accounts import LockedOut, LoginFailed, retry_after_header
 from server.dispatch.emergency import EmergencyRoutes
 from server.dispatch.policy import Access, Refused, check_member_change, group_access
+from server.dispatch.recording import RecordingRoutes
 from server.dispatch.routes import (
     ADMIN_ONLY,
     METHODS,
@@ -102,7 +104,7 @@ def no_status(group_uri: str) -> dict[str, Any]:
     return {"present": [], "joined": [], "talker": None, "queue": []}
 
 
-class DispatchApplication(EmergencyRoutes):
+class DispatchApplication(EmergencyRoutes, RecordingRoutes):
     """Authenticates dispatchers and runs their requests against the group manager."""
 
     def __init__(

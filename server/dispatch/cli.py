@@ -13,6 +13,7 @@
     group unassign URI ACCOUNT
     group emergency show|cancel|watch URI [MEMBER]   emergency alerts (server/dispatch/emergency_cli.py)
     group broadcast grant|revoke URI MEMBER     the broadcast group call right
+    group recording on|off|show URI [--retention DAYS]   encrypted recording (server/dispatch/recording_cli.py)
     audit [--limit N]                           the audit log of your organisation, its chain checked (admins)
 
 Who may do what (organisations, owners, assigned dispatchers, the priority ceiling, the pre-emptive role) is the
@@ -32,7 +33,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from server.dispatch import emergency_cli
+from server.dispatch import emergency_cli, recording_cli
 from server.dispatch.apiclient import PASSWORD_ENV as PASSWORD_ENV  # re-exported: where the password may come from
 from server.dispatch.apiclient import ApiClient, CliError, Session, group_path, password_reader
 
@@ -270,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     unassign.add_argument("account", metavar="ACCOUNT")
     unassign.set_defaults(func=_cmd_unassign)
     emergency_cli.add_commands(group)  # group emergency show|cancel|watch, group broadcast grant|revoke
+    recording_cli.add_commands(group)  # group recording on|off|show (issue 17)
 
     audit = sub.add_parser("audit", help="the audit log of your organisation (admins)")
     audit.add_argument("--limit", type=int, default=50, metavar="N", help="the last N records (default 50)")

@@ -95,6 +95,7 @@ METHODS = {
     "alert": ("DELETE",),
     "alert_ack": ("POST",),  # issue 15: a dispatcher acknowledges an alert
     "broadcast": ("PUT", "DELETE"),
+    "recording": ("GET", "PUT", "DELETE"),  # issue 17 (server.dispatch.recording)
 }
 ADMIN_ONLY = {("audit", "GET"), ("node", "GET")}
 """Routes only an admin may use at all; the rest are decided per group by ``server.dispatch.policy``."""
@@ -137,6 +138,8 @@ def parse_route(path: str) -> Route | None:
             return Route("alert", parts[1], parts[3])
         if len(parts) == 5 and parts[4] == "ack":
             return Route("alert_ack", parts[1], parts[3])
+    if parts[2] == "recording" and len(parts) == 3:
+        return Route("recording", parts[1])
     if parts[2] == "dispatchers":
         if len(parts) == 3:
             return Route("dispatchers", parts[1])
@@ -195,6 +198,7 @@ def group_json(g: GroupRecord) -> dict[str, Any]:
         "max_burst": g.max_burst,
         "org": g.org,
         "owner": g.owner,
+        "recording_days": g.recording_days,
     }
 
 

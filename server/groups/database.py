@@ -153,6 +153,32 @@ _UPGRADES: dict[int, list[Upgrade]] = {
         "ALTER TABLE emergency_alerts ADD COLUMN acked_at REAL",
         "ALTER TABLE emergency_alerts ADD COLUMN acked_by TEXT",
     ],
+    # Issue 17, encrypted recording: per group whether it is recorded and how many days bursts are kept; the index
+    # of stored bursts (the SRTP is in files under the data directory); every GMK I_MESSAGE sent to a member of a
+    # recorded group, kept past removal (no foreign key to members) so that replay finds the key of the time.
+    4: [
+        "ALTER TABLE groups ADD COLUMN recording_days INTEGER",
+        """CREATE TABLE recordings (
+            id INTEGER PRIMARY KEY,
+            group_uri TEXT NOT NULL REFERENCES groups(uri) ON DELETE CASCADE,
+            talker TEXT NOT NULL,
+            ssrc BIGINT NOT NULL,
+            started REAL NOT NULL,
+            ended REAL NOT NULL,
+            gmk_ids BLOB NOT NULL,
+            packets INTEGER NOT NULL,
+            octets BIGINT NOT NULL,
+            path TEXT NOT NULL)""",
+        "CREATE INDEX recordings_by_group ON recordings (group_uri, started)",
+        "CREATE INDEX recordings_by_end ON recordings (ended)",
+        """CREATE TABLE key_archive (
+            group_uri TEXT NOT NULL REFERENCES groups(uri) ON DELETE CASCADE,
+            member_uri TEXT NOT NULL,
+            gmk_id BLOB NOT NULL,
+            data BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (group_uri, member_uri, gmk_id))""",
+    ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
 

@@ -6,6 +6,9 @@
 - Removing a member rekeys: a fresh GMK goes to the remaining members only; the removed member's stored
   I_MESSAGEs are deleted, so it holds nothing of the new key.
 - A GMK made in an earlier key period is replaced (``check_key_period``, called by the wiring from a timer).
+- Recorded groups (issue 17, ``set_recording``): turning recording on rekeys, and the server keeps no GMK of a
+  recorded group (``GroupStore.set_active_key``), so adding a member rekeys too: a newcomer never holds the key of
+  a burst recorded before it joined, and the server never holds the key of any recorded burst.
 
 Who may ask for which change is the dispatcher API's business (``server.dispatch.policy``); the manager refuses
 what nobody may do: a wildcard URI (any ``*``) or one of ``reserved`` (the server's own identity, the KMS's) as a
@@ -226,6 +229,23 @@ class GroupManager:
             record = self.store.update_member(group, uri, priority=priority, role=role, now=now, by=by)
         self._changed(group)
         return record
+
+    def set_recording(self, group: str, days: int | None, *, by: str, now: float) -> KeyInfo | None:
+        """Record ``group`` keeping bursts ``days`` days, or stop (None). Turning it on rekeys (the new GMK is not
+        kept by the server); returns the new key's info then."""
+        with self._lock:
+            self._require_group(group)
+            self.store.set_recording(group, days, now=now, by=by)
+            if days is None:
+                push = None
+                info = None
+            else:
+                info, push = self._rekey(group, by=by, now=now, reason=f"recording on ({days} days)")
+        if push is None:
+            self._changed(group)
+        else:
+            self._push(push)
+        return info
 
     def delete_group(self, group: str, *, by: str, now: float) -> None:
         """Delete a group, its members, its keys and its stored I_MESSAGEs."""

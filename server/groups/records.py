@@ -2,20 +2,18 @@
 
 The checks are module functions so the manager and the dispatcher API refuse a bad value before any expensive
 work (signing, KMS requests) and before touching the database. The audit log's hash chain (``audit_digest``,
-``verify_audit_chain``) is here too: each record's hash is SHA-256 of the previous record's hash followed by the
-record's own canonical content, so an edited, inserted, deleted or reordered row breaks every hash after it.
+``verify_audit_chain``) is re-exported from ``server.auditchain``, which the KMS's audit log shares.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server import accounts
+from server.auditchain import AUDIT_GENESIS, AuditRecord, ChainCheck, audit_digest, verify_audit_chain
 
 __all__ = [
     "AUDIT_GENESIS",
@@ -55,7 +53,6 @@ DISPATCHER_ROLES = frozenset({"dispatcher", "admin"})
 MEMBER_ROLES = frozenset({"member", "dispatcher"})  # a member with role 'dispatcher' may pre-empt the floor
 DEFAULT_PRIORITY = 100
 DEFAULT_ORG = "default"  # the organisation of accounts and groups made before organisations existed
-AUDIT_GENESIS = bytes(32)  # the "previous hash" of the first audit record
 DEFAULT_MAX_BURST = 30.0
 MAX_BURST_LIMIT = 3600.0
 MAX_URI_LENGTH = 255
@@ -134,6 +131,8 @@ class GroupRecord:
     max_burst: float
     org: str = DEFAULT_ORG
     owner: str | None = None  # the account that owns the group (its creator); None once that account is removed
+    recording_days: int | None = None
+    """Recording on, bursts kept this many days (issue 17: ``server.groups.recordings``); None: not recorded."""
 
 
 @dataclass(frozen=True)
@@ -166,65 +165,6 @@ class StoredIMessage:
 
     def __repr__(self) -> str:
         return f"StoredIMessage(group={self.group!r}, member={self.member!r}, gmk_id={self.gmk_id.hex()})"
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """Who (``actor``), when (``at``), what (``event``, ``detail``), in which organisation (``org``: the group's or
-    the account's; None for server-wide events); ``hash`` chains it to the record before it (``audit_digest``)."""
-
-    at: float
-    actor: str | None
-    event: str
-    detail: str
-    id: int = 0
-    org: str | None = None
-    hash: bytes = b""
-
-
-@dataclass(frozen=True)
-class ChainCheck:
-    """The result of verifying the audit chain: ``ok`` if every record's hash is right; ``broken_at`` the id of the
-    first record whose hash is wrong; ``head_id``/``head`` the last record and its hash (an operator who writes
-    them down can later check that no record up to there was removed: ``verify_audit_chain(..., anchor=...)``)."""
-
-    ok: bool
-    records: int
-    head_id: int
-    head: bytes
-    broken_at: int | None = None
-    reason: str = ""
-
-
-def audit_digest(previous: bytes, record: AuditRecord) -> bytes:
-    """SHA-256(previous hash ‖ the record's canonical content: id, time, actor, event, detail, org as JSON)."""
-    content = json.dumps(
-        [record.id, record.at, record.actor, record.event, record.detail, record.org],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
-    return hashlib.sha256(previous + content).digest()
-
-
-def verify_audit_chain(records: Iterable[AuditRecord], *, anchor: tuple[int, bytes] | None = None) -> ChainCheck:
-    """Check every record (all of them, in id order) against the chain; with ``anchor`` (id, hash) written down
-    earlier, also that this record is still there with that hash (so truncating the log is noticed too)."""
-    previous, count, head_id = AUDIT_GENESIS, 0, 0
-    anchored = anchor is None
-    for record in records:
-        if record.id <= head_id:
-            return ChainCheck(False, count, head_id, previous, record.id, "records out of order")
-        if audit_digest(previous, record) != record.hash:
-            return ChainCheck(False, count, head_id, previous, record.id, "hash does not match")
-        if anchor is not None and record.id == anchor[0]:
-            if record.hash != anchor[1]:
-                return ChainCheck(False, count, head_id, previous, record.id, "differs from the anchor")
-            anchored = True
-        previous, count, head_id = record.hash, count + 1, record.id
-    if not anchored:
-        assert anchor is not None
-        return ChainCheck(False, count, head_id, previous, anchor[0], "the anchored record is missing")
-    return ChainCheck(True, count, head_id, previous)
 
 
 # --- validation (module functions so the manager and the API check before any expensive work) ---

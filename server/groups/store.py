@@ -24,6 +24,7 @@ from server.groups.database import SCHEMA_VERSION
 from server.groups.datakey import DATA_KEY_LENGTH, gmk_ad, make_data_key, read_data_key
 from server.groups.dispatchers import DispatcherAccounts
 from server.groups.emergencies import AlertRefused, EmergencyStore
+from server.groups.recordings import RecordingStore
 from server.groups.records import (
     DEFAULT_MAX_BURST,
     DEFAULT_ORG,
@@ -99,17 +100,17 @@ __all__ = [
 DEFAULT_PRIORITY_CEILING = 100
 """The highest floor priority a non-admin dispatcher may give (``GroupStore.priority_ceiling``)."""
 
-_GROUP_COLUMNS = "uri, name, created_at, created_by, max_burst, org, owner"
+_GROUP_COLUMNS = "uri, name, created_at, created_by, max_burst, org, owner, recording_days"
 
 
-class GroupStore(DispatcherAccounts, EmergencyStore):
+class GroupStore(DispatcherAccounts, EmergencyStore, RecordingStore):
     """Groups and their keys in one SQLite file (WAL; other processes may read it, e.g. an admin CLI)."""
 
     # --- groups ---
 
     @staticmethod
     def _group_record(row: Sequence[Any]) -> GroupRecord:
-        uri, name, created_at, created_by, max_burst, org, owner = row
+        uri, name, created_at, created_by, max_burst, org, owner, recording_days = row
         return GroupRecord(
             str(uri),
             str(name),
@@ -118,6 +119,7 @@ class GroupStore(DispatcherAccounts, EmergencyStore):
             float(max_burst),
             str(org),
             None if owner is None else str(owner),
+            None if recording_days is None else int(recording_days),
         )
 
     def _require_group(self, db: Connection, uri: str) -> str:
@@ -289,7 +291,8 @@ class GroupStore(DispatcherAccounts, EmergencyStore):
     def groups_of(self, member_uri: str) -> list[GroupRecord]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT g.uri, g.name, g.created_at, g.created_by, g.max_burst, g.org, g.owner FROM groups g "
+                "SELECT g.uri, g.name, g.created_at, g.created_by, g.max_burst, g.org, g.owner, g.recording_days "
+                "FROM groups g "
                 "JOIN members m ON m.group_uri = g.uri WHERE m.uri = ? ORDER BY g.uri",
                 (member_uri,),
             ).fetchall()
@@ -298,11 +301,15 @@ class GroupStore(DispatcherAccounts, EmergencyStore):
     # --- group keys ---
 
     def set_active_key(self, group: str, key: GroupKey, period_no: int, *, now: float, by: str | None = None) -> None:
-        """Make ``key`` the group's active GMK (sealed under the data key); the superseded GMK is erased."""
+        """Make ``key`` the group's active GMK (sealed under the data key; not kept at all for a recorded group);
+        the superseded GMK is erased."""
         nonce = os.urandom(12)
-        sealed = nonce + self._aead.encrypt(nonce, key.gmk, gmk_ad(group, key.gmk_id, key.rand))
+        sealed: bytes | None = nonce + self._aead.encrypt(nonce, key.gmk, gmk_ad(group, key.gmk_id, key.rand))
         with self._tx() as db:
             org = self._require_group(db, group)
+            recorded = db.execute("SELECT recording_days FROM groups WHERE uri = ?", (group,)).fetchone()
+            if recorded is not None and recorded[0] is not None:
+                sealed = None  # a recorded group's GMK is never kept: the server must not be able to replay (issue 17)
             db.execute("UPDATE group_keys SET active = 0, sealed_gmk = NULL WHERE group_uri = ?", (group,))
             db.execute(
                 "INSERT INTO group_keys (group_uri, gmk_id, rand, sealed_gmk, period_no, created_at, active) "
@@ -318,7 +325,7 @@ class GroupStore(DispatcherAccounts, EmergencyStore):
                 "SELECT gmk_id, rand, sealed_gmk, period_no FROM group_keys WHERE group_uri = ? AND active = 1",
                 (group,),
             ).fetchone()
-        if row is None:
+        if row is None or row[2] is None:  # none, or not kept (a recorded group: adding a member rekeys)
             return None
         gmk_id, rand, sealed = bytes(row[0]), bytes(row[1]), bytes(row[2])
         try:
@@ -359,6 +366,7 @@ class GroupStore(DispatcherAccounts, EmergencyStore):
                 "INSERT INTO imessages (group_uri, member_uri, gmk_id, data, created_at) VALUES (?, ?, ?, ?, ?)",
                 (group, member, bytes(gmk_id), bytes(data), now),
             )
+            self._archive_if_recorded(db, group, member, bytes(gmk_id), bytes(data), now)
 
     def imessages_for(self, member_uri: str) -> list[StoredIMessage]:
         """The latest I_MESSAGE of each group ``member_uri`` is (still) a member of, in group URI order."""

@@ -7,7 +7,7 @@
     ptt-kms trust-domain FILE [--user-domain D ...]             serve another domain's certificate in the cert cache
     ptt-kms untrust-domain KMS-URI                              stop serving it
     ptt-kms status                                              domain, key period, counts, recent audit events
-    ptt-kms audit export-rsk | log                              compliance access to past keys; the audit log
+    ptt-kms audit export-rsk | log | verify                     compliance access to past keys; the audit log
     ptt-kms issue [--period next] [--workers N]                  precompute a period's key sets for every identity
     ptt-kms basic-login on|off                                  allow HTTP Basic login (clients before access tokens)
     ptt-kms serve [--workers N]                                 run the HTTPS service and its IdMS (N worker processes)
@@ -33,7 +33,7 @@ from server.kms.commands.accounts import (
     cmd_user_passwd,
     cmd_user_remove,
 )
-from server.kms.commands.audit import cmd_audit_log, cmd_export_rsk, cmd_status
+from server.kms.commands.audit import cmd_audit_log, cmd_audit_verify, cmd_export_rsk, cmd_status
 from server.kms.commands.common import DEFAULT_DATA, PASSWORD_ENV, PROG, CliError, DataDir, fingerprint, utc
 from server.kms.commands.init import cmd_basic_login, cmd_init, cmd_serve
 from server.kms.commands.issue import cmd_issue, cmd_user_add_many
@@ -197,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     rsk.add_argument("--passphrase-file", metavar="F", help="the master secrets passphrase")
     rsk.add_argument("--out", metavar="FILE", help="write the RSK (hex) to FILE, mode 0600 (default: stdout)")
     rsk.set_defaults(func=cmd_export_rsk)
+    verify = audit_sub.add_parser("verify", help="check the audit log's hash chain; print its head")
+    verify.add_argument("--anchor", metavar="ID:HASH", help="a head printed earlier: it must still be there")
+    verify.set_defaults(func=cmd_audit_verify)
     log = audit_sub.add_parser("log", help="print the audit log")
     log.add_argument("--limit", type=_non_negative, default=100)
     log.set_defaults(func=cmd_audit_log)

@@ -1,16 +1,21 @@
 """The KMS store's database: the versioned schema, settings, the audit log.
 
-The database is SQLite (one file, the default) or PostgreSQL, chosen by a URL; connections, transactions and schema
-upgrades are ``server.sqldb``'s, shared with the group store. ``_UPGRADES[v]`` takes a database from version v to
-v + 1, so a newer KMS upgrades an older database in place and an older KMS refuses a newer one. Writers are
-serialised (SQLite's ``BEGIN IMMEDIATE`` with a busy timeout; a transaction-level advisory lock in PostgreSQL), so
-several KMS processes may share one database.
+The audit log is a hash chain (``server.auditchain``, shared with the group store): ``verify_audit`` finds an
+edited, inserted, deleted or reordered record. The database is SQLite (one file, the default) or PostgreSQL,
+chosen by a URL; connections, transactions and schema upgrades are ``server.sqldb``'s, shared with the group
+store. ``_UPGRADES[v]`` takes a database from version v to v + 1, so a newer KMS upgrades an older database in
+place and an older KMS refuses a newer one. Writers are serialised (SQLite's ``BEGIN IMMEDIATE`` with a busy
+timeout; a transaction-level advisory lock in PostgreSQL), so several KMS processes may share one database.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from server.auditchain import AUDIT_GENESIS, ChainCheck, audit_digest, verify_audit_chain
+from server.auditchain import AuditRecord as ChainedRecord
 from server.sqldb import Connection, SqlStore, Upgrade
 
 __all__ = ["SCHEMA_VERSION", "SETTINGS", "AuditRecord", "KmsDatabase", "StoreError"]
@@ -119,8 +124,37 @@ _UPGRADES: dict[int, list[Upgrade]] = {
     # Each login and refresh deletes the expired refresh tokens: without an index that scanned the whole table
     # (5.8 ms a refresh at 30 000 users, growing linearly towards 2 M).
     3: ["CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires)"],
+    # Issue 17: the audit log becomes a hash chain (server.auditchain, as the group store's), so that an RSK export
+    # or an audit run cannot be removed or edited unnoticed (``ptt-kms audit verify``); earlier records are chained
+    # as they are.
+    4: ["ALTER TABLE audit ADD COLUMN hash BLOB", lambda db: _chain_existing(db)],
 }
 SCHEMA_VERSION = len(_UPGRADES)
+
+
+_AUDIT_COLUMNS = "id, at, username, event, detail, hash"
+
+
+def _chained(row: Sequence[Any]) -> ChainedRecord:
+    """A KMS audit row as the shared chain sees it (actor = the account, no organisation)."""
+    i, at, username, event, detail, digest = row
+    return ChainedRecord(
+        float(at),
+        None if username is None else str(username),
+        str(event),
+        str(detail),
+        int(i),
+        None,
+        b"" if digest is None else bytes(digest),
+    )
+
+
+def _chain_existing(db: Connection) -> None:
+    previous = AUDIT_GENESIS
+    for row in db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id").fetchall():
+        record = _chained(row)
+        previous = audit_digest(previous, record)
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (previous, record.id))
 
 
 class KmsDatabase(SqlStore):
@@ -157,9 +191,22 @@ class KmsDatabase(SqlStore):
 
     @staticmethod
     def _audit(db: Connection, event: str, username: str | None, detail: str, now: float) -> None:
-        db.execute(
-            "INSERT INTO audit (at, event, username, detail) VALUES (?, ?, ?, ?)", (now, event, username, detail)
-        )
+        """Append a chained record (inside the write transaction: writers are serialised, so the head is ours)."""
+        now = float(now)  # hashed as it reads back
+        last = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        previous = AUDIT_GENESIS if last is None or last[0] is None else bytes(last[0])
+        (row_id,) = db.execute(
+            "INSERT INTO audit (at, event, username, detail) VALUES (?, ?, ?, ?) RETURNING id",
+            (now, event, username, detail),
+        ).fetchone()
+        record = ChainedRecord(now, username, event, detail, int(row_id), None)
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_digest(previous, record), row_id))
+
+    def verify_audit(self, *, anchor: tuple[int, bytes] | None = None) -> ChainCheck:
+        """Walk the whole audit chain (``server.auditchain.verify_audit_chain``)."""
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id").fetchall()
+        return verify_audit_chain((_chained(r) for r in rows), anchor=anchor)
 
     def audit(self, event: str, *, username: str | None, detail: str, now: float) -> None:
         """Append an event. Callers must never put passwords or keys in ``detail``."""

@@ -99,6 +99,14 @@ class KmsGrants(KmsAccounts):
             for uri, kind in rows
         )
 
+    def known_identity(self, identity_uri: str) -> bool:
+        """Whether the KMS knows ``identity_uri``: an account's own URI or a concrete grant, or keys were issued
+        for it (a removed account's identity stays known for its past periods)."""
+        with self._read() as db:
+            granted = db.execute("SELECT 1 FROM grants WHERE identity_uri = ? LIMIT 1", (identity_uri,)).fetchone()
+            issued = db.execute("SELECT 1 FROM issues WHERE identity_uri = ? LIMIT 1", (identity_uri,)).fetchone()
+        return granted is not None or issued is not None
+
     # --- issuance records ---
 
     def record_issue(
