@@ -69,6 +69,7 @@ class Runner:
         session.event_listener = self.events.append
         self.call_steps = CallSteps(self)  # private calls (issue 16): client.headless_calls
         self.voice: list[tuple[int, int, bytes]] = []  # (sequence, timestamp, Opus payload) of real voice heard
+        self.history: list[dict[str, Any]] = []  # replayed bursts (issue 17): client.headless_history
 
     def write_voice(self, path: Path) -> None:
         """The Opus voice heard, decoded and placed by its RTP timestamps (silence between bursts), as a 48 kHz
@@ -94,7 +95,6 @@ class Runner:
             out.setsampwidth(2)
             out.setframerate(48000)
             out.writeframes(bytes(pcm))
-        self.history: list[dict[str, Any]] = []  # replayed bursts (issue 17): client.headless_history
 
     def _media(self, group: str, mki: bytes, rtp: bytes) -> None:
         payload = rtp[12:]
