@@ -3,6 +3,7 @@ benchmarks: ``start_system(root)`` initialises and starts everything and creates
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -20,15 +21,33 @@ USERS = ("alice", "bob", "carol")
 GROUP = "sip:fire@example.org"
 
 
+# Ports for the daemons are taken below the kernel's ephemeral range (32768 and up by default): a port chosen there
+# could be taken by another test's outgoing connection before the daemon binds it ("Address already in use").
+# Each process starts at its own place in 20000-31999 and checks TCP and UDP on every address.
+_PORT_BASE, _PORT_SPAN = 20000, 12000
+_port_counter = itertools.count((os.getpid() * 7919) % _PORT_SPAN)
+_port_lock = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons listen
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [int(s.getsockname()[1]) for s in sockets]
-    for s in sockets:
-        s.close()
+    ports: list[int] = []
+    with _port_lock:
+        while len(ports) < n:
+            port = _PORT_BASE + next(_port_counter) % _PORT_SPAN
+            if _bindable(port):
+                ports.append(port)
     return ports
 
 
