@@ -179,6 +179,29 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             created_at REAL NOT NULL,
             PRIMARY KEY (group_uri, member_uri, gmk_id))""",
     ],
+    # Issue 17, deferred delivery: voice messages kept for their addressee (server.groups.voicemessages): the PCK
+    # I_MESSAGE encrypted to the addressee, the SRTP in a file, delivered/played times, what the sender was told.
+    5: [
+        """CREATE TABLE voice_messages (
+            id INTEGER PRIMARY KEY,
+            sender TEXT NOT NULL,
+            addressee TEXT NOT NULL,
+            digest BLOB NOT NULL UNIQUE,
+            imessage BLOB NOT NULL,
+            sent_at REAL NOT NULL,
+            stored_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            packets INTEGER NOT NULL,
+            octets BIGINT NOT NULL,
+            seconds REAL NOT NULL,
+            path TEXT NOT NULL,
+            delivered_at REAL,
+            played_at REAL,
+            sender_told INTEGER NOT NULL DEFAULT 0 CHECK (sender_told BETWEEN 0 AND 2))""",
+        "CREATE INDEX voice_messages_by_addressee ON voice_messages (addressee, id)",
+        "CREATE INDEX voice_messages_by_sender ON voice_messages (sender, id)",
+        "CREATE INDEX voice_messages_by_expiry ON voice_messages (expires_at)",
+    ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
 
