@@ -21,6 +21,8 @@ Messages (S: server → client, C: client → server):
   call_ended (``ptt.privatecall.messages``)
   C history {group, limit?} → S history_list     C history_fetch {group, burst, offset?} → S history_burst
   (replay of recorded bursts, ``server.history``)
+  voice messages: message_send → message_ack, message_new, message_list → message_inbox, message_fetch →
+  message_data, message_played → message_played_ok, message_status (deferred delivery, ``server.voicemessages``)
 """
 
 from __future__ import annotations
@@ -93,6 +95,21 @@ SCHEMA.update(
         "history_list": {"group": str, "bursts": list},  # S
         "history_fetch": {"group": str, "burst": int},  # C: {group, burst, offset?}
         "history_burst": {"group": str, "burst": int, "offset": int, "total": int, "packets": list},  # S: {keys?}
+    }
+)
+# Deferred delivery of voice messages (issue 17; the server's side and the fields are server.voicemessages's)
+SCHEMA.update(
+    {
+        "message_send": {"upload": str, "offset": int, "packets": list},  # C: {to?, imessage?, total?}
+        "message_ack": {"upload": str, "received": int},  # S: {message?}
+        "message_new": {"message": int, "from": str, "seconds": (int, float), "state": str},  # S: {sent}
+        "message_list": {},  # C
+        "message_inbox": {"messages": list},  # S
+        "message_fetch": {"message": int},  # C: {offset?}
+        "message_data": {"message": int, "from": str, "offset": int, "total": int, "packets": list},  # S: {imessage?}
+        "message_played": {"message": int},  # C
+        "message_played_ok": {"message": int},  # S
+        "message_status": {"message": int, "to": str, "state": str},  # S: to the sender
     }
 )
 

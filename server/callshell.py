@@ -88,6 +88,7 @@ class CallShell:
         self.private_calls = PrivateCallService(self)  # issue 16: two-party calls keyed end to end (PCK)
         self.dispatch_stream: Any = None  # the dispatchers' event stream (server.dispatch.stream), told of activity
         self.history: Any = None  # server.history.HistoryRequests once recording is wired (issue 17)
+        self.voice_messages: Any = None  # server.voicemessages.VoiceMessages: deferred delivery (issue 17)
 
     # --- inputs from the control channel (ControlBackend) -----------------------------------------------------
 
@@ -106,11 +107,18 @@ class CallShell:
         return self.call.welcome(uri)
 
     def stored_imessages(self, uri: str) -> defer.Deferred[list[dict[str, Any]]]:
+        """The member's stored GMK I_MESSAGEs, then its voice message notices and the states of the messages it
+        sent that it has not been told of (deferred delivery)."""
+        now = self.reactor.seconds()
+
         def read() -> list[dict[str, Any]]:
-            return [
+            stored = [
                 {"type": "imessage", "group": m.group, "gmk_id": m.gmk_id.hex(), "data": b64(m.data)}
                 for m in self.manager.imessages_for(uri)
             ]
+            if self.voice_messages is not None:
+                stored += self.voice_messages.login_pushes(uri, now)
+            return stored
 
         return deferToThreadPool(self.reactor, self.store_pool, read)
 
@@ -186,6 +194,13 @@ class CallShell:
         if self.history is None:
             raise Refused(404, "this server records nothing")
         result: defer.Deferred[dict[str, Any]] = self.history.handle(uri, message, now)
+        return result
+
+    def on_voice_message(self, uri: str, message: dict[str, Any], now: float) -> defer.Deferred[dict[str, Any]]:
+        """Send, list, fetch or mark played a voice message (server.voicemessages)."""
+        if self.voice_messages is None:
+            raise Refused(404, "this server keeps no voice messages")
+        result: defer.Deferred[dict[str, Any]] = self.voice_messages.handle(uri, message, now)
         return result
 
     # --- inputs from the relay -----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The server end of the control channel (TLS, framed JSON; ``ptt.control`` has the protocol).
 
 Each connection: challenge → ECCSI-signed auth within AUTH_TIMEOUT → welcome (groups, relay address, then every
-stored I_MESSAGE for the member) → requests (csk, join, leave, ping). The server pings every PING_INTERVAL and
-drops a connection silent for DEAD_AFTER. What the messages *do* is the backend's business (server.callshell).
+stored I_MESSAGE for the member and its voice message notices) → requests (csk, join, leave, ping). The server
+pings every PING_INTERVAL and drops a connection silent for DEAD_AFTER. What the messages *do* is the backend's business (server.callshell).
 
 The reactor never waits here: the backend may answer a login, a CSK or the stored I_MESSAGEs with a Deferred
 (signature checks and SAKKE run in worker processes, the store in a thread). A session handles its frames one
@@ -37,6 +37,8 @@ from ptt.control import (
 from ptt.groupcall import Refused
 from ptt.privatecall.messages import CLIENT_REQUESTS
 from ptt.ratelimit import BucketTable, TokenBucket
+
+VOICE_MESSAGE_REQUESTS = frozenset({"message_send", "message_list", "message_fetch", "message_played"})
 
 log = logging.getLogger("ptt.server.control")
 
@@ -83,6 +85,10 @@ class ControlBackend(Protocol):
 
     def on_history(self, uri: str, message: dict[str, Any], now: float) -> Any:
         """A ``history`` / ``history_fetch`` request: the reply (or a Deferred of it); RequestRefused."""
+        ...
+
+    def on_voice_message(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        """A voice message request (``server.voicemessages``): the reply (or a Deferred of it); RequestRefused."""
         ...
 
 
@@ -274,6 +280,11 @@ class ControlSession(Int32StringReceiver):
             return self._emergency(message, now)
         elif kind in ("history", "history_fetch"):  # replay of recorded bursts (issue 17)
             d = defer.maybeDeferred(backend.on_history, self.uri, message, now)
+            d.addCallback(self.send)
+            d.addErrback(self._failed, kind)
+            return d
+        elif kind in VOICE_MESSAGE_REQUESTS:  # deferred delivery (issue 17)
+            d = defer.maybeDeferred(backend.on_voice_message, self.uri, message, now)
             d.addCallback(self.send)
             d.addErrback(self._failed, kind)
             return d

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet import defer, endpoints, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -139,6 +140,7 @@ class DataDir:
         self.keystore_pass = root / "keystore.pass"
         self.kms_password = root / "kms-password"
         self.recordings = root / "recordings"  # recorded bursts, SRTP as forwarded (server.recorder)
+        self.messages = root / "messages"  # voice messages kept for their addressees (server.voicemessages)
 
     def database(self) -> str | Path:
         """Where the group store is: server.json's ``database`` URL, or the SQLite file here."""
@@ -309,6 +311,7 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     from server.recorder import Recorder
     from server.relay import relay_core_from_environment
     from server.tls import server_tls_options
+    from server.voicemessages import VoiceMessages
     from server.workers import CryptoPool
 
     # The store thread and the pool's result thread share the GIL with the reactor: a thread busy in Python keeps
@@ -372,6 +375,24 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
     top = GroupServer(reactor, config, parts)
     recorder = Recorder(store, data.recordings)
     shell.history = HistoryRequests(reactor, store, recorder, store_pool)
+    shell.voice_messages = VoiceMessages(
+        reactor,
+        store,
+        data.messages,
+        store_pool,
+        domain=domain,
+        verify=pool.run,
+        online=shell.control.online,
+        push=shell.control.push,
+    )
+    message_purge = TimerService(
+        PURGE_INTERVAL,
+        lambda: deferToThreadPool(reactor, store_pool, shell.voice_messages.purge, reactor.seconds()).addErrback(
+            lambda failure: log.error("voice message purge failed: %s", failure.getErrorMessage())
+        ),
+    )
+    message_purge.clock = reactor
+    message_purge.setServiceParent(top)
     RelayService(reactor, shell, relay_core, config, recorder).setServiceParent(top)
     control = endpoints.SSL4ServerEndpoint(reactor, config.control_port, tls, interface=config.listen)
     _endpoint_service(control, shell.control).setServiceParent(top)

@@ -25,7 +25,6 @@ from server.groups.datakey import DATA_KEY_LENGTH, gmk_ad, make_data_key, read_d
 from server.groups.dispatchers import DispatcherAccounts
 from server.groups.emergencies import AlertRefused, EmergencyStore
 from server.groups.recordings import RecordingStore
-from server.groups.voicemessages import VoiceMessageStore
 from server.groups.records import (
     DEFAULT_MAX_BURST,
     DEFAULT_ORG,
@@ -56,6 +55,7 @@ from server.groups.records import (
     check_role,
     check_uri,
 )
+from server.groups.voicemessages import VoiceMessageStore
 from server.sqldb import Connection
 
 __all__ = [

@@ -181,7 +181,9 @@ class VoiceMessageStore(StoreDatabase):
                 raise KeyError(message_id)
             db.execute(f"UPDATE voice_messages SET {column} = COALESCE({column}, ?) WHERE id = ?", (now, message_id))
             if state == 2:  # played implies delivered
-                db.execute("UPDATE voice_messages SET delivered_at = COALESCE(delivered_at, ?) WHERE id = ?", (now, message_id))
+                db.execute(
+                    "UPDATE voice_messages SET delivered_at = COALESCE(delivered_at, ?) WHERE id = ?", (now, message_id)
+                )
             row = db.execute(f"SELECT {_COLUMNS} FROM voice_messages WHERE id = ?", (message_id,)).fetchone()
         return _record(row)
 

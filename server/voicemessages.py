@@ -1,0 +1,286 @@
+"""Deferred delivery of voice messages (issue 17): uploads, storage, notification, fetching and the sender's
+"delivered" / "played", over the control channel. The checks and the upload assembly are pure
+(``ptt.voicemessage``, ``ptt.voicemessage_upload``); the index is the group store's
+(``server.groups.voicemessages``); here they are wired to the reactor, the crypto workers and the store thread.
+
+  C message_send {upload, offset, packets, to?, imessage?, total?}  → S message_ack {upload, received, message?}
+  S message_new {message, from, sent, seconds, state}   (to the addressee: at once if online, else at its login)
+  C message_list {}                                     → S message_inbox {messages: [message_new …]}
+  C message_fetch {message, offset?}                    → S message_data {message, from, offset, total, packets,
+                                                                          imessage?}
+  C message_played {message}                            → S message_played_ok {message}
+  S message_status {message, to, state}                 (to the sender: "delivered" once the addressee fetched
+                                                         it, "played" once it said so; at its login if offline)
+
+Only the addressee fetches: another identity's request and a missing message both answer 404. A message is stored
+whether the addressee is online or not, once the I_MESSAGE passed ``check_upload`` (sender and addressee UIDs, T
+fresh, not stored before) and the sender's ECCSI signature verified (in a worker). Files:
+``<data>/messages/<SHA-256 of the addressee, 16 hex>/<ms>-<8 hex>.pttr`` (0600, written then renamed; the
+recording format), ciphertext only. Retention: a message is deleted one key period after it was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+
+from ptt.control import ControlProtocolError, b64, unb64
+from ptt.groupcall import Refused
+from ptt.mikey.imessage import KmsDomain, replay_key
+from ptt.ratelimit import BucketTable
+from ptt.recording import RecordingFormatError, encode_burst, parse_burst
+from ptt.voicemessage import UploadRefused, check_upload, sender_signature_valid, stored_max_age
+from ptt.voicemessage_upload import CHUNK_OCTETS, Upload, UploadTable, decode_packets, encode_packets
+from server.groups.store import GroupStore
+from server.groups.voicemessages import MessageRefused, VoiceMessageRecord
+
+log = logging.getLogger("ptt.server.voicemessages")
+
+NEW_RATE, NEW_BURST = 0.5, 5
+"""New uploads a sender may begin: one every two seconds, five at once."""
+RATE, BURST = 50.0, 200
+"""Every voice message request of one identity (chunks and fetches of a two-minute message fit in the burst)."""
+SUFFIX = ".pttr"
+
+
+def _refused(exc: UploadRefused | MessageRefused) -> Refused:
+    return Refused(exc.code, str(exc))
+
+
+class VoiceMessages:
+    """What ``CallShell.on_voice_message`` runs, and the pushes at login."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: GroupStore,
+        directory: Path,
+        store_pool: Any,
+        *,
+        domain: KmsDomain,
+        verify: Any,
+        online: Any,
+        push: Any,
+    ) -> None:
+        """``verify(f, *args)`` runs a signature check off the reactor (the crypto pool); ``online(uri)`` and
+        ``push(uri, message) -> sessions reached`` are the control channel's."""
+        self.reactor, self.store, self.directory, self.store_pool = reactor, store, directory, store_pool
+        self.domain, self.verify, self.online, self.push = domain, verify, online, push
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.uploads = UploadTable()
+        self._new: BucketTable[str] = BucketTable(NEW_RATE, NEW_BURST)
+        self._any: BucketTable[str] = BucketTable(RATE, BURST)
+        self._log_limit: BucketTable[str] = BucketTable(0.2, 3)
+        self.stats = {"stored": 0, "refused": 0, "delivered": 0, "played": 0, "purged": 0}
+
+    # --- on the reactor ---
+
+    def handle(self, uri: str, message: dict[str, Any], now: float) -> defer.Deferred[dict[str, Any]]:
+        if not self._any.take(uri, now):
+            raise Refused(429, "too many voice message requests: retry in a second")
+        for stale in self.uploads.sweep(now):
+            log.info("voice message upload %s of %s idle: forgotten", stale.upload, stale.sender)
+        kind = message["type"]
+        d: defer.Deferred[dict[str, Any]]
+        if kind == "message_send":
+            d = self._send(uri, message, now)
+        elif kind == "message_list":
+            d = self._thread(self._inbox, uri, now)
+        else:
+            number = message.get("message")
+            offset = message.get("offset", 0)
+            if type(number) is not int or type(offset) is not int or number < 0 or offset < 0:
+                raise Refused(400, f"{kind}: message and offset must be non-negative integers")
+            function = self._fetch if kind == "message_fetch" else self._played
+            d = self._thread(function, uri, number, offset, now)
+
+        def refused(failure: Any) -> Any:
+            if failure.check(Refused) and self._log_limit.take(uri, self.reactor.seconds()):
+                log.info("voice message request of %s refused: %s", uri, failure.value)
+            if failure.check(Refused) and kind == "message_send":
+                self.stats["refused"] += 1
+            return failure
+
+        return d.addErrback(refused)
+
+    def _thread(self, function: Any, *args: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.store_pool, function, *args)
+
+    @defer.inlineCallbacks
+    def _send(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        upload, offset = message.get("upload"), message.get("offset")
+        try:
+            packets = decode_packets(message.get("packets"))
+        except ValueError as exc:
+            raise Refused(400, f"message_send: {exc}") from None
+        if offset == 0:
+            yield self._begin(uri, message, now)
+        try:
+            entry = self.uploads.add(uri, str(upload), offset, packets, now)
+        except UploadRefused as exc:
+            raise _refused(exc) from None
+        reply: dict[str, Any] = {"type": "message_ack", "upload": upload, "received": len(entry.packets)}
+        if entry.complete:
+            record = yield self._thread(self._store, entry, now)
+            reply["message"] = record.id
+            self.stats["stored"] += 1
+            log.info("voice message %d from %s to %s stored (%.1f s)", record.id, uri, entry.to, record.seconds)
+            if self.push(entry.to, record.notice()):
+                log.info("voice message %d: %s notified", record.id, entry.to)
+        return reply
+
+    @defer.inlineCallbacks
+    def _begin(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        to, text, total = message.get("to"), message.get("imessage"), message.get("total")
+        if not isinstance(to, str) or not isinstance(text, str) or not 0 < len(to) <= 255:
+            raise Refused(400, "message_send: the first chunk names the addressee (to) and carries the imessage")
+        if not self._new.take(uri, now):
+            raise Refused(429, "too many voice messages: retry in a few seconds")
+        try:
+            imessage = unb64(text, "imessage")
+        except ControlProtocolError as exc:
+            raise Refused(400, f"message_send: {exc}") from None
+        try:
+            checked = check_upload(imessage, uri, to, self.domain, now)
+        except UploadRefused as exc:
+            raise _refused(exc) from None
+        valid = yield self.verify(sender_signature_valid, imessage, self.domain)
+        if not valid:
+            raise Refused(403, "I_MESSAGE refused: the signature does not verify for the sender")
+        online = bool(self.online(to))
+        yield self._thread(self._admissible, uri, to, checked.digest, online)
+        try:
+            self.uploads.begin(uri, str(message.get("upload")), to, imessage, checked.digest, total, now)
+        except UploadRefused as exc:
+            raise _refused(exc) from None
+
+    # --- on the store thread ---
+
+    def _admissible(self, sender: str, to: str, digest: bytes, online: bool) -> None:
+        if not online and not self.store.groups_of(to):
+            raise Refused(404, f"{to} is not a user of this server")  # known: a member of a group, or online
+        try:
+            self.store.check_voice_message(sender, to, digest)
+        except MessageRefused as exc:
+            raise _refused(exc) from None
+
+    def addressee_directory(self, addressee: str) -> str:
+        return hashlib.sha256(addressee.encode()).hexdigest()[:16]
+
+    def _store(self, entry: Upload, now: float) -> VoiceMessageRecord:
+        relative = f"{self.addressee_directory(entry.to)}/{int(now * 1000)}-{os.urandom(4).hex()}{SUFFIX}"
+        path = self.directory / relative
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode_burst(entry.packets))
+        os.replace(temporary, path)
+        _, sent_at = replay_key(entry.imessage)  # checked at the upload's start
+        try:
+            return self.store.add_voice_message(
+                sender=entry.sender,
+                addressee=entry.to,
+                digest=entry.digest,
+                imessage=entry.imessage,
+                sent_at=sent_at,
+                expires_at=sent_at + stored_max_age(self.domain),
+                packets=len(entry.packets),
+                octets=entry.octets,
+                seconds=entry.seconds,
+                path=relative,
+                now=now,
+            )
+        except MessageRefused as exc:
+            path.unlink(missing_ok=True)
+            raise _refused(exc) from None
+
+    def _inbox(self, uri: str, now: float) -> dict[str, Any]:
+        return {"type": "message_inbox", "messages": [r.notice() for r in self.store.inbox(uri, now=now)]}
+
+    def _mine(self, uri: str, number: int, now: float) -> VoiceMessageRecord:
+        record = self.store.voice_message(number)
+        if record is None or record.addressee != uri or record.expires_at <= now:
+            raise Refused(404, f"no voice message {number} for {uri}")  # alike: missing, expired, not yours
+        return record
+
+    def _fetch(self, uri: str, number: int, offset: int, now: float) -> dict[str, Any]:
+        record = self._mine(uri, number, now)
+        try:
+            packets = parse_burst(self.path_of(record).read_bytes())
+        except (OSError, ValueError, RecordingFormatError) as exc:
+            log.error("voice message %d unreadable: %s", number, exc)
+            raise Refused(500, f"voice message {number} is unreadable") from None
+        chunk: list[tuple[float, bytes]] = []
+        size = 0
+        for at, packet in packets[offset:]:
+            if size + len(packet) > CHUNK_OCTETS and chunk:
+                break
+            chunk.append((at, packet))
+            size += len(packet)
+        reply: dict[str, Any] = {
+            "type": "message_data",
+            "message": number,
+            "from": record.sender,
+            "offset": offset,
+            "total": len(packets),
+            "packets": encode_packets(chunk),
+        }
+        if offset == 0:
+            reply["imessage"] = b64(record.imessage)
+            if record.delivered_at is None:
+                self._changed(self.store.mark_voice_message(number, uri, 1, now=now))
+        return reply
+
+    def _played(self, uri: str, number: int, _offset: int, now: float) -> dict[str, Any]:
+        self._mine(uri, number, now)
+        self._changed(self.store.mark_voice_message(number, uri, 2, now=now))
+        return {"type": "message_played_ok", "message": number}
+
+    def _changed(self, record: VoiceMessageRecord) -> None:
+        self.stats["delivered" if record.state == 1 else "played"] += 1
+        self.reactor.callFromThread(self._tell_sender, record)
+
+    def path_of(self, record: VoiceMessageRecord) -> Path:
+        path = (self.directory / record.path).resolve()
+        if self.directory.resolve() not in path.parents:
+            raise ValueError(f"voice message {record.id}: stored path outside the messages directory")
+        return path
+
+    # --- the sender's "delivered" / "played", and the pushes at login ---
+
+    def _tell_sender(self, record: VoiceMessageRecord) -> None:
+        if self.push(record.sender, record.status()):
+            self._thread(self.store.mark_told, record.id, record.state).addErrback(
+                lambda f: log.error("voice message %d: %s", record.id, f.getErrorMessage())
+            )
+
+    def login_pushes(self, uri: str, now: float) -> list[dict[str, Any]]:
+        """(On the store thread) what a member logging in is told: its unplayed messages, and the states of the
+        messages it sent that moved on since it was last told (marked told: they are sent right after)."""
+        pushes = [r.notice() for r in self.store.inbox(uri, now=now) if r.played_at is None]
+        for record in self.store.untold(uri):
+            pushes.append(record.status())
+            self.store.mark_told(record.id, record.state)
+        return pushes
+
+    # --- retention (on the store thread, hourly) ---
+
+    def purge(self, now: float) -> int:
+        expired = self.store.expired_voice_messages(now)
+        for record in expired:
+            try:
+                self.path_of(record).unlink(missing_ok=True)
+            except (OSError, ValueError) as exc:
+                log.error("voice message %d: file not deleted: %s", record.id, exc)
+        self.store.delete_voice_messages([r.id for r in expired], now=now)
+        self.stats["purged"] += len(expired)
+        if expired:
+            log.info("%d voice messages past their retention deleted", len(expired))
+        return len(expired)
