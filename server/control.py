@@ -2,7 +2,8 @@
 
 Each connection: challenge → ECCSI-signed auth within AUTH_TIMEOUT → welcome (groups, relay address, then every
 stored I_MESSAGE for the member and its voice message notices) → requests (csk, join, leave, ping). The server
-pings every PING_INTERVAL and drops a connection silent for DEAD_AFTER. What the messages *do* is the backend's business (server.callshell).
+pings every PING_INTERVAL and drops a connection silent for DEAD_AFTER. What the messages *do* is the backend's
+business (server.callshell).
 
 The reactor never waits here: the backend may answer a login, a CSK or the stored I_MESSAGEs with a Deferred
 (signature checks and SAKKE run in worker processes, the store in a thread). A session handles its frames one
