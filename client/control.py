@@ -21,6 +21,11 @@ from ptt.privatecall.messages import SERVER_PUSHES
 log = logging.getLogger("ptt.client.control")
 
 REQUEST_TIMEOUT = 15.0
+REPLIES = frozenset(
+    {"joined", "csk_ok", "pong", "emergency_ok", "history_list", "history_burst"}
+    | {"message_ack", "message_inbox", "message_data", "message_played_ok"}
+)
+"""Replies matched to the oldest request waiting for that type."""
 
 
 class ControlError(Exception):
@@ -117,7 +122,11 @@ class ControlClient(Int32StringReceiver):
             on_alert = getattr(self.handler, "on_alert", None)
             if on_alert is not None:
                 on_alert(message)
-        elif kind in ("joined", "csk_ok", "pong", "emergency_ok", "history_list", "history_burst"):
+        elif kind in ("message_new", "message_status"):  # voice messages (issue 17: client.voicemessages)
+            on_voice = getattr(self.handler, "on_voice_message", None)
+            if on_voice is not None:
+                on_voice(message)
+        elif kind in REPLIES:
             waiting = self._waiting.get(kind, [])
             if waiting:
                 waiting.pop(0).callback(message)

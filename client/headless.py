@@ -11,7 +11,8 @@ again and again, through failovers), ``send SECONDS`` (send media without asking
 calls: ``emergency``, ``cancel-emergency``, ``broadcast-press``, ``broadcast-talk``, ``wait-alert``
 (``client.headless_emergency``); private calls: ``call URI [manual]``, ``wait-call``, ``answer``, ``reject``,
 ``hangup``, ``wait-ended`` (``client.headless_calls``); recording: ``talk-wav PATH``, ``history GROUP DIR [N]``
-(``client.headless_history``). The report (JSON) lists what was received.
+(``client.headless_history``); voice messages: ``message-wav URI PATH``, ``call-or-message URI PATH``,
+``wait-message``, ``play-messages DIR``, ``wait-message-status STATE`` … (``client.headless_messages``). The report (JSON) lists what was received.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from twisted.internet import defer, task
 
 from client import headless_emergency, headless_history
 from client.headless_calls import CALL_STEPS, CallSteps
+from client.headless_messages import STEPS as MESSAGE_STEPS
+from client.headless_messages import MessageSteps
 from client.keystore import Keystore
 from client.session import PttSession, ServerInfo
 from ptt.floor.events import FloorEvent
@@ -70,6 +73,7 @@ class Runner:
         self.call_steps = CallSteps(self)  # private calls (issue 16): client.headless_calls
         self.voice: list[tuple[int, int, bytes]] = []  # (sequence, timestamp, Opus payload) of real voice heard
         self.history: list[dict[str, Any]] = []  # replayed bursts (issue 17): client.headless_history
+        self.message_steps = MessageSteps(self)  # voice messages (issue 17): client.headless_messages
 
     def write_voice(self, path: Path) -> None:
         """The Opus voice heard, decoded and placed by its RTP timestamps (silence between bursts), as a 48 kHz
@@ -174,6 +178,8 @@ class Runner:
                 yield headless_history.run_step(self, word, arg)
             elif word in CALL_STEPS:
                 yield self.call_steps.run(word, arg)
+            elif word in MESSAGE_STEPS:
+                yield self.message_steps.run(word, arg)
             elif word == "quit":
                 break
             else:
@@ -273,6 +279,7 @@ class Runner:
             "marks": self.marks,
             "history": self.history,
             **self.call_steps.report(),
+            **self.message_steps.report(),
         }
 
 

@@ -26,6 +26,7 @@ from client.serverinfo import ServerInfo
 from client.session_emergency import SessionEmergency
 from client.session_media import KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState
 from client.session_reconnect import RECONNECT_MAX, RECONNECT_MIN, REJOIN_ATTEMPTS, REJOIN_DELAY, SessionReconnect
+from client.voicemessages import VoiceMessages
 from ptt.control import ControlProtocolError, unb64
 from ptt.floor.events import FloorEvent
 from ptt.floor.messages import is_rtcp
@@ -135,6 +136,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         self.key_listener: Callable[[str, GroupKey], None] = lambda group, key: None
         self.stats: dict[str, int] = {"media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0}
         self.calls = PrivateCalls(self)  # private calls (issue 16): client.privatecalls
+        self.messages = VoiceMessages(self)  # voice messages, deferred delivery (issue 17): client.voicemessages
 
     # --- keys ----------------------------------------------------------------------------------------------------
 
@@ -264,6 +266,10 @@ class PttSession(SessionReconnect, SessionEmergency):
     def on_call_message(self, message: dict[str, Any]) -> None:
         """A private call message from the server (client.privatecalls)."""
         self.calls.on_message(message)
+
+    def on_voice_message(self, message: dict[str, Any]) -> None:
+        """A voice message notice or a sent message's new state (client.voicemessages)."""
+        self.messages.on_message(message)
 
     def on_disconnected(self, reason: str) -> None:
         self.calls.connection_lost()  # the server ends our calls when our control channel goes
