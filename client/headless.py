@@ -12,7 +12,8 @@ calls: ``emergency``, ``cancel-emergency``, ``broadcast-press``, ``broadcast-tal
 (``client.headless_emergency``); private calls: ``call URI [manual]``, ``wait-call``, ``answer``, ``reject``,
 ``hangup``, ``wait-ended`` (``client.headless_calls``); recording: ``talk-wav PATH``, ``history GROUP DIR [N]``
 (``client.headless_history``); voice messages: ``message-wav URI PATH``, ``call-or-message URI PATH``,
-``wait-message``, ``play-messages DIR``, ``wait-message-status STATE`` … (``client.headless_messages``). The report (JSON) lists what was received.
+``wait-message``, ``play-messages DIR``, ``wait-message-status STATE`` … (``client.headless_messages``). The
+report (JSON) lists what was received.
 """
 
 from __future__ import annotations
