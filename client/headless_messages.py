@@ -2,7 +2,8 @@
 
 ``message-wav URI PATH``        send the WAV (48 kHz mono 16-bit) as a voice message to URI
 ``call-or-message URI PATH``    call URI; if it is not connected (``unreachable``), leave PATH as a voice message
-``wait-message-status STATE [S]`` until the last message sent reached STATE (delivered, played), at most S (45) s
+``wait-message-status ID STATE [S]`` until message ID (``last``: the last one sent here) reached STATE (delivered,
+                                played) as the server told us, at most S (45) s
 ``wait-message [S]``            until a voice message to us is announced (S: 45 s)
 ``play-messages DIR``           fetch, open and decode every unplayed message announced: DIR/message-ID.wav; then
                                 tell the server each was played
@@ -88,8 +89,8 @@ class MessageSteps:
             if ended and ended[-1]["reason"] == "unreachable":
                 yield self._send(uri, Path(path))
         elif word == "wait-message-status":
-            state, *seconds = arg.split()
-            number = self.sent[-1]["message"]
+            which, state, *seconds = arg.split()
+            number = self.sent[-1]["message"] if which == "last" else int(which)
             yield self._until(lambda: state in messages.sent.get(number, []), float(seconds[0]) if seconds else 45.0)
         elif word == "wait-message":
             yield self._until(lambda: bool(messages.unplayed()), float(arg) if arg else WAIT_LIMIT)
@@ -140,4 +141,9 @@ class MessageSteps:
     def report(self) -> dict[str, Any]:
         states = self.session.messages.sent
         sent = [{**s, "states": states.get(s["message"], [])} for s in self.sent]
-        return {"messages_sent": sent, "messages_played": self.played, "message_errors": self.errors}
+        return {
+            "messages_sent": sent,
+            "message_states": {str(k): v for k, v in states.items()},
+            "messages_played": self.played,
+            "message_errors": self.errors,
+        }
