@@ -1,0 +1,207 @@
+"""Voice messages in the group store (schema 6) on SQLite and PostgreSQL, and the server's store-thread side of
+deferred delivery (``server.voicemessages``: files, fetching, delivered/played, the pushes at login, retention),
+run here without a reactor."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ptt.groupcall import Refused
+from ptt.mikey.imessage import replay_key
+from ptt.voicemessage import seal_voice, stored_max_age
+from ptt.voicemessage_upload import Upload, decode_packets
+from server.groups.store import SCHEMA_VERSION, GroupStore
+from server.groups.voicemessages import MessageLimits, MessageRefused
+from server.voicemessages import VoiceMessages
+from tests.identities import keys_for, make_world
+from tests.postgres import dump
+
+DATA_KEY = bytes(range(32))
+NOW = 1_760_000_000.0
+ALICE, BOB, CAROL = "sip:alice@example.org", "sip:bob@example.org", "sip:carol@example.org"
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[GroupStore]:
+    s = GroupStore(database_url, DATA_KEY)
+    yield s
+    s.close()
+
+
+def add(db: GroupStore, sender: str = ALICE, to: str = BOB, digest: bytes = b"d" * 32, **kw: Any) -> Any:
+    values: dict[str, Any] = dict(
+        sender=sender,
+        addressee=to,
+        digest=digest,
+        imessage=b"imessage",
+        sent_at=NOW,
+        expires_at=NOW + 1000,
+        packets=50,
+        octets=5000,
+        seconds=1.0,
+        path="x/y.pttr",
+        now=NOW + 1,
+    )
+    values.update(kw)
+    return db.add_voice_message(**values)
+
+
+def test_messages_are_indexed_once_and_mailboxes_are_bounded(db: GroupStore) -> None:
+    assert db.schema_version() == SCHEMA_VERSION == 6
+    first = add(db)
+    assert (first.sender, first.addressee, first.state, first.sender_told) == (ALICE, BOB, 0, 0)
+    assert db.voice_message(first.id) == first and db.voice_message(first.id + 100) is None
+    with pytest.raises(MessageRefused) as refused:
+        add(db)  # the same I_MESSAGE again
+    assert refused.value.code == 409
+    limits = MessageLimits(waiting_per_addressee=3, per_pair=2, per_sender=4)
+    add(db, digest=b"e" * 32, limits=limits)
+    with pytest.raises(MessageRefused, match="too many unplayed to") as refused:
+        add(db, digest=b"f" * 32, limits=limits)
+    assert refused.value.code == 429
+    add(db, sender=CAROL, digest=b"g" * 32, limits=limits)
+    with pytest.raises(MessageRefused, match="mailbox is full"):
+        add(db, sender="sip:dave@example.org", digest=b"h" * 32, limits=limits)
+    db.mark_voice_message(first.id, BOB, 2, now=NOW + 5)  # a played message no longer counts
+    add(db, sender="sip:dave@example.org", digest=b"h" * 32, limits=limits)
+    assert [m.sender for m in db.inbox(BOB, now=NOW)] == [ALICE, ALICE, CAROL, "sip:dave@example.org"]
+    assert db.inbox(BOB, now=NOW + 1000) == [] and db.inbox(ALICE, now=NOW) == []
+
+
+def test_delivered_and_played_are_the_addressees_to_set_and_the_sender_is_told_once(db: GroupStore) -> None:
+    message = add(db)
+    with pytest.raises(KeyError):
+        db.mark_voice_message(message.id, CAROL, 1, now=NOW + 2)
+    assert db.untold(ALICE) == []
+    delivered = db.mark_voice_message(message.id, BOB, 1, now=NOW + 2)
+    assert delivered.state == 1 and delivered.status()["state"] == "delivered"
+    assert db.mark_voice_message(message.id, BOB, 1, now=NOW + 9).delivered_at == NOW + 2  # the first time counts
+    assert [m.id for m in db.untold(ALICE)] == [message.id]
+    db.mark_told(message.id, 1)
+    assert db.untold(ALICE) == []
+    played = db.mark_voice_message(message.id, BOB, 2, now=NOW + 3)
+    assert played.state == 2 and played.notice()["state"] == "played"
+    assert [m.state for m in db.untold(ALICE)] == [2]
+    db.mark_told(message.id, 2)
+    db.mark_told(message.id, 1)  # never goes back
+    assert db.untold(ALICE) == [] and db.voice_message(message.id).sender_told == 2  # type: ignore[union-attr]
+    other = add(db, digest=b"p" * 32)
+    assert db.mark_voice_message(other.id, BOB, 2, now=NOW + 4).delivered_at == NOW + 4  # played implies delivered
+
+
+def test_expired_messages_are_found_and_deleted(db: GroupStore) -> None:
+    old = add(db, expires_at=NOW + 10)
+    kept = add(db, digest=b"k" * 32, expires_at=NOW + 100)
+    assert [m.id for m in db.expired_voice_messages(NOW + 50)] == [old.id]
+    db.delete_voice_messages([old.id], now=NOW + 50)
+    assert db.voice_message(old.id) is None and db.voice_message(kept.id) is not None
+    assert db.audit_log(1)[0].event == "voice-message-purge"
+
+
+# --- the server's store-thread side --------------------------------------------------------------------------
+
+
+class Reactor:
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+class InlinePool:
+    """A store thread pool that runs the work at once (this test is its only thread)."""
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:
+        on_result(True, f(*args))
+
+
+@pytest.fixture(scope="module")
+def world() -> Any:
+    return make_world()
+
+
+@pytest.fixture
+def service(db: GroupStore, world: Any, tmp_path: Path) -> tuple[VoiceMessages, list[tuple[str, dict[str, Any]]]]:
+    pushed: list[tuple[str, dict[str, Any]]] = []
+
+    def push(uri: str, message: dict[str, Any]) -> int:
+        pushed.append((uri, message))
+        return 1 if uri == ALICE else 0  # Alice is online, nobody else
+
+    vm = VoiceMessages(
+        Reactor(),
+        db,
+        tmp_path / "messages",
+        InlinePool(),
+        domain=world[0],
+        verify=None,
+        online=lambda uri: uri == ALICE,
+        push=push,
+    )
+    return vm, pushed
+
+
+def stored_upload(world: Any, now: float) -> Upload:
+    sealed = seal_voice(keys_for(world, ALICE, now), BOB, [b"\x01" * 60] * 30, now=now)
+    upload = Upload(ALICE, "up:" + "0" * 16, BOB, sealed.imessage, replay_key(sealed.imessage)[0], 30, now)
+    upload.packets, upload.octets = sealed.packets, sum(len(p) for _, p in sealed.packets)
+    return upload
+
+
+def test_a_stored_message_is_ciphertext_in_a_private_file_fetched_only_by_its_addressee(
+    database_url: str, db: GroupStore, world: Any, service: Any
+) -> None:
+    vm, pushed = service
+    now = NOW
+    upload = stored_upload(world, now)
+    record = vm._store(upload, now)
+    assert record.expires_at == now + stored_max_age(world[0]) and record.seconds == 0.6
+    path = vm.path_of(record)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and b"\x01" * 60 not in path.read_bytes()
+    assert b"\x01" * 60 not in dump(database_url)
+    for who, number in ((CAROL, record.id), (ALICE, record.id), (BOB, record.id + 1)):
+        with pytest.raises(Refused) as refused:
+            vm._fetch(who, number, 0, now)
+        assert refused.value.code == 404 and str(refused.value) == f"no voice message {number} for {who}"
+    with pytest.raises(Refused):
+        vm._played(CAROL, record.id, 0, now)
+    with pytest.raises(Refused):  # expired: gone alike
+        vm._fetch(BOB, record.id, 0, record.expires_at)
+
+    assert vm.login_pushes(BOB, now) == [record.notice()]
+    reply = vm._fetch(BOB, record.id, 0, now + 1)
+    assert reply["from"] == ALICE and reply["total"] == 30 and decode_packets(reply["packets"]) == upload.packets
+    assert pushed == [(ALICE, record.status() | {"state": "delivered"})]  # Alice is online: told at once
+    assert "imessage" not in vm._fetch(BOB, record.id, 29, now + 2)  # only the first chunk carries it
+    assert len(pushed) == 1  # delivered once
+    vm._played(BOB, record.id, 0, now + 3)
+    assert pushed[-1][1]["state"] == "played" and vm.login_pushes(BOB, now) == []  # played: not announced again
+    assert vm.login_pushes(ALICE, now) == []  # told of both already
+
+
+def test_a_sender_offline_is_told_at_its_login_and_retention_deletes_the_file(
+    db: GroupStore, world: Any, service: Any
+) -> None:
+    vm, _ = service
+    vm.online = lambda uri: False
+    vm.push = lambda uri, message: 0  # nobody online
+    record = vm._store(stored_upload(world, NOW), NOW)
+    vm._fetch(BOB, record.id, 0, NOW + 1)
+    vm._played(BOB, record.id, 0, NOW + 2)
+    assert vm.login_pushes(ALICE, NOW + 3) == [db.voice_message(record.id).status()]  # type: ignore[union-attr]
+    assert vm.login_pushes(ALICE, NOW + 4) == []  # told
+    path = vm.path_of(record)
+    assert vm.purge(record.expires_at - 1) == 0 and path.exists()
+    assert vm.purge(record.expires_at) == 1 and not path.exists() and db.voice_message(record.id) is None
+
+
+def test_an_index_entry_pointing_outside_the_directory_is_refused(db: GroupStore, service: Any) -> None:
+    vm, _ = service
+    record = add(db, path="../../etc/passwd", expires_at=NOW + 10**9)
+    with pytest.raises(Refused) as refused:
+        vm._fetch(BOB, record.id, 0, NOW)
+    assert refused.value.code == 500
