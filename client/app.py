@@ -83,6 +83,7 @@ class Client:
         self._connected = False
         self.ptt_label = "SPACE"
         self.call_ui: Any = None  # private calls (client.call_app.CallUi), on-network only
+        self.message_ui: Any = None  # voice messages (client.message_ui.MessageUi), on-network only
         session.floor_listener = self._floor
         session.event_listener = self._event
         if hasattr(session, "alert_listener"):  # emergency alerts (client.app_emergency)
@@ -276,6 +277,9 @@ def main(args: Any, keystore: Keystore, server: ServerInfo) -> int:
         from client.call_app import CallUi
 
         client.call_ui = CallUi(client)  # incoming private calls: announced, a/r/e
+        from client.message_ui import MessageUi
+
+        client.message_ui = MessageUi(client)  # voice messages: announced, m plays
         done: defer.Deferred[None] = defer.Deferred()
         quit_ = lambda: done.callback(None) if not done.called else None  # noqa: E731
         button = ptt_button(reactor, client, args.ptt_key)
@@ -313,7 +317,8 @@ def main(args: Any, keystore: Keystore, server: ServerInfo) -> int:
                     button.start()
                 if terminal and screen is None:
                     print(f"{client.ptt_label} talk (hold, or tap to start/stop) · 1-9 select group · "
-                          "e/p/b emergency/peril/broadcast · a/r/e call · s status · q quit", flush=True)  # fmt: skip
+                          "e/p/b emergency/peril/broadcast · a/r/e call · m message · s status · q quit",
+                          flush=True)  # fmt: skip
                 if args.script:
                     yield run_script(reactor, client, args.script)
                 elif screen is not None:

@@ -82,6 +82,8 @@ class Keys(LineReceiver):
             self.quit()
         elif key in "sS" and self.client.on_note is not None:  # --plain: the whole status on demand
             self.client.on_note(self.client.status_line())
+        elif key in "mM" and getattr(self.client, "message_ui", None) is not None:
+            self.client.message_ui.key(key)  # play the oldest voice message waiting (client.message_ui)
         elif self.client.call_ui is not None and self.client.call_ui.in_call and key in "eE":
             self.client.call_ui.key(key)  # e ends the call in progress (not an emergency in it)
         elif key in app_emergency.KEYS:

@@ -8,6 +8,8 @@
   ptt-client ... talk [--group G] [--server-info F] [--plain] [--ptt-key DEVICE:KEY]
   ptt-client ... call URI | buttons [DEVICE]
   ptt-client ... history GROUP [--play ID] [--wav-dir D]   replay recorded bursts
+  ptt-client ... message URI [--wav F | --seconds N] [--wait delivered|played]   leave a voice message
+  ptt-client ... messages [--play ID] [--wav-dir D]          play the voice messages left for you
   ptt-client ... adhoc create NAME --member URI ... | join [NAME] | add|remove GROUP URI |
                  leave GROUP | list | press|release [GROUP]
 
@@ -296,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     from client import history_app
 
     history_app.add_command(sub, _secret)  # ptt-client history GROUP (issue 17)
+    from client import message_app
+
+    # ptt-client message URI / messages (issue 17, deferred delivery)
+    message_app.add_commands(sub, lambda args: (_identity(args), launch.server_info(args.server_info)))
     keys = sub.add_parser("keys", help="list the keys held (no secrets shown)")
     keys.set_defaults(func=cmd_keys)
     buttons = sub.add_parser("buttons", help="list input devices (PTT buttons); with a DEVICE: show its presses")

@@ -28,6 +28,7 @@ HELP = (
     "b          broadcast call (again: stop)",
     "a / r      accept / reject an incoming private call",
     "e          end the private call in progress",
+    "m          play the oldest voice message waiting",
     "?          this help (any key closes it)",
     "q          quit",
 )

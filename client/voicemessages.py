@@ -9,8 +9,9 @@ Receiving: ``fetch`` gets the I_MESSAGE and the SRTP (chunks of ``message_data``
 check in a thread (signer = the sender the server names, addressed to our UID, T at most one key period + 1 h old:
 a stored message is legitimately old; the replay cache — the session's, kept across restarts — refuses a message
 seen before under another ID), then decrypts and decodes to PCM; ``played`` tells the server. Opening the same
-message again in the same process skips the replay check (it is that message again, not a replay); after a restart
-a message already opened once is refused as a replay (fetch it, play it, keep the WAV).
+message (same ID, same I_MESSAGE) again skips the replay check, also after a restart: it is that message again,
+not a replay. The digest of each opened message is kept with its ID in the replay file beside the keystore
+(``message:ID`` entries beside the groups' current GMK messages, until the message could no longer be opened).
 """
 
 from __future__ import annotations
@@ -97,7 +98,6 @@ class VoiceMessages:
         self.session = session
         self.inbox: dict[int, MessageNotice] = {}
         self.sent: dict[int, list[str]] = {}  # message -> states the server reported, in order
-        self._opened: dict[int, bytes] = {}  # message -> digest of its I_MESSAGE, opened in this process
         self.listener: Callable[[dict[str, Any]], None] = lambda message: None
 
     # --- sending ---
@@ -178,7 +178,7 @@ class VoiceMessages:
         for item in reply["messages"]:
             if isinstance(item, dict) and item.get("type") == "message_new":
                 self.on_message(item)
-        return list(self.inbox.values())
+        return sorted(self.inbox.values(), key=lambda notice: notice.id)
 
     # --- receiving ---
 
@@ -209,7 +209,8 @@ class VoiceMessages:
         session = self.session
         sender, imessage, packets = yield self.fetch(number)
         digest = replay_key(imessage)[0]
-        again = self._opened.get(number) == digest
+        opened_before = session._current_messages.get(f"message:{number}")
+        again = opened_before is not None and opened_before[0] == digest
         cache = ReplayCache(1) if again else session.replay_cache
         now = session.reactor.seconds()
 
@@ -244,7 +245,8 @@ class VoiceMessages:
             raise
         finally:
             session._replay_cache_moved(None)
-        self._opened[number] = digest
+        session._current_messages[f"message:{number}"] = (digest, message.sent + stored_max_age(session.domain))
+        session._replay_saver.changed()
         return message
 
     @defer.inlineCallbacks

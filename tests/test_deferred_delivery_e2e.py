@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.harness import System, start_system, stop_system, wait_all
+from bench.harness import ROOT, System, clean_env, run, start_system, stop_system, wait_all
 from client.codec import OpusEncoder
 from client.headless_history import read_frames
 from client.keystore import Keystore
@@ -122,3 +124,37 @@ def test_a_voice_message_to_an_offline_user_is_played_after_they_connect_and_onl
                     replay_cache=ReplayCache(8),
                     max_age=domain.key_period,
                 )
+
+
+def ptt_client(system: System, user: str, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "client.cli", "--keystore", str(system.root / f"{user}.ks"),
+        "--passphrase-file", str(system.root / "ks.pw"), *args,
+        "--uri", f"sip:{user}@example.org", "--server-info", str(system.root / "server.json"),
+    ]  # fmt: skip
+
+
+def test_the_user_commands_leave_a_message_and_play_it(system: System, tmp_path: Path) -> None:
+    """``ptt-client message URI --wav F --wait played`` and ``ptt-client messages --wav-dir D`` (Bob's turn comes
+    while Alice's command waits)."""
+    speech = speech_wav("Meet me at the station at noon.", tmp_path / "speech.wav")
+    alice = subprocess.Popen(
+        ptt_client(system, "alice", "message", BOB, "--wav", str(speech), "--wait", "played"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(),
+    )  # fmt: skip
+    assert alice.stdout is not None
+    left = alice.stdout.readline()
+    assert "left on the server" in left, left + alice.stdout.read()
+    number = int(left.split("#")[1].split()[0])
+    out = run(*ptt_client(system, "bob", "messages", "--wav-dir", str(tmp_path / "bob"))[1:], timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"#{number}" in out.stdout and ALICE in out.stdout, out.stdout
+    rest, _ = alice.communicate(timeout=60)
+    assert alice.returncode == 0, rest
+    assert rest.splitlines() == [f"voice message #{number}: delivered", f"voice message #{number}: played"], rest
+    heard = tmp_path / "bob" / f"message-{number}.wav"
+    score = speech_match(read_wav(speech), read_wav(heard), max_lag_s=1.0).score
+    print(f"ptt-client messages: cross-correlation {score:.3f}")
+    assert score >= 0.8
+    again = run(*ptt_client(system, "carol", "messages", "--play", str(number))[1:], timeout=60)
+    assert again.returncode != 0 and f"no voice message {number}" in again.stderr, again.stderr
