@@ -138,11 +138,13 @@ def test_upgrade_from_version_2_keeps_members(tmp_path: Path) -> None:
         db.execute("DROP TABLE recordings")
         db.execute("DROP TABLE key_archive")
         db.execute("ALTER TABLE groups DROP COLUMN recording_days")
+        db.execute("DROP TABLE voice_messages")  # nor voice messages (schema 6)
         db.execute("PRAGMA user_version = 2")
     store = GroupStore(path, DATA_KEY)
     try:
         assert store.schema_version() == SCHEMA_VERSION and store.alerts("sip:none@example.org") == []
         assert store.recorded_groups() == {} and store.bursts("sip:none@example.org") == []
+        assert store.inbox("sip:none@example.org", now=0.0) == []
     finally:
         store.close()
 
