@@ -6,7 +6,9 @@ terminal bell, the status line says who calls), ``a`` accepts and ``r`` rejects 
 ends the current call; while a call is connected it is the selected "group" (SPACE talks in it, heard with the
 highest priority) and the previous selection comes back when it ends. ``ptt-client call`` places one call and
 quits when it is over (``--manual`` asks the callee to accept it; ``--script`` steps: ``wait S``, ``talk S``,
-``hangup``, ``quit``).
+``hangup``, ``quit``). A callee who is not connected (``unreachable``) can be left a voice message instead
+(deferred delivery): ``v`` records from the microphone, ``v`` again leaves it; ``--message-wav FILE`` leaves that
+file without asking.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class CallUi:
         self.in_call = False  # a call is connected: e ends it
         self.ended: defer.Deferred[str] = defer.Deferred()
         self.session.calls.listener = self.on_event
+        # the callee is not connected: v records a voice message instead, v again leaves it (client.message_ui)
+        self.recorder: Any = None
+        self.offline: str | None = None  # the callee who was not connected
+        self.message_done: defer.Deferred[None] = defer.Deferred()
 
     def on_event(self, event: CallEvent) -> None:
         self._on_event(event)
@@ -61,6 +67,11 @@ class CallUi:
             self.in_call = True
             self._previous = self.client.selected
             self.client.selected = event.call
+        elif event.kind == "ended" and event.reason == "unreachable":
+            self.text = f"{event.peer} is not connected — v: record a voice message (v again: leave it), q: quit"
+            self.offline = event.peer
+            if not self.ended.called:
+                self.ended.callback(event.reason)
         elif event.kind == "ended":
             self.text = f"call with {event.peer} ended: {event.reason}"
             log.warning("private call with %s ended: %s", event.peer, event.reason)
@@ -83,9 +94,41 @@ class CallUi:
             calls.reject()
         elif key in "eE":
             calls.hang_up()
+        elif key in "vV" and self.offline is not None:
+            self.record_message()
         else:
             return False
         return True
+
+    def record_message(self) -> None:
+        """v: start recording a voice message for the callee who was not connected; v again: leave it."""
+        from client.message_ui import MicMessage
+
+        if self.recorder is None:
+            self.recorder = MicMessage(self.voice.engine)
+            self.recorder.start()
+            self.text = f"recording a voice message for {self.offline} — v: stop and leave it"
+            self.client.note(self.text)
+            return
+        frames = self.recorder.stop()
+        self.recorder = None
+        self.leave_message(frames)
+
+    @defer.inlineCallbacks
+    def leave_message(self, pcm_frames: list[bytes]) -> Any:
+        from client.message_ui import encode
+
+        assert self.offline is not None
+        try:
+            if not pcm_frames:
+                raise ValueError("nothing recorded")
+            number, _ = yield self.session.messages.send(self.offline, encode(pcm_frames))
+            self.text = f"voice message #{number} left for {self.offline}: delivered when they connect"
+        except Exception as exc:  # refused, not connected: say so
+            self.text = f"voice message not left: {exc}"
+        self.client.note(self.text)
+        if not self.message_done.called:
+            self.message_done.callback(None)
 
     def status(self) -> str:
         return self.text
@@ -133,11 +176,20 @@ def main(args: Any, keystore: Any, server: Any) -> int:
                 elif interactive:
                     old_tty = termios.tcgetattr(sys.stdin.fileno())
                     tty.setcbreak(sys.stdin.fileno())
-                    stdio.StandardIO(Keys(client, lambda: session.calls.hang_up()))
+                    stdio.StandardIO(Keys(client, lambda: _quit(ui, session)))
                     yield ui.ended
+                    if ui.offline is not None:
+                        print(f"\n{ui.text}", flush=True)
+                        yield ui.message_done
                 else:
                     yield ui.ended
-                if ui.ended.called and ui.events and ui.events[-1]["reason"] not in ("ended", "cancelled"):
+                    if ui.offline is not None and args.message_wav:  # leave this file as the message
+                        from client.headless_history import read_frames
+
+                        yield ui.leave_message(read_frames(Path(args.message_wav)))
+                        print(f"\n{ui.text}", flush=True)
+                told = ("ended", "cancelled", "unreachable")
+                if ui.ended.called and ui.events and ui.events[-1]["reason"] not in told:
                     print(f"\nthe call ended: {ui.events[-1]['reason']}", flush=True)
             except Exception as exc:
                 error = explain(exc)
@@ -159,6 +211,13 @@ def main(args: Any, keystore: Any, server: Any) -> int:
     with contextlib.suppress(SystemExit):
         task.react(run, [])
     return int(outcome["code"])
+
+
+def _quit(ui: CallUi, session: Any) -> None:
+    """q: hang up; after an unreachable callee, quit without leaving a message."""
+    session.calls.hang_up()
+    if ui.offline is not None and ui.recorder is None and not ui.message_done.called:
+        ui.message_done.callback(None)
 
 
 @defer.inlineCallbacks

@@ -1,17 +1,20 @@
 """Voice messages in ``ptt-client talk`` (deferred delivery, issue 17): an event line for each message announced
 ("VOICE MESSAGE #7 from sip:alice@… (4.2 s) — m: play") and for each state of the messages we sent ("delivered",
 "played"); ``m`` fetches, checks and plays the oldest unplayed message (on the speaker, whenever no group's voice is
-playing), then tells the server it was played (the sender sees "played")."""
+playing), then tells the server it was played (the sender sees "played"). ``MicMessage`` records one from the
+running microphone (``ptt-client call`` offers it when the callee is not connected)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 from twisted.internet import defer
 
-from client.codec import FRAME_BYTES
+from client.codec import FRAME_BYTES, OpusEncoder
+from ptt.voicemessage import MAX_SECONDS
 
 log = logging.getLogger("ptt.client.messages")
 
@@ -65,3 +68,36 @@ class MessageUi:
             self.client.note(f"voice message #{notice.id} not played: {exc}")
         finally:
             self.playing = None
+
+
+class MicMessage:
+    """Records a voice message from a running audio engine's microphone (between ``start`` and ``stop``): its
+    frames are taken instead of being sent to a group while it records."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.frames: list[bytes] = []
+        self._lock = threading.Lock()
+        self._previous: Any = None
+
+    def start(self) -> None:
+        self._previous = self.engine.on_capture
+        self.engine.on_capture = self._captured
+        self.engine.start_capture()
+
+    def _captured(self, pcm: bytes, _at: float) -> None:  # PortAudio's thread
+        with self._lock:
+            if len(self.frames) < MAX_SECONDS * 50 and len(pcm) == FRAME_BYTES:
+                self.frames.append(pcm)
+
+    def stop(self) -> list[bytes]:
+        """The PCM frames recorded (the engine delivers to its previous listener again)."""
+        self.engine.stop_capture()
+        self.engine.on_capture = self._previous
+        with self._lock:
+            return list(self.frames)
+
+
+def encode(pcm_frames: list[bytes]) -> list[bytes]:
+    encoder = OpusEncoder()
+    return [encoder.encode(frame) for frame in pcm_frames]
