@@ -188,6 +188,9 @@ class Backend:
     def on_history(self, uri: str, message: dict[str, Any], now: float) -> Any:
         return {"type": "history_list", "group": message["group"], "bursts": []}
 
+    def on_voice_message(self, uri: str, message: dict[str, Any], now: float) -> Any:
+        return {"type": "message_inbox", "messages": []}
+
     def on_disconnected(self, uri: str, now: float) -> None:
         self.disconnected.append(uri)
 

@@ -108,6 +108,9 @@ def test_expired_messages_are_found_and_deleted(db: GroupStore) -> None:
 
 
 class Reactor:
+    def seconds(self) -> float:
+        return NOW
+
     def callFromThread(self, f: Any, *args: Any) -> None:
         f(*args)
 
@@ -116,7 +119,12 @@ class InlinePool:
     """A store thread pool that runs the work at once (this test is its only thread)."""
 
     def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:
-        on_result(True, f(*args))
+        try:
+            result = f(*args)
+        except Exception as exc:  # as a real pool: the failure goes to the Deferred
+            on_result(False, exc)
+        else:
+            on_result(True, result)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +213,72 @@ def test_an_index_entry_pointing_outside_the_directory_is_refused(db: GroupStore
     with pytest.raises(Refused) as refused:
         vm._fetch(BOB, record.id, 0, NOW)
     assert refused.value.code == 500
+
+
+# --- the whole request path, with the reactor's parts inline --------------------------------------------------
+
+
+def outcome(d: Any) -> Any:
+    """The result of an already fired Deferred, or the Refused it failed with."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "the Deferred did not fire"
+    if hasattr(box[0], "value"):
+        assert isinstance(box[0].value, Refused), box[0].getTraceback()
+        return box[0].value
+    return box[0]
+
+
+def send(vm: VoiceMessages, sender: str, to: str, imessage: bytes, packets: Any, now: float) -> Any:
+    from ptt.control import b64
+    from ptt.voicemessage_upload import encode_packets
+
+    upload = "up:" + os.urandom(8).hex()
+    half = len(packets) // 2
+    first = {"type": "message_send", "upload": upload, "offset": 0, "packets": encode_packets(packets[:half]),
+             "to": to, "imessage": b64(imessage), "total": len(packets)}  # fmt: skip
+    reply = outcome(vm.handle(sender, first, now))
+    if isinstance(reply, Refused):
+        return reply
+    assert reply == {"type": "message_ack", "upload": upload, "received": half}
+    rest = {"type": "message_send", "upload": upload, "offset": half, "packets": encode_packets(packets[half:])}
+    return outcome(vm.handle(sender, rest, now))
+
+
+def test_uploads_are_checked_stored_announced_and_fetched_only_by_the_addressee(
+    db: GroupStore, world: Any, service: Any
+) -> None:
+    from twisted.internet import defer
+
+    vm, pushed = service
+    vm.verify = lambda f, *args: defer.succeed(f(*args))  # the crypto pool, inline
+    vm.online = lambda uri: uri in (ALICE, BOB)
+    sealed = seal_voice(keys_for(world, ALICE, NOW), BOB, [b"\x02" * 60] * 30, now=NOW)
+    reply = send(vm, ALICE, BOB, sealed.imessage, sealed.packets, NOW + 1)
+    number = reply["message"]
+    assert reply["received"] == 30 and pushed[-1] == (BOB, db.voice_message(number).notice())  # type: ignore[union-attr]
+
+    refusals = [
+        (ALICE, BOB, sealed.imessage, 409),  # the same I_MESSAGE again
+        (CAROL, BOB, sealed.imessage, 403),  # Alice's, uploaded as Carol's
+        (ALICE, BOB, sealed.imessage[:-5] + bytes([sealed.imessage[-5] ^ 4]) + sealed.imessage[-4:], 403),  # forged
+    ]
+    nobody = seal_voice(keys_for(world, ALICE, NOW), "sip:nobody@example.org", [b"\x02" * 60] * 3, now=NOW)
+    refusals.append((ALICE, "sip:nobody@example.org", nobody.imessage, 404))  # no such user here
+    for sender, to, imessage, code in refusals:
+        refused = send(vm, sender, to, imessage, sealed.packets, NOW + 2)
+        assert isinstance(refused, Refused) and refused.code == code, (code, refused)
+    assert "signature" in str(send(vm, ALICE, BOB, refusals[2][2], sealed.packets, NOW + 3))
+
+    bad = {"type": "message_send", "upload": "up:" + "1" * 16, "offset": 0, "packets": [["x"]]}
+    assert outcome(vm.handle(ALICE, bad, NOW + 4)).code == 400
+    for message in ({"type": "message_fetch", "message": "1"}, {"type": "message_played", "message": -1}):
+        with pytest.raises(Refused):
+            vm.handle(BOB, message, NOW + 4)
+    assert outcome(vm.handle(CAROL, {"type": "message_fetch", "message": number}, NOW + 5)).code == 404
+    assert outcome(vm.handle(BOB, {"type": "message_list"}, NOW + 5))["messages"][0]["message"] == number
+    data = outcome(vm.handle(BOB, {"type": "message_fetch", "message": number}, NOW + 6))
+    assert data["from"] == ALICE and decode_packets(data["packets"]) == sealed.packets
+    assert pushed[-1] == (ALICE, {"type": "message_status", "message": number, "to": BOB, "state": "delivered"})
+    assert outcome(vm.handle(BOB, {"type": "message_played", "message": number}, NOW + 7))["message"] == number
+    assert pushed[-1][1]["state"] == "played" and vm.stats["stored"] == 1 and vm.stats["refused"] >= 5
