@@ -29,7 +29,7 @@ from ptt.control import ControlProtocolError, b64, unb64
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import ReplayCache, replay_key
 from ptt.voicemessage import SealedVoice, open_voice, seal_voice, stored_max_age
-from ptt.voicemessage_upload import CHUNK_OCTETS, decode_packets, encode_packets
+from ptt.voicemessage_upload import CHUNK_OCTETS, CHUNK_PACKETS, decode_packets, encode_packets
 
 if TYPE_CHECKING:
     from client.session import PttSession
@@ -78,12 +78,14 @@ class OpenedMessage:
         return f"OpenedMessage({self.id} from {self.sender}, {self.decrypted}/{self.packets})"
 
 
-def chunks(packets: list[tuple[float, bytes]], limit: int = CHUNK_OCTETS) -> list[list[tuple[float, bytes]]]:
-    """The packets in consecutive runs of at most ``limit`` octets (at least one packet each)."""
+def chunks(
+    packets: list[tuple[float, bytes]], limit: int = CHUNK_OCTETS, count: int = CHUNK_PACKETS
+) -> list[list[tuple[float, bytes]]]:
+    """The packets in consecutive runs of at most ``limit`` octets and ``count`` packets (at least one each)."""
     out: list[list[tuple[float, bytes]]] = []
     size = limit + 1
     for at, packet in packets:
-        if size + len(packet) > limit:
+        if size + len(packet) > limit or len(out[-1]) >= count:
             out.append([])
             size = 0
         out[-1].append((at, packet))

@@ -19,6 +19,7 @@ from ptt.voicemessage import MAX_PACKET_OCTETS, MAX_PACKETS, MAX_SECONDS, Upload
 
 __all__ = [
     "CHUNK_OCTETS",
+    "CHUNK_PACKETS",
     "IDLE",
     "MAX_PENDING",
     "MAX_UPLOAD_OCTETS",
@@ -31,6 +32,8 @@ __all__ = [
 
 CHUNK_OCTETS = 96 * 1024
 """SRTP octets per chunk: base64 and JSON keep a chunk's frame well under the 256 KiB frame limit."""
+CHUNK_PACKETS = 1000
+"""Packets per chunk at most (a frame's arrays hold at most 4096 items: ``ptt.control.JSON_LIMITS``)."""
 MAX_UPLOAD_OCTETS = 1024 * 1024
 """A voice message's SRTP at most: two minutes of Opus at up to ~64 kbit/s (24 kbit/s takes ~580 kB)."""
 MAX_PENDING = 2
@@ -56,6 +59,8 @@ def decode_packets(items: object) -> list[tuple[float, bytes]]:
     """[[ms, base64], …] → [(seconds, octets), …]; ValueError with the reason for anything else."""
     if not isinstance(items, list):
         raise ValueError("packets: not a list")
+    if len(items) > CHUNK_PACKETS:
+        raise ValueError(f"packets: more than {CHUNK_PACKETS} in one chunk")
     packets: list[tuple[float, bytes]] = []
     for item in items:
         if not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int or not isinstance(item[1], str):

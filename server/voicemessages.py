@@ -36,7 +36,7 @@ from ptt.mikey.imessage import KmsDomain, replay_key
 from ptt.ratelimit import BucketTable
 from ptt.recording import RecordingFormatError, encode_burst, parse_burst
 from ptt.voicemessage import UploadRefused, check_upload, sender_signature_valid, stored_max_age
-from ptt.voicemessage_upload import CHUNK_OCTETS, Upload, UploadTable, decode_packets, encode_packets
+from ptt.voicemessage_upload import CHUNK_OCTETS, CHUNK_PACKETS, Upload, UploadTable, decode_packets, encode_packets
 from server.groups.store import GroupStore
 from server.groups.voicemessages import MessageRefused, VoiceMessageRecord
 
@@ -220,7 +220,7 @@ class VoiceMessages:
         chunk: list[tuple[float, bytes]] = []
         size = 0
         for at, packet in packets[offset:]:
-            if size + len(packet) > CHUNK_OCTETS and chunk:
+            if (size + len(packet) > CHUNK_OCTETS or len(chunk) >= CHUNK_PACKETS) and chunk:
                 break
             chunk.append((at, packet))
             size += len(packet)

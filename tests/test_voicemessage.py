@@ -201,3 +201,7 @@ def test_the_client_cuts_its_upload_into_bounded_chunks() -> None:
     parts = chunks(packets, limit=1000)
     assert [len(p) for p in parts] == [10, 10, 5] and [x for p in parts for x in p] == packets
     assert chunks([(0.0, bytes(3000))], limit=1000) == [[(0.0, bytes(3000))]]  # never an empty chunk
+    tiny = [(i * 0.02, bytes(12)) for i in range(2500)]  # DTX-sized packets: the count bounds the chunk
+    assert [len(p) for p in chunks(tiny)] == [1000, 1000, 500]
+    with pytest.raises(ValueError, match="more than 1000"):
+        decode_packets(encode_packets(tiny))

@@ -72,6 +72,7 @@ def test_messages_are_indexed_once_and_mailboxes_are_bounded(db: GroupStore) -> 
     add(db, sender="sip:dave@example.org", digest=b"h" * 32, limits=limits)
     assert [m.sender for m in db.inbox(BOB, now=NOW)] == [ALICE, ALICE, CAROL, "sip:dave@example.org"]
     assert db.inbox(BOB, now=NOW + 1000) == [] and db.inbox(ALICE, now=NOW) == []
+    assert [m.sender for m in db.inbox(BOB, now=NOW, limit=2)] == [CAROL, "sip:dave@example.org"]  # the newest
 
 
 def test_delivered_and_played_are_the_addressees_to_set_and_the_sender_is_told_once(db: GroupStore) -> None:

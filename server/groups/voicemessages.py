@@ -160,12 +160,13 @@ class VoiceMessageStore(StoreDatabase):
             row = db.execute(f"SELECT {_COLUMNS} FROM voice_messages WHERE id = ?", (message_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def inbox(self, addressee: str, *, now: float) -> list[VoiceMessageRecord]:
-        """The unexpired messages to ``addressee``, oldest first."""
+    def inbox(self, addressee: str, *, now: float, limit: int = 200) -> list[VoiceMessageRecord]:
+        """The last ``limit`` unexpired messages to ``addressee``, oldest first."""
         with self._read() as db:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM voice_messages WHERE addressee = ? AND expires_at > ? ORDER BY id",
-                (addressee, now),
+                f"SELECT {_COLUMNS} FROM (SELECT * FROM voice_messages WHERE addressee = ? AND expires_at > ? "
+                "ORDER BY id DESC LIMIT ?) AS latest ORDER BY id",
+                (addressee, now, limit),
             ).fetchall()
         return [_record(r) for r in rows]
 
