@@ -551,9 +551,17 @@ def privatecall_harness() -> Harness:
     return harness
 
 
+def voicemessage_harness() -> Harness:
+    from tests.fuzzing_calls import voicemessage_harness as make
+
+    harness: Harness = make()
+    return harness
+
+
 TARGETS: dict[str, Callable[[], Harness]] = {
     "emergency": emergency_harness,
     "privatecall": privatecall_harness,
+    "voicemessage": voicemessage_harness,
     "control": control_harness,
     "dispatch": dispatch_harness,
     "floor": floor_harness,

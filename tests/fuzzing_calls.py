@@ -96,3 +96,39 @@ def privatecall_harness() -> Harness:
         return accepted
 
     return Harness(seeds, run)
+
+
+def voicemessage_harness() -> Harness:
+    """Voice message uploads as the server reads them (issue 17): seeds tagged ``U`` (an uploaded I_MESSAGE through
+    ``check_upload`` and the signature check) or ``F`` (a ``message_send`` frame and its packets)."""
+    from ptt.control import ControlProtocolError, FrameDecoder, encode_frame
+    from ptt.voicemessage import UploadRefused, check_upload, seal_voice, sender_signature_valid
+    from ptt.voicemessage_upload import decode_packets, encode_packets
+    from tests.identities import keys_for, make_world
+
+    now = 1_760_000_000.0
+    world = make_world()
+    sealed = seal_voice(
+        keys_for(world, "sip:alice@example.org", now), "sip:bob@example.org", [b"\x05" * 40] * 3, now=now
+    )
+    frame = encode_frame(
+        {"type": "message_send", "upload": "up:" + "0" * 16, "offset": 0, "packets": encode_packets(sealed.packets),
+         "to": "sip:bob@example.org", "imessage": base64.b64encode(sealed.imessage).decode(), "total": 3}
+    )  # fmt: skip
+
+    def run(data: bytes) -> bool:
+        if data[:1] == b"U":
+            try:
+                check_upload(data[1:], "sip:alice@example.org", "sip:bob@example.org", world[0], now)
+            except UploadRefused:
+                return False
+            return sender_signature_valid(data[1:], world[0]) or False
+        try:
+            decoded = FrameDecoder().feed(data[1:])
+            for message in decoded:
+                decode_packets(message.get("packets"))
+        except (ControlProtocolError, ValueError):
+            return False
+        return bool(decoded)
+
+    return Harness([b"U" + sealed.imessage, b"F" + frame], run)
