@@ -122,7 +122,7 @@ class CallUi:
         try:
             if not pcm_frames:
                 raise ValueError("nothing recorded")
-            number, _ = yield self.session.messages.send(self.offline, encode(pcm_frames))
+            number, _, _ = yield self.session.messages.send(self.offline, encode(pcm_frames))
             self.text = f"voice message #{number} left for {self.offline}: delivered when they connect"
         except Exception as exc:  # refused, not connected: say so
             self.text = f"voice message not left: {exc}"

@@ -1,6 +1,7 @@
 """``ptt-headless`` script steps for voice messages (deferred delivery, issue 17), a part of ``client.headless.Runner``:
 
-``message-wav URI PATH``        send the WAV (48 kHz mono 16-bit) as a voice message to URI
+``message-wav URI PATH``        send the WAV (48 kHz mono 16-bit) as a voice message to URI (a user, or one of our
+                                groups: then under its GMK)
 ``call-or-message URI PATH``    call URI; if it is not connected (``unreachable``), leave PATH as a voice message
 ``wait-message-status ID STATE [S]`` until message ID (``last``: the last one sent here) reached STATE (delivered,
                                 played) as the server told us, at most S (45) s
@@ -12,7 +13,8 @@
 ``message-raw URI PATH HEX``    upload PATH under the I_MESSAGE in the file HEX (hex; someone else's message), or
                                 with ``flip`` instead of a file: our own I_MESSAGE with one signature bit flipped
 
-The report: ``messages_sent`` (ID, addressee, states seen, the I_MESSAGE in hex), ``messages_played`` (each
+The report: ``messages_sent`` (ID, addressee, states seen, the I_MESSAGE in hex), ``message_receipts`` (a group
+message's states per member), ``messages_played`` (each
 opened message: sender, packets decrypted, WAV), ``message_errors`` (step, code or refusal).
 """
 
@@ -58,7 +60,7 @@ class MessageSteps:
         self.sent: list[dict[str, Any]] = []
         self.played: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
-        self._last: tuple[str, Any] | None = None  # (addressee, SealedVoice) of the last message sent
+        self._last: tuple[bytes | None, Any] | None = None  # (I_MESSAGE, SRTP) of the last message sent
 
     def _error(self, step: str, exc: Exception) -> None:
         code = exc.code if isinstance(exc, ControlError) else type(exc).__name__
@@ -72,9 +74,10 @@ class MessageSteps:
 
     @defer.inlineCallbacks
     def _send(self, uri: str, path: Path) -> Any:
-        number, sealed = yield self.session.messages.send(uri, opus_frames(path))
-        self._last = (uri, sealed)
-        self.sent.append({"message": number, "to": uri, "imessage": sealed.imessage.hex(), "t": round(time.time(), 3)})
+        number, imessage, packets = yield self.session.messages.send(uri, opus_frames(path))
+        self._last = (imessage, packets)
+        hexed = imessage.hex() if imessage is not None else ""  # none for a message to a group
+        self.sent.append({"message": number, "to": uri, "imessage": hexed, "t": round(time.time(), 3)})
 
     @defer.inlineCallbacks
     def run(self, word: str, arg: str) -> Any:
@@ -103,8 +106,8 @@ class MessageSteps:
             yield self._play(int(arg), None)
         elif word == "message-resend":
             assert self._last is not None, "send a message first"
-            _, sealed = self._last
-            yield self._upload("message-resend", arg, sealed.imessage, sealed.packets)
+            imessage, packets = self._last
+            yield self._upload("message-resend", arg, imessage, packets)
         elif word == "message-raw":
             uri, path, source = arg.split()
             now = self.runner.reactor.seconds()
@@ -116,7 +119,7 @@ class MessageSteps:
             yield self._upload("message-raw", uri, imessage, sealed.packets)
 
     @defer.inlineCallbacks
-    def _upload(self, step: str, uri: str, imessage: bytes, packets: list[tuple[float, bytes]]) -> Any:
+    def _upload(self, step: str, uri: str, imessage: bytes | None, packets: list[tuple[float, bytes]]) -> Any:
         try:
             number = yield self.session.messages.upload(uri, imessage, packets)
         except (ControlError, ValueError) as exc:
@@ -144,6 +147,7 @@ class MessageSteps:
         return {
             "messages_sent": sent,
             "message_states": {str(k): v for k, v in states.items()},
+            "message_receipts": {str(k): v for k, v in self.session.messages.receipts.items()},
             "messages_played": self.played,
             "message_errors": self.errors,
         }

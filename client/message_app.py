@@ -102,7 +102,7 @@ def send_main(args: Any) -> int:
         session = _session(args, reactor)
         try:
             yield session.start()
-            number, _ = yield session.messages.send(args.to, opus)
+            number, _, _ = yield session.messages.send(args.to, opus)
             print(f"voice message #{number} to {args.to} ({len(opus) * 0.02:.1f} s) left on the server", flush=True)
             wanted = args.wait
             if wanted:

@@ -28,13 +28,18 @@ class MessageUi:
 
     def on_message(self, message: dict[str, Any]) -> None:
         if message["type"] == "message_new" and message.get("state") != "played":
+            group = f" to {message['group']}" if isinstance(message.get("group"), str) else ""
             self.client.note(
-                f"VOICE MESSAGE #{message['message']} from {message['from']} ({float(message['seconds']):.1f} s)"
-                " — m: play"
+                f"VOICE MESSAGE #{message['message']} from {message['from']}{group} "
+                f"({float(message['seconds']):.1f} s) — m: play"
             )
             if not self.client.quiet:
                 sys.stdout.write("\a")
                 sys.stdout.flush()
+        elif message["type"] == "message_status" and isinstance(message.get("group"), str):
+            self.client.note(
+                f"your voice message #{message['message']} to {message['group']}: {message['state']} by {message['to']}"
+            )
         elif message["type"] == "message_status":
             self.client.note(f"your voice message #{message['message']} to {message['to']}: {message['state']}")
 

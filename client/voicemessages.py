@@ -5,6 +5,10 @@ signed by us and encrypted to the addressee, SRTP under it) and uploaded in chun
 keeps it and tells the addressee (``message_new``) when it is or becomes connected; it tells us
 (``message_status``) "delivered" when the addressee fetched it and "played" when it said it played it.
 
+To a group we are in (``addressee`` is one of the session's groups): the speech under the group's current GMK
+(``ptt.voicemessage_group``), no I_MESSAGE; members open it with the GMKs they hold (the GUK-ID must be the named
+sender's).
+
 Receiving: ``fetch`` gets the I_MESSAGE and the SRTP (chunks of ``message_data``); ``open`` runs every I_MESSAGE
 check in a thread (signer = the sender the server names, addressed to our UID, T at most one key period + 1 h old:
 a stored message is legitimately old; the replay cache — the session's, kept across restarts — refuses a message
@@ -26,9 +30,12 @@ from twisted.internet import defer
 
 from client.history import decode_rtp
 from ptt.control import ControlProtocolError, b64, unb64
+from ptt.groupkeys import GroupKey
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import ReplayCache, replay_key
-from ptt.voicemessage import SealedVoice, open_voice, seal_voice, stored_max_age
+from ptt.privatecall.messages import is_call_id
+from ptt.voicemessage import open_voice, seal_voice, stored_max_age
+from ptt.voicemessage_group import open_group_voice, seal_group_voice
 from ptt.voicemessage_upload import CHUNK_OCTETS, CHUNK_PACKETS, decode_packets, encode_packets
 
 if TYPE_CHECKING:
@@ -49,6 +56,7 @@ class MessageNotice:
     sent: float
     seconds: float
     state: str
+    group: str | None = None  # a message to this group (under its GMK)
 
 
 @dataclass(repr=False)
@@ -100,23 +108,34 @@ class VoiceMessages:
         self.session = session
         self.inbox: dict[int, MessageNotice] = {}
         self.sent: dict[int, list[str]] = {}  # message -> states the server reported, in order
+        self.receipts: dict[int, dict[str, list[str]]] = {}  # group message -> member -> states, in order
         self.listener: Callable[[dict[str, Any]], None] = lambda message: None
 
     # --- sending ---
 
-    @defer.inlineCallbacks
-    def send(self, addressee: str, opus_frames: Sequence[bytes]) -> Any:
-        """Seal and upload; fires with (message ID, the sealed message)."""
-        session = self.session
-        now = session.reactor.seconds()
-        sealed = yield session._crypto(seal_voice, session.identity_keys(now), addressee, list(opus_frames), now=now)
-        number = yield self.upload(addressee, sealed.imessage, sealed.packets)
-        return number, sealed
+    def group_key(self, addressee: str) -> GroupKey | None:
+        """The current GMK if ``addressee`` is one of our groups (a message to it goes under the GMK)."""
+        state = self.session.groups.get(addressee)
+        return None if state is None or is_call_id(addressee) else state.key
 
     @defer.inlineCallbacks
-    def upload(self, addressee: str, imessage: bytes, packets: list[tuple[float, bytes]]) -> Any:
-        """Upload an I_MESSAGE and its SRTP in chunks; fires with the stored message's ID (ControlError if the
-        server refuses it)."""
+    def send(self, addressee: str, opus_frames: Sequence[bytes]) -> Any:
+        """Seal and upload; fires with (message ID, its I_MESSAGE — None for a message to a group —, its SRTP)."""
+        session = self.session
+        now = session.reactor.seconds()
+        key = self.group_key(addressee)
+        if key is not None:  # to a group we are in: under its current GMK (ptt.voicemessage_group)
+            packets = yield session._crypto(seal_group_voice, key, session.uri, list(opus_frames))
+            number = yield self.upload(addressee, None, packets)
+            return number, None, packets
+        sealed = yield session._crypto(seal_voice, session.identity_keys(now), addressee, list(opus_frames), now=now)
+        number = yield self.upload(addressee, sealed.imessage, sealed.packets)
+        return number, sealed.imessage, sealed.packets
+
+    @defer.inlineCallbacks
+    def upload(self, addressee: str, imessage: bytes | None, packets: list[tuple[float, bytes]]) -> Any:
+        """Upload an I_MESSAGE (None: to a group) and its SRTP in chunks; fires with the stored message's ID
+        (ControlError if the server refuses it)."""
         control = self.session.control
         if control is None:
             raise RuntimeError("not connected to the server")
@@ -131,7 +150,9 @@ class VoiceMessages:
                 "packets": encode_packets(chunk),
             }
             if index == 0:
-                request.update(to=addressee, imessage=b64(imessage), total=len(packets))
+                request.update(to=addressee, total=len(packets))
+                if imessage is not None:
+                    request["imessage"] = b64(imessage)
             reply = yield control.request(request, "message_ack")
             received = int(reply["received"])
         number = reply.get("message")
@@ -151,6 +172,7 @@ class VoiceMessages:
                 float(message.get("sent") or 0.0),
                 float(message["seconds"]),
                 str(message["state"]),
+                message["group"] if isinstance(message.get("group"), str) else None,
             )
             self.inbox[notice.id] = notice
             log.info(
@@ -160,6 +182,11 @@ class VoiceMessages:
                 notice.sender,
                 notice.seconds,
             )
+        elif message["type"] == "message_status" and isinstance(message.get("group"), str):
+            member = str(message["to"])  # a member's receipt of our message to a group
+            states = self.receipts.setdefault(int(message["message"]), {}).setdefault(member, [])
+            if str(message["state"]) not in states:
+                states.append(str(message["state"]))
         elif message["type"] == "message_status":
             states = self.sent.setdefault(int(message["message"]), [])
             if str(message["state"]) not in states:
@@ -186,23 +213,27 @@ class VoiceMessages:
 
     @defer.inlineCallbacks
     def fetch(self, number: int) -> Any:
-        """(sender, I_MESSAGE, packets) of message ``number`` (ControlError 404 if it is not ours)."""
+        """(sender, I_MESSAGE — or the group's URI, str, for a message to a group —, packets) of message ``number``
+        (ControlError 404 if it is not ours)."""
         control = self.session.control
         assert control is not None
         packets: list[tuple[float, bytes]] = []
-        imessage, sender = b"", ""
+        imessage, sender, group = b"", "", None
         for _ in range(MAX_FETCH_ROUNDS):
             request = {"type": "message_fetch", "message": number, "offset": len(packets)}
             reply = yield control.request(request, "message_data")
             try:
+                sender = sender or str(reply["from"])
                 if "imessage" in reply:
-                    imessage, sender = unb64(reply["imessage"], "imessage"), str(reply["from"])
+                    imessage = unb64(reply["imessage"], "imessage")
+                if isinstance(reply.get("group"), str):
+                    group = reply["group"]
                 chunk = decode_packets(reply["packets"])
             except (ControlProtocolError, ValueError) as exc:
                 raise ValueError(f"voice message {number}: malformed reply ({exc})") from None
             packets.extend(chunk)
             if not chunk or len(packets) >= int(reply["total"]):
-                return sender, imessage, packets
+                return sender, imessage if group is None else group, packets
         raise ValueError(f"voice message {number}: more than {MAX_FETCH_ROUNDS} chunks")
 
     @defer.inlineCallbacks
@@ -210,6 +241,9 @@ class VoiceMessages:
         """Fetch and open message ``number``: an OpenedMessage (a MikeyError if its I_MESSAGE is refused)."""
         session = self.session
         sender, imessage, packets = yield self.fetch(number)
+        if isinstance(imessage, str):  # to a group: under the GMKs we hold for it, no I_MESSAGE
+            message = yield self._open_group(number, sender, imessage, packets)
+            return message
         digest = replay_key(imessage)[0]
         opened_before = session._current_messages.get(f"message:{number}")
         again = opened_before is not None and opened_before[0] == digest
@@ -251,6 +285,21 @@ class VoiceMessages:
         session._replay_saver.changed()
         return message
 
+    def _open_group(self, number: int, sender: str, group: str, packets: list[tuple[float, bytes]]) -> Any:
+        state = self.session.groups.get(group)
+        keys = list(state.keys) if state is not None else []
+        notice = self.inbox.get(number)
+        sent = notice.sent if notice is not None else 0.0
+
+        def opened_in_thread() -> OpenedMessage:
+            opened = open_group_voice(packets, keys, sender)
+            pcm = decode_rtp(opened.rtp) if opened.rtp else b""
+            return OpenedMessage(
+                number, sender, sent, pcm, len(packets), len(opened.rtp), opened.failed, opened.reasons
+            )
+
+        return self.session._crypto(opened_in_thread)
+
     @defer.inlineCallbacks
     def played(self, number: int) -> Any:
         """Tell the server we played message ``number`` (it tells the sender)."""
@@ -262,4 +311,4 @@ class VoiceMessages:
             notice.state = "played"
 
 
-__all__ = ["MessageNotice", "OpenedMessage", "SealedVoice", "VoiceMessages", "chunks"]
+__all__ = ["MessageNotice", "OpenedMessage", "VoiceMessages", "chunks"]

@@ -12,6 +12,11 @@
   S message_status {message, to, state}                 (to the sender: "delivered" once the addressee fetched
                                                          it, "played" once it said so; at its login if offline)
 
+A message to a group (``to`` a group URI, no ``imessage``: the SRTP under the group's current GMK,
+``ptt.voicemessage_group``) is taken from a member, under the group's current or previous GMK, told to every other
+member, fetched by those who were members when it was stored; ``message_data`` then names the ``group``, and
+``message_status`` names the member (``to``) and the ``group``. Kept a day.
+
 Only the addressee fetches: another identity's request and a missing message both answer 404. A message is stored
 whether the addressee is online or not, once the I_MESSAGE passed ``check_upload`` (sender and addressee UIDs, T
 fresh, not stored before) and the sender's ECCSI signature verified (in a worker). Files:
@@ -36,9 +41,10 @@ from ptt.mikey.imessage import KmsDomain, replay_key
 from ptt.ratelimit import BucketTable
 from ptt.recording import RecordingFormatError, encode_burst, parse_burst
 from ptt.voicemessage import UploadRefused, check_upload, sender_signature_valid, stored_max_age
+from ptt.voicemessage_group import check_group_keys, group_digest
 from ptt.voicemessage_upload import CHUNK_OCTETS, CHUNK_PACKETS, Upload, UploadTable, decode_packets, encode_packets
 from server.groups.store import GroupStore
-from server.groups.voicemessages import MessageRefused, VoiceMessageRecord
+from server.groups.voicemessages import MessageRefused, Receipt, VoiceMessageRecord
 
 log = logging.getLogger("ptt.server.voicemessages")
 
@@ -47,6 +53,8 @@ NEW_RATE, NEW_BURST = 0.5, 5
 RATE, BURST = 50.0, 200
 """Every voice message request of one identity (chunks and fetches of a two-minute message fit in the burst)."""
 SUFFIX = ".pttr"
+GROUP_RETENTION = 86400.0
+"""A message to a group is kept a day: for members catching up on a shift (members keep few past GMKs)."""
 
 
 def _refused(exc: UploadRefused | MessageRefused) -> Refused:
@@ -120,28 +128,40 @@ class VoiceMessages:
         except ValueError as exc:
             raise Refused(400, f"message_send: {exc}") from None
         if offset == 0:
-            yield self._begin(uri, message, now)
+            yield self._begin(uri, message, packets, now)
         try:
             entry = self.uploads.add(uri, str(upload), offset, packets, now)
         except UploadRefused as exc:
             raise _refused(exc) from None
         reply: dict[str, Any] = {"type": "message_ack", "upload": upload, "received": len(entry.packets)}
         if entry.complete:
-            record = yield self._thread(self._store, entry, now)
+            record, recipients = yield self._thread(self._store, entry, now)
             reply["message"] = record.id
             self.stats["stored"] += 1
             log.info("voice message %d from %s to %s stored (%.1f s)", record.id, uri, entry.to, record.seconds)
-            if self.push(entry.to, record.notice()):
-                log.info("voice message %d: %s notified", record.id, entry.to)
+            notified = [r for r in recipients if self.push(r, record.notice(0))]
+            if notified:
+                log.info("voice message %d: %s notified", record.id, ", ".join(notified))
         return reply
 
     @defer.inlineCallbacks
-    def _begin(self, uri: str, message: dict[str, Any], now: float) -> Any:
+    def _begin(self, uri: str, message: dict[str, Any], packets: list[tuple[float, bytes]], now: float) -> Any:
         to, text, total = message.get("to"), message.get("imessage"), message.get("total")
-        if not isinstance(to, str) or not isinstance(text, str) or not 0 < len(to) <= 255:
+        if not isinstance(to, str) or not 0 < len(to) <= 255 or not isinstance(text, str | None):
             raise Refused(400, "message_send: the first chunk names the addressee (to) and carries the imessage")
         if not self._new.take(uri, now):
             raise Refused(429, "too many voice messages: retry in a few seconds")
+        if text is None:  # to a group, under its GMK (ptt.voicemessage_group)
+            try:
+                digest = group_digest(packets)
+            except UploadRefused as exc:
+                raise _refused(exc) from None
+            yield self._thread(self._admissible_group, uri, to, digest, packets, now)
+            try:
+                self.uploads.begin(uri, str(message.get("upload")), to, b"", digest, total, now)
+            except UploadRefused as exc:
+                raise _refused(exc) from None
+            return
         try:
             imessage = unb64(text, "imessage")
         except ControlProtocolError as exc:
@@ -170,10 +190,36 @@ class VoiceMessages:
         except MessageRefused as exc:
             raise _refused(exc) from None
 
+    def _group_keys(self, group: str) -> list[bytes]:
+        """The GMK-IDs a group message may be under: the group's current GMK and the one before it."""
+        return [k.gmk_id for k in self.store.key_history(group)[-2:]]
+
+    def _admissible_group(
+        self, sender: str, group: str, digest: bytes, packets: list[tuple[float, bytes]], now: float
+    ) -> None:
+        if self.store.member(group, sender) is None:
+            raise Refused(404, f"{sender} is not a member of {group}")
+        try:
+            check_group_keys(packets, self._group_keys(group))
+            self.store.check_voice_message(sender, group, digest, to_group=True, now=now)
+        except (UploadRefused, MessageRefused) as exc:
+            raise _refused(exc) from None
+
     def addressee_directory(self, addressee: str) -> str:
         return hashlib.sha256(addressee.encode()).hexdigest()[:16]
 
-    def _store(self, entry: Upload, now: float) -> VoiceMessageRecord:
+    def _store(self, entry: Upload, now: float) -> tuple[VoiceMessageRecord, list[str]]:
+        """Write the file and index it; the record and whom to tell (the addressee, or the group's members)."""
+        to_group = not entry.imessage
+        if to_group:
+            try:
+                check_group_keys(entry.packets, self._group_keys(entry.to))
+            except UploadRefused as exc:
+                raise _refused(exc) from None
+            sent_at, expires_at = now, now + GROUP_RETENTION
+        else:
+            _, sent_at = replay_key(entry.imessage)  # checked at the upload's start
+            expires_at = sent_at + stored_max_age(self.domain)
         relative = f"{self.addressee_directory(entry.to)}/{int(now * 1000)}-{os.urandom(4).hex()}{SUFFIX}"
         path = self.directory / relative
         path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -182,36 +228,48 @@ class VoiceMessages:
         with os.fdopen(fd, "wb") as f:
             f.write(encode_burst(entry.packets))
         os.replace(temporary, path)
-        _, sent_at = replay_key(entry.imessage)  # checked at the upload's start
         try:
-            return self.store.add_voice_message(
+            record = self.store.add_voice_message(
                 sender=entry.sender,
                 addressee=entry.to,
                 digest=entry.digest,
                 imessage=entry.imessage,
                 sent_at=sent_at,
-                expires_at=sent_at + stored_max_age(self.domain),
+                expires_at=expires_at,
                 packets=len(entry.packets),
                 octets=entry.octets,
                 seconds=entry.seconds,
                 path=relative,
                 now=now,
+                to_group=to_group,
             )
         except MessageRefused as exc:
             path.unlink(missing_ok=True)
             raise _refused(exc) from None
+        if not to_group:
+            return record, [entry.to]
+        return record, [m.uri for m in self.store.members(entry.to) if m.uri != entry.sender]
 
     def _inbox(self, uri: str, now: float) -> dict[str, Any]:
-        return {"type": "message_inbox", "messages": [r.notice() for r in self.store.inbox(uri, now=now)]}
+        notices = [r.notice() for r in self.store.inbox(uri, now=now)]
+        notices += [r.message.notice(r.state) for r in self.store.group_inbox(uri, now=now)]
+        return {"type": "message_inbox", "messages": notices}
 
-    def _mine(self, uri: str, number: int, now: float) -> VoiceMessageRecord:
+    def _mine(self, uri: str, number: int, now: float) -> tuple[VoiceMessageRecord, Receipt | None]:
+        """The message if ``uri`` may have it (and its receipt, for a group message); else 404, alike for a
+        missing, expired or someone else's message."""
         record = self.store.voice_message(number)
-        if record is None or record.addressee != uri or record.expires_at <= now:
-            raise Refused(404, f"no voice message {number} for {uri}")  # alike: missing, expired, not yours
-        return record
+        receipt = None
+        if record is not None and record.to_group:
+            receipt = self.store.group_receipt(number, uri, now=now)
+            if receipt is not None:
+                return record, receipt
+        elif record is not None and record.addressee == uri and record.expires_at > now:
+            return record, None
+        raise Refused(404, f"no voice message {number} for {uri}")
 
     def _fetch(self, uri: str, number: int, offset: int, now: float) -> dict[str, Any]:
-        record = self._mine(uri, number, now)
+        record, receipt = self._mine(uri, number, now)
         try:
             packets = parse_burst(self.path_of(record).read_bytes())
         except (OSError, ValueError, RecordingFormatError) as exc:
@@ -232,20 +290,35 @@ class VoiceMessages:
             "total": len(packets),
             "packets": encode_packets(chunk),
         }
-        if offset == 0:
+        if offset == 0 and receipt is not None:
+            reply["group"] = record.addressee
+            if receipt.delivered_at is None:
+                self._receipt_changed(number, uri, 1, now)
+        elif offset == 0:
             reply["imessage"] = b64(record.imessage)
             if record.delivered_at is None:
                 self._changed(self.store.mark_voice_message(number, uri, 1, now=now))
         return reply
 
     def _played(self, uri: str, number: int, _offset: int, now: float) -> dict[str, Any]:
-        self._mine(uri, number, now)
-        self._changed(self.store.mark_voice_message(number, uri, 2, now=now))
+        _, receipt = self._mine(uri, number, now)
+        if receipt is not None:
+            self._receipt_changed(number, uri, 2, now)
+        else:
+            self._changed(self.store.mark_voice_message(number, uri, 2, now=now))
         return {"type": "message_played_ok", "message": number}
 
     def _changed(self, record: VoiceMessageRecord) -> None:
         self.stats["delivered" if record.state == 1 else "played"] += 1
-        self.reactor.callFromThread(self._tell_sender, record)
+        self.reactor.callFromThread(self._tell_sender, record.sender, record.status(), record.id, None, record.state)
+
+    def _receipt_changed(self, number: int, member: str, state: int, now: float) -> None:
+        self.store.mark_group_receipt(number, member, state, now=now)
+        receipt = self.store.group_receipt(number, member, now=now)
+        if receipt is not None:
+            self.stats["delivered" if receipt.state == 1 else "played"] += 1
+            sender, status = receipt.message.sender, receipt.status()
+            self.reactor.callFromThread(self._tell_sender, sender, status, number, member, receipt.state)
 
     def path_of(self, record: VoiceMessageRecord) -> Path:
         path = (self.directory / record.path).resolve()
@@ -255,19 +328,27 @@ class VoiceMessages:
 
     # --- the sender's "delivered" / "played", and the pushes at login ---
 
-    def _tell_sender(self, record: VoiceMessageRecord) -> None:
-        if self.push(record.sender, record.status()):
-            self._thread(self.store.mark_told, record.id, record.state).addErrback(
-                lambda f: log.error("voice message %d: %s", record.id, f.getErrorMessage())
-            )
+    def _tell_sender(self, sender: str, status: dict[str, Any], number: int, member: str | None, state: int) -> None:
+        """Push a message's (or a group member's receipt's) new state to its sender; once pushed, it is told."""
+        if not self.push(sender, status):
+            return
+        if member is None:
+            d = self._thread(self.store.mark_told, number, state)
+        else:
+            d = self._thread(self.store.mark_receipt_told, number, member, state)
+        d.addErrback(lambda f: log.error("voice message %d: %s", number, f.getErrorMessage()))
 
     def login_pushes(self, uri: str, now: float) -> list[dict[str, Any]]:
         """(On the store thread) what a member logging in is told: its unplayed messages, and the states of the
         messages it sent that moved on since it was last told (marked told: they are sent right after)."""
         pushes = [r.notice() for r in self.store.inbox(uri, now=now) if r.played_at is None]
+        pushes += [r.message.notice(r.state) for r in self.store.group_inbox(uri, now=now) if r.played_at is None]
         for record in self.store.untold(uri):
             pushes.append(record.status())
             self.store.mark_told(record.id, record.state)
+        for receipt in self.store.untold_receipts(uri):
+            pushes.append(receipt.status())
+            self.store.mark_receipt_told(receipt.message.id, receipt.member, receipt.state)
         return pushes
 
     # --- retention (on the store thread, hourly) ---

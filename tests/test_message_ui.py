@@ -16,7 +16,7 @@ from client.voicemessages import MessageNotice, OpenedMessage
 from ptt.mikey.errors import BadSignature
 from ptt.privatecall.machine import CallEvent
 
-ALICE, BOB = "sip:alice@example.org", "sip:bob@example.org"
+ALICE, BOB, FIRE = "sip:alice@example.org", "sip:bob@example.org", "sip:fire@example.org"
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Messages:
 
     def send(self, to: str, opus: list[bytes]) -> defer.Deferred[Any]:
         self.sent.append((to, len(opus)))
-        return defer.succeed((42, None))
+        return defer.succeed((42, None, []))
 
 
 @dataclass
@@ -104,9 +104,13 @@ def test_messages_are_announced_and_m_plays_the_oldest_and_reports_it_played() -
     assert client.session.messages.listener == ui.on_message
     ui.on_message({"type": "message_new", "message": 7, "from": ALICE, "seconds": 4.25, "state": "stored"})
     ui.on_message({"type": "message_status", "message": 3, "to": BOB, "state": "played"})
+    ui.on_message({"type": "message_new", "message": 9, "from": ALICE, "seconds": 1, "state": "stored", "group": FIRE})
+    ui.on_message({"type": "message_status", "message": 4, "to": BOB, "state": "delivered", "group": FIRE})
     assert client.notes == [
         f"VOICE MESSAGE #7 from {ALICE} (4.2 s) — m: play",
         f"your voice message #3 to {BOB}: played",
+        f"VOICE MESSAGE #9 from {ALICE} to {FIRE} (1.0 s) — m: play",
+        f"your voice message #4 to {FIRE}: delivered by {BOB}",
     ]
     assert not ui.key("x")
     assert ui.key("m")

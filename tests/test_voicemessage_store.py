@@ -167,7 +167,8 @@ def test_a_stored_message_is_ciphertext_in_a_private_file_fetched_only_by_its_ad
     vm, pushed = service
     now = NOW
     upload = stored_upload(world, now)
-    record = vm._store(upload, now)
+    record, recipients = vm._store(upload, now)
+    assert recipients == [BOB]
     assert record.expires_at == now + stored_max_age(world[0]) and record.seconds == 0.6
     path = vm.path_of(record)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and b"\x01" * 60 not in path.read_bytes()
@@ -198,7 +199,7 @@ def test_a_sender_offline_is_told_at_its_login_and_retention_deletes_the_file(
     vm, _ = service
     vm.online = lambda uri: False
     vm.push = lambda uri, message: 0  # nobody online
-    record = vm._store(stored_upload(world, NOW), NOW)
+    record, _ = vm._store(stored_upload(world, NOW), NOW)
     vm._fetch(BOB, record.id, 0, NOW + 1)
     vm._played(BOB, record.id, 0, NOW + 2)
     assert vm.login_pushes(ALICE, NOW + 3) == [db.voice_message(record.id).status()]  # type: ignore[union-attr]

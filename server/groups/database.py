@@ -180,7 +180,8 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             PRIMARY KEY (group_uri, member_uri, gmk_id))""",
     ],
     # Issue 17, deferred delivery: voice messages kept for their addressee (server.groups.voicemessages): the PCK
-    # I_MESSAGE encrypted to the addressee, the SRTP in a file, delivered/played times, what the sender was told.
+    # I_MESSAGE encrypted to the addressee, the SRTP in a file, delivered/played times, what the sender was told;
+    # a message to a group (under its GMK, no I_MESSAGE) has a receipt per member.
     5: [
         """CREATE TABLE voice_messages (
             id INTEGER PRIMARY KEY,
@@ -197,10 +198,19 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             path TEXT NOT NULL,
             delivered_at REAL,
             played_at REAL,
-            sender_told INTEGER NOT NULL DEFAULT 0 CHECK (sender_told BETWEEN 0 AND 2))""",
+            sender_told INTEGER NOT NULL DEFAULT 0 CHECK (sender_told BETWEEN 0 AND 2),
+            to_group INTEGER NOT NULL DEFAULT 0 CHECK (to_group IN (0, 1)))""",
         "CREATE INDEX voice_messages_by_addressee ON voice_messages (addressee, id)",
         "CREATE INDEX voice_messages_by_sender ON voice_messages (sender, id)",
         "CREATE INDEX voice_messages_by_expiry ON voice_messages (expires_at)",
+        # a group message's delivery to each member: fetched (delivered), played, what the sender was told
+        """CREATE TABLE voice_message_receipts (
+            message_id INTEGER NOT NULL REFERENCES voice_messages(id) ON DELETE CASCADE,
+            member TEXT NOT NULL,
+            delivered_at REAL,
+            played_at REAL,
+            sender_told INTEGER NOT NULL DEFAULT 0 CHECK (sender_told BETWEEN 0 AND 2),
+            PRIMARY KEY (message_id, member))""",
     ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
