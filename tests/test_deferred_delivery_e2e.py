@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ROOT, System, clean_env, run, start_system, stop_system, wait_all
+from bench.harness import GROUP, ROOT, System, clean_env, run, start_system, stop_system, wait_all
 from client.codec import OpusEncoder
 from client.headless_history import read_frames
 from client.keystore import Keystore
@@ -28,7 +28,7 @@ from ptt.privatecall.pck import receive_pck_message
 from ptt.recording import parse_burst
 from tests.audio_harness import read_wav, speech_match, speech_wav
 
-ALICE, BOB, CAROL = (f"sip:{u}@example.org" for u in ("alice", "bob", "carol"))
+ALICE, BOB, CAROL, DAVE = (f"sip:{u}@example.org" for u in ("alice", "bob", "carol", "dave"))
 TEXTS = (
     "Bob, this is Alice. The north gate is closed, use the east entrance.",
     "Call me back when you are on site, the ladder truck is on its way.",
@@ -37,7 +37,7 @@ TEXTS = (
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    running = start_system(tmp_path_factory.mktemp("deferred"))
+    running = start_system(tmp_path_factory.mktemp("deferred"), outsiders=("dave",))
     yield running
     stop_system(running)
 
@@ -158,3 +158,35 @@ def test_the_user_commands_leave_a_message_and_play_it(system: System, tmp_path:
     assert score >= 0.8
     again = run(*ptt_client(system, "carol", "messages", "--play", str(number))[1:], timeout=60)
     assert again.returncode != 0 and f"no voice message {number}" in again.stderr, again.stderr
+
+
+def test_a_voice_message_to_a_group_is_played_by_its_members_only(system: System, tmp_path: Path) -> None:
+    """Alice leaves the group (Bob and Carol) a message under its GMK while Bob is offline; both play it, Alice is
+    told per member; Dave, not a member, can neither leave the group one nor fetch it; the same upload again is
+    refused."""
+    speech = speech_wav("All units of the fire group, the briefing is moved to six.", tmp_path / "group.wav")
+    alice = system.client("alice", f"message-wav {GROUP} {speech}; message-resend {GROUP}")
+    wait_all([alice])
+    report = system.report("alice")
+    assert [e["code"] for e in report["message_errors"]] == [409], report["message_errors"]
+    number = report["messages_sent"][0]["message"]
+    dave = system.client("dave", f"message-wav {GROUP} {speech}; fetch-message {number}")
+    wait_all([dave])
+    errors = system.report("dave")["message_errors"]
+    assert [e["code"] for e in errors] == [404, 404], errors  # no such user (not his group), not his to fetch
+    assert system.report("dave")["messages_sent"] == []
+
+    out = {u: tmp_path / f"{u}-group" for u in ("bob", "carol")}
+    alice = system.client(
+        "alice", f"wait-message-status {number} played 90 {BOB}; wait-message-status {number} played 30 {CAROL}"
+    )
+    members = [system.client(u, f"wait 2; wait-message 30; play-messages {out[u]}; wait 1") for u in out]
+    wait_all([alice, *members], timeout=150)
+    for user in out:
+        played = [p for p in system.report(user)["messages_played"] if p["id"] == number]
+        assert played and played[0]["from"] == ALICE and played[0]["failed"] == 0, system.report(user)
+        score = speech_match(read_wav(speech), read_wav(Path(played[0]["wav"])), max_lag_s=1.0).score
+        print(f"group voice message heard by {user}: cross-correlation {score:.3f}")
+        assert score >= 0.8
+    receipts = system.report("alice")["message_receipts"][str(number)]
+    assert receipts == {BOB: ["delivered", "played"], CAROL: ["delivered", "played"]}, receipts

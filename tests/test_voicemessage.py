@@ -205,3 +205,27 @@ def test_the_client_cuts_its_upload_into_bounded_chunks() -> None:
     assert [len(p) for p in chunks(tiny)] == [1000, 1000, 500]
     with pytest.raises(ValueError, match="more than 1000"):
         decode_packets(encode_packets(tiny))
+
+
+# --- to a group, under its GMK ------------------------------------------------------------------------------------
+
+
+def test_a_group_message_opens_under_the_gmk_and_only_as_its_named_senders() -> None:
+    from ptt.groupkeys import make_group_key
+    from ptt.voicemessage_group import check_group_keys, group_digest, open_group_voice, seal_group_voice
+
+    key, other = make_group_key(), make_group_key()
+    packets = seal_group_voice(key, ALICE, FRAMES)
+    opened = open_group_voice(packets, [other, key], ALICE)
+    assert opened.failed == 0 and [RtpPacket.parse(rtp).payload for _, rtp in opened.rtp] == FRAMES
+    relabelled = open_group_voice(packets, [key], CAROL)  # the server names another sender: nothing opens
+    assert relabelled.rtp == [] and relabelled.failed == len(FRAMES) and "sip:carol" in relabelled.reasons[0]
+    assert open_group_voice(packets, [other], ALICE).rtp == []  # a member without that GMK
+    check_group_keys(packets, [other.gmk_id, key.gmk_id])
+    with pytest.raises(UploadRefused) as refused:
+        check_group_keys(packets, [other.gmk_id])
+    assert refused.value.code == 403
+    again = seal_group_voice(key, ALICE, FRAMES)
+    assert group_digest(packets) == group_digest(packets[:1]) != group_digest(again)  # a new message, a new digest
+    with pytest.raises(UploadRefused):
+        group_digest([])

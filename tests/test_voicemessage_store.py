@@ -238,7 +238,9 @@ def send(vm: VoiceMessages, sender: str, to: str, imessage: bytes, packets: Any,
     upload = "up:" + os.urandom(8).hex()
     half = len(packets) // 2
     first = {"type": "message_send", "upload": upload, "offset": 0, "packets": encode_packets(packets[:half]),
-             "to": to, "imessage": b64(imessage), "total": len(packets)}  # fmt: skip
+             "to": to, "total": len(packets)}  # fmt: skip
+    if imessage:  # none for a message to a group
+        first["imessage"] = b64(imessage)
     reply = outcome(vm.handle(sender, first, now))
     if isinstance(reply, Refused):
         return reply
@@ -284,3 +286,79 @@ def test_uploads_are_checked_stored_announced_and_fetched_only_by_the_addressee(
     assert pushed[-1] == (ALICE, {"type": "message_status", "message": number, "to": BOB, "state": "delivered"})
     assert outcome(vm.handle(BOB, {"type": "message_played", "message": number}, NOW + 7))["message"] == number
     assert pushed[-1][1]["state"] == "played" and vm.stats["stored"] == 1 and vm.stats["refused"] >= 5
+
+
+# --- to a group ---------------------------------------------------------------------------------------------------
+
+FIRE = "sip:fire@example.org"
+
+
+def fire_group(db: GroupStore) -> Any:
+    from ptt.groupkeys import make_group_key
+
+    db.create_group(FIRE, "Fire", created_by="admin", now=NOW - 100)
+    for uri in (ALICE, BOB):
+        db.add_member(FIRE, uri, now=NOW - 100)
+    key = make_group_key()
+    db.set_active_key(FIRE, key, 1, now=NOW - 100)
+    return key
+
+
+def test_a_group_message_is_for_the_members_of_the_time_each_with_a_receipt(db: GroupStore) -> None:
+    fire_group(db)
+    message = add(db, to=FIRE, to_group=True, imessage=b"")
+    db.add_member(FIRE, CAROL, now=NOW + 5)  # joined after it was stored
+    assert [r.message.id for r in db.group_inbox(BOB, now=NOW + 10)] == [message.id]
+    assert db.group_inbox(ALICE, now=NOW + 10) == [] and db.group_inbox(CAROL, now=NOW + 10) == []  # sender, late
+    assert db.group_receipt(message.id, CAROL, now=NOW + 10) is None
+    assert db.group_inbox(BOB, now=message.expires_at) == []
+    assert db.inbox(FIRE, now=NOW) == []  # never a user's mailbox
+    db.mark_group_receipt(message.id, BOB, 1, now=NOW + 20)
+    db.mark_group_receipt(message.id, BOB, 1, now=NOW + 25)
+    receipt = db.group_receipt(message.id, BOB, now=NOW + 30)
+    assert receipt is not None and receipt.state == 1 and receipt.delivered_at == NOW + 20
+    assert receipt.status() == {"type": "message_status", "message": message.id, "to": BOB, "group": FIRE,
+                                "state": "delivered"}  # fmt: skip
+    assert [(r.member, r.state) for r in db.untold_receipts(ALICE)] == [(BOB, 1)]
+    db.mark_receipt_told(message.id, BOB, 1)
+    db.mark_group_receipt(message.id, BOB, 2, now=NOW + 40)
+    assert [(r.member, r.state) for r in db.untold_receipts(ALICE)] == [(BOB, 2)]
+    db.mark_receipt_told(message.id, BOB, 2)
+    assert db.untold_receipts(ALICE) == [] and db.untold(ALICE) == []
+    limits = MessageLimits(per_group=2, per_sender_group=1)
+    with pytest.raises(MessageRefused, match="too many to it sent"):
+        add(db, to=FIRE, to_group=True, digest=b"g" * 32, limits=limits)
+    add(db, sender=BOB, to=FIRE, to_group=True, digest=b"h" * 32, limits=limits)
+    with pytest.raises(MessageRefused, match="holds too many"):
+        add(db, sender=CAROL, to=FIRE, to_group=True, digest=b"i" * 32, limits=limits)
+    db.delete_voice_messages([message.id], now=NOW + 50)  # its receipts go with it
+    assert db.untold_receipts(ALICE) == [] and db.group_receipt(message.id, BOB, now=NOW) is None
+
+
+def test_group_uploads_are_for_members_under_the_current_gmk(db: GroupStore, world: Any, service: Any) -> None:
+    from twisted.internet import defer
+
+    from ptt.groupkeys import make_group_key
+    from ptt.voicemessage_group import seal_group_voice
+
+    key = fire_group(db)
+    vm, pushed = service
+    vm.verify = lambda f, *args: defer.succeed(f(*args))
+    packets = seal_group_voice(key, ALICE, [b"\x03" * 60] * 20)
+    reply = send(vm, ALICE, FIRE, b"", packets, NOW)
+    number = reply["message"]
+    assert pushed[-1] == (BOB, db.voice_message(number).notice(0))  # type: ignore[union-attr]  # not Alice
+    assert send(vm, ALICE, FIRE, b"", packets, NOW).code == 409  # the same packets again
+    assert send(vm, CAROL, FIRE, b"", seal_group_voice(key, CAROL, [b"\x03" * 60] * 4), NOW).code == 404
+    old = send(vm, ALICE, FIRE, b"", seal_group_voice(make_group_key(), ALICE, [b"\x03" * 60] * 4), NOW)
+    assert old.code == 403 and "current GMK" in str(old)
+    assert outcome(vm.handle(CAROL, {"type": "message_fetch", "message": number}, NOW + 1)).code == 404
+    data = outcome(vm.handle(BOB, {"type": "message_fetch", "message": number}, NOW + 1))
+    assert data["group"] == FIRE and "imessage" not in data and decode_packets(data["packets"]) == packets
+    assert pushed[-1] == (ALICE, {"type": "message_status", "message": number, "to": BOB, "group": FIRE,
+                                  "state": "delivered"})  # fmt: skip
+    outcome(vm.handle(BOB, {"type": "message_played", "message": number}, NOW + 2))
+    assert pushed[-1][1]["state"] == "played"
+    assert vm.login_pushes(BOB, NOW + 3) == []  # played: not announced again
+    inbox = outcome(vm.handle(BOB, {"type": "message_list"}, NOW + 3))["messages"]
+    assert [(m["message"], m["group"], m["state"]) for m in inbox] == [(number, FIRE, "played")]
