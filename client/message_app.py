@@ -3,7 +3,8 @@
 ``ptt-client message URI [--wav FILE | --seconds N] [--wait delivered|played]`` records a voice message (from a
 48 kHz mono WAV file, or from the microphone: ENTER starts and stops, or ``--seconds N``), seals it for URI (a
 fresh PCK in an I_MESSAGE signed by us, encrypted to URI) and leaves it on the server, which delivers it when URI
-is or becomes connected; ``--wait`` stays until the server says it was delivered (fetched) or played.
+is or becomes connected; ``--wait`` stays until the server says it was delivered (fetched) or played. URI may be
+one of our groups: the message then goes under its GMK to its members (``--wait``: until one of them has).
 
 ``ptt-client messages [--play ID|-1] [--wav-dir D]`` lists the voice messages to us, opens (every I_MESSAGE check)
 and plays one on the speaker or writes them all as WAV files; each played or written is reported played to the
@@ -107,12 +108,17 @@ def send_main(args: Any) -> int:
             wanted = args.wait
             if wanted:
                 states = session.messages.sent.setdefault(number, [])
+                receipts = session.messages.receipts.setdefault(number, {})
                 shown: set[str] = set()
                 for _ in range(int(WAIT_LIMIT / 0.1)):
                     for state in [s for s in states if s not in shown and s != "stored"]:
                         shown.add(state)
                         print(f"voice message #{number}: {state}", flush=True)
-                    if wanted in states:
+                    for member, member_states in receipts.items():  # a message to a group: per member
+                        for state in [s for s in member_states if f"{member} {s}" not in shown]:
+                            shown.add(f"{member} {state}")
+                            print(f"voice message #{number}: {state} by {member}", flush=True)
+                    if wanted in states or any(wanted in m for m in receipts.values()):
                         break
                     yield task.deferLater(reactor, 0.1, lambda: None)
                 else:
@@ -141,7 +147,8 @@ def inbox_main(args: Any) -> int:
                 print(f"no voice messages for {args.uri}")
             for notice in notices:
                 when = datetime.fromtimestamp(notice.sent, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-                print(f"#{notice.id:<6} {when}  {notice.seconds:5.1f} s  {notice.sender:<32} {notice.state}")
+                to = f"  (to {notice.group})" if notice.group else ""
+                print(f"#{notice.id:<6} {when}  {notice.seconds:5.1f} s  {notice.sender:<32} {notice.state}{to}")
             chosen = [n for n in notices if args.play in (n.id, -1)][-1:] if args.play is not None else []
             for notice in notices if args.wav_dir else chosen:
                 opened = yield session.messages.open(notice.id)
