@@ -34,7 +34,7 @@ from ptt.control import (
     encode_frame,
     unb64,
 )
-from ptt.groupcall import Refused
+from ptt.groupinfo import Refused
 from ptt.privatecall.messages import CLIENT_REQUESTS
 from ptt.ratelimit import BucketTable, TokenBucket
 

@@ -25,7 +25,8 @@ from ptt.emergency import (
 from ptt.floor.arbiter import ArbiterConfig, FloorArbiter, Participant, Send
 from ptt.floor.fields import DenyCause, FloorIndicator, RevokeCause
 from ptt.floor.messages import FloorMessage, Subtype
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo, Refused, RelayAddress
 from ptt.relaycore import RelayCore
 
 GROUP = "sip:fire@example.org"
