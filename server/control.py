@@ -1,6 +1,8 @@
 """The server end of the control channel (TLS, framed JSON; ``ptt.control`` has the protocol).
 
-Each connection: challenge → ECCSI-signed auth within AUTH_TIMEOUT → welcome (groups, relay address, then every
+Each connection: challenge → ECCSI-signed auth within AUTH_TIMEOUT (the client's part; the server's check of it
+in the worker pool gets VERIFY_TIMEOUT more: a pool still starting after a restart on a loaded host must not turn
+away clients that did log in) → welcome (groups, relay address, then every
 stored I_MESSAGE for the member) → requests (csk, join, leave, ping). The server pings every PING_INTERVAL and
 drops a connection silent for DEAD_AFTER. What the messages *do* is the backend's business (server.callshell).
 
@@ -41,6 +43,7 @@ from ptt.ratelimit import BucketTable, TokenBucket
 log = logging.getLogger("ptt.server.control")
 
 AUTH_TIMEOUT = 10.0
+VERIFY_TIMEOUT = 60.0
 PING_INTERVAL = 20.0
 DEAD_AFTER = 60.0
 INBOX_LIMIT = 64
@@ -99,6 +102,7 @@ class ControlSession(Int32StringReceiver):
         self.uri: str | None = None
         self.nonce = os.urandom(NONCE_LENGTH)
         self._auth_timer: Any = None
+        self._login_checking = False
         self._ping_timer: Any = None
         self._last_heard = 0.0
         self._ping_id = 0
@@ -205,6 +209,9 @@ class ControlSession(Int32StringReceiver):
             self.error(503, "server busy: retry later", close=True, retry_after=1.0)
             return None
         factory.pending_logins += 1
+        if self._auth_timer is not None and self._auth_timer.active():  # the login came: now the check is bounded
+            self._auth_timer.reset(VERIFY_TIMEOUT)
+        self._login_checking = True
         d = defer.maybeDeferred(factory.backend.verify_login, message, self.nonce, now)
         d.addBoth(self._login_settled)
         d.addCallbacks(self._logged_in, self._login_refused)
@@ -213,6 +220,7 @@ class ControlSession(Int32StringReceiver):
 
     def _login_settled(self, result: object) -> object:
         self.factory.pending_logins -= 1
+        self._login_checking = False
         return result
 
     def _logged_in(self, who: Authenticated) -> defer.Deferred[Any] | None:
@@ -320,7 +328,10 @@ class ControlSession(Int32StringReceiver):
 
     def _auth_timeout(self) -> None:
         self._auth_timer = None
-        if self.uri is None:
+        if self.uri is None and self._login_checking:
+            log.warning("control: login from %s not checked within %.0f s: server busy", self._peer(), VERIFY_TIMEOUT)
+            self.error(503, "server busy: retry later", close=True, retry_after=1.0)
+        elif self.uri is None:
             log.warning("control: no login from %s within %.0f s", self._peer(), AUTH_TIMEOUT)
             self.link.abortConnection()
 
