@@ -58,7 +58,10 @@ def alert_tone(level: Level) -> list[bytes]:
 def announce(client: Any, group: str, alert: Alert) -> None:
     """An alert from the server: bell, tone (on the speaker, when no voice plays) and message."""
     who = alert.uri
-    if alert.active:
+    if alert.active and alert.acknowledged:  # no tone: the alert is already sounding and a dispatcher has it
+        whose = "your" if who == getattr(client.session, "uri", None) else f"{who}'s"
+        client.message = f"{whose} {alert.level.label} alert in {group} acknowledged by dispatcher {alert.acked_by}"
+    elif alert.active:
         client.message = f"ALERT {alert.level.label} from {who} in {group}"
         cue = getattr(getattr(client, "voice", None), "cue", None)
         if cue is not None:

@@ -27,8 +27,12 @@ STEPS = frozenset({"emergency", "cancel-emergency", "broadcast-press", "broadcas
 def announce(runner: Any, group: str, alert: Alert) -> None:
     """An alert from the server: into the report, and announced on stderr (with a bell when raised)."""
     entry = {"group": group, "t": round(time.time(), 3), **alert.to_json(), "active": alert.active}
+    if alert.acknowledged:
+        entry |= {"acked_by": alert.acked_by, "acked_at": alert.acked_at}
     runner.alerts.append(entry)
-    if alert.active:
+    if alert.active and alert.acknowledged:
+        print(f"ALERT acknowledged: {alert.uri} in {group} by {alert.acked_by}", file=sys.stderr)
+    elif alert.active:
         print(f"\aALERT {alert.level.label} {alert.uri} in {group} since {alert.since:.0f}", file=sys.stderr)
     else:
         print(f"ALERT cancelled: {alert.uri} in {group} by {alert.cancelled_by}", file=sys.stderr)

@@ -158,13 +158,14 @@ def indicator_bits(alerts: Iterable[Alert]) -> int:
 def changes(old: Mapping[str, Alert], new: Mapping[str, Alert]) -> list[Alert]:
     """What happened between two snapshots of a group's alerts (by member URI): each alert raised, upgraded or
     cancelled (a cancelled alert carries who cancelled it; one that vanished, e.g. the member was removed, is
-    reported cancelled by nobody). An acknowledgement alone is no change here (members are not told of it)."""
+    reported cancelled by nobody) or acknowledged by a dispatcher (the member in danger learns that help is coming)."""
     out: list[Alert] = []
     for uri, alert in new.items():
         before = old.get(uri)
         raised = alert.active and (before is None or before.without_ack() != alert.without_ack())
         cancelled = not alert.active and before is not None and before.active
-        if raised or cancelled:
+        acknowledged = alert.active and alert.acknowledged and before is not None and not before.acknowledged
+        if raised or cancelled or acknowledged:
             out.append(alert)
     for uri, before in old.items():
         if before.active and uri not in new:
@@ -232,14 +233,17 @@ class CancelRequest:
 
 @dataclass(frozen=True)
 class AlertEvent:
-    """``alert {group, state, uri, level, since, call, by?}``: what every member is told of a change."""
+    """``alert {group, state, uri, level, since, call, by?, acked_at?}``: what every member is told of a change.
+    ``state`` is raised, acknowledged (``by`` the dispatcher, at ``acked_at``) or cancelled (``by`` whom)."""
 
     group: str
     alert: Alert
 
     @property
     def state(self) -> str:
-        return "raised" if self.alert.active else "cancelled"
+        if not self.alert.active:
+            return "cancelled"
+        return "acknowledged" if self.alert.acknowledged else "raised"
 
     def to_json(self) -> dict[str, Any]:
         a = self.alert
@@ -254,24 +258,37 @@ class AlertEvent:
         }
         if not a.active:
             out["by"] = a.cancelled_by
+        elif a.acknowledged:
+            out["by"] = a.acked_by
+            out["acked_at"] = a.acked_at
         return out
 
     @classmethod
     def parse(cls, message: Mapping[str, Any]) -> AlertEvent:
-        _only(message, {"group", "state", "uri", "level", "since", "call", "by"})
+        _only(message, {"group", "state", "uri", "level", "since", "call", "by", "acked_at"})
         group = _group(message)
         uri, since, state, by = message.get("uri"), message.get("since"), message.get("state"), message.get("by")
         if not isinstance(uri, str) or not uri or len(uri) > MAX_URI:
             raise EmergencyMessageError("alert: uri missing")
-        if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
-            raise EmergencyMessageError("alert: since must be a number")
-        if state not in ("raised", "cancelled"):
+        since = _number(since, "since")
+        if state not in ("raised", "acknowledged", "cancelled"):
             raise EmergencyMessageError(f"alert: unknown state {state!r}")
-        if by is not None and not isinstance(by, str):
+        if by is not None and (not isinstance(by, str) or len(by) > MAX_URI):
             raise EmergencyMessageError("alert: by must be a string")
-        call = bool(message.get("call", False))
-        cancelled = None if state == "raised" else float(since)
-        return cls(group, Alert(group, uri, Level.parse(message.get("level")), float(since), call, cancelled, by))
+        alert = Alert(group, uri, Level.parse(message.get("level")), since, bool(message.get("call", False)))
+        if state == "cancelled":
+            alert = replace(alert, cancelled_at=since, cancelled_by=by)
+        elif state == "acknowledged":
+            if by is None:
+                raise EmergencyMessageError("alert: an acknowledgement names the dispatcher (by)")
+            alert = replace(alert, acked_at=_number(message.get("acked_at", since), "acked_at"), acked_by=by)
+        return cls(group, alert)
+
+
+def _number(value: object, name: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise EmergencyMessageError(f"alert: {name} must be a number")
+    return float(value)
 
 
 def alerts_json(alerts: Iterable[Alert]) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ from twisted.internet.threads import deferToThreadPool
 
 from ptt.control import Authenticated, auth_claim, b64
 from ptt.emergency import Alert
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo, Refused
 from ptt.mikey.errors import MikeyError, OutsideTimeWindow
 from ptt.mikey.imessage import MAX_CLOCK_SKEW, IdentityKeys, KmsDomain, check_time, replay_key
 from ptt.privatecall.messages import is_call_id

@@ -1,9 +1,10 @@
 """The server end of the control channel (TLS, framed JSON; ``ptt.control`` has the protocol).
 
-Each connection: challenge → ECCSI-signed auth within AUTH_TIMEOUT → welcome (groups, relay address, then every
-stored I_MESSAGE for the member and its voice message notices) → requests (csk, join, leave, ping). The server
-pings every PING_INTERVAL and drops a connection silent for DEAD_AFTER. What the messages *do* is the backend's
-business (server.callshell).
+Each connection: challenge → ECCSI-signed auth within AUTH_TIMEOUT (the client's part; the server's check of it
+in the worker pool gets VERIFY_TIMEOUT more: a pool still starting after a restart on a loaded host must not turn
+away clients that did log in) → welcome (groups, relay address, then every stored I_MESSAGE for the member and its
+voice message notices) → requests (csk, join, leave, ping). The server pings every PING_INTERVAL and drops a
+connection silent for DEAD_AFTER. What the messages *do* is the backend's business (server.callshell).
 
 The reactor never waits here: the backend may answer a login, a CSK or the stored I_MESSAGEs with a Deferred
 (signature checks and SAKKE run in worker processes, the store in a thread). A session handles its frames one
@@ -35,7 +36,7 @@ from ptt.control import (
     encode_frame,
     unb64,
 )
-from ptt.groupcall import Refused
+from ptt.groupinfo import Refused
 from ptt.privatecall.messages import CLIENT_REQUESTS
 from ptt.ratelimit import BucketTable, TokenBucket
 
@@ -44,6 +45,7 @@ VOICE_MESSAGE_REQUESTS = frozenset({"message_send", "message_list", "message_fet
 log = logging.getLogger("ptt.server.control")
 
 AUTH_TIMEOUT = 10.0
+VERIFY_TIMEOUT = 60.0
 PING_INTERVAL = 20.0
 DEAD_AFTER = 60.0
 INBOX_LIMIT = 64
@@ -106,6 +108,7 @@ class ControlSession(Int32StringReceiver):
         self.uri: str | None = None
         self.nonce = os.urandom(NONCE_LENGTH)
         self._auth_timer: Any = None
+        self._login_checking = False
         self._ping_timer: Any = None
         self._last_heard = 0.0
         self._ping_id = 0
@@ -212,6 +215,9 @@ class ControlSession(Int32StringReceiver):
             self.error(503, "server busy: retry later", close=True, retry_after=1.0)
             return None
         factory.pending_logins += 1
+        if self._auth_timer is not None and self._auth_timer.active():  # the login came: now the check is bounded
+            self._auth_timer.reset(VERIFY_TIMEOUT)
+        self._login_checking = True
         d = defer.maybeDeferred(factory.backend.verify_login, message, self.nonce, now)
         d.addBoth(self._login_settled)
         d.addCallbacks(self._logged_in, self._login_refused)
@@ -220,6 +226,7 @@ class ControlSession(Int32StringReceiver):
 
     def _login_settled(self, result: object) -> object:
         self.factory.pending_logins -= 1
+        self._login_checking = False
         return result
 
     def _logged_in(self, who: Authenticated) -> defer.Deferred[Any] | None:
@@ -332,7 +339,10 @@ class ControlSession(Int32StringReceiver):
 
     def _auth_timeout(self) -> None:
         self._auth_timer = None
-        if self.uri is None:
+        if self.uri is None and self._login_checking:
+            log.warning("control: login from %s not checked within %.0f s: server busy", self._peer(), VERIFY_TIMEOUT)
+            self.error(503, "server busy: retry later", close=True, retry_after=1.0)
+        elif self.uri is None:
             log.warning("control: no login from %s within %.0f s", self._peer(), AUTH_TIMEOUT)
             self.link.abortConnection()
 

@@ -13,7 +13,8 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
 from ptt.emergency import CancelRequest, EmergencyMessageError, RaiseRequest
-from ptt.groupcall import DISPATCHER_ROLE, GroupCall, Refused
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import DISPATCHER_ROLE, Refused
 from ptt.ratelimit import BucketTable
 from server.groups.manager import GroupManager
 from server.groups.store import AlertRefused, GroupError, NoSuchGroup

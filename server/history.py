@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
 from ptt.control import b64
-from ptt.groupcall import Refused
+from ptt.groupinfo import Refused
 from ptt.ratelimit import BucketTable
 from ptt.recording import RecordingFormatError
 from server.groups.store import GroupStore

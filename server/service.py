@@ -27,7 +27,8 @@ from twisted.internet import defer, endpoints, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from ptt.groupcall import GroupCall, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import RelayAddress
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from ptt.relaycore import RelayCore
 from server.callshell import CallShell, group_info

@@ -36,7 +36,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
 from ptt.control import ControlProtocolError, b64, unb64
-from ptt.groupcall import Refused
+from ptt.groupinfo import Refused
 from ptt.mikey.imessage import KmsDomain, replay_key
 from ptt.ratelimit import BucketTable
 from ptt.recording import RecordingFormatError, encode_burst, parse_burst

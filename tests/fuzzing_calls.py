@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tests.fuzzing import Harness
+from tests.fuzzing_base import Harness
 
 
 def emergency_harness() -> Harness:

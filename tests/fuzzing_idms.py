@@ -32,7 +32,7 @@ def _signed(header: bytes, payload: bytes, key: ec.EllipticCurvePrivateKey) -> b
 def idms_harness(mutate_bytes: Callable[[random.Random, bytes], bytes]) -> Any:
     from server.kms import jws
     from server.kms.idms import KMS_SCOPE, IdentityManagement, TokenRefused, _form
-    from tests.fuzzing import Harness
+    from tests.fuzzing_base import Harness
 
     key = ec.generate_private_key(ec.SECP256R1())
     idms = IdentityManagement(None, key, issuer="https://kms.example.org/idms", audience="kms.example.org")  # type: ignore[arg-type]

@@ -311,6 +311,10 @@ class Lan:
         # Setting the link down flushed the routes through it; the kernel restores only the subnet's own route.
         if not _ip(["route", "show", MULTICAST_NETWORK, "dev", peer.interface], netns=peer.name).strip():
             _ip(["route", "add", MULTICAST_NETWORK, "dev", peer.interface], netns=peer.name)
+        # Peers that tried to reach it while it was off hold a neighbour entry still resolving (INCOMPLETE, its last
+        # probes spent) or FAILED: the next packet would fail at once with EHOSTUNREACH. Start every resolution afresh.
+        for other in self.peers.values():
+            _ip(["neigh", "flush", "dev", other.interface], netns=other.name)
         self._wait_until_up([label])
 
     def enter(self, label: str) -> contextlib.AbstractContextManager[None]:

@@ -23,35 +23,27 @@ TEXT = "Fire crew two, proceed to the north entrance. Hose team, hold position u
 pytestmark = pytest.mark.xdist_group("audio")
 
 
-def talk_client(system: System, audio: VirtualAudio, user: str, script: str) -> subprocess.Popen[str]:
+def scripted_client(
+    system: System, audio: VirtualAudio, user: str, command: list[str], script: str
+) -> subprocess.Popen[str]:
+    """``ptt-client COMMAND`` as ``user`` on its own virtual microphone and speaker, driven by ``script``."""
     env = {k: v for k, v in audio.env(user).items() if not k.startswith("PTT_")}
     env["PTT_KEYSTORE_PASSPHRASE"] = "keystore-passphrase"
+    keystore = ["--keystore", str(system.root / f"{user}.ks")]
+    options = ["--uri", f"sip:{user}@example.org", "--server-info", str(system.root / "server.json")]
+    options += ["--script", script, "--report", str(system.root / f"{user}-talk.json"), "--quiet"]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "--keystore",
-            str(system.root / f"{user}.ks"),
-            "talk",
-            "--uri",
-            f"sip:{user}@example.org",
-            "--server-info",
-            str(system.root / "server.json"),
-            "--group",
-            GROUP,
-            "--script",
-            script,
-            "--report",
-            str(system.root / f"{user}-talk.json"),
-            "--quiet",
-        ],
+        [sys.executable, "-m", "client.cli", *keystore, *command, *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
+
+
+def talk_client(system: System, audio: VirtualAudio, user: str, script: str) -> subprocess.Popen[str]:
+    return scripted_client(system, audio, user, ["talk", "--group", GROUP], script)
 
 
 def wait_for_line(process: subprocess.Popen[str], text: str, timeout: float = 30) -> None:

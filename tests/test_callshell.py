@@ -11,7 +11,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from ptt.groupcall import GroupCall, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import Refused, RelayAddress
 from ptt.mikey.imessage import IdentityKeys, build_i_message
 from ptt.relaycore import RelayCore
 from ptt.ts33180 import KeyPurpose, new_key_id

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.harness import GROUP, ROOT, Daemon, System, clean_env, start_system, stop_system
+from bench.harness import GROUP, ROOT, Daemon, System, clean_env, run, start_system, stop_system
 from tests.audio_harness import envelope, read_wav, speech_match, speech_wav
 from tests.browser import browser_available, chromium
 
@@ -192,6 +192,58 @@ def test_an_emergency_appears_and_is_acknowledged(system: System, page: Any) -> 
     assert system.dispatch("group", "emergency", "cancel", GROUP, BOB).returncode == 0
     wait(page, lambda: page.find_element(By.ID, "alerts").text == "")
     bob.finish()
+    acks = [a for a in system.report("bob")["alerts"] if a["uri"] == BOB and a.get("acked_by")]
+    assert acks and acks[0]["acked_by"] == "admin", system.report("bob")["alerts"]  # the field user was told
+
+
+def test_the_dispatcher_revokes_a_talkers_floor_from_the_page(system: System, page: Any) -> None:
+    """Without the dispatcher role the page says why the revoke did nothing; with it the talker is revoked."""
+    from selenium.webdriver.support.ui import Select
+
+    page.find_element("id", "audio").click()  # the page's audio (idempotent when already on)
+    Select(page.find_element("id", "talkgroup")).select_by_value(GROUP)
+    wait(page, lambda: page.execute_script(
+        "return document.querySelector(`article[data-uri='" + GROUP + "'] .monitor`).checked"))  # fmt: skip
+    time.sleep(1.0)  # the console's own join binds at the relay
+
+    def log_lines() -> list[str]:
+        return list(
+            page.execute_script("return Array.from(document.querySelectorAll('#log li')).map(l => l.textContent)")
+        )
+
+    def bob_talks_and_the_page_revokes() -> tuple[float, list[dict[str, Any]]]:
+        bob = FieldClient(system, "bob", f"join {GROUP}; wait 0.5; talk 5; wait 1")
+        talkers = len([e for e in trace(page) if e["type"] == "talker" and e.get("uri") == BOB])
+        wait(page, lambda: len([e for e in trace(page) if e["type"] == "talker" and e.get("uri") == BOB]) > talkers)
+        clicked = time.time()
+        page.find_element("id", "revoke").click()
+        bob.finish()
+        return clicked, [f for f in system.report("bob")["floor"] if f["kind"] == "REVOKED"]
+
+    _, revoked = bob_talks_and_the_page_revokes()  # the console's identity is a plain member of GROUP
+    assert not revoked
+    wait(page, lambda: any("pre-empting a talker needs the dispatcher role" in line for line in log_lines()), 5)
+    (system.root / "boss.pw").write_text("boss-password-xyz\n")
+    added = run("-m", "server.main", "--data", str(system.root / "server"), "dispatcher", "add", "boss", "--role",
+                "admin", "--password-file", str(system.root / "boss.pw"))  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+    def as_boss(*args: str) -> subprocess.CompletedProcess[str]:
+        return run("-m", "server.dispatch.cli", "--server", f"https://127.0.0.1:{system.dispatch_port}", "--cacert",
+                   str(system.root / "server" / "tls-cert.pem"), "--user", "boss", "--password-file",
+                   str(system.root / "boss.pw"), *args)  # fmt: skip
+
+    role = as_boss("group", "set-role", GROUP, DISPATCHER, "dispatcher")  # only an admin gives the pre-emptive role
+    assert role.returncode == 0 and "is now dispatcher" in role.stdout, role.stderr
+    above = as_boss("group", "set-priority", GROUP, DISPATCHER, "200")  # pre-empts only a lower priority
+    assert above.returncode == 0, above.stderr
+    try:
+        clicked, revoked = bob_talks_and_the_page_revokes()
+        assert revoked and 0 <= revoked[0]["t"] - clicked < 2.0, (revoked, log_lines()[:10])
+        print(f"revoke clicked → talker revoked in {1e3 * (revoked[0]['t'] - clicked):.0f} ms")
+    finally:
+        as_boss("group", "set-role", GROUP, DISPATCHER, "member")
+        as_boss("group", "set-priority", GROUP, DISPATCHER, "100")
 
 
 def test_a_group_created_in_the_page_exists_for_ptt_dispatch(system: System, page: Any) -> None:

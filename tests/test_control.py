@@ -27,7 +27,15 @@ from ptt.control import (
 from ptt.crypto import kms
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from ptt.ratelimit import BucketTable
-from server.control import CSK_BURST, JOIN_BURST, ControlServerFactory, ControlSession, RequestRefused
+from server.control import (
+    AUTH_TIMEOUT,
+    CSK_BURST,
+    JOIN_BURST,
+    VERIFY_TIMEOUT,
+    ControlServerFactory,
+    ControlSession,
+    RequestRefused,
+)
 
 SERVER = "sip:ptt-server@example.org"
 ALICE = "sip:alice@example.org"
@@ -324,6 +332,36 @@ def test_frames_wait_in_order_while_the_login_is_verified(world: tuple[KmsDomain
     pending.callback(verify_auth(checked[0], nonce, SERVER, backend.domain(), NOW))
     assert [f["type"] for f in frames(session)] == ["welcome", "imessage", "pong"]
     assert factory.pending_logins == 0
+
+
+def test_a_login_checked_slowly_is_not_taken_for_a_silent_client(world: tuple[KmsDomain, kms.MasterSecrets]) -> None:
+    """The 10 s login timer is the client's; a worker pool still starting (a restart on a loaded host) may take
+    longer to check the signature, up to VERIFY_TIMEOUT, after which the client is told the server is busy."""
+    for answered in (True, False):
+        clock, backend, factory, session, _, _client = connect(world)
+        pending: defer.Deferred[Authenticated] = defer.Deferred()
+        checked: list[dict[str, Any]] = []
+
+        def slow_verify(
+            message: dict[str, Any], nonce: bytes, now: float, checked: list[dict[str, Any]] = checked
+        ) -> defer.Deferred[Authenticated]:
+            checked.append(message)
+            return pending  # noqa: B023 (called within this iteration)
+
+        backend.verify_login = slow_verify
+        clock.advance(5)
+        nonce = unb64(frames(session)[0]["nonce"], "nonce")
+        session.dataReceived(encode_frame(make_auth(keys_for(world, ALICE), nonce, SERVER)))
+        clock.advance(AUTH_TIMEOUT + 15)  # long past the client's 10 s: the check is still running
+        assert not session.link.disconnecting and factory.pending_logins == 1
+        if answered:
+            pending.callback(verify_auth(checked[0], nonce, SERVER, backend.domain(), NOW))
+            assert [f["type"] for f in frames(session)][:1] == ["welcome"] and session.uri == ALICE
+            assert not session.link.disconnecting
+        else:
+            clock.advance(VERIFY_TIMEOUT)
+            (busy,) = frames(session)
+            assert (busy["type"], busy["code"]) == ("error", 503) and session.link.disconnecting
 
 
 def test_csk_and_join_over_their_limits_get_429_and_one_log_line(

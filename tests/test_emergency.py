@@ -25,7 +25,8 @@ from ptt.emergency import (
 from ptt.floor.arbiter import ArbiterConfig, FloorArbiter, Participant, Send
 from ptt.floor.fields import DenyCause, FloorIndicator, RevokeCause
 from ptt.floor.messages import FloorMessage, Subtype
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo, Refused, RelayAddress
 from ptt.relaycore import RelayCore
 
 GROUP = "sip:fire@example.org"
@@ -89,13 +90,20 @@ def test_group_level_and_changes() -> None:
     assert not gone.active and gone.cancelled_by is None
 
 
-def test_an_acknowledgement_is_kept_once_and_is_no_change_for_members() -> None:
+def test_an_acknowledgement_is_kept_once_and_members_are_told_of_it() -> None:
     emergency = Alert(GROUP, ALICE.uri, Level.EMERGENCY, 10.0)
     acked = acknowledge_alert(emergency, ALICE.uri, "dana", 12.0)
     assert acked is not None and acked.acknowledged and (acked.acked_by, acked.acked_at) == ("dana", 12.0)
     assert acknowledge_alert(acked, ALICE.uri, "erin", 13.0) is None  # the first acknowledgement stays
-    assert changes({ALICE.uri: emergency}, {ALICE.uri: acked}) == []  # members are not pushed an ack
-    assert "acked_by" not in acked.to_json()  # members' entries keep the fields their clients parse
+    assert changes({ALICE.uri: emergency}, {ALICE.uri: acked}) == [acked]  # the member in danger learns it
+    assert changes({ALICE.uri: acked}, {ALICE.uri: acked}) == []
+    event = AlertEvent(GROUP, acked).to_json()
+    assert (event["state"], event["by"], event["acked_at"]) == ("acknowledged", "dana", 12.0)
+    assert AlertEvent.parse(event).alert == acked
+    for bad in ({"by": None}, {"by": 7}, {"acked_at": "soon"}, {"acked_at": float("nan")}, {"state": "seen"}):
+        with pytest.raises(EmergencyMessageError):
+            AlertEvent.parse({**event, **bad})
+    assert "acked_by" not in acked.to_json()  # members' group entries keep the fields their clients parse
     with pytest.raises(EmergencyRefused) as refused:
         acknowledge_alert(replace(emergency, cancelled_at=11.0), ALICE.uri, "dana", 12.0)
     assert refused.value.code == 404

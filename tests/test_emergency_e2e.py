@@ -87,7 +87,7 @@ def test_emergency_state_survives_a_restart_and_a_dispatcher_cancels_it(system: 
     go.unlink(missing_ok=True)
     # Bob logs in after the restart: his welcome names Alice's alert; then he hears the dispatcher's cancel
     bob = system.client("bob", f"join {GROUP}; wait-file {go}; wait 1")
-    wait_joined(system, ("bob",), timeout=60)
+    wait_joined(system, ("bob",), timeout=60, clients=(bob,))
     cancelled = system.dispatch("group", "emergency", "cancel", GROUP, ALICE)
     assert cancelled.returncode == 0 and "by admin" in cancelled.stdout, cancelled.stderr
     go.touch()
@@ -97,3 +97,29 @@ def test_emergency_state_survives_a_restart_and_a_dispatcher_cancels_it(system: 
     assert b["alert_state"] == {}
     show = system.dispatch("group", "emergency", "show", GROUP)
     assert "no emergency" in show.stdout and "cancelled" in show.stdout and "by admin" in show.stdout
+
+
+def test_the_member_in_danger_hears_the_dispatchers_acknowledgement(system: System) -> None:
+    go = system.root / "ack-done"
+    go.unlink(missing_ok=True)
+    alice = system.client("alice", f"join {GROUP}; wait 0.5; emergency; wait-file {go}; wait 1")
+    carol = system.client("carol", f"join {GROUP}; wait-file {go}; wait 1")
+    wait_joined(system, ("alice", "carol"), timeout=60, clients=(alice, carol))
+    for _ in range(100):  # until Alice's alert is stored (her emergency step runs after the join)
+        shown = system.dispatch("group", "emergency", "show", GROUP)
+        if "ACTIVE    sip:alice@example.org emergency" in shown.stdout:
+            break
+    acked = system.dispatch("group", "emergency", "ack", GROUP, ALICE)
+    assert acked.returncode == 0 and "acknowledged" in acked.stdout, acked.stderr
+    try:
+        go.touch()
+        alice_output, _ = alice.communicate(timeout=90)
+        wait_all([carol])
+    finally:
+        system.dispatch("group", "emergency", "cancel", GROUP, ALICE)
+    assert alice.returncode == 0, alice_output
+    assert f"ALERT acknowledged: {ALICE} in {GROUP} by admin" in alice_output
+    for user in ("alice", "carol"):
+        alerts = system.report(user)["alerts"]
+        (ack,) = [x for x in alerts if x["uri"] == ALICE and x.get("acked_by")]
+        assert ack["active"] and ack["acked_by"] == "admin" and ack["level"] == "emergency", alerts

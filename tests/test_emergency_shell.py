@@ -9,7 +9,8 @@ import pytest
 from twisted.internet import defer
 
 from ptt.emergency import Alert, Level
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo, Refused, RelayAddress
 from ptt.relaycore import RelayCore
 from server import emergencyshell
 from server.emergencyshell import EmergencyRequests

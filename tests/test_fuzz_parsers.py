@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ptt.boundedjson import DEFAULT_LIMITS, JsonLimitError, JsonLimits, loads
-from tests import fuzzing
+from tests import fuzzing, fuzzing_server
 
 FAST_COUNT = 2_000
 
@@ -29,7 +29,7 @@ def test_the_relay_target_has_a_bound_member() -> None:
     from ptt.relaycore import Binding, RelayConfig, RelayCore
 
     core = RelayCore(RelayConfig())
-    assert fuzzing._relay_member(core, Binding("sip:g@example.org", "sip:a@example.org", 7), ("192.0.2.1", 1))
+    assert fuzzing_server._relay_member(core, Binding("sip:g@example.org", "sip:a@example.org", 7), ("192.0.2.1", 1))
 
 
 def test_the_fuzzer_finds_the_unbounded_json_of_issue_12(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from ptt.control import unb64
 from ptt.floor.messages import FloorMessage, Subtype, parse_rtcp
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo, Refused, RelayAddress
 from ptt.relaycore import Address, JoinSigner, RelayCore, join_packet
 from ptt.srtcp import CskKeys, SrtcpChannel
 

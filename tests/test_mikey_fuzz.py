@@ -35,6 +35,7 @@ from ptt.mikey.payloads import (
     Sp,
     T,
 )
+from tests.fuzzing_base import delete, duplicate, flip_bits, insert, set_byte, truncate
 from tests.vectorfiles import load
 
 FAST_COUNT = 50_000
@@ -103,42 +104,7 @@ def _seeds() -> list[tuple[bytes, list[Field]]]:
 SEEDS = _seeds()
 
 
-# --- mutators: each takes (rng, data, fields of the seed) and returns new octets --------------------------------
-
-
-def flip_bits(rng: random.Random, data: bytes, _: list[Field]) -> bytes:
-    out = bytearray(data)
-    for _flip in range(rng.randint(1, 4)):
-        i = rng.randrange(len(out) * 8)
-        out[i // 8] ^= 1 << (i % 8)
-    return bytes(out)
-
-
-def set_byte(rng: random.Random, data: bytes, _: list[Field]) -> bytes:
-    out = bytearray(data)
-    out[rng.randrange(len(out))] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)])
-    return bytes(out)
-
-
-def truncate(rng: random.Random, data: bytes, _: list[Field]) -> bytes:
-    return data[: rng.randrange(len(data))]
-
-
-def insert(rng: random.Random, data: bytes, _: list[Field]) -> bytes:
-    i = rng.randrange(len(data) + 1)
-    return data[:i] + rng.randbytes(rng.randint(1, 8)) + data[i:]
-
-
-def delete(rng: random.Random, data: bytes, _: list[Field]) -> bytes:
-    i = rng.randrange(len(data))
-    return data[:i] + data[i + rng.randint(1, 16) :]
-
-
-def duplicate(rng: random.Random, data: bytes, _: list[Field]) -> bytes:
-    a = rng.randrange(len(data))
-    b = min(len(data), a + rng.randint(1, 300))
-    at = rng.randrange(len(data) + 1)
-    return data[:at] + data[a:b] + data[at:]
+# --- mutators: the generic ones, and these that take the fields of the seed --------------------------------
 
 
 def tweak_field(rng: random.Random, data: bytes, fields: list[Field]) -> bytes:

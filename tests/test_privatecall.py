@@ -11,7 +11,8 @@ import pytest
 
 from ptt.control import ControlProtocolError, check_message
 from ptt.floor.messages import FloorMessage, Subtype
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo, Refused, RelayAddress
 from ptt.privatecall.machine import CallState, CallTimers, PrivateCall
 from ptt.privatecall.messages import (
     CallAccept,

@@ -4,16 +4,15 @@ automatic call; her speech reaches Bob's speaker and not Carol's (a member of th
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.harness import ROOT, System, start_system, stop_system
+from bench.harness import System, start_system, stop_system
 from tests.audio_harness import VirtualAudio, read_wav, speech_match, speech_wav
-from tests.test_audio_e2e import report, talk_client, wait_for_line
+from tests.test_audio_e2e import report, scripted_client, talk_client, wait_for_line
 
 TEXT = "Bob, this is Alice on a private line. Meet me at the pump house in ten minutes."
 
@@ -27,33 +26,7 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualAudio]:
 
 
 def call_client(system: System, audio: VirtualAudio, user: str, callee: str, script: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in audio.env(user).items() if not k.startswith("PTT_")}
-    env["PTT_KEYSTORE_PASSPHRASE"] = "keystore-passphrase"
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "--keystore",
-            str(system.root / f"{user}.ks"),
-            "call",
-            callee,
-            "--uri",
-            f"sip:{user}@example.org",
-            "--server-info",
-            str(system.root / "server.json"),
-            "--script",
-            script,
-            "--report",
-            str(system.root / f"{user}-talk.json"),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    return scripted_client(system, audio, user, ["call", callee], script)
 
 
 def test_a_private_call_is_heard_by_the_callee_only(audio: VirtualAudio, tmp_path: Path) -> None:

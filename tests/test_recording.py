@@ -213,7 +213,7 @@ def test_a_full_queue_drops_counts_and_never_blocks(
 def test_history_requests_check_their_input_and_chunk_a_burst(
     db: GroupStore, manager: GroupManager, recorder: Recorder
 ) -> None:
-    from ptt.groupcall import Refused
+    from ptt.groupinfo import Refused
     from server.history import CHUNK_OCTETS, HistoryRequests
 
     manager.create_group(GROUP, "Fire", [MemberSpec(ALICE), MemberSpec(BOB)], created_by="admin", now=NOW)

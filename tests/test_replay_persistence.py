@@ -20,7 +20,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from client.keystore import REPLAY_SAVE_DELAY, DebouncedSave, Keystore, ReplayFile
 from client.session import PttSession, ServerInfo
-from ptt.groupcall import GroupCall, Refused, RelayAddress
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import Refused, RelayAddress
 from ptt.groupkeys import GroupKey, build_gmk_messages, make_group_key
 from ptt.kmsformat.enrolment import Enrolment
 from ptt.kmsformat.model import KmsCertificate, KmsKeySet

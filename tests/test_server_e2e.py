@@ -3,6 +3,7 @@ sending synthetic audio through the relay (harness in bench/harness.py)."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -43,16 +44,31 @@ def test_forged_floor_request_is_dropped(system: System) -> None:
     assert "floor message from sip:bob@example.org" in system.server.output()
 
 
-def wait_joined(system: System, users: tuple[str, ...], timeout: float = 30) -> None:
-    """Until the server shows every one of ``users`` joined (bound at the relay) in GROUP."""
+def wait_joined(
+    system: System, users: tuple[str, ...], timeout: float = 30, clients: tuple[subprocess.Popen[str], ...] = ()
+) -> None:
+    """Until the server shows every one of ``users`` joined (bound at the relay) in GROUP; on timeout the
+    ``clients`` are stopped and their output shown with the server's."""
     deadline = time.monotonic() + timeout
+    shown: list[str] = []
     while time.monotonic() < deadline:
         shown = system.dispatch("group", "show", GROUP).stdout.splitlines()
         joined = {line.split()[0] for line in shown if len(line.split()) >= 5 and line.split()[4] == "yes"}
         if {f"sip:{u}@example.org" for u in users} <= joined:
             return
         time.sleep(0.2)
-    raise AssertionError(f"{users} did not all join within {timeout} s")
+    outputs = []
+    for client in clients:
+        client.kill()
+        outputs.append(client.communicate()[0][-3000:])
+    raise AssertionError(
+        f"{users} did not all join within {timeout} s\n"
+        + "\n".join(shown)
+        + "\n--- clients:\n"
+        + "\n---\n".join(outputs)
+        + "\n--- server:\n"
+        + system.server.output()[-4000:]
+    )
 
 
 def test_removed_member_gets_no_new_key_and_no_media(system: System) -> None:

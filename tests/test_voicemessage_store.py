@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ptt.groupcall import Refused
+from ptt.groupinfo import Refused
 from ptt.mikey.imessage import replay_key
 from ptt.voicemessage import seal_voice, stored_max_age
 from ptt.voicemessage_upload import Upload, decode_packets

@@ -174,10 +174,20 @@ class ConsoleState:
 
         def give_back() -> None:
             if media.pressed and media.talk_group == group:
+                if media.floor.get(group) != "granted":  # queued or denied: said, not silently dropped
+                    self._tell_pages(
+                        f"revoke in {group}: the floor was not granted ({media.floor.get(group) or 'no answer'}); "
+                        "pre-empting a talker needs the dispatcher role and a higher priority than the talker's "
+                        "in the group"
+                    )
                 media.release()
                 self.changed()
 
         self.reactor.callLater(0.5, give_back)
+
+    def _tell_pages(self, text: str) -> None:
+        for page in list(self.pages):
+            page.send_text(json.dumps({"type": "error", "error": text}))
 
 
 class Bridge:

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ptt.groupcall import GroupCall, GroupInfo, MemberInfo
+from ptt.groupcall import GroupCall
+from ptt.groupinfo import GroupInfo, MemberInfo
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.identity import KmsDomain
 from ptt.mikey.imessage_receive import DEFAULT_MAX_AGE, MAX_CLOCK_SKEW, check_time

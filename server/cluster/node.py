@@ -36,7 +36,7 @@ from ptt.cluster_messages import (
     parse,
 )
 from ptt.control import b64, unb64
-from ptt.groupcall import Refused, check_membership
+from ptt.groupinfo import Refused, check_membership
 from ptt.relaycore import BINDING_ID_LENGTH
 from ptt.srtcp import CskKeys
 from server.cluster.database import BROADCAST_CHANNEL, node_channel

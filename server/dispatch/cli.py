@@ -8,6 +8,7 @@
     group add-member URI MEMBER [--priority N] [--role dispatcher]
     group remove-member URI MEMBER              (the group is rekeyed)
     group set-priority URI MEMBER N
+    group set-role URI MEMBER member|dispatcher  (dispatcher: may pre-empt a talker; needs an admin)
     group delete URI
     group assign URI ACCOUNT                    let a dispatcher account manage the group (admins)
     group unassign URI ACCOUNT
@@ -179,6 +180,13 @@ def _cmd_set_priority(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_set_role(session: Session, args: argparse.Namespace) -> int:
+    group, member = session.uri(args.group), session.uri(args.member)
+    reply = session.client.request("PATCH", group_path(group, "members", member), {"role": args.role})
+    print(f"role of {member} in {group} is now {reply['member']['role']}")
+    return 0
+
+
 def _cmd_delete(session: Session, args: argparse.Namespace) -> int:
     group = session.uri(args.group)
     session.client.request("DELETE", group_path(group))
@@ -256,6 +264,12 @@ def _parser() -> argparse.ArgumentParser:
     priority.add_argument("member", metavar="MEMBER")
     priority.add_argument("priority", type=_priority, metavar="N")
     priority.set_defaults(func=_cmd_set_priority)
+
+    role = group.add_parser("set-role", help="change a member's role (dispatcher: may pre-empt; admins)")
+    role.add_argument("group", metavar="URI")
+    role.add_argument("member", metavar="MEMBER")
+    role.add_argument("role", choices=("member", "dispatcher"))
+    role.set_defaults(func=_cmd_set_role)
 
     delete = group.add_parser("delete", help="delete a group")
     delete.add_argument("group", metavar="URI")
