@@ -7,8 +7,9 @@ in :attr:`Recorder.stats` and logged at most once every ``LOG_INTERVAL`` seconds
 never held up by storage. Retention runs on the same thread (:meth:`purge`, hourly from the wiring).
 
 Files: ``<directory>/<SHA-256 of the group URI, 16 hex>/<start in ms>-<8 random hex>.pttr``, written to a
-temporary name and renamed (a crash leaves no half burst in the index), mode 0600. What is stored is the SRTP as
-forwarded: ciphertext under GMKs the server does not hold.
+temporary name and renamed (a crash leaves no half burst in the index), mode 0600; with several server nodes on
+one PostgreSQL the same octets go to the shared store instead (``server.groups.mediablobs``), so any node replays.
+What is stored is the SRTP as forwarded: ciphertext under GMKs the server does not hold.
 
 Storage: an Opus packet of 20 ms at 24 kbit/s is ~60 octets + RTP header 12 + AEAD tag 16 + MKI 8 ≈ 96 octets, plus
 6 octets of framing: ≈ 102 octets x 50 packets/s ≈ 18 MB per hour of speech per group (bench/recording.py measures it).
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ptt.recording import Burst, encode_burst, parse_burst
-from server.groups.recordings import BurstRecord, RecordingStore
+from server.groups.mediablobs import media_blobs
+from server.groups.recordings import BurstRecord
+from server.groups.store import GroupStore
 
-__all__ = ["QUEUE_LIMIT", "Recorder", "burst_path"]
+__all__ = ["QUEUE_LIMIT", "Recorder"]
 
 log = logging.getLogger("ptt.server.recorder")
 
@@ -38,21 +41,13 @@ LOG_INTERVAL = 10.0
 SUFFIX = ".pttr"
 
 
-def burst_path(directory: Path, burst: BurstRecord) -> Path:
-    """Where a burst's file is (refusing an index entry that points outside the recordings directory)."""
-    path = (directory / burst.path).resolve()
-    if directory.resolve() not in path.parents:
-        raise ValueError(f"burst {burst.id}: stored path outside the recordings directory")
-    return path
-
-
 class Recorder:
     """A writer thread for bursts and retention; ``submit`` never blocks."""
 
-    def __init__(self, store: RecordingStore, directory: Path, *, queue_limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, store: GroupStore, directory: Path, *, queue_limit: int = QUEUE_LIMIT) -> None:
         self.store = store
         self.directory = directory
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.blobs = media_blobs(directory, store)
         self.stats = {"stored": 0, "dropped_full": 0, "failed": 0, "octets": 0, "purged": 0}
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(queue_limit)
         self._last_log = 0.0
@@ -124,13 +119,7 @@ class Recorder:
     def _write(self, burst: Burst) -> None:
         data = encode_burst(burst.packets)
         relative = f"{self.group_directory(burst.group)}/{int(burst.started * 1000)}-{os.urandom(4).hex()}{SUFFIX}"
-        path = self.directory / relative
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
+        ref = self.blobs.put(relative, data, now=time.time())
         row = self.store.add_burst(
             burst.group,
             burst.talker,
@@ -140,10 +129,10 @@ class Recorder:
             burst.gmk_ids,
             len(burst.packets),
             burst.octets,
-            relative,
+            ref,
         )
         if row is None:  # the group was deleted meanwhile
-            path.unlink(missing_ok=True)
+            self.blobs.delete(ref)
             return
         self.stats["stored"] += 1
         self.stats["octets"] += len(data)
@@ -155,15 +144,16 @@ class Recorder:
                 return
             self.store.delete_bursts(expired, now=now)
             for burst in expired:
-                self.path_of(burst).unlink(missing_ok=True)
+                self.blobs.delete(burst.path)
             self.stats["purged"] += len(expired)
             log.info("recorder: %d bursts past their retention deleted", len(expired))
 
     # --- reading (any thread) ---
 
-    def path_of(self, burst: BurstRecord) -> Path:
-        return burst_path(self.directory, burst)
+    def read_octets(self, burst: BurstRecord) -> bytes:
+        """The burst as stored (its file, or the shared store's copy)."""
+        return self.blobs.get(burst.path)
 
     def read(self, burst: BurstRecord) -> list[tuple[float, bytes]]:
-        """The burst's (offset, SRTP packet) list from its file."""
-        return parse_burst(self.path_of(burst).read_bytes())
+        """The burst's (offset, SRTP packet) list."""
+        return parse_burst(self.read_octets(burst))

@@ -43,6 +43,8 @@ from ptt.recording import RecordingFormatError, encode_burst, parse_burst
 from ptt.voicemessage import UploadRefused, check_upload, sender_signature_valid, stored_max_age
 from ptt.voicemessage_group import check_group_keys, group_digest
 from ptt.voicemessage_upload import CHUNK_OCTETS, CHUNK_PACKETS, Upload, UploadTable, decode_packets, encode_packets
+from server.groups.mediablobs import media_blobs
+from server.groups.records import StoreError
 from server.groups.store import GroupStore
 from server.groups.voicemessages import MessageRefused, Receipt, VoiceMessageRecord
 
@@ -78,9 +80,9 @@ class VoiceMessages:
     ) -> None:
         """``verify(f, *args)`` runs a signature check off the reactor (the crypto pool); ``online(uri)`` and
         ``push(uri, message) -> sessions reached`` are the control channel's."""
-        self.reactor, self.store, self.directory, self.store_pool = reactor, store, directory, store_pool
+        self.reactor, self.store, self.store_pool = reactor, store, store_pool
+        self.blobs = media_blobs(directory, store)
         self.domain, self.verify, self.online, self.push = domain, verify, online, push
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.uploads = UploadTable()
         self._new: BucketTable[str] = BucketTable(NEW_RATE, NEW_BURST)
         self._any: BucketTable[str] = BucketTable(RATE, BURST)
@@ -221,13 +223,7 @@ class VoiceMessages:
             _, sent_at = replay_key(entry.imessage)  # checked at the upload's start
             expires_at = sent_at + stored_max_age(self.domain)
         relative = f"{self.addressee_directory(entry.to)}/{int(now * 1000)}-{os.urandom(4).hex()}{SUFFIX}"
-        path = self.directory / relative
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_burst(entry.packets))
-        os.replace(temporary, path)
+        ref = self.blobs.put(relative, encode_burst(entry.packets), now=now)
         try:
             record = self.store.add_voice_message(
                 sender=entry.sender,
@@ -239,12 +235,12 @@ class VoiceMessages:
                 packets=len(entry.packets),
                 octets=entry.octets,
                 seconds=entry.seconds,
-                path=relative,
+                path=ref,
                 now=now,
                 to_group=to_group,
             )
         except MessageRefused as exc:
-            path.unlink(missing_ok=True)
+            self.blobs.delete(ref)
             raise _refused(exc) from None
         if not to_group:
             return record, [entry.to]
@@ -271,7 +267,7 @@ class VoiceMessages:
     def _fetch(self, uri: str, number: int, offset: int, now: float) -> dict[str, Any]:
         record, receipt = self._mine(uri, number, now)
         try:
-            packets = parse_burst(self.path_of(record).read_bytes())
+            packets = parse_burst(self.blobs.get(record.path))
         except (OSError, ValueError, RecordingFormatError) as exc:
             log.error("voice message %d unreadable: %s", number, exc)
             raise Refused(500, f"voice message {number} is unreadable") from None
@@ -320,12 +316,6 @@ class VoiceMessages:
             sender, status = receipt.message.sender, receipt.status()
             self.reactor.callFromThread(self._tell_sender, sender, status, number, member, receipt.state)
 
-    def path_of(self, record: VoiceMessageRecord) -> Path:
-        path = (self.directory / record.path).resolve()
-        if self.directory.resolve() not in path.parents:
-            raise ValueError(f"voice message {record.id}: stored path outside the messages directory")
-        return path
-
     # --- the sender's "delivered" / "played", and the pushes at login ---
 
     def _tell_sender(self, sender: str, status: dict[str, Any], number: int, member: str | None, state: int) -> None:
@@ -357,9 +347,9 @@ class VoiceMessages:
         expired = self.store.expired_voice_messages(now)
         for record in expired:
             try:
-                self.path_of(record).unlink(missing_ok=True)
-            except (OSError, ValueError) as exc:
-                log.error("voice message %d: file not deleted: %s", record.id, exc)
+                self.blobs.delete(record.path)
+            except (OSError, ValueError, StoreError) as exc:
+                log.error("voice message %d: stored media not deleted: %s", record.id, exc)
         self.store.delete_voice_messages([r.id for r in expired], now=now)
         self.stats["purged"] += len(expired)
         if expired:

@@ -113,6 +113,30 @@ def test_a_node_late_with_its_renewals_serves_its_calls_again(cluster: Cluster) 
     assert len(arrivals_after(b, "alice", released_at + 3)) >= 100, outputs["bob"]  # and kept hearing her
 
 
+def test_a_burst_recorded_at_one_node_is_replayed_through_the_other(cluster: Cluster, tmp_path: Path) -> None:
+    """Recorded SRTP lives in the shared store with several nodes (``server.groups.mediablobs``): a member
+    connected to the node that did not record a burst replays it all the same."""
+    owner = cluster.wait_owned([GROUP])[GROUP]
+    owner_index = [n.name for n in cluster.nodes].index(owner)
+    other_index = 1 - owner_index
+    on = cluster.dispatch("group", "recording", "on", GROUP, "--retention", "1", node=other_index)
+    assert on.returncode == 0, on.stderr
+    try:
+        alice = cluster.client("alice", f"join {GROUP}; wait 1; talk 2; wait 2.5", node=owner_index)
+        out, _ = alice.communicate(timeout=60)
+        assert alice.returncode == 0, out
+        replay = cluster.client("bob", f"wait 0.5; history {GROUP} {tmp_path}", node=other_index, report="bob-replay")
+        out, _ = replay.communicate(timeout=90)
+        assert replay.returncode == 0, out
+    finally:
+        cluster.dispatch("group", "recording", "off", GROUP, node=other_index)
+    history = report(cluster, "bob-replay")["history"]
+    assert history and history[-1]["talker"] == "sip:alice@example.org", history
+    assert history[-1]["failed"] == 0 and history[-1]["decrypted"] == history[-1]["packets"] > 50, history
+    files = [f for n in cluster.nodes for f in (cluster.root / n.name / "recordings").glob("*/*.pttr")]
+    assert not files, files  # no node keeps a file of its own
+
+
 def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Cluster) -> None:
     owner = cluster.wait_owned([GROUP])[GROUP]
     owner_index = [n.name for n in cluster.nodes].index(owner)

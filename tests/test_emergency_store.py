@@ -140,6 +140,7 @@ def test_upgrade_from_version_2_keeps_members(tmp_path: Path) -> None:
         db.execute("ALTER TABLE groups DROP COLUMN recording_days")
         db.execute("DROP TABLE voice_message_receipts")  # nor voice messages (schema 6)
         db.execute("DROP TABLE voice_messages")
+        db.execute("DROP TABLE media_blobs")  # nor the shared media (schema 7)
         db.execute("PRAGMA user_version = 2")
     store = GroupStore(path, DATA_KEY)
     try:

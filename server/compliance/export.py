@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from server.recorder import burst_path
+from server.groups.mediablobs import media_blobs
 
 __all__ = ["add_commands", "cmd_recording_export"]
 
@@ -36,9 +35,10 @@ def cmd_recording_export(args: argparse.Namespace, store: Any, recordings: Path)
     out = Path(args.out)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     listed = []
+    blobs = media_blobs(recordings, store)  # files on one host, the shared store with several nodes
     for burst in bursts:
         name = f"burst-{burst.id}.pttr"
-        shutil.copyfile(burst_path(recordings, burst), out / name)
+        (out / name).write_bytes(blobs.get(burst.path))
         listed.append({**burst.to_json(), "file": name})
     document = {
         "group": group,

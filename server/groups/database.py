@@ -212,6 +212,14 @@ _UPGRADES: dict[int, list[Upgrade]] = {
             sender_told INTEGER NOT NULL DEFAULT 0 CHECK (sender_told BETWEEN 0 AND 2),
             PRIMARY KEY (message_id, member))""",
     ],
+    # Several server nodes on one PostgreSQL: the recorded bursts' and voice messages' SRTP in the shared store,
+    # so any node serves a replay or a fetch (``server.groups.mediablobs``; one host with SQLite keeps files).
+    6: [
+        """CREATE TABLE media_blobs (
+            ref TEXT PRIMARY KEY,
+            data BLOB NOT NULL,
+            stored_at REAL NOT NULL)""",
+    ],
 }
 SCHEMA_VERSION = len(_UPGRADES)
 

@@ -24,6 +24,7 @@ from server.groups.database import SCHEMA_VERSION
 from server.groups.datakey import DATA_KEY_LENGTH, gmk_ad, make_data_key, read_data_key
 from server.groups.dispatchers import DispatcherAccounts
 from server.groups.emergencies import AlertRefused, EmergencyStore
+from server.groups.mediablobs import SharedBlobStore
 from server.groups.recordings import RecordingStore
 from server.groups.records import (
     DEFAULT_MAX_BURST,
@@ -104,7 +105,7 @@ DEFAULT_PRIORITY_CEILING = 100
 _GROUP_COLUMNS = "uri, name, created_at, created_by, max_burst, org, owner, recording_days"
 
 
-class GroupStore(DispatcherAccounts, EmergencyStore, RecordingStore, VoiceMessageStore):
+class GroupStore(DispatcherAccounts, EmergencyStore, RecordingStore, VoiceMessageStore, SharedBlobStore):
     """Groups and their keys in one SQLite file (WAL; other processes may read it, e.g. an admin CLI)."""
 
     # --- groups ---
