@@ -10,7 +10,7 @@ audio.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ptt.groupkeys import GroupKey
@@ -23,12 +23,29 @@ __all__ = ["OpenedBurst", "decrypt_burst", "open_archived_keys"]
 
 
 @dataclass
-class OpenedBurst:
-    """The RTP packets of a burst (in order, with their offsets) and what could not be opened."""
+class OpenedPackets:
+    """RTP packets opened (in order, with their offsets) and what could not be opened (the first reasons)."""
 
     rtp: list[tuple[float, bytes]] = field(default_factory=list)
     failed: int = 0
     reasons: list[str] = field(default_factory=list)
+
+    def open_each(self, packets: Iterable[tuple[float, bytes]], unprotect: Callable[[bytes], bytes]) -> None:
+        """``unprotect`` each packet; one that raises ``SrtpError`` counts as failed and is skipped."""
+        for offset, packet in packets:
+            try:
+                rtp = unprotect(packet)
+            except SrtpError as exc:
+                self.failed += 1
+                if len(self.reasons) < 3:
+                    self.reasons.append(str(exc))
+                continue
+            self.rtp.append((offset, rtp))
+
+
+@dataclass
+class OpenedBurst(OpenedPackets):
+    """The RTP packets of a recorded burst."""
 
 
 def open_archived_keys(
@@ -65,13 +82,5 @@ def decrypt_burst(packets: Iterable[tuple[float, bytes]], keys: Iterable[GroupKe
     for key in keys:
         receiver.add_key(key)
     opened = OpenedBurst()
-    for offset, packet in packets:
-        try:
-            rtp, _ = receiver.unprotect(packet)
-        except SrtpError as exc:
-            opened.failed += 1
-            if len(opened.reasons) < 3:
-                opened.reasons.append(str(exc))
-            continue
-        opened.rtp.append((offset, rtp))
+    opened.open_each(packets, lambda packet: receiver.unprotect(packet)[0])
     return opened

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ptt.crypto import eccsi
 from ptt.mikey.errors import MikeyError
@@ -29,6 +29,7 @@ from ptt.mikey.identity import IdentityKeys, KmsDomain
 from ptt.mikey.imessage_receive import MAX_CLOCK_SKEW, check_time, replay_key
 from ptt.mikey.message import MikeyMessage
 from ptt.mikey.replay import ReplayCache
+from ptt.playback import OpenedPackets
 from ptt.privatecall.media import PrivateSrtpReceiver, PrivateSrtpSender
 from ptt.privatecall.pck import (
     MAX_PCK_MESSAGE,
@@ -40,7 +41,6 @@ from ptt.privatecall.pck import (
     receive_pck_message,
 )
 from ptt.rtp import OPUS_FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, RtpSender
-from ptt.srtp import SrtpError
 
 __all__ = [
     "FRAME_SECONDS",
@@ -156,14 +156,11 @@ def sender_signature_valid(imessage: bytes, domain: KmsDomain) -> bool:
     return bool(eccsi.verify(signed, sign.signature, offer.initiator_uid, domain.kpak))
 
 
-@dataclass
-class OpenedVoice:
+@dataclass(kw_only=True)
+class OpenedVoice(OpenedPackets):
     """A voice message as its addressee opens it: who sent it when, its RTP packets, and what failed."""
 
     received: ReceivedPck
-    rtp: list[tuple[float, bytes]] = field(default_factory=list)
-    failed: int = 0
-    reasons: list[str] = field(default_factory=list)
 
 
 def open_voice(
@@ -188,14 +185,6 @@ def open_voice(
         max_age=max_age,
     )
     receiver = PrivateSrtpReceiver(received.key, caller=False)
-    opened = OpenedVoice(received)
-    for offset, packet in packets:
-        try:
-            rtp, _ = receiver.unprotect(packet)
-        except SrtpError as exc:
-            opened.failed += 1
-            if len(opened.reasons) < 3:
-                opened.reasons.append(str(exc))
-            continue
-        opened.rtp.append((offset, rtp))
+    opened = OpenedVoice(received=received)
+    opened.open_each(packets, lambda packet: receiver.unprotect(packet)[0])
     return opened

@@ -20,9 +20,10 @@ import hmac
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ptt.groupkeys import GroupKey
+from ptt.playback import OpenedPackets
 from ptt.recording import gmk_id_of
 from ptt.rtp import OPUS_FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, RtpSender
 from ptt.srtp import SrtpError, SrtpReceiver, SrtpSender
@@ -62,10 +63,8 @@ def check_group_keys(packets: Iterable[tuple[float, bytes]], allowed: Sequence[b
 
 
 @dataclass
-class OpenedGroupVoice:
-    rtp: list[tuple[float, bytes]] = field(default_factory=list)
-    failed: int = 0
-    reasons: list[str] = field(default_factory=list)
+class OpenedGroupVoice(OpenedPackets):
+    """A group voice message's RTP packets as a member opens them."""
 
 
 def open_group_voice(packets: Iterable[tuple[float, bytes]], keys: Sequence[GroupKey], sender: str) -> OpenedGroupVoice:
@@ -74,17 +73,14 @@ def open_group_voice(packets: Iterable[tuple[float, bytes]], keys: Sequence[Grou
     for key in keys:
         receiver.add_key(key)
     senders = {key.gmk_id: key.guk_id(sender) for key in keys}
+
+    def unprotect_from_sender(packet: bytes) -> bytes:
+        rtp, mki = receiver.unprotect(packet)
+        expected = senders.get(mki[:4])
+        if expected is None or not hmac.compare_digest(mki[4:], expected):
+            raise SrtpError(f"not under {sender}'s key")
+        return rtp
+
     opened = OpenedGroupVoice()
-    for offset, packet in packets:
-        try:
-            rtp, mki = receiver.unprotect(packet)
-            expected = senders.get(mki[:4])
-            if expected is None or not hmac.compare_digest(mki[4:], expected):
-                raise SrtpError(f"not under {sender}'s key")
-        except SrtpError as exc:
-            opened.failed += 1
-            if len(opened.reasons) < 3:
-                opened.reasons.append(str(exc))
-            continue
-        opened.rtp.append((offset, rtp))
+    opened.open_each(packets, unprotect_from_sender)
     return opened
