@@ -89,8 +89,8 @@ def _ds(name: str) -> str:
 # --- Schema (the vendor XSD with its imports of ds/xenc/krr replaced by wildcards, as lxml cannot fetch them) ---
 
 
-@pytest.fixture(scope="module")
-def schema() -> Any:
+def schema_text() -> str:
+    """The vendor XSD with its imports replaced by wildcards (also what xmllint is given)."""
     text = (VECTORS / "streamwide_kms_schema.xsd").read_text()
     text = re.sub(r"<xsd:import [^>]*/>", "", text)
     text = re.sub(
@@ -102,8 +102,12 @@ def schema() -> Any:
         '<xsd:element ref="xenc:EncryptedKey" />',
         '<xsd:any namespace="http://www.w3.org/2001/04/xmlenc#" processContents="skip" />',
     )
-    text = text.replace('type="krr:KmsRedirectResponseType"', 'type="xsd:anyType"')
-    return etree.XMLSchema(etree.fromstring(text.encode()))
+    return text.replace('type="krr:KmsRedirectResponseType"', 'type="xsd:anyType"')
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    return etree.XMLSchema(etree.fromstring(schema_text().encode()))
 
 
 def _assert_schema_valid(schema: Any, data: bytes) -> None:
