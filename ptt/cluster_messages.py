@@ -9,7 +9,8 @@ messages, each a dataclass with ``parse`` (raising :class:`~ptt.cluster.ClusterE
   with B's lease generation;
 * :class:`GroupMoved`: a node adopted a group (new lease generation): members must rejoin there;
 * :class:`GroupChanged`: a dispatcher's change committed at some node (members, name, a new GMK);
-* :class:`StatusRequest` / :class:`StatusReply`: a dispatcher's live view of a group served elsewhere.
+* :class:`StatusRequest` / :class:`StatusReply`: a dispatcher's live view of a group served elsewhere;
+* :class:`UserPush`: a voice message notice or status for a user connected to another node.
 """
 
 from __future__ import annotations
@@ -107,9 +108,27 @@ class StatusReply(ClusterMessage):
     status: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UserPush(ClusterMessage):
+    kind: ClassVar[str] = "push"
+    member: str
+    message: dict[str, Any] = field(default_factory=dict)
+    """The control-channel message (``message_new`` / ``message_status``) for the member's sessions there."""
+
+
 _TYPES: dict[str, type[ClusterMessage]] = {
     cls.kind: cls
-    for cls in (JoinRequest, JoinReply, Left, CallEvent, GroupMoved, GroupChanged, StatusRequest, StatusReply)
+    for cls in (
+        JoinRequest,
+        JoinReply,
+        Left,
+        CallEvent,
+        GroupMoved,
+        GroupChanged,
+        StatusRequest,
+        StatusReply,
+        UserPush,
+    )
 }
 _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "dict[str, Any]": dict}
 

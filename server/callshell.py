@@ -297,6 +297,11 @@ class CallShell:
         if event.get("type") == "event" and event.get("group") == group:
             self.push_to_members(group, event)
 
+    def pushed_from_node(self, member: str, message: dict[str, Any]) -> None:
+        """Another node's voice message notice or status for ``member`` (sent there only if connected here)."""
+        if self.voice_messages is not None:
+            self.voice_messages.pushed_from_node(member, message)
+
     def reload_groups(self) -> defer.Deferred[Any]:
         """Every group and its members as the store has them now (after cluster notifications were missed)."""
 

@@ -386,6 +386,8 @@ def makeService(config: ServerConfig, reactor: Any, data: DataDir, *, workers: i
         online=shell.control.online,
         push=shell.control.push,
     )
+    if cluster is not None:
+        shell.voice_messages.elsewhere = cluster.push_elsewhere
     message_purge = TimerService(
         PURGE_INTERVAL,
         lambda: deferToThreadPool(reactor, store_pool, shell.voice_messages.purge, reactor.seconds()).addErrback(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from ptt.voicemessage_upload import CHUNK_OCTETS, CHUNK_PACKETS, Upload, UploadT
 from server.groups.mediablobs import media_blobs
 from server.groups.records import StoreError
 from server.groups.store import GroupStore
-from server.groups.voicemessages import MessageRefused, Receipt, VoiceMessageRecord
+from server.groups.voicemessages import STATES, MessageRefused, Receipt, VoiceMessageRecord
 
 log = logging.getLogger("ptt.server.voicemessages")
 
@@ -88,6 +89,8 @@ class VoiceMessages:
         self._any: BucketTable[str] = BucketTable(RATE, BURST)
         self._log_limit: BucketTable[str] = BucketTable(0.2, 3)
         self.stats = {"stored": 0, "refused": 0, "delivered": 0, "played": 0, "purged": 0}
+        self.elsewhere: Callable[[str, dict[str, Any]], None] | None = None
+        """With several nodes: ``ClusterNode.push_elsewhere`` (a notice or status for a user not connected here)."""
 
     # --- on the reactor ---
 
@@ -141,7 +144,7 @@ class VoiceMessages:
             reply["message"] = record.id
             self.stats["stored"] += 1
             log.info("voice message %d from %s to %s stored (%.1f s)", record.id, uri, entry.to, record.seconds)
-            notified = [r for r in recipients if self.push(r, record.notice(0))]
+            notified = [r for r in recipients if self._push_anywhere(r, record.notice(0))]
             if notified:
                 log.info("voice message %d: %s notified", record.id, ", ".join(notified))
         return reply
@@ -321,12 +324,37 @@ class VoiceMessages:
     def _tell_sender(self, sender: str, status: dict[str, Any], number: int, member: str | None, state: int) -> None:
         """Push a message's (or a group member's receipt's) new state to its sender; once pushed, it is told."""
         if not self.push(sender, status):
+            if self.elsewhere is not None:
+                self.elsewhere(sender, status)  # the node the sender is connected to marks it told
             return
+        self._mark_told(number, member, state)
+
+    def _mark_told(self, number: int, member: str | None, state: int) -> None:
         if member is None:
             d = self._thread(self.store.mark_told, number, state)
         else:
             d = self._thread(self.store.mark_receipt_told, number, member, state)
         d.addErrback(lambda f: log.error("voice message %d: %s", number, f.getErrorMessage()))
+
+    def _push_anywhere(self, uri: str, message: dict[str, Any]) -> bool:
+        """To ``uri``'s sessions here (True if any), else with several nodes to the other nodes."""
+        if self.push(uri, message):
+            return True
+        if self.elsewhere is not None:
+            self.elsewhere(uri, message)  # sent there if connected there; else it waits for the next login
+        return False
+
+    def pushed_from_node(self, uri: str, message: dict[str, Any]) -> None:
+        """Another node's notice or status for ``uri``: sent to its sessions here; a status pushed is marked told
+        (in the shared store). Anything but these two kinds is dropped."""
+        kind, number, state = message.get("type"), message.get("message"), message.get("state")
+        if kind not in ("message_new", "message_status") or type(number) is not int or state not in STATES:
+            log.warning("a pushed voice message %s for %s dropped: malformed", kind, uri)
+            return
+        if not self.push(uri, message) or kind != "message_status":
+            return
+        member = message.get("to") if "group" in message else None
+        self._mark_told(number, member if isinstance(member, str) else None, STATES.index(state))
 
     def login_pushes(self, uri: str, now: float) -> list[dict[str, Any]]:
         """(On the store thread) what a member logging in is told: its unplayed messages, and the states of the

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.clusterharness import Cluster, arrivals_after, start_cluster
+from tests.audio_harness import speech_wav
 from tests.postgres import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
 GROUP = "sip:fire@example.org"
@@ -135,6 +136,31 @@ def test_a_burst_recorded_at_one_node_is_replayed_through_the_other(cluster: Clu
     assert history[-1]["failed"] == 0 and history[-1]["decrypted"] == history[-1]["packets"] > 50, history
     files = [f for n in cluster.nodes for f in (cluster.root / n.name / "recordings").glob("*/*.pttr")]
     assert not files, files  # no node keeps a file of its own
+
+
+def test_a_voice_message_between_nodes_is_announced_and_its_states_told_live(cluster: Cluster, tmp_path: Path) -> None:
+    """Bob is connected to one node, Alice to the other: her voice message's notice reaches Bob at once (over
+    NOTIFY, not at his next login), and his "delivered"/"played" reach Alice while she is connected."""
+    speech = speech_wav("Bring the second ladder to the north gate.", tmp_path / "speech.wav")
+    go = cluster.root / "go-message"
+    script = f"join {GROUP}; wait-file {go}; wait-message 40; play-messages {tmp_path}; wait 1"
+    bob = cluster.client("bob", script, node=1, report="bob-m")
+    alice = cluster.client(
+        "alice",
+        f"join {GROUP}; wait-file {go}; message-wav sip:bob@example.org {speech}; wait-message-status last played 60",
+        node=0,
+        report="alice-m",
+    )
+    cluster.start_together(go.name, GROUP, ("alice", "bob"), node=0)  # both connected before the message exists
+    for process in (bob, alice):
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, out
+    (sent,) = report(cluster, "alice-m")["messages_sent"]
+    played = report(cluster, "bob-m")["messages_played"]
+    assert [(p["id"], p["from"]) for p in played] == [(sent["message"], "sip:alice@example.org")], played
+    assert played[0]["failed"] == 0 and played[0]["decrypted"] == played[0]["packets"] > 50, played
+    states = report(cluster, "alice-m")["message_states"][str(sent["message"])]
+    assert states == ["stored", "delivered", "played"], states  # "stored": the upload's own acknowledgement
 
 
 def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Cluster) -> None:

@@ -33,6 +33,7 @@ from ptt.cluster_messages import (
     Left,
     StatusReply,
     StatusRequest,
+    UserPush,
     parse,
 )
 from ptt.control import b64, unb64
@@ -276,6 +277,10 @@ class ClusterNode:
         if generation is not None:
             self.link.send(BROADCAST_CHANNEL, bytes(CallEvent(self.me.name, group, generation, event)))
 
+    def push_elsewhere(self, member: str, message: dict[str, Any]) -> None:
+        """A voice message notice or status for ``member``, not connected here: the node it is connected to sends it."""
+        self.link.send(BROADCAST_CHANNEL, bytes(UserPush(self.me.name, member, message)))
+
     def changed_here(self, change: GroupChange) -> None:
         """A change committed by this node's manager: the others re-read the group from the store."""
         if change.record is None:
@@ -363,6 +368,8 @@ class ClusterNode:
             d = deferToThreadPool(self.reactor, self.shell.store_pool, self._reload_group, message.group, gmk_id)
             d.addCallback(self.shell.group_changed)
             d.addErrback(lambda failure: log.error("group %s not re-read: %s", message.group, failure.value))
+        elif isinstance(message, UserPush):
+            self.shell.pushed_from_node(message.member, message.message)
         elif isinstance(message, StatusRequest):
             status = self.shell.local_status(message.group)
             self.link.send(node_channel(message.sender), bytes(StatusReply(self.me.name, message.request, status)))
