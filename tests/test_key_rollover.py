@@ -20,8 +20,8 @@ from ptt.keyrollover import (
     signing_period,
 )
 from ptt.mikey.errors import MikeyError
-from ptt.mikey.imessage import ReplayCache, build_i_message, receive_i_message
 from ptt.mikey.identity import IdentityKeys
+from ptt.mikey.imessage import ReplayCache, build_i_message, receive_i_message
 from ptt.ts33180 import KeyPurpose, new_key_id
 from tests.identities import World, make_world
 
