@@ -23,6 +23,7 @@ from typing import Any
 
 from client.adhoc_calls import DISCOVERY_GROUP, DISCOVERY_PORT, AdhocCall, AdhocCalls, Datagrams, NetworkConfig
 from client.keystore import Keystore
+from client.keystore_watch import KeyUse
 from ptt.adhoc.engine import (
     MULTICAST,
     AdhocConfig,
@@ -86,6 +87,7 @@ class AdhocSession(AdhocCalls):
         }  # fmt: skip
         self.keyed: dict[str, dict[str, float]] = {}  # manager: group -> member -> seconds from GMK to its ack
         self.access_ms: list[float] = []  # floor access times: request -> permission (the last 1000)
+        self.key_use = KeyUse()  # which period's keys each GMK came under (client.keystore_watch)
         self._discovery: Any = None
         self._unicast: Any = None
         self._timer: Any = None
@@ -220,6 +222,11 @@ class AdhocSession(AdhocCalls):
         deadlines.extend(d for d in (c.machine.next_deadline() for c in self.groups.values()) if d is not None)
         self._arm(min(deadlines))
 
+    def poke(self) -> None:
+        """Run the engine now (keys were reloaded, a key period began): what it has to do is not left to its
+        next deadline."""
+        self._pump()
+
     def _arm(self, at: float, *, earlier_only: bool = False) -> None:
         """Run ``_pump`` at ``at``; with ``earlier_only`` leave a timer that is due sooner as it is."""
         if self._timer is not None and self._timer.active():
@@ -245,6 +252,8 @@ class AdhocSession(AdhocCalls):
 
     def _on_engine_event(self, event: Event) -> None:
         if isinstance(event, GroupKeyed):
+            if event.origin is not None:
+                self.key_use.origin(event.key.gmk_id, event.origin)
             self._install_key(event.info, event.key, event.role)
             self.event_listener({"kind": "keyed", "group": event.info.uri, "name": event.info.name})
         elif isinstance(event, GroupUpdated):

@@ -33,6 +33,7 @@ from client.app import Client
 from client.app_keys import Keys
 from client.errors import Exit, UserError, explain
 from client.keystore import Keystore
+from client.keystore_watch import watch_adhoc
 from ptt import boundedjson
 from ptt.adhoc.engine import AdhocError
 from ptt.adhoc.messages import GroupInfo
@@ -305,8 +306,10 @@ def main(args: Any, keystore: Keystore) -> int:
         def go() -> Any:
             old_tty = None
             control = None
+            watch = None
             try:
                 session.start()
+                watch = watch_adhoc(session)  # renewed keys are picked up (issue 18)
                 control = yield _listen_control(reactor, agent, args.control_socket)
                 if engine is not None:
                     engine.start()
@@ -340,10 +343,13 @@ def main(args: Any, keystore: Keystore) -> int:
                     termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old_tty)
                 if args.report:
                     report = client.report() if client is not None else {"uri": args.uri, "stats": session.stats}
+                    report.update(session.key_use.report())
                     report["adhoc"] = session.listing() if session.engine is not None else []
                     Path(args.report).write_text(json.dumps(report, indent=1))
                 if engine is not None:
                     engine.stop()
+                if watch is not None:
+                    watch.stop()
                 session.stop()
                 if control is not None:
                     control.stopListening()  # removes the socket file

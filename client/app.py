@@ -31,6 +31,7 @@ from client.app_script import run_script
 from client.audio import AudioEngine
 from client.errors import Exit, UserError, explain
 from client.keystore import Keystore
+from client.keystore_watch import KeyUse, watch_session
 from client.session import PttSession, ServerInfo
 from client.voice import Voice
 from ptt.floor.events import FloorEvent, FloorEventKind
@@ -46,6 +47,7 @@ class TalkSession(Protocol):
 
     uri: str
     keystore: Keystore
+    key_use: KeyUse
     floor_listener: Callable[[str, FloorEvent], None]
     event_listener: Callable[[dict[str, Any]], None]
 
@@ -256,6 +258,7 @@ class Client:
             "burst_starts": list(self.voice.burst_starts),
             "stats": self.session.stats,
             "keys": {g: [k.gmk_id.hex() for k in s.keys] for g, s in self.session.groups.items()},
+            **self.session.key_use.report(),
         }
 
 
@@ -288,6 +291,7 @@ def main(args: Any, keystore: Keystore, server: ServerInfo) -> int:
         def go() -> Any:
             old_tty = None
             screen = None
+            watch = None
             try:
                 if use_tui:
                     from client.tui import Tui
@@ -299,6 +303,7 @@ def main(args: Any, keystore: Keystore, server: ServerInfo) -> int:
                 client.start_display()
                 client.note(f"connecting to {server.host}:{server.control_port} as {args.uri}…")
                 yield session.start()
+                watch = watch_session(session)  # renewed keys are picked up (issue 18)
                 listed = [str(g["uri"]) for g in session.control.groups] if session.control is not None else []
                 groups = client.groups or listed
                 if not groups:
@@ -347,6 +352,8 @@ def main(args: Any, keystore: Keystore, server: ServerInfo) -> int:
                 if args.report:
                     Path(args.report).write_text(json.dumps(client.report(), indent=1))
                 engine.stop()
+                if watch is not None:
+                    watch.stop()
                 session.stop()
 
         return go()

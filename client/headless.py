@@ -35,6 +35,7 @@ from client.headless_calls import CALL_STEPS, CallSteps
 from client.headless_messages import STEPS as MESSAGE_STEPS
 from client.headless_messages import MessageSteps
 from client.keystore import Keystore
+from client.keystore_watch import watch_session
 from client.session import PttSession, ServerInfo
 from ptt.floor.events import FloorEvent
 from ptt.floor.messages import FloorMessage, Subtype
@@ -281,6 +282,7 @@ class Runner:
             "history": self.history,
             **self.call_steps.report(),
             **self.message_steps.report(),
+            **self.session.key_use.report(),
         }
 
 
@@ -330,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
 
         @defer.inlineCallbacks
         def go() -> Any:
+            watch = None
             try:
                 yield session.start()
+                watch = watch_session(session)  # renewed keys are picked up (issue 18)
                 print("ready", flush=True)
                 yield runner.run(args.script)
             except Exception as exc:
@@ -343,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.report).write_text(json.dumps(report, indent=1))
                 if args.record_wav:
                     runner.write_voice(Path(args.record_wav))
+                if watch is not None:
+                    watch.stop()
                 session.stop()
 
         return go()

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from client.control import ControlClient, ControlError, connect_control
 from client.keystore import DebouncedSave, Keystore
+from client.keystore_watch import KeyUse
 from client.privatecalls import PrivateCalls
 from client.serverinfo import ServerInfo
 from client.session_emergency import SessionEmergency
@@ -32,6 +33,7 @@ from ptt.floor.events import FloorEvent
 from ptt.floor.messages import is_rtcp
 from ptt.floor.participant import FloorParticipant
 from ptt.groupkeys import GroupKey
+from ptt.keyrollover import key_origin
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage import (
     IdentityKeys,
@@ -137,6 +139,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         self.stats: dict[str, int] = {"media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0}
         self.calls = PrivateCalls(self)  # private calls (issue 16): client.privatecalls
         self.messages = VoiceMessages(self)  # voice messages, deferred delivery (issue 17): client.voicemessages
+        self.key_use = KeyUse()  # which period's keys each GMK came under (client.keystore_watch)
 
     # --- keys ----------------------------------------------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class PttSession(SessionReconnect, SessionEmergency):
             if current is None or current[1] <= expires:
                 self._current_messages[group] = (digest, expires)
                 self._replay_saver.changed()
+        self.key_use.origin(received.key_id, key_origin(received, self.keystore.held_keys(self.uri)))
         self._install_key(group, received)
 
     def _replay_cache_moved(self, result: object) -> object:

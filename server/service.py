@@ -29,6 +29,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ptt.groupcall import GroupCall
 from ptt.groupinfo import RelayAddress
+from ptt.keyrollover import BOUNDARY_DELAY, next_boundary
 from ptt.mikey.imessage import IdentityKeys, KmsDomain
 from ptt.relaycore import RelayCore
 from server.callshell import CallShell, group_info
@@ -240,6 +241,7 @@ class GroupServer(service.MultiService):
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._checker = task.LoopingCall(self._check_key_period)
         self._checker.clock = reactor
+        self._boundary: Any = None  # a timer just after the next key-period boundary: rekey then, not a minute late
         self.gc_watch = GcWatch()
 
     @property
@@ -261,6 +263,7 @@ class GroupServer(service.MultiService):
         if parts.get("cluster") is not None:
             await parts["cluster"].start()  # leases, heartbeat and notifications once the ports are open
         self._checker.start(KEY_PERIOD_CHECK, now=False)
+        self._arm_boundary()
         frozen = freeze_start_up_objects()
         log.info("%d start-up objects moved out of the garbage collector's way", frozen)
         self.gc_watch.install()  # after the freeze's own full collection, which is part of start-up
@@ -276,6 +279,8 @@ class GroupServer(service.MultiService):
     def stopService(self) -> Any:
         if self._checker.running:
             self._checker.stop()
+        if self._boundary is not None and self._boundary.active():
+            self._boundary.cancel()
         self.gc_watch.uninstall()
         if self.parts.get("cluster") is not None:
             self.parts["cluster"].stop()  # the leases expire now: the other nodes take the groups at once
@@ -289,6 +294,15 @@ class GroupServer(service.MultiService):
             return result
 
         return defer.maybeDeferred(lambda: d).addBoth(close)
+
+    def _arm_boundary(self) -> None:
+        now = self.reactor.seconds()
+        at = next_boundary(self.parts["manager"].keys.domain(), now) + BOUNDARY_DELAY
+        self._boundary = self.reactor.callLater(at - now, self._at_boundary)
+
+    def _at_boundary(self) -> None:
+        self._check_key_period()
+        self._arm_boundary()
 
     def _check_key_period(self) -> Any:
         manager, pool, cluster = self.parts["manager"], self.parts["store_pool"], self.parts.get("cluster")

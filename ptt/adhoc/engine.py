@@ -50,6 +50,7 @@ from ptt.adhoc.state import (
     random_media_address,
 )
 from ptt.groupkeys import GroupKey, make_group_key
+from ptt.keyrollover import key_origin
 from ptt.mikey.errors import MikeyError
 from ptt.mikey.imessage_receive import receive_i_message
 from ptt.ts33180 import KeyPurpose
@@ -112,7 +113,7 @@ class AdhocEngine(AdhocManager):
         )
         group = AdhocGroup(info, Role.MANAGER, [key], created_at=now)
         self.groups[info.uri] = group
-        self._events.append(GroupKeyed(info, key, Role.MANAGER))
+        self._events.append(GroupKeyed(info, key, Role.MANAGER, self._own_origin(now)))
         self._distribute(group, now, listed[1:])
         self._announce(group, now)
         log.info("%s: created ad-hoc group %s (%s) with %d members", self.uri, name, info.uri, len(listed))
@@ -352,7 +353,7 @@ class AdhocEngine(AdhocManager):
         known.manager_gone_since = None
         known.keys = [*known.keys, key][-3:]
         self._send(KeyAck(info.uri, info.gmk_id), source, now)
-        self._events.append(GroupKeyed(info, key, Role.MEMBER))
+        self._events.append(GroupKeyed(info, key, Role.MEMBER, key_origin(received, self.held_keys())))
         log.info("%s: keyed for %s by %s (GMK %s)", self.uri, info.uri, sender, key.gmk_id.hex())
 
     def _on_announcement(self, sender: str, info: GroupInfo, now: float) -> None:

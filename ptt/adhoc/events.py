@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ptt.adhoc.bodies import GroupInfo
 from ptt.adhoc.state import Role
 from ptt.groupkeys import GroupKey
+from ptt.keyrollover import KeyOrigin
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class GroupKeyed:
     info: GroupInfo
     key: GroupKey
     role: Role
+    origin: KeyOrigin | None = None  # who signed its I_MESSAGE in which key period, and our RSK's period
 
 
 @dataclass(frozen=True)

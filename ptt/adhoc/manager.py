@@ -12,6 +12,7 @@ from ptt.adhoc.bodies import GroupAnnouncement, KeyDelivery, Probe
 from ptt.adhoc.events import GroupKeyed
 from ptt.adhoc.state import MULTICAST, AdhocEngineState, AdhocError, AdhocGroup, Delivery, Peer, Role
 from ptt.groupkeys import make_group_key
+from ptt.keyrollover import KeyOrigin, rekey_due
 from ptt.mikey.imessage_build import build_i_message
 
 log = logging.getLogger("ptt.adhoc")
@@ -44,7 +45,12 @@ class AdhocManager(AdhocEngineState):
     def _new_period(self, group: AdhocGroup, now: float) -> bool:
         """Whether the group's GMK was made in an earlier key period and we hold keys to rekey it under this one."""
         keys = self.keys_at(now)
-        return keys is not None and keys.period_no > keys.domain.period_number(group.created_at)
+        return keys is not None and rekey_due(keys.domain, group.created_at, now, [keys.period_no])
+
+    def _own_origin(self, now: float) -> KeyOrigin:
+        """A GMK we make: signed by us (our keys for ``now``'s period, -1 if we hold none), no RSK of ours."""
+        keys = self.keys_at(now)
+        return KeyOrigin(self.uri, -1 if keys is None else keys.period_no, None, now)
 
     # --- manager internals ---------------------------------------------------------------------------------------
 
@@ -66,7 +72,7 @@ class AdhocManager(AdhocEngineState):
         )
         group.deliveries = {}
         group.created_at = now
-        self._events.append(GroupKeyed(group.info, key, Role.MANAGER))
+        self._events.append(GroupKeyed(group.info, key, Role.MANAGER, self._own_origin(now)))
         self._distribute(group, now, [m for m in members if m != self.uri])
         self._announce(group, now)
 
