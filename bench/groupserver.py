@@ -92,15 +92,15 @@ def main(argv: list[str]) -> int:
 
         distributor = GroupKeyDistributor(workers=1, domains=[domain])
         manager = GroupManager(store, Keys(), distributor=distributor, on_change=changed)
-        emit("empty", 0)
+        import ptt
+
+        emit("empty", 0, code=str(Path(ptt.__file__).parent.parent))
         times: list[float] = []
         now = time.time()
         for index in range(count):
             specs = [MemberSpec(f"sip:user{index * members + m}@example.org") for m in range(members)]
             start = time.perf_counter()
-            manager.create_group(
-                f"sip:group{index}@example.org", f"Group {index}", specs, created_by="bench", now=now
-            )
+            manager.create_group(f"sip:group{index}@example.org", f"Group {index}", specs, created_by="bench", now=now)
             times.append(time.perf_counter() - start)
             if index + 1 in checkpoints:
                 emit("checkpoint", index + 1)

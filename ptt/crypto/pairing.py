@@ -16,6 +16,8 @@ Speed-ups, each checked by the RFC vectors and by tests of bilinearity:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import gmpy2
@@ -115,10 +117,59 @@ def to_representative(value: tuple[mpz, mpz]) -> mpz:
     return fb * gmpy2.invert(fa, _P) % _P
 
 
-@lru_cache(maxsize=64)
-def miller_lines(point_bytes: bytes) -> MillerLines:
-    """Cached line tables, keyed by the encoded point (RSKs and [b]P + Z are reused for a key period)."""
-    return MillerLines(SAKKE_CURVE.decode(point_bytes))
+LINE_CACHE_SIZE = 8
+"""Line tables kept (least recently used dropped first). One table is ~1 MB (q has 1022 bits: 1373 lines of two
+1024-bit integers): a client needs its own RSK of the current and next key period (a few identities at most); a
+group server validates every group identity's RSK when it is provisioned but never decrypts with it, so an
+unbounded (or large) cache grew by ~1 MB per group."""
+
+
+class LineCache:
+    """A bounded LRU of ``MillerLines`` keyed by the encoded point; safe to share between threads (a key set's
+    lines are built off the reactor: ``client.rsklines``). Two threads missing the same point both build it; the
+    tables are equal, one is kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._tables: OrderedDict[bytes, MillerLines] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, point_bytes: bytes) -> MillerLines:
+        """The point's lines, built (and kept) if not held."""
+        key = bytes(point_bytes)
+        with self._lock:
+            lines = self._tables.get(key)
+            if lines is not None:
+                self._tables.move_to_end(key)
+                self.hits += 1
+                return lines
+            self.misses += 1
+        lines = MillerLines(SAKKE_CURVE.decode(key))  # outside the lock: ~20-50 ms
+        with self._lock:
+            self._tables[key] = lines
+            self._tables.move_to_end(key)
+            while len(self._tables) > self.size:
+                self._tables.popitem(last=False)
+        return lines
+
+    def holds(self, point_bytes: bytes) -> bool:
+        with self._lock:
+            return bytes(point_bytes) in self._tables
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tables)
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+            self.hits = self.misses = 0
+
+
+miller_lines = LineCache(LINE_CACHE_SIZE)
+"""Cached line tables, keyed by the encoded point (an RSK is reused for its whole key period)."""
 
 
 def pairing(r_point: tuple[mpz, mpz], q_point_bytes: bytes) -> mpz:
