@@ -13,12 +13,14 @@ import os
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from twisted.internet import abstract, defer, protocol, task, threads
 from twisted.internet.error import ConnectError
 from twisted.python.failure import Failure
 
+from client import rsklines
 from client.control import ControlClient, ControlError, connect_control
 from client.keystore import DebouncedSave, Keystore
 from client.privatecalls import PrivateCalls
@@ -137,6 +139,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         self.stats: dict[str, int] = {"media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0}
         self.calls = PrivateCalls(self)  # private calls (issue 16): client.privatecalls
         self.messages = VoiceMessages(self)  # voice messages, deferred delivery (issue 17): client.voicemessages
+        self.warm_rsk_lines()
 
     # --- keys ----------------------------------------------------------------------------------------------------
 
@@ -145,6 +148,12 @@ class PttSession(SessionReconnect, SessionEmergency):
         if keys is None:
             raise RuntimeError(f"no keys for {self.uri} in the current key period: provision first")
         return keys
+
+    def warm_rsk_lines(self) -> Future[int]:
+        """Build the pairing lines of every RSK held for this identity (current and next key period) in the
+        background (``client.rsklines``): a GMK under a new period's RSK then waits on none. Call it whenever the
+        keystore's key sets changed (provisioning, a reload); the session calls it once at its start."""
+        return rsklines.warm_keys(self.keystore.held_keys(self.uri))
 
     # --- control channel handler -----------------------------------------------------------------------------
 
