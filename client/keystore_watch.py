@@ -188,6 +188,7 @@ def watch_session(session: PttSession, **options: Any) -> KeystoreWatch:
     session.key_use.wrap(session)
 
     def reloaded(result: Reloaded) -> None:
+        session.warm_rsk_lines()  # the next period's RSK: its pairing lines ready before its first GMK
         if result.late and session.control is not None:
             # The group server rekeyed every group at the boundary, to keys we did not hold then: log in again and
             # it hands us the stored GMKs, which open now.

@@ -13,12 +13,14 @@ import os
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from twisted.internet import abstract, defer, protocol, task, threads
 from twisted.internet.error import ConnectError
 from twisted.python.failure import Failure
 
+from client import rsklines
 from client.control import ControlClient, ControlError, connect_control
 from client.keystore import DebouncedSave, Keystore
 from client.keystore_watch import KeyUse
@@ -52,22 +54,10 @@ from ptt.ts33180 import KeyPurpose, new_key_id
 
 # KEPT_KEYS, KEY_SWITCH_DELAY, PAYLOAD_TYPE, GroupState: client.session_media's, importable from here as before.
 __all__ = [
-    "KEEPALIVE",
-    "KEPT_KEYS",
-    "KEY_SWITCH_DELAY",
-    "PAYLOAD_TYPE",
-    "RECONNECT_MAX",
-    "RECONNECT_MIN",
-    "REJOIN_ATTEMPTS",
-    "REJOIN_DELAY",
-    "STORED_MESSAGE_SLACK",
-    "CryptoRunner",
-    "GroupState",
-    "PttSession",
-    "ServerInfo",
-    "in_thread",
-    "now",
-]
+    "KEEPALIVE", "KEPT_KEYS", "KEY_SWITCH_DELAY", "PAYLOAD_TYPE", "RECONNECT_MAX", "RECONNECT_MIN",
+    "REJOIN_ATTEMPTS", "REJOIN_DELAY", "STORED_MESSAGE_SLACK", "CryptoRunner", "GroupState", "PttSession",
+    "ServerInfo", "in_thread", "now",
+]  # fmt: skip
 
 log = logging.getLogger("ptt.client.session")
 
@@ -140,6 +130,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         self.calls = PrivateCalls(self)  # private calls (issue 16): client.privatecalls
         self.messages = VoiceMessages(self)  # voice messages, deferred delivery (issue 17): client.voicemessages
         self.key_use = KeyUse()  # which period's keys each GMK came under (client.keystore_watch)
+        self.warm_rsk_lines()
 
     # --- keys ----------------------------------------------------------------------------------------------------
 
@@ -148,6 +139,12 @@ class PttSession(SessionReconnect, SessionEmergency):
         if keys is None:
             raise RuntimeError(f"no keys for {self.uri} in the current key period: provision first")
         return keys
+
+    def warm_rsk_lines(self) -> Future[int]:
+        """Build the pairing lines of every RSK held for this identity (current and next key period) in the
+        background (``client.rsklines``): a GMK under a new period's RSK then waits on none. Call it whenever the
+        keystore's key sets changed (provisioning, a reload); the session calls it once at its start."""
+        return rsklines.warm_keys(self.keystore.held_keys(self.uri))
 
     # --- control channel handler -----------------------------------------------------------------------------
 

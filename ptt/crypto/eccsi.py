@@ -28,7 +28,7 @@ def _g_table() -> FixedBase:
     return FixedBase(P256, P256.generator)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # ~0.25 MB each; one per KMS domain whose signatures are checked
 def _kpak_table(kpak: bytes) -> FixedBase:
     try:
         return FixedBase(P256, P256.decode(kpak), width=6)

@@ -16,6 +16,8 @@ Speed-ups, each checked by the RFC vectors and by tests of bilinearity:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from contextlib import suppress
 from functools import lru_cache
 
 import gmpy2
@@ -115,10 +117,56 @@ def to_representative(value: tuple[mpz, mpz]) -> mpz:
     return fb * gmpy2.invert(fa, _P) % _P
 
 
-@lru_cache(maxsize=64)
-def miller_lines(point_bytes: bytes) -> MillerLines:
-    """Cached line tables, keyed by the encoded point (RSKs and [b]P + Z are reused for a key period)."""
-    return MillerLines(SAKKE_CURVE.decode(point_bytes))
+LINE_CACHE_SIZE = 8
+"""Line tables kept (least recently used dropped first). One table is ~1 MB (q has 1022 bits: 1373 lines of two
+1024-bit integers): a client needs its own RSK of the current and next key period (a few identities at most); a
+group server validates every group identity's RSK when it is provisioned but never decrypts with it, so an
+unbounded (or large) cache grew by ~1 MB per group."""
+
+
+class LineCache:
+    """A bounded LRU of ``MillerLines`` keyed by the encoded point, shared between threads (a key set's lines are
+    built off the reactor: ``client.rsklines``). No lock (the core does no threading): each step is one
+    OrderedDict operation, atomic under the GIL, and a race costs at most a table built twice or dropped early."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._tables: OrderedDict[bytes, MillerLines] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, point_bytes: bytes) -> MillerLines:
+        """The point's lines, built (and kept) if not held."""
+        key = bytes(point_bytes)
+        lines = self._tables.get(key)
+        if lines is not None:
+            with suppress(KeyError):  # evicted meanwhile by another thread: still a valid table
+                self._tables.move_to_end(key)
+            self.hits += 1
+            return lines
+        self.misses += 1
+        lines = MillerLines(SAKKE_CURVE.decode(key))  # ~20-50 ms
+        self._tables[key] = lines
+        while len(self._tables) > self.size:
+            try:
+                self._tables.popitem(last=False)
+            except KeyError:  # another thread emptied it first
+                break
+        return lines
+
+    def holds(self, point_bytes: bytes) -> bool:
+        return bytes(point_bytes) in self._tables
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def cache_clear(self) -> None:
+        self._tables.clear()
+        self.hits = self.misses = 0
+
+
+miller_lines = LineCache(LINE_CACHE_SIZE)
+"""Cached line tables, keyed by the encoded point (an RSK is reused for its whole key period)."""
 
 
 def pairing(r_point: tuple[mpz, mpz], q_point_bytes: bytes) -> mpz:

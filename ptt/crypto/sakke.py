@@ -52,7 +52,7 @@ def _p_table() -> FixedBase:
     return FixedBase(_CURVE, _CURVE.generator)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)  # ~13 MB each (P and Z tables are 129 windows of 128 points): KMS domains in use
 def _domain(z: bytes) -> _Domain:
     try:
         point = _CURVE.decode(z)
