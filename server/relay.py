@@ -9,8 +9,9 @@ Two receive/send paths run the same core:
 
 A :class:`~twisted.internet.task.LoopingCall` runs :meth:`RelayCore.sweep` ten times a second over a tenth of the
 members each time (one pass over 60 000 members takes ~15 ms: forwarding would stop that long every second) and
-reports members that stopped sending keepalives. Refused ``PTTJ`` packets (forged, replayed, or claiming an address another member is
-bound to) and binding moves are logged here, at most about one line a second per member (the core counts each).
+reports members that stopped sending keepalives. Refused ``PTTJ`` packets (forged, replayed, or claiming an address
+another member is bound to) and binding moves are logged here, at most about one line a second per member (the core
+counts each).
 
 ``python -m server.relay --port N [--interface A]`` runs a bare relay (no control plane: nothing can bind
 to it); the real wiring creates the core, listens with :func:`listen_relay` and feeds ``expect``/``set_talker``.
