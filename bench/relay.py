@@ -1,6 +1,8 @@
 """Media relay benchmark: forwarded packets per second per core against a batched C forwarder, and latency.
 
-Run with ``.venv/bin/python -m bench.relay [--quick]`` (about 1 minute; ``--quick`` about 20 s). Load: 100
+Run with ``.venv/bin/python -m bench.relay [--quick] [--repeats N]``: N runs (default 3) of about 1.5 minutes
+(``--quick`` about 40 s) against the same relay processes, then min / median / max of each headline figure over the
+runs, the targets judged on the medians. Load: 100
 groups x 10 members, every member a UDP socket on 127.0.0.1 in this process, one talker per group sending
 150-octet RTP-shaped packets round-robin at an even pace, each forwarded to the 9 other members. Relays: ours
 on Twisted's portable path, ours on the batched recvmmsg/sendmmsg path, and ``bench/forwarder.c`` compiled here
@@ -10,12 +12,19 @@ For each relay the offered rate starts at the nominal 50 packets/s per talker an
 of the expected copies arrive, then narrows down between the last rate that passed and the first that failed.
 At the highest rate that passed, "out/s per core" is the copies received divided by the CPU time spent for the
 relay: its on-CPU time from /proc/PID/schedstat (which includes the loopback delivery it triggers, run in its
-context) plus ksoftirqd's on its core. Latency is measured at half of the portable path's highest lossless
-rate: the talker writes ``time.time_ns()`` into the payload just before ``sendto``, the member's socket stamps
-the arrival in the kernel (SO_TIMESTAMPNS), so when the load generator reads it does not matter.
+context) plus ksoftirqd's on its core. Latency is measured at 50 % and 80 % load (of the portable path's highest
+lossless rate in that run; the same offered rate for every relay), in 0.5 s slices the relays take turns at, and
+each relay's p99 is compared with the C forwarder's: the talker writes ``time.time_ns()`` into the payload just
+before ``sendto``, the member's socket stamps the arrival in the kernel (SO_TIMESTAMPNS), so when the load
+generator reads it does not matter.
 
 The machine may be shared: a step in which other processes kept the relay waiting for its core more than 2 %
 of the time is run again (twice at most); the wait that remained is printed with the step.
+
+Before a step the relay under test gets every member's keepalive if it had none for 5 s, and the step starts once
+the relay is idle (nothing queued from the keepalives or an overloaded step before). Our relay freezes its
+start-up objects out of the garbage collector as the server does; its collections and the longest pause are
+printed with its counters at the end.
 
 Our relay runs the real join protocol (authenticated PTTJ, keepalives every 5 s) and the real core, with the
 per-source rate limit raised to 10^6 packets/s (the bucket arithmetic still runs for every packet): talkers
@@ -637,6 +646,10 @@ def main(argv: list[str] | None = None) -> int:
                 measure_latency(members, results, load, rate, 4 if args.quick else 8)
             baseline = baseline_latency(members, 500 if args.quick else 2000)
             runs.append(report(results, rates, baseline))
+    for relay in relays:  # stopped by now: each of ours printed its counters and garbage collector pauses
+        if relay.stats:
+            shown = {k: v for k, v in relay.stats.items() if v}
+            print(f"{relay.name}, relay counters: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     print()
     for line in summarise(FIGURES, runs):
         print(line)
@@ -697,10 +710,6 @@ def report(results: list[Result], rates: dict[float, float], baseline: list[int]
         f" {percentile(baseline, 0.99):8.1f} {max(baseline, default=0) / 1e3:8.1f} {len(baseline):8d}"
     )
     print(f"  (relay waited: share of the time its core ran something else; load average now {load_average()})")
-    for result in results[:-1]:
-        if result.relay.stats:
-            shown = {k: v for k, v in result.relay.stats.items() if v}
-            print(f"{result.relay.name}, relay counters: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     return figures
 
 
@@ -712,7 +721,9 @@ def run_child(mode: str) -> int:
     from twisted.internet import reactor as _reactor
     from twisted.internet.task import LoopingCall
 
-    from server.gcwatch import freeze_start_up_objects
+    from server.gcwatch import GcWatch, freeze_start_up_objects
+
+    gc_watch = GcWatch()
 
     reactor: Any = _reactor
     setup = json.loads(sys.stdin.read())
@@ -737,12 +748,14 @@ def run_child(mode: str) -> int:
         if core.stats["bound"] >= expected:
             poll.stop()
             freeze_start_up_objects()  # as the server does once started (server.gcwatch)
+            gc_watch.install()
             print(f"bound {core.stats['bound']}", flush=True)
 
     poll = LoopingCall(check_bound)
     poll.start(0.02)
     reactor.run()
-    print("stats " + json.dumps(core.stats), flush=True)
+    gc_stats = {"gc_collections": gc_watch.count, "gc_longest_us": round(gc_watch.longest * 1e6)}
+    print("stats " + json.dumps({**core.stats, **gc_stats}), flush=True)
     return 0
 
 
