@@ -218,7 +218,7 @@ class Members:
         # Receivers in drain order, with their group (talkers too: they must get nothing).
         self.drain_order = [(row[m].fileno(), g) for m in range(GROUP_SIZE) for g, row in enumerate(self.sockets)]
         self.receiver = Receiver()
-        self.joined: dict[tuple[str, int], float] = {}  # our relays: when each last got every member's keepalive
+        self.joined: dict[RelayProcess, float] = {}  # our relays: when each last got every member's keepalive
 
     def table(self) -> str:
         return "".join(f"{g} 127.0.0.1 {sock.getsockname()[1]}\n" for g, row in enumerate(self.sockets) for sock in row)
@@ -244,19 +244,19 @@ class Members:
             for m, sock in enumerate(row):
                 sock.sendto(self.signers[g][m].packet(), relay)
 
-    def keep_alive(self, relay: RelayProcess) -> None:
-        """Every member's PTTJ to the relay about to be measured, if it had none for KEEPALIVE_INTERVAL (its
-        dead_after is 15 s), then wait until it has handled them: a step measures media forwarding alone.
+    def keep_alive(self) -> None:
+        """Every member's PTTJ to each of our relays that had none for KEEPALIVE_INTERVAL (their dead_after is
+        15 s), then wait until they have handled them (they share a core): a step measures media forwarding alone.
 
         An earlier version sent them to every relay before every step and waited a fixed 50 ms: on a busy
         machine the relay under test (or one sharing its core) was still verifying 1000 PTTJs when the step
         began, and that queue, not the forwarding, made the p99 latency."""
-        last = self.joined.get(relay.address)
-        if last is None or time.monotonic() - last < KEEPALIVE_INTERVAL:
-            return
-        self.join_all(relay.address)
-        self.joined[relay.address] = time.monotonic()
-        relay.wait_idle()
+        due = [relay for relay, last in self.joined.items() if time.monotonic() - last >= KEEPALIVE_INTERVAL]
+        for relay in due:
+            self.join_all(relay.address)
+            self.joined[relay] = time.monotonic()
+        for relay in due:
+            relay.wait_idle()
 
     def set_timestamps(self, on: bool) -> None:
         for row in self.sockets:
@@ -280,7 +280,7 @@ class Members:
         """Offer ``offered`` packets/s (round-robin over the talkers) for ``duration`` seconds."""
         phase = Phase(offered, duration)
         self.set_timestamps(stamped)
-        self.keep_alive(relay)
+        self.keep_alive()
         relay.wait_idle()  # copies the previous step (an overloaded one) left queued must not count in this one
         self.drain_all(None, False)
         talkers, packets, relay_addr = self.talkers, self.packets, relay.address
@@ -439,7 +439,7 @@ def start_relay(name: str, label: str, members: Members, cpu: int | None, mode: 
         relay.stop()
         raise RuntimeError(f"{name}: members did not bind: {line!r}")
     relay.wait_idle()
-    members.joined[relay.address] = time.monotonic()
+    members.joined[relay] = time.monotonic()
     return relay
 
 
