@@ -1,6 +1,7 @@
 """Client audio benchmark: mouth-to-ear latency, burst start and CPU per client, on real (virtual) audio devices.
 
-Run with ``.venv/bin/python -m bench.voice [--quick]`` (about 55 s; ``--quick`` about 35 s). It starts a private
+Run with ``.venv/bin/python -m bench.voice [--quick] [--repeats N]`` (N runs, default 3, of about 55 s each;
+``--quick`` about 40 s each), then min / median / max of each headline figure over the runs. Each run starts a private
 PulseAudio with a virtual mic and speaker per client (``tests/audio_harness.py``), a KMS and a group server on
 127.0.0.1 (``bench/harness.py``) and three real ``ptt-client talk`` processes: Alice talks, Bob and Carol listen.
 Alice's script is a few short bursts (``talk 1.5; wait 1``), then a long one. Her mic hears a 600 Hz tone during
@@ -63,13 +64,25 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.harness import GROUP, ROOT, System, start_system, stop_system
+from bench.repeats import Figure, summarise
 from tests.audio_harness import SAMPLE_RATE, VirtualAudio, read_wav, speech_wav, write_wav
 
 Floats = npt.NDArray[np.float64]
 
 TARGET_MOUTH_TO_EAR_P95_MS = 80.0
 TARGET_BURST_START_MS = 150.0
-TARGET_CPU_PERCENT = 5.0
+TARGET_CPU_PERCENT = 5.0  # the talker
+TARGET_LISTENER_CPU_PERCENT = 2.5
+FIGURES = [
+    Figure("CPU talker (alice)", "% of a core", TARGET_CPU_PERCENT),
+    Figure("CPU listener (bob)", "% of a core", TARGET_LISTENER_CPU_PERCENT),
+    Figure("CPU listener (carol)", "% of a core", TARGET_LISTENER_CPU_PERCENT),
+    Figure("mouth to ear p50 (minus device round trip)", "ms"),
+    Figure("mouth to ear p95 (minus device round trip)", "ms", TARGET_MOUTH_TO_EAR_P95_MS),
+    Figure("burst start p50", "ms", TARGET_BURST_START_MS),
+    Figure("burst start p95", "ms", TARGET_BURST_START_MS),
+    Figure("other processes on the machine", "% of a core"),
+]
 
 RECORD_BLOCK = 480  # recorder blocks of 10 ms: finer time stamps than the client's 20 ms
 CLOCK_WINDOW = 100  # blocks either side of a sample whose time stamps date it (1 s)
@@ -705,7 +718,8 @@ def row(name: str, value: float | None, target: float | None, unit: str, why: st
     return f"{text}   target <= {target:g} {unit}   ratio {ratio:5.2f}  {'ok' if value <= target else 'MISSED'}"
 
 
-def report(plan: Plan, results: Results) -> list[str]:
+def report(plan: Plan, results: Results, figures: dict[str, float | None]) -> list[str]:
+    """The run's report; its headline figures go into ``figures`` (named as in FIGURES)."""
     lines: list[str] = []
     summary: list[str] = []
     raw, cal = results.raw_ms, results.cal_ms
@@ -772,6 +786,9 @@ def report(plan: Plan, results: Results) -> list[str]:
             f"  for information, the tone's onset in their speaker monitors (adds the virtual speaker's buffer): "
             f"p50 {percentile(acoustic, 50):6.1f} ms   max {max(acoustic):6.1f} ms ({len(acoustic)} bursts)"
         )
+    figures["mouth to ear p50 (minus device round trip)"] = corrected_p50
+    figures["mouth to ear p95 (minus device round trip)"] = corrected_p95
+    figures["burst start p50"], figures["burst start p95"] = burst_p50, burst_p95
     summary.append(row("burst start p50", burst_p50, TARGET_BURST_START_MS, "ms", "fewer than 3 bursts heard"))
     summary.append(row("burst start p95", burst_p95, TARGET_BURST_START_MS, "ms", "fewer than 3 bursts heard"))
 
@@ -784,8 +801,11 @@ def report(plan: Plan, results: Results) -> list[str]:
     )
     lines.append("  schedstat    " + "   ".join(f"{name} {value:5.2f} %" for name, value in results.on_cpu.items()))
     for name, value in results.cpu.items():
-        if name.startswith(("alice", "bob")):
-            summary.append(row(f"CPU {name}", value, TARGET_CPU_PERCENT, "%"))
+        user, role = name.split(" ", 1)
+        target = TARGET_CPU_PERCENT if role == "(talker)" else TARGET_LISTENER_CPU_PERCENT
+        summary.append(row(f"CPU {name}", value, target, "%"))
+        figures[f"CPU {role.strip('()')} ({user})"] = value
+    figures["other processes on the machine"] = results.others_percent
     for note in results.notes:
         lines.append(f"note: {note}")
     if results.others_percent is not None:
@@ -808,6 +828,7 @@ def report(plan: Plan, results: Results) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer bursts and beeps (about 40 s)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the whole call (default 3)")
     parser.add_argument("--record", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--loopback", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -820,11 +841,17 @@ def main(argv: list[str] | None = None) -> int:
         f"ptt client audio benchmark: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
         f"virtual devices on a private PulseAudio, 3 clients + relay on 127.0.0.1"
     )
-    started = time.monotonic()
-    results = run(plan)
-    for line in report(plan, results):
+    runs: list[dict[str, float | None]] = []
+    for number in range(1, args.repeats + 1):
+        started = time.monotonic()
+        print(f"\n-- run {number} of {args.repeats}", flush=True)
+        runs.append({})
+        for line in report(plan, run(plan), runs[-1]):
+            print(line)
+        print(f"(run took {time.monotonic() - started:.0f} s)", flush=True)
+    print()
+    for line in summarise(FIGURES, runs):
         print(line)
-    print(f"(run took {time.monotonic() - started:.0f} s)")
     return 0
 
 

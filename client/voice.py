@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from client.audio import AudioEngine
-from client.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder
+from client.codec import DEFAULT_BITRATE, FRAME_SAMPLES, OpusDecoder, OpusEncoder
 from ptt.jitter import JitterBuffer, JitterConfig
 from ptt.rtp import RtpError, RtpPacket
 
@@ -58,7 +58,7 @@ class Voice:
         session: MediaSession,
         engine: AudioEngine,
         *,
-        bitrate: int = 24000,
+        bitrate: int = DEFAULT_BITRATE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reactor = reactor

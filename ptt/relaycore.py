@@ -48,6 +48,7 @@ the talker changes). Callers must not modify that list.
 from __future__ import annotations
 
 import hmac
+import math
 
 from ptt.recording import BurstTap
 from ptt.relaystate import (
@@ -118,6 +119,8 @@ class RelayCore:
         self._unbound_buckets: dict[Address, Bucket] = {}
         self._overflow_bucket = Bucket(self._burst, 0.0)
         self._last_sweep: float | None = None
+        self._sweep_queue: list[BoundMember] = []  # the current sweep round's members not looked at yet
+        self._sweep_round = 0  # how many that round started with
         self.serving_until = float("inf")  # a cluster node's lease deadline (ptt.cluster): past it, serve nothing
         self.tap = BurstTap()  # recorded groups' bursts, ciphertext only (issue 17): the shell stores tap.completed
         self._recorded: set[str] = set()
@@ -330,11 +333,15 @@ class RelayCore:
 
     # -- liveness -----------------------------------------------------------------------------------------
 
-    def sweep(self, now: float) -> list[Binding]:
+    def sweep(self, now: float, share: float = 1.0) -> list[Binding]:
         """Unbind members silent for ``dead_after`` seconds and return them; expire unused tokens.
 
-        Meant to run about every second. A gap between sweeps longer than ``keepalive_interval`` (or a clock
-        that went back) moves everyone's last-seen time along with it rather than killing them all.
+        Meant to run about every second with ``share`` 1, or in slices: a call looks at ``share`` of the bound
+        members (a round's snapshot), so ten calls a second with 0.1 check each member once a second as one call
+        would, without stopping the forwarding for a whole pass (~15 ms with 60 000 members on the benchmark
+        machine: a tail on every packet that arrives meanwhile). Tokens, unbound buckets and the recording tap
+        are expired when a round starts. A gap between calls longer than ``keepalive_interval`` (or a clock that
+        went back) moves everyone's last-seen time along with it rather than killing them all.
         """
         previous, self._last_sweep = self._last_sweep, now
         if previous is not None and not 0.0 <= now - previous <= self.config.keepalive_interval:
@@ -342,19 +349,29 @@ class RelayCore:
             # keepalives of the gap, so it does not hold their absence against anyone.
             for member in self._by_token.values():
                 member.last_seen += now - previous
-        self.tap.sweep(now)
+        if not self._sweep_queue:
+            self._start_sweep_round(now)
+        count = max(1, math.ceil(share * self._sweep_round))
+        batch = self._sweep_queue[-count:]
+        del self._sweep_queue[-count:]
         dead_before = now - self.config.dead_after
-        dead = [m for m in self._by_token.values() if m.last_seen < dead_before]
+        by_token = self._by_token
+        dead = [m for m in batch if m.last_seen < dead_before and by_token.get(m.token) is m]
         for member in dead:
             self._remove(member)
         self.stats["dead"] += len(dead)
+        return [m.binding for m in dead]
+
+    def _start_sweep_round(self, now: float) -> None:
+        self._sweep_queue = list(self._by_token.values())
+        self._sweep_round = len(self._sweep_queue)
+        self.tap.sweep(now)
         for binding_id in [b for b, auth in self._pending.items() if auth.expiry < now]:
             del self._pending[binding_id]
         # A bucket that has refilled is no different from a new one: forget it.
         full_after = self._burst / self._rate
         for addr in [a for a, b in self._unbound_buckets.items() if now - b.stamp >= full_after]:
             del self._unbound_buckets[addr]
-        return [m.binding for m in dead]
 
     def members(self, group: str) -> list[tuple[Binding, Address, float]]:
         """The bound members of ``group``: (binding, address, last seen)."""

@@ -139,7 +139,7 @@ def test_fec_recovers_a_lost_frame_better_than_concealment(speech: Samples) -> N
 
 def test_expected_loss_hint() -> None:
     encoder = OpusEncoder(expected_loss_percent=10)
-    assert encoder.expected_loss == 10 and encoder.fec and encoder.bitrate == 24000
+    assert encoder.expected_loss == 10 and encoder.fec and encoder.bitrate == 25000
     for percent in (0, 25, 100):
         encoder.set_expected_loss(percent)
         assert encoder.expected_loss == percent
@@ -183,3 +183,36 @@ def test_decoder_reset(speech: Samples) -> None:
         decoder.decode(encoder.encode(frame))
     decoder.reset()
     assert not any(decoder.conceal())  # nothing left to conceal from: silence
+
+
+def aligned_snr_db(sent: Samples, heard: bytes, max_lag: int = 800) -> float:
+    """SNR of decoded speech against the original, at the lag (the codec's delay) that maximises it."""
+    x, y = sent.astype(np.float64), pcm(heard)
+    best = -np.inf
+    for lag in range(max_lag):
+        a, b = x[: len(y) - lag], y[lag:]
+        best = max(best, 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2)))
+    return float(best)
+
+
+def test_complexity_six_keeps_speech_quality_and_fec(speech: Samples) -> None:
+    """The default complexity (6, cheaper than libopus's 10) decodes speech as faithfully as 10 and keeps FEC."""
+    encoder = OpusEncoder()
+    assert encoder.complexity == 6 and encoder.fec
+    frames = frames_of(speech)
+    snr = {}
+    for complexity in (6, 10):
+        coder, decoder = OpusEncoder(complexity=complexity), OpusDecoder()
+        heard = b"".join(decoder.decode(coder.encode(frame)) for frame in frames)
+        snr[complexity] = aligned_snr_db(speech[: len(heard) // 2], heard)
+    print(f"decoded speech SNR: complexity 6 {snr[6]:.2f} dB, 10 {snr[10]:.2f} dB")
+    assert snr[6] >= snr[10] - 1.0 and snr[6] > 6.0
+    fec_error, plc_error, lost = fec_and_plc_errors(speech, encoder)
+    assert lost >= 10 and fec_error < 0.5 * plc_error
+    # libopus lowers its FEC threshold's "equivalent rate" with the complexity: at 24 kbit/s, 6 has no FEC at all
+    # (that is why the default bitrate is 25 kbit/s).
+    fec_error, plc_error, _ = fec_and_plc_errors(speech, OpusEncoder(24000, complexity=6))
+    assert fec_error == plc_error
+    for bad in (-1, 11, True, 5.0):
+        with pytest.raises(ValueError):
+            OpusEncoder(complexity=bad)  # type: ignore[arg-type]

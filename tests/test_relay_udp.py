@@ -249,10 +249,14 @@ def test_shell_forwards_with_sendto_and_reports_joins_floor_and_deaths() -> None
     protocol.send(b"reply", ("127.0.0.1", 5002))
     assert sock.sent[-1] == (b"reply", ("127.0.0.1", 5002))
 
-    # the sweep runs every second on the injected clock; alice keeps talking, bob falls silent
-    for _ in range(16):
-        clock.advance(1.0)
-        protocol.datagramReceived(rtp(1, 1), ("127.0.0.1", 5001))
+    # the sweep runs ten times a second on the injected clock, over a tenth of the members each time (here one:
+    # at least one a call); alice keeps talking, bob falls silent and is found dead within a second of his 15 s
+    for tick in range(161):
+        clock.advance(0.1)
+        if tick % 10 == 0:
+            protocol.datagramReceived(rtp(1, 1), ("127.0.0.1", 5001))
+        if tick == 140:
+            assert calls["dead"] == []
     assert calls["dead"] == [[bob]]
     protocol.doStop()
     assert not clock.getDelayedCalls()

@@ -519,6 +519,51 @@ def test_sweep_declares_silent_members_dead() -> None:
     assert core.members("g") == []
 
 
+def test_sweep_in_slices_checks_everyone_once_a_round() -> None:
+    """The shell sweeps a tenth of the members ten times a second: the same deaths, found within the same second
+    as a whole pass would, but no call looks at more than its share."""
+    core = RelayCore(RelayConfig(dead_after=15.0))
+    group = Group(core, "g", 40)
+    group.join_all(now=T0)
+    for t in (5.0, 10.0):  # members 0-9 keep alive, 10-39 fall silent after T0
+        for m in range(10):
+            assert group.join(m, now=T0 + t).kind == "keepalive"
+    dead: list[Binding] = []
+    t = T0 + 0.1
+    while t < T0 + 15.0:
+        assert core.sweep(t, share=0.1) == []
+        t += 0.1
+    per_call = []
+    while t < T0 + 16.05:  # the silent ones die within a round (1 s) of their 15 s
+        found = core.sweep(t, share=0.1)
+        per_call.append(len(found))
+        dead += found
+        t += 0.1
+    assert sorted(b.member for b in dead) == sorted(b.member for b in group.bindings[10:])
+    assert max(per_call) <= 4  # a tenth of the 40 bound when the round started
+    assert core.stats["bound"] == 10
+    while t < T0 + 24.95:  # the others were last heard at T0 + 10
+        assert core.sweep(t, share=0.1) == []
+        t += 0.1
+    dead = []
+    while t < T0 + 26.05:
+        dead += core.sweep(t, share=0.1)
+        t += 0.1
+    assert sorted(b.member for b in dead) == sorted(b.member for b in group.bindings[:10])
+
+
+def test_a_member_unbound_during_a_round_is_not_reported_dead() -> None:
+    core = RelayCore(RelayConfig(dead_after=15.0))
+    group = Group(core, "g", 10)
+    group.join_all(now=T0)
+    assert sweep_every_second(core, T0 + 1, T0 + 15) == []
+    assert len(core.sweep(T0 + 15.1, share=0.1)) == 1  # a round of 10 starts: one (dead) member per call
+    core.unbind("g", group.bindings[3].member)  # gone while the round still holds it (silent too)
+    dead = [b.member for k in range(2, 12) for b in core.sweep(T0 + 15 + k * 0.1, share=0.1)]
+    assert sorted(dead) == sorted(b.member for b in group.bindings[:9] if b is not group.bindings[3])
+    assert core.stats["bound"] == 0 and core.stats["dead"] == 9
+
+
 def test_a_gap_between_sweeps_kills_no_one() -> None:
     core = RelayCore(RelayConfig(dead_after=15.0))
     group = Group(core, "g", 2)
