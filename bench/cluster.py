@@ -97,6 +97,7 @@ class Run:
     drops: dict[str, int] = field(default_factory=dict)  # datagrams the kernel dropped at full receive buffers
     node: dict[str, float] = field(default_factory=dict)  # the nodes' own counters during the run (node_counters)
     denied: dict[str, int] = field(default_factory=dict)  # floor requests denied, by the Deny's phrase
+    talker_calls: int = 0  # the talker's system calls (GSO batches)
 
     def delivered(self) -> float:
         """Copies received over the copies the sent packets should have made (every other member of the group)."""
@@ -177,7 +178,8 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
                       f"(sent {run.sent / run.seconds:5.0f}/s, delivered {run.delivered():.1%})  floor p95 "
                       f"{run.p95():7.1f} ms (n {len(run.latencies_ms)}, lost {run.lost})  cpu nodes "
                       f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s (sink {run.sink_cpu:3.1f} s, "
-                      f"talker {run.talker_cpu:3.1f} s), machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  "
+                      f"talker {run.talker_cpu:3.1f} s, {run.sent / max(run.talker_calls, 1):.1f} packets per call), "
+                      f"machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  "
                       f"load {run.load:.2f}  drops " + ", ".join(f"{k} {v}" for k, v in run.drops.items())
                       + f"  saturated: {'yes' if run.saturated() else 'no'}", flush=True)  # fmt: skip
                 print("    nodes: " + ", ".join(f"{k} {v:g}" for k, v in run.node.items() if v)
@@ -218,7 +220,7 @@ def measure_run(cluster: Cluster, generator: LineProcess, mode: str, load: str, 
         mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
         report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(), size, machine,
         float(report.get("sink_cpu", 0.0)), float(report.get("talker_cpu", 0.0)), int(report.get("groups", 0)), drops,
-        node, dict(report.get("denied_why", {})),
+        node, dict(report.get("denied_why", {})), int(report.get("talker_calls", 0)),
     )  # fmt: skip
 
 

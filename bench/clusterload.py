@@ -256,6 +256,7 @@ class ClusterLoad:
         self._talking = self.calls[:groups]
         base = yield self._received()
         sent_base = yield self.talker.count()
+        calls_base = self.talker.calls
         cpu = time.process_time()
         sink_cpu, talker_cpu = self._child_cpu(self.sink), self._child_cpu(self.talker)
         started = time.monotonic()
@@ -278,6 +279,7 @@ class ClusterLoad:
             "denied_why": self.counters.denied_why, "cpu": round(time.process_time() - cpu, 3),
             "sink_cpu": round(self._child_cpu(self.sink) - sink_cpu, 3),
             "talker_cpu": round(self._child_cpu(self.talker) - talker_cpu, 3), "groups": len(self._talking),
+            "talker_calls": self.talker.calls - calls_base, "gso": self.talker.gso,
         }  # fmt: skip
         yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command
         return "load-done " + json.dumps(report)

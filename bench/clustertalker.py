@@ -44,6 +44,8 @@ class Talker:
         os.set_blocking(self._fd, False)
         self._buffer = b""
         self._waiting: deque[defer.Deferred[int]] = deque()
+        self.calls = 0  # system calls that sent the RTP so far (as of the last count)
+        self.gso = True  # whether the kernel took GSO batches (as of the last count)
         reactor.addReader(self)
 
     @property
@@ -86,9 +88,10 @@ class Talker:
             return
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
         for line in lines:
-            word, _, value = line.decode().partition(" ")
+            word, *values = line.decode().split()
             if word == "count" and self._waiting:
-                self._waiting.popleft().callback(int(value))
+                self.calls, self.gso = int(values[1]), values[2] == "1"
+                self._waiting.popleft().callback(int(values[0]))
 
     def connectionLost(self, reason: Any) -> None:
         pass

@@ -8,7 +8,8 @@
  *   start I SSRC RATE IP PORT   member I (socket FDi) now holds its group's floor: send RTP with SSRC at RATE
  *                               packets/s to IP:PORT (its relay) until stopped
  *   stop I                      member I released the floor
- *   count                       -> "count SENT" on stdout: RTP datagrams the kernel accepted so far
+ *   count                       -> "count SENT CALLS GSO" on stdout: RTP datagrams the kernel accepted so far,
+ *                               the system calls that sent them, 1 if GSO is (still) in use
  *   quit (or end of input)      -> exit 0
  *
  * The packets look like the clients' SRTP to the relay, which forwards without decrypting: version 2, payload
@@ -60,6 +61,7 @@ static int member_count;
 static int *active_list; /* indexes of the active members, in no order */
 static int active_count;
 static uint64_t sent;
+static uint64_t calls;
 static int use_gso = 1;
 static unsigned char buffer[MAX_BATCH * SEGMENT];
 
@@ -103,7 +105,7 @@ static void command(char *line) {
     } else if (sscanf(line, "stop %d", &index) == 1) {
         if (index >= 0 && index < member_count) deactivate(index);
     } else if (strncmp(line, "count", 5) == 0) {
-        printf("count %llu\n", (unsigned long long)sent);
+        printf("count %llu %llu %d\n", (unsigned long long)sent, (unsigned long long)calls, use_gso);
         fflush(stdout);
     } else if (strncmp(line, "quit", 4) == 0) {
         exit(0);
@@ -199,7 +201,11 @@ static void tick(double elapsed) {
         m->credit -= count;
         fill(m, count);
         int done = use_gso ? send_gso(m, count) : -1;
-        if (done < 0) done = send_mmsg(m, count);
+        if (done < 0) {
+            calls++; /* the refused GSO call */
+            done = send_mmsg(m, count);
+        }
+        calls++;
         sent += (uint64_t)done;
     }
 }
