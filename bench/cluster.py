@@ -265,8 +265,11 @@ def triple(values: list[float], digits: int = 0) -> str:
 
 def print_report(configs: list[Configuration], args: argparse.Namespace) -> None:
     reference = next((c for c in configs if c.nodes == 1), None)
-    print(f"\n{args.groups} groups x {args.size} members, {args.runs} run(s) of {args.seconds:.0f} s per mode; "
-          "min / median / max over the runs; ratio = median / median of 1 node\n")  # fmt: skip
+    print(f"\n{args.groups} groups x {args.size} members in fixed mode (50 packets/s, 2-s turns); saturate: "
+          f"{args.saturate_groups_per_node} groups per node (per core at most) at {args.saturate_rate:g} packets/s, "
+          f"10-s turns; {args.runs} run(s) of {args.seconds:.0f} s per mode; min / median / max over the runs; "
+          "ratio = median / median of 1 node; saturated = more than 1 % of the talkers' packets dropped at the "
+          "relays' sockets\n")  # fmt: skip
     print(
         "| nodes | mode | groups | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
         "| CPU s nodes | node cores used | relay drops % | saturated | copies per node CPU s | CPU s generator "
