@@ -8,19 +8,25 @@ count a fresh database and a fresh cluster (``bench.clusterharness``: a KMS, N `
 granted the namespace) are created through the dispatcher HTTPS API of every node in turn after the nodes started,
 so their leases spread by rendezvous hashing; the bench waits until each group has a lease.
 
-Load: ``bench.clusterload``, one process (its docstring says what a member does): G x 10 members logged in, spread
+Load: ``bench.clusterload``, one process (its docstring says what a member does): the members of every group (G, or
+more for saturate mode, below) logged in, spread
 round-robin over the nodes, each joined and bound at the relay of the node serving its group (keepalives from the
 start of the setup). The generator does not read the media copies: a socket filter drops RTP in the kernel at each
 member socket, where it is counted (/proc/net/udp ``drops``), and a C child process, the sink (``bench/sink.c``),
-reads only the floor control and passes it to Python; so a received copy costs the generator nothing and its CPU
-(below, with the sink's) is the talkers' sending and the floor. Each configuration is
+reads only the floor control and passes it to Python; the RTP is sent by another C child, the talker
+(``bench/talker.c``: GSO batches from the members' own sockets), so Python does only the signalling (login, join,
+floor) and the generator's CPU (below, with its children's) stays small next to the nodes'. Each configuration is
 measured ``--runs`` times (3; 1 with ``--quick``) in two modes on the same cluster:
 
-  fixed      every group talks (one talker at a time, 2 s bursts, 0.2 s between them) at 50 packets/s: the offered
+  fixed      the G groups talk (one talker at a time, 2 s bursts, 0.2 s between them) at 50 packets/s: the offered
              load is the same for every node count, so forwarded/s shows whether the nodes keep up with it
-  saturate   the same turns at ``--saturate-rate`` (150) packets/s per talker (under the relay's 200/s limit per
-             member): more than the nodes (and the generator) can forward on this machine, so forwarded/s is the
-             capacity of nodes + generator together
+  saturate   ``--saturate-groups-per-node`` (225) groups per node talk (per core at most: with more nodes than
+             cores, cores x 225 groups), 10-s turns at ``--saturate-rate`` (190) packets/s per talker (under the
+             relay's 200/s limit per member): ~385 000 copies/s offered per node, more than one node forwards on a
+             core, so forwarded/s is the nodes' capacity. If the machine cannot set up that many members, 180 is
+             the fallback. The report says per configuration whether the nodes were saturated: the relays'
+             sockets dropped datagrams (the nodes did not read all that was offered) - the ratio of 2 nodes to 1 is
+             the nodes' scaling only if 1 node was saturated and the talker sent what it offered
 
 Forwarded/s = media copies the listeners received / seconds (nothing is counted twice: each copy arrives at one
 member socket); beside it the packets/s the talkers really sent (a starved generator sends less than it offers:
@@ -86,9 +92,12 @@ class Run:
     size: int
     machine_cpu: float
     sink_cpu: float = 0.0  # the generator's C sink (part of generator_cpu)
+    talker_cpu: float = 0.0  # the generator's C talker (part of generator_cpu)
+    groups: int = 0  # groups talking
     drops: dict[str, int] = field(default_factory=dict)  # datagrams the kernel dropped at full receive buffers
     node: dict[str, float] = field(default_factory=dict)  # the nodes' own counters during the run (node_counters)
     denied: dict[str, int] = field(default_factory=dict)  # floor requests denied, by the Deny's phrase
+    talker_calls: int = 0  # the talker's system calls (GSO batches)
 
     def delivered(self) -> float:
         """Copies received over the copies the sent packets should have made (every other member of the group)."""
@@ -96,6 +105,14 @@ class Run:
 
     def p95(self) -> float:
         return percentile(self.latencies_ms, 0.95) if self.latencies_ms else float("nan")
+
+    def relay_drop_share(self) -> float:
+        """Talkers' datagrams the relays' sockets dropped (full receive buffer: the node did not read them)."""
+        return self.drops.get("relays", 0) / self.sent if self.sent else 0.0
+
+    def saturated(self) -> bool:
+        """The nodes did not take everything offered: more than 1 % of the talkers' packets dropped at the relays."""
+        return self.relay_drop_share() > 0.01
 
 
 @dataclass
@@ -139,27 +156,32 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
     cluster = start_cluster(root, url, nodes=nodes, users=users, groups=grants, workers=1)
     generator: LineProcess | None = None
     try:
-        created = create_groups(cluster, args.groups, args.size)
-        owners = cluster.wait_owned([group_uri(g) for g in range(args.groups)], timeout=120)
+        saturate_groups = saturate_group_count(args, nodes)
+        groups = max(args.groups, saturate_groups)
+        created = create_groups(cluster, groups, args.size)
+        owners = cluster.wait_owned([group_uri(g) for g in range(groups)], timeout=300)
         config.spread = {n.name: sum(1 for o in owners.values() if o == n.name) for n in cluster.nodes}
-        print(f"  {args.groups} groups created in {created:.1f} s, served by {config.spread}", flush=True)
+        print(f"  {groups} groups created in {created:.1f} s, served by {config.spread}", flush=True)
         generator = LineProcess(
             ["-m", "bench.clusterload", "--root", str(root), "--server-info", str(cluster.server_info(0)),
-             "--groups", str(args.groups), "--size", str(args.size)], ready_timeout=600,
+             "--groups", str(groups), "--size", str(args.size)], ready_timeout=900,
         )  # fmt: skip
         print(f"  generator: {generator.ready}", flush=True)
         config.setup = json.loads(generator.command("setup", timeout=900).partition(" ")[2])
         print(f"  setup: {config.setup}", flush=True)
         for number in range(args.runs):
-            for mode, rate in (("fixed", 50.0), ("saturate", args.saturate_rate)):
-                run = measure_run(cluster, generator, mode, rate, args.seconds, args.size)
+            for mode, rate, talking, burst in (("fixed", 50.0, args.groups, 2.0),
+                                               ("saturate", args.saturate_rate, saturate_groups, 10.0)):  # fmt: skip
+                run = measure_run(cluster, generator, mode, f"{rate} {talking} {burst}", args.seconds, args.size)
                 config.runs.append(run)
-                print(f"  run {number + 1} {mode:<8} forwarded {run.forwarded_per_s:6.0f}/s (sent "
-                      f"{run.sent / run.seconds:5.0f}/s, delivered {run.delivered():.1%})  floor p95 "
+                print(f"  run {number + 1} {mode:<8} {run.groups} groups: forwarded {run.forwarded_per_s:6.0f}/s "
+                      f"(sent {run.sent / run.seconds:5.0f}/s, delivered {run.delivered():.1%})  floor p95 "
                       f"{run.p95():7.1f} ms (n {len(run.latencies_ms)}, lost {run.lost})  cpu nodes "
-                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s (sink {run.sink_cpu:3.1f} s), "
-                      f"machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  load {run.load:.2f}  drops "
-                      + ", ".join(f"{k} {v}" for k, v in run.drops.items()), flush=True)  # fmt: skip
+                      f"{run.node_cpu:4.1f} s, generator {run.generator_cpu:4.1f} s (sink {run.sink_cpu:3.1f} s, "
+                      f"talker {run.talker_cpu:3.1f} s, {run.sent / max(run.talker_calls, 1):.1f} packets per call), "
+                      f"machine {run.machine_cpu:4.1f} s in {run.seconds:.1f} s  "
+                      f"load {run.load:.2f}  drops " + ", ".join(f"{k} {v}" for k, v in run.drops.items())
+                      + f"  saturated: {'yes' if run.saturated() else 'no'}", flush=True)  # fmt: skip
                 print("    nodes: " + ", ".join(f"{k} {v:g}" for k, v in run.node.items() if v)
                       + f"; floor denied {run.denied}", flush=True)  # fmt: skip
         generator.stop()
@@ -173,13 +195,22 @@ def measure_configuration(args: argparse.Namespace, postgres: Any, nodes: int, w
     return config
 
 
-def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float, seconds: float, size: int) -> Run:
+def saturate_group_count(args: argparse.Namespace, nodes: int) -> int:
+    """Groups talking in saturate mode: ``--saturate-groups-per-node`` per node, for at most as many nodes as cores
+    (more nodes share the same cores: more groups would only add drops, and members past the file limit)."""
+    return int(args.saturate_groups_per_node * min(nodes, os.cpu_count() or 1))
+
+
+def measure_run(cluster: Cluster, generator: LineProcess, mode: str, load: str, seconds: float, size: int) -> Run:
     node_pids = [n.daemon.process.pid for n in cluster.nodes if n.daemon.process is not None]
     relay_ports = {n.relay_port for n in cluster.nodes}
     machine, relay_drops, rcvbuf = machine_cpu_seconds(), udp_drops(relay_ports), udp_rcvbuf_errors()
     before = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     stats_before = cluster.node_stats()
-    report = json.loads(generator.command(f"load {seconds} {rate}", timeout=seconds + 120).partition(" ")[2])
+    answer = generator.command(f"load {seconds} {load}", timeout=seconds + 120)
+    if not answer.startswith("load-done "):
+        raise RuntimeError(f"the generator failed: {answer}")
+    report = json.loads(answer.partition(" ")[2])
     after = [tree_cpu_seconds(pid) for pid in node_pids], tree_cpu_seconds(generator.pid)
     machine = machine_cpu_seconds() - machine
     drops = {"relays": udp_drops(relay_ports) - relay_drops, "machine": udp_rcvbuf_errors() - rcvbuf}
@@ -188,7 +219,8 @@ def measure_run(cluster: Cluster, generator: LineProcess, mode: str, rate: float
     return Run(
         mode, report["received"] / elapsed, report["sent"], report["received"], report["latencies_ms"],
         report["lost"], sum(after[0]) - sum(before[0]), after[1] - before[1], elapsed, loadavg(), size, machine,
-        float(report.get("sink_cpu", 0.0)), drops, node, dict(report.get("denied_why", {})),
+        float(report.get("sink_cpu", 0.0)), float(report.get("talker_cpu", 0.0)), int(report.get("groups", 0)), drops,
+        node, dict(report.get("denied_why", {})), int(report.get("talker_calls", 0)),
     )  # fmt: skip
 
 
@@ -233,13 +265,18 @@ def triple(values: list[float], digits: int = 0) -> str:
 
 def print_report(configs: list[Configuration], args: argparse.Namespace) -> None:
     reference = next((c for c in configs if c.nodes == 1), None)
-    print(f"\n{args.groups} groups x {args.size} members, {args.runs} run(s) of {args.seconds:.0f} s per mode; "
-          "min / median / max over the runs; ratio = median / median of 1 node\n")  # fmt: skip
+    print(f"\n{args.groups} groups x {args.size} members in fixed mode (50 packets/s, 2-s turns); saturate: "
+          f"{args.saturate_groups_per_node} groups per node (per core at most) at {args.saturate_rate:g} packets/s, "
+          f"10-s turns; {args.runs} run(s) of {args.seconds:.0f} s per mode; min / median / max over the runs; "
+          "ratio = median / median of 1 node; saturated = more than 1 % of the talkers' packets dropped at the "
+          "relays' sockets\n")  # fmt: skip
     print(
-        "| nodes | mode | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
-        "| CPU s nodes | copies per node CPU s | CPU s generator | CPU s machine | load1 |"
+        "| nodes | mode | groups | forwarded packets/s | ratio | talkers sent/s | delivered % | floor p95 ms | lost "
+        "| CPU s nodes | node cores used | relay drops % | saturated | copies per node CPU s | CPU s generator "
+        "(talker) | CPU s machine | load1 |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: "
+          "| ---: | ---: |")  # fmt: skip
     for config in configs:
         for mode in ("fixed", "saturate"):
             runs = [r for r in config.runs if r.mode == mode]
@@ -250,13 +287,24 @@ def print_report(configs: list[Configuration], args: argparse.Namespace) -> None
                 ratio = f"{config.median(mode, 'forwarded_per_s') / reference.median(mode, 'forwarded_per_s'):.2f}"
             sent = triple([r.sent / r.seconds for r in runs])
             delivered = triple([100 * r.delivered() for r in runs], 1)
-            print(f"| {config.nodes} | {mode} | {triple([r.forwarded_per_s for r in runs])} | {ratio} | {sent} | "
-                  f"{delivered} | "
+            saturated = sum(1 for r in runs if r.saturated())
+            print(f"| {config.nodes} | {mode} | {runs[0].groups} | {triple([r.forwarded_per_s for r in runs])} | "
+                  f"{ratio} | {sent} | {delivered} | "
                   f"{triple([r.p95() for r in runs], 1)} | {sum(r.lost for r in runs)} | "
-                  f"{triple([r.node_cpu for r in runs], 1)} | {triple([r.received / r.node_cpu for r in runs])} | "
-                  f"{triple([r.generator_cpu for r in runs], 1)} | "
+                  f"{triple([r.node_cpu for r in runs], 1)} | {triple([r.node_cpu / r.seconds for r in runs], 2)} | "
+                  f"{triple([100 * r.relay_drop_share() for r in runs], 1)} | "
+                  f"{'yes' if saturated == len(runs) else 'no' if not saturated else f'{saturated}/{len(runs)}'} | "
+                  f"{triple([r.received / r.node_cpu for r in runs])} | "
+                  f"{triple([r.generator_cpu for r in runs], 1)} ({triple([r.talker_cpu for r in runs], 1)}) | "
                   f"{triple([r.machine_cpu for r in runs], 1)} | "
                   f"{triple([r.load for r in runs], 2)} |")  # fmt: skip
+    if reference is not None:
+        one = [r for r in reference.runs if r.mode == "saturate"]
+        if one and all(r.saturated() for r in one):
+            print("\nsaturate: 1 node was saturated in every run (relay drops): the ratios are the nodes' scaling")
+        elif one:
+            print("\nsaturate: 1 node was NOT saturated in every run: the ratios show the offered load, not the "
+                  "nodes' capacity")  # fmt: skip
     for config in configs:
         if config.failovers:
             print(f"\nfailover with {config.nodes} nodes, {args.kills} kills (kill -9 -> first packet heard), seconds:")
@@ -274,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, help="groups (default 200, --quick 40)")
     parser.add_argument("--size", type=int, default=10, help="members per group")
     parser.add_argument("--seconds", type=float, help="seconds per run and mode (default 20, --quick 8)")
-    parser.add_argument("--saturate-rate", type=float, default=150.0, help="packets/s per talker in saturate mode")
+    parser.add_argument("--saturate-rate", type=float, default=190.0, help="packets/s per talker in saturate mode")
+    parser.add_argument("--saturate-groups-per-node", type=int, default=225,
+                        help="groups talking per node (per core at most) in saturate mode (fallback: 180)")  # fmt: skip
     parser.add_argument("--kills", type=int, help="failover kills with 2 nodes (default 5, --quick 2; 0: none)")
     parser.add_argument("--json", help="write every run's figures to this file")
     parser.add_argument("--from-json", help="only print the report of a file --json wrote (same other options)")

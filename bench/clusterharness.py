@@ -194,7 +194,9 @@ def _init_node(cluster: Cluster, index: int, workers: int | None, env: dict[str,
     serve = ["-m", "server.main", "--data", str(data), "serve"]
     if workers is not None:
         serve += ["--workers", str(workers)]
-    return Node(name, data, dispatch_port, control_port, relay_port, Daemon(serve, "listening:", extra_env=env))
+    # A restarted node provisions the keys of every group it held before it listens: 450 groups take minutes.
+    daemon = Daemon(serve, "listening:", extra_env=env, start_timeout=600.0)
+    return Node(name, data, dispatch_port, control_port, relay_port, daemon)
 
 
 def arrivals_after(report: dict[str, Any], sender: str, moment: float) -> list[float]:

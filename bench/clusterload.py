@@ -19,19 +19,24 @@ to the nodes. Python still sends everything (joins, keepalives, floor control, R
 ``received`` in the ``load`` report is the copies the member sockets got (their filter's count, plus any the
 sink or Python read).
 
-Talking: in every group one member at a time presses PTT (a TS 24.380 ``FloorParticipant``, its floor messages
-SRTCP under its CSK), and once granted sends RTP at RATE packets/s for ``--burst`` seconds, releases, and after
-``--pause`` seconds the next member of the group presses. Media is not SRTP-protected: the relay forwards opaque
-RTP from the floor holder (it checks only the RTP form and the holder's SSRC), and the listeners only count what
+Talking: in each of the first GROUPS groups one member at a time presses PTT (a TS 24.380 ``FloorParticipant``, its
+floor messages SRTCP under its CSK), and once granted sends RTP at RATE packets/s for BURST seconds, releases, and
+after ``--pause`` seconds the next member of the group presses. Python does only the floor control: the RTP is sent
+by a second C child, the talker (``bench/talker.c``, ``bench.clustertalker``: the same sockets, GSO batches), told
+``start``/``stop`` at each grant and release; Python's sending of the RTP had cost as much CPU as the nodes'
+forwarding. Media is not SRTP-protected: the relay forwards opaque packets from the floor holder (it checks only
+the source address of the binding, the RTP form, the rate and the holder's SSRC), and the listeners only count what
 arrives. Floor request -> Granted times are taken on this process's clock (its reactor lag included).
 
 Commands on stdin, one a line, each answered by one line on stdout:
 
   setup              -> ``setup-done {json}``: every member logs in, sends its CSK, joins and binds
-  load SECONDS RATE  -> ``load-done {json}``: every group talks for SECONDS at RATE packets/s per talker; sent and
-                        received media packets, floor grants and their latencies (ms), requests never granted,
-                        requests denied by cause ("no answer from the floor control server": the request was never
-                        answered), the sink's CPU seconds
+  load SECONDS RATE GROUPS BURST
+                     -> ``load-done {json}``: the first GROUPS groups talk for SECONDS at RATE packets/s per
+                        talker, BURST seconds per turn; sent (by the talker) and received media packets, floor
+                        grants and their latencies (ms), requests never granted, requests denied by cause ("no
+                        answer from the floor control server": the request was never answered), the sink's and the
+                        talker's CPU seconds
   quit
 """
 
@@ -52,6 +57,7 @@ from twisted.protocols.basic import LineReceiver
 from bench.clustermembers import Counters, GroupCall, Member, MemberSocket
 from bench.clusterproc import tree_cpu_seconds
 from bench.clustersink import Sink, compile_sink, drop_rtp_in_kernel, udp_drops
+from bench.clustertalker import Talker, compile_talker
 from bench.loadgen import issue_identities, member_uri
 from client.control import ControlClient, ControlError
 from client.tls import pinned_client_options, trust_from_info
@@ -125,11 +131,12 @@ class ClusterLoad:
         self.prepared = time.perf_counter() - started
         self._keepalive = task.LoopingCall(self._keepalives)
         self._pacer = task.LoopingCall(self._pace)
-        self._last_pace = 0.0
-        self.rate = 50.0
         self._keepalive_slice = 0
         self._sink_binary = compile_sink(Path(args.root))
+        self._talker_binary = compile_talker(Path(args.root))
         self.sink: Sink | None = None
+        self.talker: Talker | None = None
+        self._talking: list[GroupCall] = []
         self._sink_members: list[Member] = []
 
     @defer.inlineCallbacks
@@ -195,16 +202,20 @@ class ClusterLoad:
         return "setup-done " + json.dumps(report)
 
     def _start_sink(self) -> None:
-        """Hand every bound member socket to the C sink (``bench.clustersink``): from now on it reads them, Python
-        only sends on them and gets their RTCP through :meth:`_rtcp`."""
-        if self.sink is not None:
-            self.sink.stop()
+        """Hand every bound member socket to the C sink (``bench.clustersink``) and the C talker
+        (``bench.clustertalker``): from now on the sink reads them and the talker sends their RTP; Python sends only
+        the signalling on them and gets their RTCP through :meth:`_rtcp`."""
+        for child in (self.sink, self.talker):
+            if child is not None:
+                child.stop()
         self._sink_members = [m for m in self.members if m.port is not None]
-        for member in self._sink_members:
+        for index, member in enumerate(self._sink_members):
             member.port.stopReading()
             drop_rtp_in_kernel(member.port.socket)
+            member.media_index = index
         fds = [member.port.fileno() for member in self._sink_members]
         self.sink = Sink(self.reactor, self._sink_binary, fds, self._rtcp)
+        self.talker = Talker(self.reactor, self._talker_binary, fds)
 
     def _rtcp(self, index: int, data: bytes) -> None:
         member = self._sink_members[index]
@@ -232,30 +243,31 @@ class ClusterLoad:
 
     def _pace(self) -> None:
         now = time.monotonic()
-        elapsed, self._last_pace = now - self._last_pace, now
-        for call in self.calls:
+        for call in self._talking:
             call.tick(now)
-            call.send_media(elapsed, self.rate)
 
     @defer.inlineCallbacks
-    def load(self, seconds: float, rate: float) -> Any:
-        self.counters.sent = self.counters.received = self.counters.lost = self.counters.denied = 0
+    def load(self, seconds: float, rate: float, groups: int, burst: float) -> Any:
+        if self.talker is None:
+            return "error load before setup"
+        self.counters.received = self.counters.lost = self.counters.denied = 0
         self.counters.latencies_ms = []
         self.counters.denied_why = {}
-        self.rate = rate
+        self._talking = self.calls[:groups]
         base = yield self._received()
+        sent_base = yield self.talker.count()
+        calls_base = self.talker.calls
         cpu = time.process_time()
-        sink_cpu = self._sink_cpu()
+        sink_cpu, talker_cpu = self._child_cpu(self.sink), self._child_cpu(self.talker)
         started = time.monotonic()
-        self._last_pace = started
-        for call in self.calls:
-            call.start(self.args.burst, self.args.pause)
+        for call in self._talking:
+            call.start(burst, self.args.pause, rate, self.talker)
         self._pacer.start(TICK, now=False)
         yield task.deferLater(self.reactor, seconds, lambda: None)
-        for call in self.calls:
+        for call in self._talking:
             call.stop()
         self._pacer.stop()
-        sent = self.counters.sent
+        sent = (yield self.talker.count()) - sent_base
         seconds = time.monotonic() - started
         received = (yield self._received()) - base
         yield task.deferLater(self.reactor, 0.3, lambda: None)  # what is still on its way
@@ -265,17 +277,21 @@ class ClusterLoad:
             "late": late, "latencies_ms": [round(x, 3) for x in self.counters.latencies_ms],
             "lost": self.counters.lost, "denied": self.counters.denied,
             "denied_why": self.counters.denied_why, "cpu": round(time.process_time() - cpu, 3),
-            "sink_cpu": round(self._sink_cpu() - sink_cpu, 3),
+            "sink_cpu": round(self._child_cpu(self.sink) - sink_cpu, 3),
+            "talker_cpu": round(self._child_cpu(self.talker) - talker_cpu, 3), "groups": len(self._talking),
+            "talker_calls": self.talker.calls - calls_base, "gso": self.talker.gso,
         }  # fmt: skip
         yield task.deferLater(self.reactor, 1.0, lambda: None)  # the floors go idle before the next command
         return "load-done " + json.dumps(report)
 
-    def _sink_cpu(self) -> float:
-        return tree_cpu_seconds(self.sink.pid) if self.sink is not None else 0.0
+    @staticmethod
+    def _child_cpu(child: Sink | Talker | None) -> float:
+        return tree_cpu_seconds(child.pid) if child is not None else 0.0
 
     def quit(self) -> None:
-        if self.sink is not None:
-            self.sink.stop()
+        for child in (self.sink, self.talker):
+            if child is not None:
+                child.stop()
         for member in self.members:
             if member.control is not None:
                 member.control.link.loseConnection()
@@ -299,7 +315,8 @@ class _Commands(LineReceiver):
         if word == "setup":
             self.generator.setup().addBoth(self.answer)
         elif word == "load":
-            self.generator.load(float(args[0]), float(args[1])).addBoth(self.answer)
+            seconds, rate, groups, burst = float(args[0]), float(args[1]), int(args[2]), float(args[3])
+            self.generator.load(seconds, rate, groups, burst).addBoth(self.answer)
         elif word == "quit":
             self.connectionLost()
         else:
@@ -317,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-info", required=True, help="a client-info file listing every node")
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--size", type=int, default=10, help="members per group")
-    parser.add_argument("--burst", type=float, default=2.0, help="seconds a talker talks once granted")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between a release and the next press")
     parser.add_argument("--concurrency", type=int, default=200, help="members logging in at a time")
     args = parser.parse_args(argv)

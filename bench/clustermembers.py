@@ -1,13 +1,13 @@
 """The members of ``bench.clusterload`` and their turns at talking: a member's control session, media socket and
-binding; one group's floor turns (press, talk once granted, release, pause, the next member), its RTP at a fixed rate;
-the counters the whole generator shares."""
+binding; one group's floor turns (press, talk once granted, release, pause, the next member), whose RTP the C talker
+(``bench.clustertalker``) sends at a fixed rate from the granted member's socket; the counters the whole generator
+shares."""
 
 from __future__ import annotations
 
-import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import protocol
 
@@ -19,16 +19,21 @@ from ptt.mikey.imessage import IdentityKeys
 from ptt.relaycore import JoinSigner
 from ptt.srtcp import CskKeys, SrtcpChannel, SrtcpError
 
-__all__ = ["GRANT_TIMEOUT", "PAYLOAD", "PAYLOAD_TYPE", "Counters", "GroupCall", "Member", "MemberSocket"]
+__all__ = ["GRANT_TIMEOUT", "Counters", "GroupCall", "Media", "Member", "MemberSocket"]
 
-PAYLOAD = b"\x55" * 160  # a 20 ms voice frame's size
-PAYLOAD_TYPE = 111
 GRANT_TIMEOUT = 5.0
+
+
+class Media(Protocol):
+    """What sends a granted member's RTP (``bench.clustertalker.Talker``)."""
+
+    def start(self, index: int, ssrc: int, rate: float, relay: tuple[str, int]) -> None: ...
+
+    def stop_member(self, index: int) -> None: ...
 
 
 @dataclass
 class Counters:
-    sent: int = 0
     received: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     lost: int = 0
@@ -68,6 +73,7 @@ class Member:
     port: Any = None
     channel: SrtcpChannel | None = None
     talking_in: GroupCall | None = None
+    media_index: int | None = None  # the member's socket in the talker's and the sink's lists
 
     def send(self, data: bytes) -> None:
         if self.port is not None and self.relay is not None:
@@ -91,13 +97,13 @@ class GroupCall:
         self.participant: FloorParticipant | None = None
         self.pressed_at = 0.0
         self.sending = False
-        self.credit = 0.0
-        self.seq = 0
         self.running = False
         self._next: Any = None
+        self.media: Media | None = None
+        self.rate = 0.0
 
-    def start(self, burst: float, pause: float) -> None:
-        self.burst, self.pause, self.running = burst, pause, True
+    def start(self, burst: float, pause: float, rate: float, media: Media) -> None:
+        self.burst, self.pause, self.rate, self.media, self.running = burst, pause, rate, media, True
         self._next = self.reactor.callLater(pause * (self.turn % 7) / 7, self._press)
 
     def stop(self) -> None:
@@ -139,7 +145,7 @@ class GroupCall:
         self._pump()
 
     def tick(self, now: float) -> None:
-        """Floor timers, the grant timeout, and the media this talker owes since the last tick."""
+        """Floor timers and the grant timeout."""
         participant = self.participant
         if participant is None:
             return
@@ -152,18 +158,6 @@ class GroupCall:
             self._release()
             self._schedule_press()
 
-    def send_media(self, elapsed: float, rate: float) -> None:
-        talker = self.talker
-        if not self.sending or talker is None:
-            return
-        self.credit = min(self.credit + elapsed * rate, rate * 0.1)
-        while self.credit >= 1.0:
-            self.credit -= 1.0
-            self.seq = (self.seq + 1) & 0xFFFF
-            header = struct.pack("!BBHII", 0x80, PAYLOAD_TYPE, self.seq, self.seq * 960, talker.ssrc)
-            talker.send(header + PAYLOAD)
-            self.counters.sent += 1
-
     def _pump(self) -> None:
         talker, participant = self.talker, self.participant
         if talker is None or participant is None or talker.channel is None:
@@ -173,7 +167,9 @@ class GroupCall:
         for event in participant.events():
             if event.kind == FloorEventKind.GRANTED and not self.sending:
                 self.counters.latencies_ms.append((time.monotonic() - self.pressed_at) * 1000.0)
-                self.sending, self.credit = True, 1.0
+                self.sending = True
+                if self.media is not None and talker.media_index is not None and talker.relay is not None:
+                    self.media.start(talker.media_index, talker.ssrc, self.rate, talker.relay)
                 self._next = self.reactor.callLater(self.burst, self._end_burst)
             elif event.kind == FloorEventKind.DENIED and not self.sending:
                 self.counters.denied += 1
@@ -192,6 +188,8 @@ class GroupCall:
             self._next = self.reactor.callLater(self.pause, self._press)
 
     def _release(self) -> None:
+        if self.sending and self.media is not None and self.talker is not None and self.talker.media_index is not None:
+            self.media.stop_member(self.talker.media_index)
         self.sending = False
         if self.participant is not None and self.talker is not None:
             self.participant.release(time.monotonic())
