@@ -136,8 +136,9 @@ def test_an_on_network_session_logs_in_again_when_keys_came_late(
     live = Keystore.open(store(path, enrolment, [p - 1]).path, b"pass")  # the current period's keys missing
     dropped: list[bool] = []
     heard: list[bytes] = []
+    warmed: list[bool] = []  # the pairing lines of the new RSKs built at each reload (client.rsklines)
     session = SimpleNamespace(
-        reactor=clock, keystore=live, uri=URI, key_use=KeyUse(),
+        reactor=clock, keystore=live, uri=URI, key_use=KeyUse(), warm_rsk_lines=lambda: warmed.append(True),
         control=SimpleNamespace(link=SimpleNamespace(loseConnection=lambda: dropped.append(True))),
         media_listener=lambda group, mki, rtp: heard.append(mki),
     )  # fmt: skip
@@ -145,10 +146,10 @@ def test_an_on_network_session_logs_in_again_when_keys_came_late(
     assert not dropped  # the start-up read brought nothing new
     store(path, enrolment, [p, p + 1])
     clock.advance(POLL_INTERVAL)
-    assert dropped == [True]
+    assert dropped == [True] and len(warmed) == 2  # at the start-up read and now
     store(path, enrolment, [p, p + 1, p + 2])  # an ordinary renewal: nothing to catch up on
     clock.advance(POLL_INTERVAL)
-    assert dropped == [True]
+    assert dropped == [True] and len(warmed) == 3
     # the media listener is wrapped: the GMK-ID (first four octets of the MKI) of what is heard is counted
     session.media_listener("g", b"\x01\x02\x03\x04\x00\x00\x00\x07", b"rtp")
     session.media_listener("g", b"\x01\x02\x03\x04\x00\x00\x00\x08", b"rtp")
