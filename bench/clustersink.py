@@ -17,31 +17,25 @@ in the sending relay's system call on loopback, as it would be on any host."""
 from __future__ import annotations
 
 import ctypes
-import os
 import socket
 import struct
-import subprocess
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 
-from bench.harness import ROOT
+from bench.cchild import CChild, compile_c
 
 __all__ = ["Sink", "compile_sink", "drop_rtp_in_kernel", "udp_drops"]
 
-SOURCE = ROOT / "bench" / "sink.c"
 COUNT_INDEX = 0xFFFFFFFF
 _HEADER = struct.Struct("!IH")
 _COUNTS = struct.Struct("!QQ")
 
 
 def compile_sink(directory: Path) -> Path:
-    binary = directory / "sink"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SOURCE)], check=True)
-    return binary
+    return compile_c("sink", directory)
 
 
 _SO_ATTACH_FILTER = 26
@@ -77,53 +71,23 @@ def udp_drops(ports: set[int]) -> int:
     return total
 
 
-class Sink:
+class Sink(CChild):
     """The running sink: ``fds[i]`` is member ``i``'s socket, ``deliver(i, datagram)`` gets its RTCP."""
 
-    def __init__(self, reactor: Any, binary: Path, fds: Sequence[int], deliver: Callable[[int, bytes], None]) -> None:
-        self.reactor = reactor
-        self.deliver = deliver
-        self.process = subprocess.Popen(
-            [str(binary), *(str(fd) for fd in fds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self._commands = self.process.stdin
-        self._fd = self.process.stdout.fileno()
-        os.set_blocking(self._fd, False)
-        self._buffer = bytearray()
-        self._waiting: deque[defer.Deferred[tuple[int, int]]] = deque()
-        self.frames = 0
-        reactor.addReader(self)
+    name = "sink"
+    read_size = 1 << 16
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def __init__(self, reactor: Any, binary: Path, fds: Sequence[int], deliver: Callable[[int, bytes], None]) -> None:
+        super().__init__(reactor, binary, fds)
+        self.deliver = deliver
+        self._buffer = bytearray()
+        self.frames = 0
 
     def count(self) -> defer.Deferred[tuple[int, int]]:
         """(RTP datagrams received, RTCP datagrams passed on) so far."""
-        waiting: defer.Deferred[tuple[int, int]] = defer.Deferred()
-        self._waiting.append(waiting)
-        self._commands.write(b"count\n")
-        self._commands.flush()
-        return waiting
+        return self._ask("count")
 
-    # the reactor's IReadDescriptor
-    def fileno(self) -> int:
-        return self._fd
-
-    def logPrefix(self) -> str:
-        return "sink"
-
-    def doRead(self) -> None:
-        try:
-            chunk = os.read(self._fd, 1 << 16)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.reactor.removeReader(self)
-            while self._waiting:
-                self._waiting.popleft().errback(RuntimeError(f"the sink exited ({self.process.poll()})"))
-            return
+    def received(self, chunk: bytes) -> None:
         buffer = self._buffer
         buffer += chunk
         offset = 0
@@ -141,18 +105,3 @@ class Sink:
                 self.frames += 1
                 self.deliver(index, body)
         del buffer[:offset]
-
-    def connectionLost(self, reason: Any) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.reactor.removeReader(self)
-        if self.process.poll() is None:
-            try:
-                self._commands.write(b"quit\n")
-                self._commands.close()
-                self.process.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()  # type: ignore[union-attr]

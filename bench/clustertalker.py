@@ -8,53 +8,31 @@ tick's packets in one GSO ``sendmsg``. So the generator's CPU no longer grows wi
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 
-from bench.harness import ROOT
+from bench.cchild import CChild, compile_c
 
 __all__ = ["Talker", "compile_talker"]
 
-SOURCE = ROOT / "bench" / "talker.c"
-
 
 def compile_talker(directory: Path) -> Path:
-    binary = directory / "talker"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SOURCE)], check=True)
-    return binary
+    return compile_c("talker", directory)
 
 
-class Talker:
+class Talker(CChild):
     """The running talker: ``fds[i]`` is member ``i``'s socket."""
 
+    name = "talker"
+
     def __init__(self, reactor: Any, binary: Path, fds: Sequence[int]) -> None:
-        self.reactor = reactor
-        self.process = subprocess.Popen(
-            [str(binary), *(str(fd) for fd in fds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self._commands = self.process.stdin
-        self._fd = self.process.stdout.fileno()
-        os.set_blocking(self._fd, False)
+        super().__init__(reactor, binary, fds)
         self._buffer = b""
-        self._waiting: deque[defer.Deferred[int]] = deque()
         self.calls = 0  # system calls that sent the RTP so far (as of the last count)
         self.gso = True  # whether the kernel took GSO batches (as of the last count)
-        reactor.addReader(self)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _send(self, line: str) -> None:
-        self._commands.write(line.encode() + b"\n")
-        self._commands.flush()
 
     def start(self, index: int, ssrc: int, rate: float, relay: tuple[str, int]) -> None:
         self._send(f"start {index} {ssrc} {rate:g} {relay[0]} {relay[1]}")
@@ -64,46 +42,12 @@ class Talker:
 
     def count(self) -> defer.Deferred[int]:
         """RTP datagrams sent so far."""
-        waiting: defer.Deferred[int] = defer.Deferred()
-        self._waiting.append(waiting)
-        self._send("count")
-        return waiting
+        return self._ask("count")
 
-    # the reactor's IReadDescriptor
-    def fileno(self) -> int:
-        return self._fd
-
-    def logPrefix(self) -> str:
-        return "talker"
-
-    def doRead(self) -> None:
-        try:
-            chunk = os.read(self._fd, 4096)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.reactor.removeReader(self)
-            while self._waiting:
-                self._waiting.popleft().errback(RuntimeError(f"the talker exited ({self.process.poll()})"))
-            return
+    def received(self, chunk: bytes) -> None:
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
         for line in lines:
             word, *values = line.decode().split()
             if word == "count" and self._waiting:
                 self.calls, self.gso = int(values[1]), values[2] == "1"
                 self._waiting.popleft().callback(int(values[0]))
-
-    def connectionLost(self, reason: Any) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.reactor.removeReader(self)
-        if self.process.poll() is None:
-            try:
-                self._send("quit")
-                self._commands.close()
-                self.process.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()  # type: ignore[union-attr]

@@ -1,5 +1,6 @@
-"""The cluster benchmark's C talker (``bench/talker.c``): it sends well-formed RTP from the member's own socket,
-with its SSRC, at the rate asked, only between ``start`` and ``stop``, and counts what it sent."""
+"""The cluster benchmark's C children (``bench.cchild``): the talker (``bench/talker.c``) sends well-formed RTP from
+the member's own socket, with its SSRC, at the rate asked, only between ``start`` and ``stop``, and counts what it
+sent; the sink (``bench/sink.c``) counts RTP and hands RTCP back."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bench.clustersink import Sink, compile_sink
 from bench.clustertalker import Talker, compile_talker
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
@@ -80,3 +82,36 @@ def test_talker_sends_rtp_from_the_member_socket_between_start_and_stop(tmp_path
         talker.stop()
         for sock in (relay, *members):
             sock.close()
+
+
+def test_sink_counts_rtp_and_passes_rtcp_to_the_member(tmp_path: Path) -> None:
+    """The receive side (``bench/sink.c``, the same ``bench.cchild`` plumbing): RTP copies are counted, RTCP
+    (second octet 192..223) comes back framed with the member's index, and the count answers after it."""
+    members = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for member in members:
+        member.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    delivered: list[tuple[int, bytes]] = []
+    fds = [m.fileno() for m in members]
+    sink = Sink(_NoReactor(), compile_sink(tmp_path), fds, lambda index, data: delivered.append((index, data)))
+    try:
+        rtp = struct.pack("!BBHII", 0x80, 111, 1, 0, 7) + bytes(20)
+        rtcp = bytes([0x80, 204]) + struct.pack("!H", 2) + b"MCPT" + bytes(4)
+        for _ in range(3):
+            sender.sendto(rtp, members[0].getsockname())
+        sender.sendto(rtcp, members[1].getsockname())
+        time.sleep(0.2)
+        answer = sink.count()
+        counts: list[tuple[int, int]] = []
+        answer.addCallback(counts.append)
+        deadline = time.monotonic() + 5
+        while not counts and time.monotonic() < deadline:
+            if select.select([sink.fileno()], [], [], 0.5)[0]:
+                sink.doRead()
+        assert counts == [(3, 1)]
+        assert delivered == [(1, rtcp)] and sink.frames == 1
+    finally:
+        sink.stop()
+        for sock in (sender, *members):
+            sock.close()
+    assert sink.process.poll() is not None  # "quit" ended it
