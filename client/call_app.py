@@ -146,6 +146,7 @@ def main(args: Any, keystore: Any, server: Any) -> int:
     from client.app_keys import Keys
     from client.audio import AudioEngine
     from client.errors import explain
+    from client.keystore_watch import watch_session
     from client.session import PttSession
     from client.voice import Voice
 
@@ -163,8 +164,10 @@ def main(args: Any, keystore: Any, server: Any) -> int:
         @defer.inlineCallbacks
         def go() -> Any:
             old_tty = None
+            watch = None
             try:
                 yield session.start()
+                watch = watch_session(session)  # renewed keys are picked up (issue 18)
                 engine.start()
                 yield session.calls.call(args.callee, manual=args.manual)
                 print(f"calling {args.callee} as {args.uri}", flush=True)
@@ -200,6 +203,8 @@ def main(args: Any, keystore: Any, server: Any) -> int:
                     termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, old_tty)
                 if args.report:
                     Path(args.report).write_text(json.dumps({**client.report(), "calls": ui.events}, indent=1))
+                if watch is not None:
+                    watch.stop()
                 engine.stop()
                 session.stop()
                 print(flush=True)

@@ -34,6 +34,7 @@ from client.console.bridge import BridgeFactory, ConsoleState
 from client.console.upstream import DispatchUpstream
 from client.console.web import ConsoleRoot
 from client.keystore import Keystore
+from client.keystore_watch import KeystoreWatch, watch_session
 from client.serverinfo import ServerInfo
 from client.session import PttSession
 from client.tls import trust_from_info
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome["code"] = 2
             session.stop()
             return
+        watch = watch_session(session)  # a console runs for weeks: renewed keys are picked up (issue 18)
         state = ConsoleState(reactor, session, upstream)
         session.event_listener = lambda message: state.changed()
         token = secrets.token_urlsafe(32)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream.follow_events(state.event, state.upstream_state)
         print(f"ptt-console {args.uri} ready: open {url}", flush=True)
         stopped: defer.Deferred[None] = defer.Deferred()
-        reactor.addSystemEventTrigger("before", "shutdown", lambda: _stop(session, upstream, state))
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: _stop(session, upstream, state, watch))
         await stopped
 
     with contextlib.suppress(SystemExit, KeyboardInterrupt):
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     return int(outcome["code"])
 
 
-def _stop(session: Any, upstream: Any, state: ConsoleState) -> None:
+def _stop(session: Any, upstream: Any, state: ConsoleState, watch: KeystoreWatch) -> None:
+    watch.stop()
     state.media.set_patch(None, None)
     state.media.stop()
     upstream.stop()
