@@ -10,7 +10,10 @@ messages, each a dataclass with ``parse`` (raising :class:`~ptt.cluster.ClusterE
 * :class:`GroupMoved`: a node adopted a group (new lease generation): members must rejoin there;
 * :class:`GroupChanged`: a dispatcher's change committed at some node (members, name, a new GMK);
 * :class:`StatusRequest` / :class:`StatusReply`: a dispatcher's live view of a group served elsewhere;
-* :class:`UserPush`: a voice message notice or status for a user connected to another node.
+* :class:`UserPush`: a voice message notice or status, or a private call message, for a user connected to
+  another node;
+* :class:`CallForward`: a private call message from a callee connected here for the call's home node (where the
+  caller is connected and the call is served).
 """
 
 from __future__ import annotations
@@ -113,7 +116,17 @@ class UserPush(ClusterMessage):
     kind: ClassVar[str] = "push"
     member: str
     message: dict[str, Any] = field(default_factory=dict)
-    """The control-channel message (``message_new`` / ``message_status``) for the member's sessions there."""
+    """The control-channel message (``message_new`` / ``message_status``, or a private call's ``call_offer`` /
+    ``call_connected`` / ``call_ended``) for the member's sessions there."""
+
+
+@dataclass(frozen=True)
+class CallForward(ClusterMessage):
+    kind: ClassVar[str] = "callmsg"
+    member: str
+    """The callee, connected to the sender."""
+    message: dict[str, Any] = field(default_factory=dict)
+    """Its control-channel call message (``call_ringing``, ``call_accept``, ``call_reject``, ``call_end``)."""
 
 
 _TYPES: dict[str, type[ClusterMessage]] = {
@@ -128,6 +141,7 @@ _TYPES: dict[str, type[ClusterMessage]] = {
         StatusRequest,
         StatusReply,
         UserPush,
+        CallForward,
     )
 }
 _FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "dict[str, Any]": dict}

@@ -43,6 +43,11 @@ MAX_CSK_MESSAGE = 4096
 """A CSK I_MESSAGE is about 500 octets; anything far larger is refused before it is parsed."""
 
 
+def _private_call_event(message: dict[str, Any]) -> bool:
+    group = message.get("group")
+    return message.get("type") == "event" and isinstance(group, str) and is_call_id(group)
+
+
 def group_info(record: GroupRecord, members: list[MemberRecord], alerts: Iterable[Alert] = ()) -> GroupInfo:
     return GroupInfo(
         record.uri,
@@ -159,8 +164,11 @@ class CallShell:
 
     def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]:
         reply: dict[str, Any] | defer.Deferred[Any]
-        if self.cluster is not None and not is_call_id(group):  # a private call is served where it was set up
+        home = self.private_calls.home_of(group, uri) if is_call_id(group) else None
+        if self.cluster is not None and not is_call_id(group):
             reply = self.cluster.join(uri, group, ssrc, now)  # here, or forwarded to the node serving the group
+        elif self.cluster is not None and home is not None:
+            reply = self.cluster.join_call(uri, group, ssrc, home)  # a private call is served at its home node
         else:
             reply = self.call.join(uri, group, ssrc, os.urandom(BINDING_ID_LENGTH), now)
         self._flush()
@@ -297,9 +305,16 @@ class CallShell:
         if event.get("type") == "event" and event.get("group") == group:
             self.push_to_members(group, event)
 
-    def pushed_from_node(self, member: str, message: dict[str, Any]) -> None:
-        """Another node's voice message notice or status for ``member`` (sent there only if connected here)."""
-        if self.voice_messages is not None:
+    def pushed_from_node(self, member: str, message: dict[str, Any], node: str) -> None:
+        """Another node's voice message notice or status, or private call message, for ``member`` (sent there
+        only if connected here)."""
+        kind, group = message.get("type"), message.get("group")
+        if str(kind).startswith("call_"):
+            self.private_calls.pushed_from_node(node, member, message)
+        elif kind == "event" and isinstance(group, str) and self.private_calls.home_of(group, member) == node:
+            if self.control is not None:
+                self.control.push(member, message)  # the private call's floor events, from its home node
+        elif self.voice_messages is not None:
             self.voice_messages.pushed_from_node(member, message)
 
     def reload_groups(self) -> defer.Deferred[Any]:
@@ -345,7 +360,9 @@ class CallShell:
                     self.cluster.call_event(message["group"], message)
         if self.control is not None:
             for member, message in pushes:
-                self.control.push(member, message)
+                delivered = self.control.push(member, message)
+                if not delivered and self.cluster is not None and _private_call_event(message):
+                    self.cluster.push_elsewhere(member, message)  # the callee of a call set up here
         for dropped in call.dropped():
             self.floor_dropped += 1
             self._log(dropped.member, "%s", dropped.reason)

@@ -23,6 +23,7 @@ from ptt.cluster import (
 from ptt.cluster_messages import (
     MAX_MESSAGE,
     CallEvent,
+    CallForward,
     GroupChanged,
     GroupMoved,
     JoinReply,
@@ -30,6 +31,7 @@ from ptt.cluster_messages import (
     Left,
     StatusReply,
     StatusRequest,
+    UserPush,
     parse,
 )
 from ptt.srtcp import CskKeys
@@ -165,6 +167,8 @@ MESSAGES = [
     GroupChanged("a", "sip:g@x", "0a0b0c0d"),
     StatusRequest("a", 5, "sip:g@x"),
     StatusReply("b", 5, {"talker": None, "queue": []}),
+    UserPush("a", "sip:m@x", {"type": "call_offer", "call": "call:0123456789abcdef", "from": "sip:n@x"}),
+    CallForward("b", "sip:m@x", {"type": "call_accept", "call": "call:0123456789abcdef"}),
 ]
 
 

@@ -163,6 +163,36 @@ def test_a_voice_message_between_nodes_is_announced_and_its_states_told_live(clu
     assert states == ["stored", "delivered", "played"], states  # "stored": the upload's own acknowledgement
 
 
+def test_a_private_call_between_users_on_two_nodes(cluster: Cluster) -> None:
+    """Alice is connected to one node, Bob to the other: her call reaches him (offer pushed over NOTIFY), his
+    answer and his join go to her node, which serves the call; each hears the other, Carol (at Alice's node, in
+    their group) receives nothing, and Bob hanging up ends it for Alice."""
+    go = cluster.root / "go-private"
+    bob = cluster.client(
+        "bob", f"join {GROUP}; wait-file {go}; wait-call 20; wait 2.5; talk 1; wait 1; hangup; wait 0.5", node=1,
+        report="bob-p",
+    )  # fmt: skip
+    alice = cluster.client(
+        "alice", f"join {GROUP}; wait-file {go}; wait 1; call sip:bob@example.org; wait 0.3; talk 2; wait-ended 20",
+        node=0, report="alice-p",
+    )  # fmt: skip
+    carol = cluster.client("carol", f"join {GROUP}; wait-file {go}; wait 10", node=0, report="carol-p")
+    cluster.start_together(go.name, GROUP, ("alice", "bob", "carol"), node=0)
+    outputs = {}
+    for name, process in (("alice", alice), ("bob", bob), ("carol", carol)):
+        outputs[name], _ = process.communicate(timeout=90)
+        assert process.returncode == 0, outputs[name]
+    a, b, c = (report(cluster, f"{u}-p") for u in ("alice", "bob", "carol"))
+    assert [e["kind"] for e in a["calls"]] == ["connected", "ended"], (a["calls"], outputs["alice"])
+    assert [e["kind"] for e in b["calls"]] == ["incoming", "connected", "ended"], (b["calls"], outputs["bob"])
+    assert [e["reason"] for e in a["calls"] if e["kind"] == "ended"] == ["ended"]
+    assert a["sent"] >= 90 and b["sent"] >= 45
+    assert b["received"].get("alice", 0) >= 0.9 * a["sent"], b["received"]
+    assert a["received"].get("bob", 0) >= 0.9 * b["sent"], a["received"]
+    assert "alice" not in c["received"] and "bob" not in c["received"], c["received"]
+    assert any(e["kind"] == "talking" and e.get("uri") == "sip:alice@example.org" for e in b["events"]), b["events"]
+
+
 def test_members_on_two_nodes_talk_and_the_call_survives_its_node(cluster: Cluster) -> None:
     owner = cluster.wait_owned([GROUP])[GROUP]
     owner_index = [n.name for n in cluster.nodes].index(owner)

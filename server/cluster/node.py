@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from ptt.cluster import ROUND_INTERVAL, Adopted, ClusterError, Lease, Lost, Moved, NodeInfo, Ownership
 from ptt.cluster_messages import (
     CallEvent,
+    CallForward,
     ClusterMessage,
     GroupChanged,
     GroupMoved,
@@ -38,6 +39,7 @@ from ptt.cluster_messages import (
 )
 from ptt.control import b64, unb64
 from ptt.groupinfo import Refused, check_membership
+from ptt.privatecall.messages import is_call_id
 from ptt.relaycore import BINDING_ID_LENGTH
 from ptt.srtcp import CskKeys
 from server.cluster.database import BROADCAST_CHANNEL, node_channel
@@ -130,7 +132,8 @@ class ClusterNode:
         if self._round_running:
             return  # the last one is still waiting for the database
         self._round_running = True
-        claims = self.ownership.to_claim(self.shell.call.group_uris(), time.monotonic())
+        groups = [g for g in self.shell.call.group_uris() if not is_call_id(g)]  # a private call has no lease
+        claims = self.ownership.to_claim(groups, time.monotonic())
         d = self.link.run_round(claims, self.ownership.to_reclaim())
 
         def done(result: Any) -> None:
@@ -226,6 +229,19 @@ class ClusterNode:
         owner = self.ownership.owner(group)
         if owner is None or owner.name == self.me.name:
             raise Refused(503, f"the call of {group} is moving to another server node: {RETRY_HINT}")
+        return self._forward_join(member, group, ssrc, owner, binding_id)
+
+    def join_call(self, member: str, call: str, ssrc: int, home: str) -> defer.Deferred[dict[str, Any]]:
+        """The callee connected here joins a private call served at its home node (the caller's)."""
+        node = self.ownership.nodes.get(home)
+        if node is None:
+            raise Refused(503, f"server node {home}, which serves the call, is gone")
+        return self._forward_join(member, call, ssrc, node, os.urandom(BINDING_ID_LENGTH))
+
+    def _forward_join(
+        self, member: str, group: str, ssrc: int, owner: NodeInfo, binding_id: bytes
+    ) -> defer.Deferred[dict[str, Any]]:
+        call = self.shell.call
         keys = call.csk_keys(member)
         if keys is None:
             raise Refused(409, "send a CSK before joining (floor control and the relay binding need it)")
@@ -278,8 +294,13 @@ class ClusterNode:
             self.link.send(BROADCAST_CHANNEL, bytes(CallEvent(self.me.name, group, generation, event)))
 
     def push_elsewhere(self, member: str, message: dict[str, Any]) -> None:
-        """A voice message notice or status for ``member``, not connected here: the node it is connected to sends it."""
+        """A voice message notice or status, or a private call message, for ``member``, not connected here: the
+        node it is connected to sends it."""
         self.link.send(BROADCAST_CHANNEL, bytes(UserPush(self.me.name, member, message)))
+
+    def forward_call_message(self, home: str, member: str, message: dict[str, Any]) -> None:
+        """A callee's private call message, for the node serving the call."""
+        self.link.send(node_channel(home), bytes(CallForward(self.me.name, member, message)))
 
     def changed_here(self, change: GroupChange) -> None:
         """A change committed by this node's manager: the others re-read the group from the store."""
@@ -369,7 +390,9 @@ class ClusterNode:
             d.addCallback(self.shell.group_changed)
             d.addErrback(lambda failure: log.error("group %s not re-read: %s", message.group, failure.value))
         elif isinstance(message, UserPush):
-            self.shell.pushed_from_node(message.member, message.message)
+            self.shell.pushed_from_node(message.member, message.message, message.sender)
+        elif isinstance(message, CallForward):
+            self.shell.private_calls.forwarded(message.sender, message.member, message.message, now)
         elif isinstance(message, StatusRequest):
             status = self.shell.local_status(message.group)
             self.link.send(node_channel(message.sender), bytes(StatusReply(self.me.name, message.request, status)))
@@ -377,7 +400,8 @@ class ClusterNode:
     def _join_request(self, message: JoinRequest, now: float) -> None:
         reply = JoinReply(self.me.name, message.request, 0, generation=self.ownership.held.get(message.group, 0))
         try:
-            if not self.ownership.holds(message.group, time.monotonic()):
+            served = self.ownership.holds(message.group, time.monotonic())
+            if not served and not self.shell.private_calls.router.is_call(message.group):
                 raise Refused(503, f"the call of {message.group} is moving to another server node: {RETRY_HINT}")
             binding_id = unb64(message.binding_id, "binding_id")
             if len(binding_id) != BINDING_ID_LENGTH:
