@@ -174,16 +174,17 @@ class ClusterNode:
         }
 
     def _apply(self, events: list[Any]) -> None:
-        call = self.shell.call
-        # The relay compares the reactor's (wall) clock: the monotonic deadline as a wall time, again every
-        # FENCE_CHECK, so a step of the wall clock moves the relay's deadline for at most that long.
-        left = self.ownership.valid_until - time.monotonic()
-        call.relay.serving_until = self.reactor.seconds() + left if self.ownership.held else float("-inf")
         for event in events:
             try:
                 self._apply_one(event)
             except Exception:
                 log.exception("%s: ownership change %s not fully applied", self.me.name, event)
+        # The relay compares the reactor's (wall) clock: the monotonic deadline as a wall time, again every
+        # FENCE_CHECK, so a step of the wall clock moves the relay's deadline for at most that long. Holding no
+        # lease (the groups lost were released just above), the node still serves the private calls set up here:
+        # those have no lease and no other node serves them.
+        left = self.ownership.valid_until - time.monotonic()
+        self.shell.call.relay.serving_until = self.reactor.seconds() + left if self.ownership.held else float("inf")
         self.shell.flush()
 
     def _apply_one(self, event: Any) -> None:
