@@ -164,10 +164,9 @@ class CallShell:
 
     def on_join(self, uri: str, group: str, ssrc: int, now: float) -> dict[str, Any] | defer.Deferred[Any]:
         reply: dict[str, Any] | defer.Deferred[Any]
-        home = self.private_calls.home_of(group, uri) if is_call_id(group) else None
         if self.cluster is not None and not is_call_id(group):
             reply = self.cluster.join(uri, group, ssrc, now)  # here, or forwarded to the node serving the group
-        elif self.cluster is not None and home is not None:
+        elif self.cluster is not None and (home := self.private_calls.home_of(group, uri)) is not None:
             reply = self.cluster.join_call(uri, group, ssrc, home)  # a private call is served at its home node
         else:
             reply = self.call.join(uri, group, ssrc, os.urandom(BINDING_ID_LENGTH), now)
