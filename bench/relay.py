@@ -154,6 +154,8 @@ class Phase:
     waited: float = 0.0  # seconds the relay was runnable but its core was busy with another task
     retries: int = 0  # runs discarded because other processes took the relay's core
     wall: float = 0.0  # seconds over which cpu and waited were measured (the sending, then draining the rest)
+    relay_drops: int = 0  # datagrams the kernel dropped at the relay's socket (its receive buffer was full)
+    other_drops: int = 0  # and at any other UDP socket (the members': this process did not read fast enough)
     latencies: list[int] = field(default_factory=list)
 
     @property
@@ -289,6 +291,7 @@ class Members:
         slice_size = 8  # receivers drained between sends: keeps the pacing within a few tens of microseconds
         cursor = 0
         cpu_start, wait_start = relay.cpu_seconds()
+        drops_start = udp_drops(relay.port)
         measured_from = clock()
         start = measured_from + 0.001
         end = start + duration
@@ -321,6 +324,9 @@ class Members:
         while clock() < grace_end:  # what the relay still has queued
             self.drain_all(phase, stamped)
         cpu_end, wait_end = relay.cpu_seconds()
+        drops_end = udp_drops(relay.port)
+        phase.relay_drops = drops_end[0] - drops_start[0]
+        phase.other_drops = drops_end[1] - drops_start[1]
         phase.wall = clock() - measured_from
         phase.cpu, phase.waited = cpu_end - cpu_start, wait_end - wait_start
         phase.sent = sent
@@ -405,6 +411,22 @@ class RelayProcess:
             self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def udp_drops(port: int) -> tuple[int, int]:
+    """(drops at the IPv4 UDP socket bound to ``port``, drops at every other UDP socket) so far, from the ``drops``
+    column of /proc/net/udp: where copies were lost when a step fails."""
+    at_port = elsewhere = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            with contextlib.suppress(IndexError, ValueError):
+                drops = int(fields[-1])
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    at_port += drops
+                else:
+                    elsewhere += drops
+    return at_port, elsewhere
 
 
 def _schedstat(pid: int) -> tuple[float, float]:
@@ -501,7 +523,12 @@ def search(members: Members, results: list[Result], quick: bool, log: bool) -> N
                     if phase.waited > 0.01 * phase.wall
                     else ""
                 )
-                + (f" [{phase.retries} retried]" if phase.retries else ""),
+                + (f" [{phase.retries} retried]" if phase.retries else "")
+                + (
+                    f"  dropped: {phase.relay_drops} at the relay, {phase.other_drops} at members"
+                    if phase.relay_drops or phase.other_drops
+                    else ""
+                ),
                 flush=True,
             )
         return phase

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ class AdhocSession(AdhocCalls):
         self._unicast: Any = None
         self._timer: Any = None
         self._stopping = False
+        self.media_lock = threading.Lock()  # client.adhoc_calls: media from the microphone's thread, floor from ours
         # listeners the application sets (as on PttSession)
         self.floor_listener: Callable[[str, FloorEvent], None] = lambda group, event: None
         self.media_listener: Callable[[str, bytes, bytes], None] = lambda group, mki, rtp: None

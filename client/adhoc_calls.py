@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,7 @@ class AdhocCalls:
     media_listener: Callable[[str, bytes, bytes], None]
     event_listener: Callable[[dict[str, Any]], None]
     key_listener: Callable[[str, GroupKey], None]
+    media_lock: threading.Lock  # one SRTP sender protects media (any thread) and floor messages (the reactor's)
 
     if TYPE_CHECKING:  # AdhocSession's timer
 
@@ -185,7 +187,9 @@ class AdhocCalls:
             if call.sender is None or call.port is None:
                 continue
             try:
-                call.port.write(call.sender.protect_rtcp(bytes(message)), (call.info.media_host, call.info.media_port))
+                with self.media_lock:
+                    data = call.sender.protect_rtcp(bytes(message))
+                call.port.write(data, (call.info.media_host, call.info.media_port))
             except (OSError, SrtpError, ValueError) as exc:
                 log.debug("floor message not sent: %s", exc)
         for event in call.machine.events():
@@ -224,13 +228,18 @@ class AdhocCalls:
     # --- media ---------------------------------------------------------------------------------------------------
 
     def send_media(self, group: str, payload: bytes, *, marker: bool = False, samples: int = 960) -> None:
+        """As ``PttSession.send_media``: safe from the microphone's thread (the floor messages share the sender, so
+        both protect under ``media_lock``)."""
         call = self.groups[group]
-        if call.sender is None or call.port is None:
+        sender, port = call.sender, call.port
+        if sender is None or port is None:
             raise RuntimeError(f"no group key for {group}")
-        if call.rtp is None or call.rtp.ssrc != call.ssrc:
-            call.rtp = RtpSender(call.ssrc, PAYLOAD_TYPE)
-        packet = call.rtp.packet(payload, samples, start_of_burst=marker)
-        call.port.write(call.sender.protect(bytes(packet)), (call.info.media_host, call.info.media_port))
+        with self.media_lock:
+            if call.rtp is None or call.rtp.ssrc != call.ssrc:
+                call.rtp = RtpSender(call.ssrc, PAYLOAD_TYPE)
+            packet = call.rtp.packet(payload, samples, start_of_burst=marker)
+            data = sender.protect(bytes(packet))
+        port.write(data, (call.info.media_host, call.info.media_port))
 
     def _media_datagram(self, group: str, data: bytes, addr: Any = None) -> None:
         call = self.groups.get(group)

@@ -57,7 +57,7 @@ __all__ = [
 
 REQUERY_INTERVAL_BUSY = 5.0  # re-enumerate devices at most this often while another stream is still healthy
 STALL_TIMEOUT = 2.0  # an active stream that has not called back for this long is dead
-WATCH_INTERVAL = 0.1
+WATCH_INTERVAL = 0.25  # seconds between the keeper's health checks (start/stop capture wake it at once)
 START_TIMEOUT = 5.0
 
 

@@ -92,7 +92,10 @@ class AudioStreams:
         self.on_capture: Callable[[bytes, float], None] = ignore_capture
         self.pull_playback: Callable[[], bytes | None] = no_playback
         self.on_status: Callable[[str], None] | None = None
-        self.level = SILENCE_DBFS
+        # The microphone's last block; ``level`` works its RMS out when asked (the UI, a few times a second), not
+        # in the callback 50 times a second.
+        self._level_block = b""
+        self._level_of: tuple[bytes, float] = (b"", SILENCE_DBFS)
         self.status = STOPPED
         self.last_error: str | None = None
         self.stats = {
@@ -116,6 +119,21 @@ class AudioStreams:
         self._first_pass = threading.Event()
         self._last_requery = 0.0
 
+    @property
+    def level(self) -> float:
+        """The RMS level (dBFS) of the microphone's last block; ``SILENCE_DBFS`` while it is closed."""
+        block = self._level_block
+        measured, value = self._level_of
+        if block is not measured:
+            value = rms_dbfs(block)
+            self._level_of = (block, value)
+        return value
+
+    @level.setter
+    def level(self, value: float) -> None:
+        self._level_block = b""
+        self._level_of = (b"", value)
+
     # -- audio threads -------------------------------------------------------------------------------------------
 
     def _input_callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
@@ -124,7 +142,7 @@ class AudioStreams:
             self._input.last_callback = time.monotonic()
             self._note_status(self._input, status)
             data = bytes(indata)
-            self.level = rms_dbfs(data)
+            self._level_block = data
             if not self._capturing:
                 self._capture_buffer.clear()
                 return

@@ -11,12 +11,14 @@ above 24 kbit/s, so the packets would carry no FEC at all (measured: recovering 
 gave exactly the concealment output); capped at wideband FEC is on and a recovered frame has ~1/6 of the
 concealment's error energy.
 
-Complexity 6 (libopus defaults to 10): at 10 the encoder's SILK delayed-decision quantiser and its larger noise
-shaping filters cost 1.5-2x the CPU of 6 for no gain the tests can see (the decoded speech's SNR is no lower at 6,
-FEC recovery is unchanged: tests/test_codec.py); encoding was over half of a talker's CPU (``scripts/bench voice``).
-libopus counts complexity in the "equivalent rate" it compares with the FEC threshold (x 0.96 at 6): at 24 kbit/s and
-complexity 6 FEC silently went off (recovery = concealment), so the bitrate is 25 kbit/s, the same equivalent rate
-as 24 kbit/s at 10.
+Complexity 5 (libopus defaults to 10): at 10 the encoder runs a signal analysis and the SILK layer's largest
+delayed-decision quantiser (4 states), LPC and noise-shaping orders; 5 uses 2 states and orders 10/16 (4 and 5 are
+the same SILK settings). Measured on espeak speech: encoding costs 204 us per 20 ms frame at 5, 281 at 6, about
+twice that at 10, for a decoded SNR within 0.35 dB of 10's and FEC recovery as good (tests/test_codec.py); encoding
+was the largest part of a talker's CPU (``scripts/bench voice``).
+libopus counts complexity in the "equivalent rate" it compares with the FEC threshold (x (90 + complexity) %): at
+24 kbit/s and complexity 5 or 6 FEC silently goes off (recovery = concealment), so the bitrate is 25 kbit/s: at 5,
+with the 5 % loss hint, 25000 x 0.95 x 0.875 = 20 781 bit/s against the wideband threshold of 20 400.
 The decoder gives one frame per packet, conceals a lost frame (PLC) and recovers a lost frame from the next
 packet's FEC data.
 
@@ -41,8 +43,8 @@ CHANNELS = 1
 FRAME_SAMPLES = 960  # 20 ms
 FRAME_BYTES = FRAME_SAMPLES * CHANNELS * 2
 MAX_FRAME_SAMPLES = 5760  # 120 ms, the longest Opus packet: a peer may send 40 or 60 ms packets
-DEFAULT_COMPLEXITY = 6  # see the module docstring
-DEFAULT_BITRATE = 25000  # at complexity 6: the FEC threshold's margin that 24 kbit/s had at 10
+DEFAULT_COMPLEXITY = 5  # see the module docstring
+DEFAULT_BITRATE = 25000  # at complexity 5: above libopus's FEC threshold (see the module docstring)
 MAX_PACKET_BYTES = 1276  # RFC 6716 3.4 (R2): the largest single-frame packet; ample for one 20 ms frame
 BANDWIDTHS = {
     "narrowband": opuslib.BANDWIDTH_NARROWBAND,  # 4 kHz audio

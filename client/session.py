@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -126,6 +127,7 @@ class PttSession(SessionReconnect, SessionEmergency):
         self.media_listener: Callable[[str, bytes, bytes], None] = lambda group, mki, rtp: None
         self.event_listener: Callable[[dict[str, Any]], None] = lambda message: None
         self.key_listener: Callable[[str, GroupKey], None] = lambda group, key: None
+        self.media_lock = threading.Lock()  # client.session_media: send_media runs on the microphone's thread
         self.stats: dict[str, int] = {"media_in": 0, "media_bad": 0, "floor_in": 0, "floor_bad": 0, "imessage_bad": 0}
         self.calls = PrivateCalls(self)  # private calls (issue 16): client.privatecalls
         self.messages = VoiceMessages(self)  # voice messages, deferred delivery (issue 17): client.voicemessages

@@ -7,6 +7,7 @@ while its GMK is on its way (``AwaitingKey``), the switch to a new GMK. ``client
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,7 @@ class SessionMedia:
     relay: tuple[str, int] | None
     stats: dict[str, int]
     media_listener: Callable[[str, bytes, bytes], None]
+    media_lock: threading.Lock  # held while a packet is numbered and protected: send_media may run on another thread
 
     def _send(self, group: str, data: bytes) -> None:
         state = self.groups.get(group)
@@ -97,13 +99,21 @@ class SessionMedia:
             state.port.write(data, state.relay)
 
     def send_media(self, group: str, payload: bytes, *, marker: bool = False, samples: int = 960) -> None:
-        state = self.groups[group]
-        if state.sender is None:
-            raise RuntimeError(f"no group key for {group}")
-        if state.rtp is None or state.rtp.ssrc != state.ssrc:
-            state.rtp = RtpSender(state.ssrc, PAYLOAD_TYPE)  # random initial sequence and timestamp (RFC 3550)
-        packet = state.rtp.packet(payload, samples, start_of_burst=marker)
-        self._send(group, state.sender.protect(bytes(packet)))
+        """Number, protect and send one Opus packet. Safe from one thread besides the reactor's (the microphone's,
+        ``client.voice``): the reactor only swaps whole objects (sender, port, relay), read here once, and a UDP
+        port's ``write`` is one ``sendto`` that touches no reactor state."""
+        with self.media_lock:
+            state = self.groups[group]
+            sender = state.sender
+            if sender is None:
+                raise RuntimeError(f"no group key for {group}")
+            if state.rtp is None or state.rtp.ssrc != state.ssrc:
+                state.rtp = RtpSender(state.ssrc, PAYLOAD_TYPE)  # random initial sequence and timestamp (RFC 3550)
+            packet = state.rtp.packet(payload, samples, start_of_burst=marker)
+            data = sender.protect(bytes(packet))
+        port, relay = state.port, state.relay
+        if port is not None and relay is not None:
+            port.write(data, relay)
 
     def _media_in(self, group: str, state: GroupState, data: bytes, *, retry: bool = False) -> None:
         if not retry and AwaitingKey.awaits_key(state.receiver, data):
