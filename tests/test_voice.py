@@ -76,7 +76,7 @@ def test_captured_frames_are_sent_from_the_microphone_thread_without_the_reactor
     key = group_key()
     session = Session(key)
     engine = Engine()
-    voice = Voice(session.reactor, session, engine)  # a MemoryReactorClock never runs what is handed to it
+    voice = Voice(session.reactor, session, engine)  # type: ignore[arg-type]  # a MemoryReactorClock runs nothing
     voice.start_talking(GROUP)
     assert engine.capturing
 
