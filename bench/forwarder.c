@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
     local.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int buffer = 1 << 20;
+    int buffer = 4 << 20; /* as server/relay.py's RECEIVE_BUFFER */
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
     socklen_t length = sizeof local;
     if (fd < 0 || bind(fd, (struct sockaddr *)&local, sizeof local) < 0 ||

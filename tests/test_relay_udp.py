@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import task
+from twisted.internet import task, udp
 from twisted.internet.testing import MemoryReactorClock
 
 from ptt.relaycore import Address, Binding, JoinSigner, RelayConfig, RelayCore, binding_key, join_packet
@@ -380,3 +380,30 @@ def test_batched_port_skips_a_failing_destination() -> None:
         reactor.advance(0)
         for member in members:
             member.sock.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux reports the granted buffer")
+@pytest.mark.parametrize("batched", [False, True] if batched_available() else [False])
+def test_a_receive_buffer_capped_by_the_kernel_is_logged(caplog: pytest.LogCaptureFixture, batched: bool) -> None:
+    class UdpReactor(MemoryReactorClock):
+        def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+            listening = udp.Port(port, protocol, interface, maxPacketSize, self)
+            listening.startListening()
+            return listening
+
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    reactor = UdpReactor()
+    for asked, warned in ((rmem_max // 2, False), (rmem_max * 4, True)):
+        caplog.clear()
+        port: Any
+        with caplog.at_level(logging.WARNING, logger="ptt.server.relay"):
+            _, port = listen_relay(
+                reactor, RelayCore(), 0, batched=batched, receive_buffer=asked,
+                on_floor=lambda *_: None, on_dead=lambda _: None,
+            )  # fmt: skip
+        try:
+            assert port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 == min(asked, rmem_max)
+            assert ("net.core.rmem_max" in caplog.text) is warned
+        finally:
+            port.stopListening()
+            reactor.advance(0)
