@@ -242,6 +242,8 @@ def _script(reactor: Any, client: Any, script: str, ui: CallUi) -> Any:
             client.release()
         elif word == "hangup":
             client.session.calls.hang_up()
+        elif word == "echo":  # a line on stdout, for whatever drives the script to synchronise with
+            print(arg, flush=True)
         elif word == "quit":
             break
         else:

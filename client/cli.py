@@ -246,7 +246,9 @@ def _add_call(sub: Any) -> None:
     call = sub.add_parser("call", help="a private call to one user (keyed end to end with a PCK)")
     call.add_argument("callee", help="whom to call, e.g. sip:bob@example.org")
     call.add_argument("--manual", action="store_true", help="the callee accepts or rejects (manual commencement)")
-    call.add_argument("--script", help="steps instead of keys: wait S; wait-connected S; talk S; hangup; quit")
+    call.add_argument(
+        "--script", help="steps instead of keys: wait S; wait-connected S; talk S; hangup; echo TEXT; quit"
+    )
     call.add_argument("--message-wav", help="if the callee is not connected, leave this WAV as a voice message")
     _audio_options(call)
     call.set_defaults(func=cmd_call)

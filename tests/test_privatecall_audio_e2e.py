@@ -43,10 +43,13 @@ def test_a_private_call_is_heard_by_the_callee_only(audio: VirtualAudio, tmp_pat
             audio,
             "alice",
             "sip:bob@example.org",
-            f"wait-connected 20; wait 1; talk {seconds + 1.5:.1f}; wait 1; hangup; wait 0.5",
+            f"wait-connected 20; echo call-connected; wait 1; talk {seconds + 1.5:.1f}; wait 1; hangup; wait 0.5",
         )
         wait_for_line(alice, "calling sip:bob@example.org")
-        time.sleep(2.0)  # connected, joined, and the floor granted 1 s later: speak now
+        # Speak once the call is up and the floor granted (pressed 1 s after connecting). Counting from "calling"
+        # instead cut the first words on a loaded machine (setting the call up took longer): scores 0.62-0.85.
+        wait_for_line(alice, "call-connected")
+        time.sleep(1.3)
         mic = audio.play_into_mic("alice", speech)
         mic.wait(timeout=seconds + 10)
         for client in (alice, *listeners.values()):
