@@ -111,9 +111,7 @@ class SessionMedia:
                 state.rtp = RtpSender(state.ssrc, PAYLOAD_TYPE)  # random initial sequence and timestamp (RFC 3550)
             packet = state.rtp.packet(payload, samples, start_of_burst=marker)
             data = sender.protect(bytes(packet))
-        port, relay = state.port, state.relay
-        if port is not None and relay is not None:
-            port.write(data, relay)
+        self._send(group, data)
 
     def _media_in(self, group: str, state: GroupState, data: bytes, *, retry: bool = False) -> None:
         if not retry and AwaitingKey.awaits_key(state.receiver, data):

@@ -117,10 +117,7 @@ class Voice:
         self.engine.stop_capture()
 
     def _captured(self, pcm: bytes, captured_at: float) -> None:
-        # PortAudio's thread (see the module docstring)
-        self._send(pcm)
-
-    def _send(self, pcm: bytes) -> None:
+        # PortAudio's thread (see the module docstring): encode and send here
         group = self.talk_group
         if not self._talking or group is None:
             return
