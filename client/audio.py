@@ -3,13 +3,13 @@
 48 kHz mono int16 in 20 ms frames (960 samples), the Opus frame (``client.codec``). The same code runs on a laptop
 and, in the tests, on a private PulseAudio with virtual devices (``tests/audio_harness.py``).
 
-Threads: PortAudio calls ``on_capture`` and ``pull_playback`` from its own audio threads, so they must be quick
-and must not block (the app hands captured frames to the reactor with ``reactor.callFromThread`` and lets the
-output callback pull from a jitter buffer). One background thread (the *keeper*) owns every stream: it opens and
-closes them, watches them, and when one fails (a PortAudio error, a stream that stops by itself or stops calling
-back, a callback that reports errors for a whole second, a device unplugged) it reopens it every second, looking
-devices up again by name so a USB headset that comes back is found, and reports ``status``. Nothing in here raises
-into the app once ``start()`` has returned.
+Threads: PortAudio calls ``on_capture`` and ``pull_playback`` from its own audio threads, so they must be quick and
+must not block (the app encodes and sends each captured frame there, a fraction of a millisecond, never waiting on
+the reactor, and lets the output callback pull from a jitter buffer: ``client.voice``). One background thread (the
+*keeper*) owns every stream: it opens and closes them, watches them, and when one fails (a PortAudio error, a stream
+that stops by itself or stops calling back, a callback that reports errors for a whole second, a device unplugged)
+it reopens it every second, looking devices up again by name so a USB headset that comes back is found, and reports
+``status``. Nothing in here raises into the app once ``start()`` has returned.
 
 Stream settings (see /work/shared/AUDIO_TESTING.md): callback streams at 960-sample blocks, ``latency='low'`` for
 the microphone and at least 0.1 s for the speaker (lower output latency let silence creep in on PulseAudio).
